@@ -1,0 +1,75 @@
+/**
+ * Device acquisition. One GPUDevice per process, requested with the adapter's
+ * own limits (buffer sizes matter for a 6B model). The device class decides
+ * the kernel profile: what is fastest on a CPU fallback adapter (llvmpipe:
+ * big register tiles, tiny workgroups) is wrong on a real GPU, and vice versa.
+ */
+import { UserError } from "../errors.ts";
+
+export type DeviceClass = "cpu" | "gpu";
+
+export interface Gpu {
+  device: GPUDevice;
+  adapterInfo: GPUAdapterInfo;
+  /** "cpu" for a fallback adapter such as Mesa llvmpipe, else "gpu"; override with GLM_DEVICE_CLASS. */
+  deviceClass: DeviceClass;
+  hasF16: boolean;
+  hasTimestamps: boolean;
+  limits: GPUSupportedLimits;
+}
+
+let cached: Promise<Gpu> | undefined;
+
+/** The process-wide GPU context; a clear UserError when WebGPU has no adapter. */
+export function getGpu(): Promise<Gpu> {
+  cached ??= acquire();
+  return cached;
+}
+
+async function acquire(): Promise<Gpu> {
+  if (!("gpu" in navigator) || !navigator.gpu) {
+    throw new UserError("WebGPU is not available in this Deno build (navigator.gpu is missing)");
+  }
+  const adapter = await navigator.gpu.requestAdapter({ powerPreference: "high-performance" });
+  if (!adapter) {
+    throw new UserError(
+      "no WebGPU adapter found: install a GPU driver, or Mesa (llvmpipe via GL, or `apt-get install mesa-vulkan-drivers` for lavapipe) to run on the CPU",
+    );
+  }
+  const wanted: GPUFeatureName[] = [];
+  const hasF16 = adapter.features.has("shader-f16");
+  const hasTimestamps = adapter.features.has("timestamp-query");
+  if (hasF16) wanted.push("shader-f16");
+  if (hasTimestamps) wanted.push("timestamp-query");
+  const l = adapter.limits;
+  const device = await adapter.requestDevice({
+    requiredFeatures: wanted,
+    requiredLimits: {
+      maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
+      maxBufferSize: l.maxBufferSize,
+      maxStorageBuffersPerShaderStage: l.maxStorageBuffersPerShaderStage,
+      maxComputeWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
+      maxComputeInvocationsPerWorkgroup: l.maxComputeInvocationsPerWorkgroup,
+      maxComputeWorkgroupSizeX: l.maxComputeWorkgroupSizeX,
+      maxComputeWorkgroupSizeY: l.maxComputeWorkgroupSizeY,
+      maxComputeWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
+    },
+  });
+  device.addEventListener("uncapturederror", (e) => {
+    console.error(`WebGPU error: ${(e as GPUUncapturedErrorEvent).error.message}`);
+  });
+  const info = adapter.info;
+  const override = Deno.env.get("GLM_DEVICE_CLASS");
+  const deviceClass: DeviceClass = override === "cpu" || override === "gpu"
+    ? override
+    : info.isFallbackAdapter || /llvmpipe|lavapipe|swiftshader/i.test(info.description)
+    ? "cpu"
+    : "gpu";
+  return { device, adapterInfo: info, deviceClass, hasF16, hasTimestamps, limits: device.limits };
+}
+
+/** One line for logs: adapter name and class. */
+export function describeGpu(g: Gpu): string {
+  const name = g.adapterInfo.description || g.adapterInfo.vendor || "unknown adapter";
+  return `${name} (${g.deviceClass === "cpu" ? "CPU fallback adapter" : "GPU"})`;
+}

@@ -1,0 +1,10 @@
+/**
+ * glm-finetune's public API: the stages as library functions and the lib
+ * modules they are built from.
+ */
+export * from "./lib/errors.ts";
+export * from "./lib/jsonl.ts";
+export * from "./lib/atomic.ts";
+export type * from "./lib/data/record.ts";
+export type * from "./lib/model/types.ts";
+export { describeGpu, getGpu } from "./lib/gpu/device.ts";
