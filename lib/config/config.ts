@@ -1,0 +1,633 @@
+/**
+ * Load a ChatGLM3 finetune_demo config (`configs/*.yaml`) into a typed
+ * `FinetuneConfig`: HF/PEFT defaults filled in, `--set` overrides applied
+ * before validation, every problem reported as `FILE:LINE: key: message`.
+ */
+import { isMap, isScalar, LineCounter, parseDocument } from "yaml";
+import type { Document, Node as YamlNode } from "yaml";
+import { located, UserError } from "../errors.ts";
+import { type Override, parseOverrides, setPath } from "./overrides.ts";
+import {
+  CHATGLM_LORA_TARGETS,
+  DATA_CONFIG,
+  type Field,
+  GENERATION_CONFIG,
+  LORA_CONFIG,
+  PREFIX_TUNING_CONFIG,
+  type Section,
+  sectionDefaults,
+  TOP_LEVEL,
+  TOP_SECTIONS,
+  TRAINING_ARGS,
+} from "./schema.ts";
+
+export type IntervalStrategy = "no" | "steps" | "epoch";
+
+export interface DataConfig {
+  /** relative to the data directory, as in finetune_hf.py */
+  train_file: string;
+  val_file: string | null;
+  test_file: string | null;
+  num_proc: number | null;
+}
+
+export interface GenerationConfig {
+  max_length: number;
+  max_new_tokens: number | null;
+  min_length: number;
+  min_new_tokens: number | null;
+  do_sample: boolean;
+  temperature: number;
+  top_k: number;
+  top_p: number;
+  repetition_penalty: number;
+  eos_token_id: number | number[] | null;
+  pad_token_id: number | null;
+  bos_token_id: number | null;
+  num_beams: number;
+  num_return_sequences: number;
+  use_cache: boolean;
+  output_scores: boolean;
+  return_dict_in_generate: boolean;
+}
+
+/** The Seq2SeqTrainingArguments this toolkit reads (not-applicable keys are kept too). */
+export interface TrainingArgs {
+  output_dir: string;
+  overwrite_output_dir: boolean;
+  do_eval: boolean;
+  eval_strategy: IntervalStrategy;
+  prediction_loss_only: boolean;
+  per_device_train_batch_size: number;
+  per_device_eval_batch_size: number;
+  gradient_accumulation_steps: number;
+  eval_delay: number;
+  learning_rate: number;
+  weight_decay: number;
+  adam_beta1: number;
+  adam_beta2: number;
+  adam_epsilon: number;
+  /** null or <= 0: no clipping */
+  max_grad_norm: number | null;
+  num_train_epochs: number;
+  /** -1: derived from num_train_epochs (see trainingSteps) */
+  max_steps: number;
+  lr_scheduler_type: string;
+  lr_scheduler_kwargs: Record<string, unknown>;
+  warmup_ratio: number;
+  warmup_steps: number;
+  logging_strategy: IntervalStrategy;
+  logging_first_step: boolean;
+  /** < 1: a fraction of the total steps (see intervalSteps) */
+  logging_steps: number;
+  save_strategy: IntervalStrategy | "best";
+  save_steps: number;
+  save_total_limit: number | null;
+  save_safetensors: boolean;
+  save_only_model: boolean;
+  seed: number;
+  data_seed: number | null;
+  /** filled from logging_steps when evaluating by steps without it (as HF) */
+  eval_steps: number | null;
+  dataloader_drop_last: boolean;
+  gradient_checkpointing: boolean;
+  optim: string;
+  predict_with_generate: boolean;
+  generation_max_length: number | null;
+  generation_num_beams: number | null;
+  generation_config: GenerationConfig;
+  [key: string]: unknown;
+}
+
+interface PeftCommon {
+  task_type: string | null;
+  inference_mode: boolean;
+  base_model_name_or_path: string | null;
+  revision: string | null;
+}
+
+export interface LoraConfig extends PeftCommon {
+  peft_type: "LORA";
+  r: number;
+  lora_alpha: number;
+  lora_dropout: number;
+  /** PEFT's chatglm default, ["query_key_value"], when the file leaves it out */
+  target_modules: string | string[];
+  bias: "none";
+  fan_in_fan_out: boolean;
+  use_rslora: boolean;
+  init_lora_weights: boolean;
+  [key: string]: unknown;
+}
+
+export interface PrefixTuningConfig extends PeftCommon {
+  peft_type: "PREFIX_TUNING";
+  num_virtual_tokens: number;
+  token_dim: number | null;
+  num_transformer_submodules: number | null;
+  num_attention_heads: number | null;
+  num_layers: number | null;
+  encoder_hidden_size: number | null;
+  prefix_projection: boolean;
+}
+
+export type PeftConfig = LoraConfig | PrefixTuningConfig;
+
+export interface NotApplicable {
+  /** dotted path, e.g. training_args.dataloader_num_workers */
+  key: string;
+  line?: number;
+  reason: string;
+}
+
+export interface FinetuneConfig {
+  /** the file it was read from */
+  path: string;
+  data_config: DataConfig;
+  max_input_length: number;
+  max_output_length: number;
+  training_args: TrainingArgs;
+  /** null: full-parameter fine-tuning */
+  peft_config: PeftConfig | null;
+  /** keys present in the file that only matter to PyTorch; see formatNotApplicable */
+  notApplicable: NotApplicable[];
+}
+
+/** The training mode the config selects. */
+export function finetuneMode(cfg: FinetuneConfig): "lora" | "ptuning" | "sft" {
+  if (!cfg.peft_config) return "sft";
+  return cfg.peft_config.peft_type === "LORA" ? "lora" : "ptuning";
+}
+
+/** The full HF default Seq2SeqTrainingArguments (with GenerationConfig defaults). */
+export function hfTrainingDefaults(): TrainingArgs {
+  const args = sectionDefaults(TRAINING_ARGS) as TrainingArgs;
+  args.generation_config = sectionDefaults(GENERATION_CONFIG) as unknown as GenerationConfig;
+  return args;
+}
+
+export function loraDefaults(): Omit<LoraConfig, "peft_type"> {
+  const d = sectionDefaults(LORA_CONFIG);
+  d.target_modules = [...CHATGLM_LORA_TARGETS];
+  return d as Omit<LoraConfig, "peft_type">;
+}
+
+export function prefixTuningDefaults(): Omit<
+  PrefixTuningConfig,
+  "peft_type" | "num_virtual_tokens"
+> {
+  return sectionDefaults(PREFIX_TUNING_CONFIG) as Omit<
+    PrefixTuningConfig,
+    "peft_type" | "num_virtual_tokens"
+  >;
+}
+
+/** HF's `logging_steps`/`save_steps`/`eval_steps` rule: a value below 1 is a fraction of the run. */
+export function intervalSteps(value: number, maxSteps: number): number {
+  return value < 1 ? Math.ceil(maxSteps * value) : Math.floor(value);
+}
+
+/**
+ * Optimizer steps of a run over `numExamples` training records (HF Trainer):
+ * max_steps when > 0, else ceil(epochs × updates per epoch), where an epoch is
+ * ⌈n / batch⌉ batches (⌊n / batch⌋ with dataloader_drop_last) and an update
+ * takes gradient_accumulation_steps of them (at least one update per epoch).
+ */
+export function trainingSteps(
+  args: TrainingArgs,
+  numExamples: number,
+): { maxSteps: number; updatesPerEpoch: number; numEpochs: number } {
+  const b = args.per_device_train_batch_size;
+  const batches = args.dataloader_drop_last
+    ? Math.floor(numExamples / b)
+    : Math.ceil(numExamples / b);
+  const updatesPerEpoch = Math.max(Math.floor(batches / args.gradient_accumulation_steps), 1);
+  if (args.max_steps > 0) {
+    return {
+      maxSteps: args.max_steps,
+      updatesPerEpoch,
+      numEpochs: Math.ceil(args.max_steps / updatesPerEpoch),
+    };
+  }
+  return {
+    maxSteps: Math.ceil(args.num_train_epochs * updatesPerEpoch),
+    updatesPerEpoch,
+    numEpochs: Math.ceil(args.num_train_epochs),
+  };
+}
+
+/** HF `get_warmup_steps`: warmup_steps if > 0, else ⌈total × warmup_ratio⌉. */
+export function warmupSteps(args: TrainingArgs, totalSteps: number): number {
+  return args.warmup_steps > 0 ? args.warmup_steps : Math.ceil(totalSteps * args.warmup_ratio);
+}
+
+/** One line listing the keys that were accepted but do not apply, or "" when none. */
+export function formatNotApplicable(cfg: FinetuneConfig): string {
+  if (cfg.notApplicable.length === 0) return "";
+  const keys = cfg.notApplicable.map((n) => n.key).join(", ");
+  return `${cfg.path}: not applicable here, ignored: ${keys}`;
+}
+
+/** Read and validate a config file, applying `key.path=value` overrides first. */
+export async function loadConfig(path: string, overrides: string[] = []): Promise<FinetuneConfig> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) throw new UserError(`${path}: no such config file`);
+    if (e instanceof Deno.errors.IsADirectory) {
+      throw new UserError(`${path}: is a directory, expected a config file`);
+    }
+    throw e;
+  }
+  return parseConfig(text, path, overrides);
+}
+
+/** `loadConfig` on text already read (`path` names it in messages). */
+export function parseConfig(text: string, path: string, overrides: string[] = []): FinetuneConfig {
+  const { doc, lines } = parseYamlDoc(text, path);
+  const tree = doc.toJS() ?? {};
+  if (typeof tree !== "object" || Array.isArray(tree)) {
+    throw new UserError(located(path, 1, undefined, "expected a mapping of config sections"));
+  }
+  const sets = parseOverrides(overrides);
+  for (const o of sets) setPath(tree, o);
+  const v = new Validator(path, lines, sets);
+  const cfg = v.config(tree);
+  v.finish();
+  return cfg;
+}
+
+/**
+ * The config text with overrides written into it (comments kept), for a run
+ * that must hand the effective config to several stages. Throws a UserError
+ * if the result is not a valid config.
+ */
+export function renderConfig(text: string, path: string, overrides: string[]): string {
+  parseConfig(text, path, overrides);
+  const { doc } = parseYamlDoc(text, path);
+  for (const o of parseOverrides(overrides)) {
+    try {
+      doc.setIn(o.path, doc.createNode(o.value));
+    } catch (e) {
+      throw new UserError(`--set ${o.text}: ${(e as Error).message}`);
+    }
+  }
+  return doc.toString();
+}
+
+function parseYamlDoc(text: string, path: string): { doc: Document; lines: Map<string, number> } {
+  const lineCounter = new LineCounter();
+  const doc = parseDocument(text, { lineCounter, uniqueKeys: true });
+  if (doc.errors.length > 0) {
+    const e = doc.errors[0];
+    const msg = e.message.split("\n")[0].replace(/ at line \d+, column \d+:?$/, "");
+    throw new UserError(located(path, e.linePos?.[0].line, undefined, `invalid YAML: ${msg}`));
+  }
+  const lines = new Map<string, number>();
+  const walk = (node: unknown, prefix: string) => {
+    if (!isMap(node)) return;
+    for (const pair of node.items) {
+      const k = isScalar(pair.key) ? String(pair.key.value) : String(pair.key);
+      const key = prefix ? `${prefix}.${k}` : k;
+      const range = (pair.key as YamlNode | null)?.range;
+      if (range) lines.set(key, lineCounter.linePos(range[0]).line);
+      walk(pair.value, key);
+    }
+  };
+  walk(doc.contents, "");
+  return { doc, lines };
+}
+
+function describe(v: unknown): string {
+  if (v === null) return "null";
+  if (Array.isArray(v)) return "a list";
+  if (typeof v === "object") return "a mapping";
+  return JSON.stringify(v);
+}
+
+function editDistance(a: string, b: string): number {
+  const prev = Array.from({ length: b.length + 1 }, (_, i) => i);
+  for (let i = 1; i <= a.length; i++) {
+    let diag = prev[0];
+    prev[0] = i;
+    for (let j = 1; j <= b.length; j++) {
+      const tmp = prev[j];
+      prev[j] = Math.min(prev[j] + 1, prev[j - 1] + 1, diag + (a[i - 1] === b[j - 1] ? 0 : 1));
+      diag = tmp;
+    }
+  }
+  return prev[b.length];
+}
+
+function suggest(key: string, known: string[]): string {
+  let best = "";
+  let bestD = Infinity;
+  for (const k of known) {
+    const d = editDistance(key, k);
+    if (d < bestD) [best, bestD] = [k, d];
+  }
+  return bestD <= Math.max(2, Math.floor(key.length / 4)) ? ` (did you mean ${best}?)` : "";
+}
+
+const FLOAT_RE = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
+const INT_RE = /^[+-]?\d+$/;
+
+class Validator {
+  private errors: string[] = [];
+  readonly notApplicable: NotApplicable[] = [];
+
+  constructor(
+    readonly file: string,
+    readonly lines: Map<string, number>,
+    readonly sets: Override[],
+  ) {}
+
+  /** `FILE:LINE: key: msg`, or `FILE: key: msg (from --set ...)` for overridden values. */
+  private where(key: string, msg: string): string {
+    const set = [...this.sets].reverse().find((o) => {
+      const p = o.path.join(".");
+      return key === p || key.startsWith(p + ".") || p.startsWith(key + ".");
+    });
+    if (set) return located(this.file, undefined, key, `${msg} (from --set ${set.text})`);
+    let k = key;
+    let line = this.lines.get(k);
+    while (line === undefined && k.includes(".")) {
+      k = k.slice(0, k.lastIndexOf("."));
+      line = this.lines.get(k);
+    }
+    return located(this.file, line, key, msg);
+  }
+
+  error(key: string, msg: string): void {
+    this.errors.push(this.where(key, msg));
+  }
+
+  finish(): void {
+    if (this.errors.length > 0) throw new UserError(this.errors.join("\n"));
+  }
+
+  config(tree: Record<string, unknown>): FinetuneConfig {
+    const known = [...Object.keys(TOP_LEVEL), ...TOP_SECTIONS];
+    for (const k of Object.keys(tree)) {
+      if (!known.includes(k)) this.error(k, `unknown key${suggest(k, known)}`);
+    }
+    const top = this.section(TOP_LEVEL, pick(tree, Object.keys(TOP_LEVEL)), "", false);
+    const dataRaw = tree.data_config;
+    let data_config = {} as DataConfig;
+    if (dataRaw === undefined || dataRaw === null) {
+      this.error("data_config", "required (train_file, val_file, test_file)");
+    } else {
+      data_config = this.section(DATA_CONFIG, dataRaw, "data_config") as unknown as DataConfig;
+    }
+    const training_args = this.trainingArgs(tree.training_args, data_config);
+    const peft_config = this.peft(tree.peft_config);
+    return {
+      path: this.file,
+      data_config,
+      max_input_length: top.max_input_length as number,
+      max_output_length: top.max_output_length as number,
+      training_args,
+      peft_config,
+      notApplicable: this.notApplicable,
+    };
+  }
+
+  private trainingArgs(raw: unknown, data: DataConfig): TrainingArgs {
+    const key = "training_args";
+    const obj: Record<string, unknown> = raw === undefined || raw === null
+      ? {}
+      : isPlainObject(raw)
+      ? { ...raw }
+      : (this.error(key, `expected a mapping, got ${describe(raw)}`), {});
+    const genRaw = obj.generation_config;
+    delete obj.generation_config;
+    const args = this.section(TRAINING_ARGS, obj, key) as TrainingArgs;
+    args.generation_config =
+      (genRaw === undefined || genRaw === null ? sectionDefaults(GENERATION_CONFIG) : this.section(
+        GENERATION_CONFIG,
+        genRaw,
+        `${key}.generation_config`,
+      )) as unknown as GenerationConfig;
+
+    // HF renamed evaluation_strategy to eval_strategy; both are read.
+    const alias = args.evaluation_strategy as IntervalStrategy | null;
+    if (alias !== null && alias !== undefined) {
+      if ("eval_strategy" in obj && obj.eval_strategy !== alias) {
+        this.error(
+          `${key}.evaluation_strategy`,
+          `conflicts with eval_strategy "${obj.eval_strategy}" (the same setting)`,
+        );
+      }
+      args.eval_strategy = alias;
+    }
+    delete args.evaluation_strategy;
+    // TrainingArguments.__post_init__: evaluating implies do_eval, and eval_steps
+    // falls back to logging_steps.
+    if (args.eval_strategy !== "no") args.do_eval = true;
+    if (args.eval_strategy === "steps" && (args.eval_steps === null || args.eval_steps === 0)) {
+      if (args.logging_steps > 0) args.eval_steps = args.logging_steps;
+      else {
+        this.error(
+          `${key}.eval_steps`,
+          "eval_strategy is steps: needs eval_steps or logging_steps > 0",
+        );
+      }
+    }
+    // finetune_hf.py: no val_file (or do_eval off) means no evaluation.
+    if (!args.do_eval || !data.val_file) {
+      args.do_eval = false;
+      args.eval_strategy = "no";
+    }
+    if (args.logging_strategy === "steps" && args.logging_steps <= 0) {
+      this.error(`${key}.logging_steps`, "must be > 0 when logging_strategy is steps");
+    }
+    if (args.save_strategy === "steps" && args.save_steps <= 0) {
+      this.error(`${key}.save_steps`, "must be > 0 when save_strategy is steps");
+    }
+    if (args.max_steps === 0) {
+      this.error(`${key}.max_steps`, "must be > 0, or -1 to train num_train_epochs");
+    }
+    if (args.max_steps < 0 && args.num_train_epochs <= 0) {
+      this.error(`${key}.num_train_epochs`, "must be > 0 when max_steps is not set");
+    }
+    return args;
+  }
+
+  private peft(raw: unknown): PeftConfig | null {
+    const key = "peft_config";
+    if (raw === undefined || raw === null) return null;
+    if (!isPlainObject(raw)) {
+      this.error(key, `expected a mapping, got ${describe(raw)}`);
+      return null;
+    }
+    const typeRaw = raw.peft_type;
+    const type = typeof typeRaw === "string" ? typeRaw.toUpperCase() : typeRaw;
+    if (type === "LORA") {
+      const explicitTargets = raw.target_modules !== undefined && raw.target_modules !== null;
+      const cfg = this.section(LORA_CONFIG, raw, key) as unknown as LoraConfig;
+      if (!explicitTargets) cfg.target_modules = [...CHATGLM_LORA_TARGETS];
+      return cfg;
+    }
+    if (type === "PREFIX_TUNING") {
+      return this.section(PREFIX_TUNING_CONFIG, raw, key) as unknown as PrefixTuningConfig;
+    }
+    if (typeRaw === undefined || typeRaw === null) {
+      this.error(
+        `${key}.peft_type`,
+        "required: LORA or PREFIX_TUNING (leave out peft_config for full fine-tuning)",
+      );
+    } else {
+      this.error(
+        `${key}.peft_type`,
+        `${
+          describe(typeRaw)
+        } is not supported; expected LORA or PREFIX_TUNING (leave out peft_config for full fine-tuning)`,
+      );
+    }
+    return null;
+  }
+
+  /** Check a mapping against a section spec; the result has every default filled in. */
+  section(
+    spec: Section,
+    raw: unknown,
+    prefix: string,
+    strict = true,
+  ): Record<string, unknown> {
+    const out = sectionDefaults(spec);
+    if (!isPlainObject(raw)) {
+      this.error(prefix, `expected a mapping, got ${describe(raw)}`);
+      return out;
+    }
+    const names = Object.keys(spec);
+    for (const [k, v] of Object.entries(raw)) {
+      const key = prefix ? `${prefix}.${k}` : k;
+      const field = spec[k];
+      if (!field) {
+        if (strict) this.error(key, `unknown key${suggest(k, names)}`);
+        continue;
+      }
+      const value = this.value(field, v, key);
+      if (value === INVALID) continue;
+      if (field.na) {
+        this.notApplicable.push({ key, line: this.lines.get(key), reason: field.na });
+      }
+      out[k] = value;
+    }
+    for (const [k, field] of Object.entries(spec)) {
+      if (field.required && (raw[k] === undefined || raw[k] === null)) {
+        this.error(prefix ? `${prefix}.${k}` : k, "required");
+      }
+    }
+    return out;
+  }
+
+  private value(field: Field, v: unknown, key: string): unknown {
+    if (v === null) {
+      if (field.nullable || field.na) return null;
+      this.error(key, `expected ${expected(field)}, got null`);
+      return INVALID;
+    }
+    const coerced = coerce(field, v);
+    if (coerced === INVALID) {
+      this.error(key, `expected ${expected(field)}, got ${describe(v)}`);
+      return INVALID;
+    }
+    let value = coerced;
+    if (field.enum && typeof value === "string") {
+      const hit = field.enum.find((e) => e === value) ??
+        field.enum.find((e) => e.toLowerCase() === (value as string).toLowerCase());
+      if (hit === undefined) {
+        this.error(key, `${describe(v)} is not one of ${field.enum.join(", ")}`);
+        return INVALID;
+      }
+      value = hit;
+    }
+    if (typeof value === "number") {
+      if (field.min !== undefined && value < field.min) {
+        this.error(key, `must be >= ${field.min}, got ${value}`);
+        return INVALID;
+      }
+      if (field.max !== undefined && value > field.max) {
+        this.error(key, `must be <= ${field.max}, got ${value}`);
+        return INVALID;
+      }
+      if (field.below !== undefined && value >= field.below) {
+        this.error(key, `must be < ${field.below}, got ${value}`);
+        return INVALID;
+      }
+    }
+    if (field.only && !field.only.some((o) => sameValue(o, value))) {
+      const allowed = field.only.map((o) => describe(o)).join(" or ");
+      this.error(key, `${describe(v)} is not supported (only ${allowed})`);
+      return INVALID;
+    }
+    return value;
+  }
+}
+
+const INVALID = Symbol("invalid");
+
+function expected(field: Field): string {
+  switch (field.type) {
+    case "int":
+      return "an integer";
+    case "float":
+      return "a number";
+    case "bool":
+      return "true or false";
+    case "string":
+      return field.enum ? `one of ${field.enum.join(", ")}` : "a string";
+    case "strings":
+      return "a string or a list of strings";
+    case "ints":
+      return "an integer or a list of integers";
+    case "map":
+      return "a mapping";
+  }
+}
+
+function coerce(field: Field, v: unknown): unknown {
+  switch (field.type) {
+    case "int":
+      if (typeof v === "number" && Number.isInteger(v)) return v;
+      // PyYAML users quote numbers; HF's argument parser accepts them.
+      if (typeof v === "string" && INT_RE.test(v.trim())) return Number(v);
+      return INVALID;
+    case "float":
+      if (typeof v === "number" && Number.isFinite(v)) return v;
+      if (typeof v === "string" && FLOAT_RE.test(v.trim())) return Number(v);
+      return INVALID;
+    case "bool":
+      return typeof v === "boolean" ? v : INVALID;
+    case "string":
+      return typeof v === "string" ? v : INVALID;
+    case "strings":
+      if (typeof v === "string") return v;
+      if (Array.isArray(v) && v.every((x) => typeof x === "string")) return v;
+      return INVALID;
+    case "ints":
+      if (typeof v === "number" && Number.isInteger(v)) return v;
+      if (Array.isArray(v) && v.every((x) => typeof x === "number" && Number.isInteger(x))) {
+        return v;
+      }
+      return INVALID;
+    case "map":
+      return isPlainObject(v) ? v : INVALID;
+  }
+}
+
+function sameValue(a: unknown, b: unknown): boolean {
+  return JSON.stringify(a) === JSON.stringify(b);
+}
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
+function pick(obj: Record<string, unknown>, keys: string[]): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const k of keys) if (k in obj) out[k] = obj[k];
+  return out;
+}

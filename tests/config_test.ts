@@ -1,0 +1,327 @@
+import { deepStrictEqual as assertEquals, match as assertMatch, ok as assert } from "node:assert";
+import {
+  finetuneMode,
+  formatNotApplicable,
+  hfTrainingDefaults,
+  intervalSteps,
+  loadConfig,
+  loraDefaults,
+  parseConfig,
+  renderConfig,
+  trainingSteps,
+  warmupSteps,
+} from "../lib/config/mod.ts";
+import { UserError } from "../lib/errors.ts";
+
+function assertThrows(fn: () => unknown, cls: typeof UserError, includes?: string): Error {
+  try {
+    fn();
+  } catch (e) {
+    assert(e instanceof cls, `expected ${cls.name}, got ${e}`);
+    if (includes) assert(e.message.includes(includes), `"${e.message}" lacks "${includes}"`);
+    return e;
+  }
+  throw new Error("expected an error");
+}
+
+async function assertRejects(
+  fn: () => Promise<unknown>,
+  cls: typeof UserError,
+  includes?: string,
+): Promise<Error> {
+  try {
+    await fn();
+  } catch (e) {
+    assert(e instanceof cls, `expected ${cls.name}, got ${e}`);
+    if (includes) assert(e.message.includes(includes), `"${e.message}" lacks "${includes}"`);
+    return e;
+  }
+  throw new Error("expected an error");
+}
+
+const UP = "tests/fixtures/config/upstream";
+
+Deno.test("upstream lora.yaml loads unchanged with its values and HF/PEFT defaults", async () => {
+  const cfg = await loadConfig(`${UP}/lora.yaml`);
+  assertEquals(cfg.data_config, {
+    train_file: "train.json",
+    val_file: "dev.json",
+    test_file: "dev.json",
+    num_proc: 16,
+  });
+  assertEquals(cfg.max_input_length, 256);
+  assertEquals(cfg.max_output_length, 512);
+  const a = cfg.training_args;
+  assertEquals(a.output_dir, "./output");
+  assertEquals(a.max_steps, 3000);
+  assertEquals(a.learning_rate, 5e-5);
+  assertEquals(a.per_device_train_batch_size, 4);
+  assertEquals(a.per_device_eval_batch_size, 16);
+  assertEquals(a.save_strategy, "steps");
+  assertEquals(a.save_steps, 500);
+  assertEquals(a.logging_steps, 10);
+  assertEquals(a.eval_strategy, "steps");
+  assertEquals(a.eval_steps, 500);
+  assertEquals(a.do_eval, true);
+  assertEquals(a.predict_with_generate, true);
+  assertEquals(a.generation_config.max_new_tokens, 512);
+  assertEquals(a.generation_config.do_sample, false);
+  // HF defaults for what the file leaves out
+  assertEquals(a.adam_beta1, 0.9);
+  assertEquals(a.adam_beta2, 0.999);
+  assertEquals(a.adam_epsilon, 1e-8);
+  assertEquals(a.weight_decay, 0);
+  assertEquals(a.max_grad_norm, 1.0);
+  assertEquals(a.lr_scheduler_type, "linear");
+  assertEquals(a.warmup_steps, 0);
+  assertEquals(a.warmup_ratio, 0);
+  assertEquals(a.seed, 42);
+  assertEquals(a.gradient_accumulation_steps, 1);
+  assertEquals(a.gradient_checkpointing, false);
+  assert(!("evaluation_strategy" in a));
+  assertEquals(cfg.peft_config, {
+    ...loraDefaults(),
+    peft_type: "LORA",
+    task_type: "CAUSAL_LM",
+    r: 8,
+    lora_alpha: 32,
+    lora_dropout: 0.1,
+    target_modules: ["query_key_value"],
+  });
+  assertEquals(finetuneMode(cfg), "lora");
+  assertEquals(cfg.notApplicable.map((n) => [n.key, n.line]), [
+    ["data_config.num_proc", 5],
+    ["training_args.dataloader_num_workers", 16],
+    ["training_args.remove_unused_columns", 17],
+    ["training_args.log_level", 22],
+    ["training_args.use_cpu", 40],
+  ]);
+});
+
+Deno.test("upstream ptuning_v2.yaml and sft.yaml load unchanged", async () => {
+  const pt = await loadConfig(`${UP}/ptuning_v2.yaml`);
+  assertEquals(finetuneMode(pt), "ptuning");
+  assert(pt.peft_config?.peft_type === "PREFIX_TUNING");
+  assertEquals(pt.peft_config.num_virtual_tokens, 128);
+  assertEquals(pt.peft_config.prefix_projection, false);
+  assertEquals(pt.peft_config.task_type, "CAUSAL_LM");
+  assertEquals(pt.training_args.max_steps, 3000);
+
+  const sft = await loadConfig(`${UP}/sft.yaml`);
+  assertEquals(sft.peft_config, null);
+  assertEquals(finetuneMode(sft), "sft");
+  assertEquals(sft.training_args.learning_rate, 5e-5);
+  const na = sft.notApplicable.map((n) => n.key);
+  assert(na.includes("training_args.deepspeed"), na.join());
+  assert(!na.includes("training_args.use_cpu"));
+  const line = formatNotApplicable(sft);
+  assertMatch(line, /sft\.yaml: not applicable here, ignored: .*training_args\.deepspeed/);
+  assertEquals(line.split("\n").length, 1);
+});
+
+Deno.test("our configs load, in the upstream schema, sized for the demo", async () => {
+  for (const [file, mode] of [["lora", "lora"], ["ptuning_v2", "ptuning"], ["sft", "sft"]]) {
+    const cfg = await loadConfig(`configs/${file}.yaml`);
+    assertEquals(finetuneMode(cfg), mode);
+    assertEquals(cfg.notApplicable, [], file);
+    assertEquals(cfg.max_input_length, 64);
+    assertEquals(cfg.max_output_length, 64);
+    assertEquals(cfg.training_args.logging_steps, 10);
+    assert(cfg.training_args.max_steps > 0 && cfg.training_args.max_steps <= 500);
+    assertEquals(cfg.data_config.train_file, "train.json");
+    assertEquals(cfg.data_config.val_file, "dev.json");
+    // upstream's files have exactly the same top-level sections
+    const up = await loadConfig(`${UP}/${file}.yaml`);
+    assertEquals(Object.keys(cfg), Object.keys(up));
+  }
+});
+
+Deno.test("a misspelled key names the key, the file and its line", () => {
+  const text = "data_config:\n  train_file: t.json\nmax_input_length: 8\nmax_output_length: 8\n" +
+    "training_args:\n  max_steps: 5\n  learing_rate: 1e-4\n";
+  const e = assertThrows(() => parseConfig(text, "my.yaml"), UserError);
+  assertMatch(e.message, /^my\.yaml:7: training_args\.learing_rate: unknown key/);
+  assertMatch(e.message, /did you mean learning_rate\?/);
+
+  const top = assertThrows(
+    () => parseConfig("max_input_lenght: 8\n", "top.yaml"),
+    UserError,
+  );
+  assertMatch(
+    top.message,
+    /top\.yaml:1: max_input_lenght: unknown key \(did you mean max_input_length\?\)/,
+  );
+});
+
+Deno.test("wrong types and bad values are errors with file:line", () => {
+  const base = "data_config:\n  train_file: t.json\nmax_input_length: 8\nmax_output_length: 8\n";
+  const cases: [string, RegExp][] = [
+    [
+      "training_args:\n  learning_rate: abc\n",
+      /c\.yaml:6: training_args\.learning_rate: expected a number, got "abc"/,
+    ],
+    [
+      "training_args:\n  max_steps: 2.5\n",
+      /c\.yaml:6: training_args\.max_steps: expected an integer/,
+    ],
+    [
+      "training_args:\n  lr_scheduler_type: cosinus\n",
+      /:6: training_args\.lr_scheduler_type: "cosinus" is not one of linear, cosine/,
+    ],
+    ["training_args:\n  adam_beta2: 1.0\n", /:6: training_args\.adam_beta2: must be < 1/],
+    [
+      "training_args:\n  label_smoothing_factor: 0.1\n",
+      /:6: training_args\.label_smoothing_factor: 0\.1 is not supported \(only 0\)/,
+    ],
+    ["training_args:\n  optim: sgd\n", /:6: training_args\.optim: "sgd" is not one of adamw_torch/],
+    [
+      "peft_config:\n  peft_type: IA3\n",
+      /:6: peft_config\.peft_type: "IA3" is not supported; expected LORA or PREFIX_TUNING/,
+    ],
+    ["peft_config:\n  peft_type: PREFIX_TUNING\n", /:5: peft_config\.num_virtual_tokens: required/],
+    [
+      "peft_config:\n  peft_type: LORA\n  bias: all\n",
+      /:7: peft_config\.bias: "all" is not supported \(only "none"\)/,
+    ],
+    [
+      "training_args:\n  generation_config:\n    max_new_tokns: 5\n",
+      /:7: training_args\.generation_config\.max_new_tokns: unknown key/,
+    ],
+  ];
+  for (const [extra, re] of cases) {
+    const e = assertThrows(() => parseConfig(base + extra, "c.yaml"), UserError);
+    assertMatch(e.message, re);
+  }
+  // several problems are all reported at once
+  const many = assertThrows(
+    () => parseConfig("max_input_length: x\nmax_output_length: -1\n", "m.yaml"),
+    UserError,
+  );
+  assertMatch(many.message, /m\.yaml:1: max_input_length: expected an integer/);
+  assertMatch(many.message, /m\.yaml:2: max_output_length: must be >= 1/);
+  assertMatch(many.message, /m\.yaml: data_config: required/);
+  // broken YAML and duplicate keys
+  assertMatch(
+    assertThrows(() => parseConfig("a: [1\n", "y.yaml"), UserError).message,
+    /^y\.yaml:2: invalid YAML/,
+  );
+  assertMatch(
+    assertThrows(() => parseConfig("a: 1\na: 2\n", "d.yaml"), UserError).message,
+    /^d\.yaml:2: invalid YAML: Map keys must be unique/,
+  );
+});
+
+Deno.test("a missing config file is a UserError", async () => {
+  await assertRejects(
+    () => loadConfig("no/such.yaml"),
+    UserError,
+    "no/such.yaml: no such config file",
+  );
+});
+
+Deno.test("--set overrides are typed, applied before validation, and checked", async () => {
+  const cfg = await loadConfig(`${UP}/lora.yaml`, [
+    "training_args.max_steps=5",
+    "training_args.learning_rate=1e-3",
+    "peft_config.lora_dropout=0",
+    "peft_config.target_modules=[query_key_value, dense]",
+    "training_args.predict_with_generate=false",
+    "training_args.output_dir=out dir",
+    "training_args.generation_config.max_new_tokens=16",
+  ]);
+  assertEquals(cfg.training_args.max_steps, 5);
+  assertEquals(cfg.training_args.learning_rate, 1e-3);
+  assertEquals(cfg.training_args.predict_with_generate, false);
+  assertEquals(cfg.training_args.output_dir, "out dir");
+  assertEquals(cfg.training_args.generation_config.max_new_tokens, 16);
+  assert(cfg.peft_config?.peft_type === "LORA");
+  assertEquals(cfg.peft_config.lora_dropout, 0);
+  assertEquals(cfg.peft_config.target_modules, ["query_key_value", "dense"]);
+
+  // a key the schema does not know is an error naming it
+  const e = await assertRejects(
+    () => loadConfig(`${UP}/lora.yaml`, ["training_args.learing_rate=1"]),
+    UserError,
+  );
+  assertMatch(
+    e.message,
+    /lora\.yaml: training_args\.learing_rate: unknown key \(did you mean learning_rate\?\) \(from --set training_args\.learing_rate=1\)/,
+  );
+  // a wrong type names the override
+  const t = await assertRejects(
+    () => loadConfig(`${UP}/lora.yaml`, ["training_args.max_steps=many"]),
+    UserError,
+  );
+  assertMatch(t.message, /training_args\.max_steps: expected an integer, got "many" \(from --set/);
+  await assertRejects(
+    () => loadConfig(`${UP}/lora.yaml`, ["training_args"]),
+    UserError,
+    "expected key.path=value",
+  );
+  await assertRejects(
+    () => loadConfig(`${UP}/lora.yaml`, ["max_input_length.x=1"]),
+    UserError,
+    "max_input_length is not a mapping",
+  );
+  // removing peft_config switches to full fine-tuning
+  assertEquals((await loadConfig(`${UP}/lora.yaml`, ["peft_config=null"])).peft_config, null);
+});
+
+Deno.test("renderConfig writes overrides into the YAML, keeping comments", async () => {
+  const text = await Deno.readTextFile(`${UP}/lora.yaml`);
+  const out = renderConfig(text, "lora.yaml", ["training_args.max_steps=7"]);
+  assertMatch(out, /# see `transformers\.Seq2SeqTrainingArguments`/);
+  assertEquals(parseConfig(out, "x.yaml").training_args.max_steps, 7);
+  assertThrows(() => renderConfig(text, "lora.yaml", ["training_args.bogus=1"]), UserError);
+});
+
+Deno.test("HF defaults and derived step counts", () => {
+  const d = hfTrainingDefaults();
+  assertEquals(d.learning_rate, 5e-5);
+  assertEquals(d.num_train_epochs, 3);
+  assertEquals(d.max_steps, -1);
+  assertEquals(d.per_device_train_batch_size, 8);
+  assertEquals(d.logging_steps, 500);
+  assertEquals(d.save_steps, 500);
+  assertEquals(d.generation_config.max_length, 20);
+  assert(!("evaluation_strategy" in d));
+  // 100 records, batch 8 -> 13 batches/epoch; accumulation 2 -> 6 updates/epoch
+  const args = { ...d, gradient_accumulation_steps: 2 };
+  assertEquals(trainingSteps(args, 100), { maxSteps: 18, updatesPerEpoch: 6, numEpochs: 3 });
+  assertEquals(trainingSteps({ ...args, dataloader_drop_last: true }, 100).updatesPerEpoch, 6);
+  assertEquals(trainingSteps({ ...args, max_steps: 10 }, 100), {
+    maxSteps: 10,
+    updatesPerEpoch: 6,
+    numEpochs: 2,
+  });
+  assertEquals(trainingSteps({ ...d, num_train_epochs: 0.5 }, 80).maxSteps, 5);
+  assertEquals(warmupSteps({ ...d, warmup_ratio: 0.1 }, 25), 3);
+  assertEquals(warmupSteps({ ...d, warmup_steps: 4, warmup_ratio: 0.1 }, 25), 4);
+  assertEquals(intervalSteps(0.25, 18), 5);
+  assertEquals(intervalSteps(10, 18), 10);
+});
+
+Deno.test("evaluation follows HF and finetune_hf.py rules", () => {
+  const base = "data_config:\n  train_file: t.json\nmax_input_length: 8\nmax_output_length: 8\n";
+  // eval_steps falls back to logging_steps
+  const a = parseConfig(
+    base.replace("t.json", "t.json\n  val_file: d.json") +
+      "training_args:\n  eval_strategy: steps\n  logging_steps: 7\n",
+    "e.yaml",
+  ).training_args;
+  assertEquals([a.do_eval, a.eval_strategy, a.eval_steps], [true, "steps", 7]);
+  // no val_file: evaluation is off
+  const b = parseConfig(base + "training_args:\n  evaluation_strategy: steps\n", "e.yaml")
+    .training_args;
+  assertEquals([b.do_eval, b.eval_strategy], [false, "no"]);
+  // the old and new names must agree
+  assertThrows(
+    () =>
+      parseConfig(
+        base + "training_args:\n  evaluation_strategy: steps\n  eval_strategy: epoch\n",
+        "e.yaml",
+      ),
+    UserError,
+    "conflicts with eval_strategy",
+  );
+});
