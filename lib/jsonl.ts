@@ -204,3 +204,347 @@ export class JsonlWriter {
     return this.out.abort();
   }
 }
+
+const B_LBRACKET = 0x5b, B_RBRACKET = 0x5d, B_LBRACE = 0x7b, B_RBRACE = 0x7d;
+const B_COMMA = 0x2c, B_QUOTE = 0x22, B_BACKSLASH = 0x5c;
+
+function isJsonSpace(b: number): boolean {
+  return b === 0x20 || b === 0x0a || b === 0x0d || b === 0x09;
+}
+
+function describeByte(b: number): string {
+  return b >= 0x20 && b < 0x7f ? `'${String.fromCharCode(b)}'` : `byte 0x${b.toString(16)}`;
+}
+
+/** The 1-based line, inside `text` that starts at `startLine`, of a JSON.parse error. */
+function parseErrorLine(text: string, startLine: number, message: string): number {
+  const m = /position (\d+)/.exec(message);
+  if (!m) return startLine;
+  const pos = Math.min(Number(m[1]), text.length);
+  let n = 0;
+  for (let i = text.indexOf("\n"); i !== -1 && i < pos; i = text.indexOf("\n", i + 1)) n++;
+  return startLine + n;
+}
+
+/**
+ * Stream the elements of a top-level JSON array (`[ {...}, {...} ]`), each with
+ * the line it starts on, without holding the array in memory: a byte scanner
+ * finds each element's extent and only that element is decoded and parsed.
+ * Structural faults (a trailing comma, a missing comma, a bracket that does not
+ * match, an unclosed array) come out as `{line, error}` at the line where they
+ * are; after a fault that leaves the structure unknowable, reading stops.
+ */
+export async function* readJsonArray(
+  input: ReadableStream<Uint8Array> | string,
+): AsyncGenerator<JsonRecord> {
+  const stream = typeof input === "string" ? await openInput(input) : input;
+  const decoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
+  type Phase = "start" | "first" | "next" | "value" | "after" | "done";
+  let phase: Phase = "start";
+  let line = 1;
+  let arrayLine = 1;
+  let commaLine = 0;
+  // The element being collected.
+  let parts: Uint8Array[] = [];
+  let startLine = 0;
+  const stack: number[] = [];
+  let inString = false;
+  let escaped = false;
+  let atFileStart = true;
+
+  const finish = (tail: Uint8Array): JsonRecord => {
+    parts.push(tail);
+    let len = 0;
+    for (const p of parts) len += p.length;
+    const bytes = parts.length === 1 ? parts[0] : new Uint8Array(len);
+    if (parts.length > 1) {
+      let o = 0;
+      for (const p of parts) {
+        bytes.set(p, o);
+        o += p.length;
+      }
+    }
+    parts = [];
+    let text: string;
+    try {
+      text = decoder.decode(bytes);
+    } catch {
+      const bad = firstInvalidUtf8(bytes);
+      let nl = 0;
+      let col = bad;
+      for (let i = 0; i < bad; i++) {
+        if (bytes[i] === NL) {
+          nl++;
+          col = bad - i - 1;
+        }
+      }
+      return {
+        line: startLine + nl,
+        error: `invalid UTF-8 (first bad byte at column ${col + 1})`,
+      };
+    }
+    try {
+      return { line: startLine, value: JSON.parse(text) };
+    } catch (e) {
+      const msg = (e as Error).message;
+      return { line: parseErrorLine(text, startLine, msg), error: `malformed JSON: ${msg}` };
+    }
+  };
+
+  for await (const chunk of stream) {
+    let i = 0;
+    if (atFileStart && chunk.length > 0) {
+      atFileStart = false;
+      if (chunk.length >= 3 && chunk[0] === 0xef && chunk[1] === 0xbb && chunk[2] === 0xbf) i = 3;
+    }
+    let valueFrom = phase === "value" ? 0 : -1;
+    const out: JsonRecord[] = [];
+    let fatal = false;
+    for (; i < chunk.length; i++) {
+      const b = chunk[i];
+      if (phase === "value") {
+        if (inString) {
+          if (escaped) escaped = false;
+          else if (b === B_BACKSLASH) escaped = true;
+          else if (b === B_QUOTE) {
+            inString = false;
+            if (stack.length === 0) {
+              out.push(finish(chunk.subarray(valueFrom, i + 1)));
+              phase = "after";
+            }
+          } else if (b === NL) line++;
+          continue;
+        }
+        if (b === B_QUOTE) {
+          inString = true;
+        } else if (b === B_LBRACE || b === B_LBRACKET) {
+          stack.push(b);
+        } else if (b === B_RBRACE || b === B_RBRACKET) {
+          if (stack.length === 0) {
+            // The end of a bare scalar element, and of the array.
+            out.push(finish(chunk.subarray(valueFrom, i)));
+            if (b === B_RBRACKET) phase = "done";
+            else {
+              out.push({
+                line,
+                error: `unexpected '}' after the element that starts at line ${startLine}`,
+              });
+              fatal = true;
+              break;
+            }
+            continue;
+          }
+          const open = stack.pop()!;
+          if ((open === B_LBRACE) !== (b === B_RBRACE)) {
+            out.push({
+              line,
+              error:
+                `mismatched ${describeByte(b)}: the element that starts at line ${startLine} ` +
+                `opened ${describeByte(open)} here`,
+            });
+            parts = [];
+            fatal = true;
+            break;
+          }
+          if (stack.length === 0) {
+            out.push(finish(chunk.subarray(valueFrom, i + 1)));
+            phase = "after";
+          }
+        } else if (stack.length === 0 && (b === B_COMMA || isJsonSpace(b))) {
+          // The end of a bare scalar element (a number, true, false, null).
+          out.push(finish(chunk.subarray(valueFrom, i)));
+          phase = "after";
+          i--;
+          continue;
+        } else if (b === NL) line++;
+        continue;
+      }
+      if (b === NL) {
+        line++;
+        continue;
+      }
+      if (isJsonSpace(b)) continue;
+      switch (phase) {
+        case "start":
+          if (b !== B_LBRACKET) {
+            out.push({
+              line,
+              error: `expected a JSON array ('[') at the top level, found ${describeByte(b)}`,
+            });
+            fatal = true;
+          } else {
+            arrayLine = line;
+            phase = "first";
+          }
+          break;
+        case "first":
+        case "next":
+          if (b === B_RBRACKET) {
+            if (phase === "next") {
+              out.push({
+                line: commaLine,
+                error: "trailing comma after the last element of the array",
+              });
+            }
+            phase = "done";
+          } else if (b === B_COMMA) {
+            out.push({ line, error: "expected an element, found ','" });
+            commaLine = line;
+          } else {
+            phase = "value";
+            startLine = line;
+            valueFrom = i;
+            i--;
+          }
+          break;
+        case "after":
+          if (b === B_COMMA) {
+            phase = "next";
+            commaLine = line;
+          } else if (b === B_RBRACKET) {
+            phase = "done";
+          } else {
+            out.push({
+              line,
+              error: `expected ',' or ']' after the element that starts at line ${startLine}`,
+            });
+            phase = "value";
+            startLine = line;
+            valueFrom = i;
+            i--;
+          }
+          break;
+        case "done":
+          out.push({
+            line,
+            error: `unexpected ${describeByte(b)} after the closing ']' of the array`,
+          });
+          fatal = true;
+          break;
+      }
+      if (fatal) break;
+    }
+    if (!fatal && phase === "value") {
+      // Copy: the stream may reuse its chunk buffer.
+      parts.push(chunk.slice(valueFrom));
+    }
+    yield* out;
+    if (fatal) return;
+  }
+  if (phase === "value") {
+    yield {
+      line,
+      error: `unexpected end of file inside the element that starts at line ${startLine}`,
+    };
+  } else if (phase === "first" || phase === "next" || phase === "after") {
+    yield {
+      line,
+      error: `unexpected end of file: the array opened at line ${arrayLine} is not closed`,
+    };
+  }
+}
+
+/** Put bytes already read back in front of the rest of a stream. */
+function prepend(
+  head: Uint8Array[],
+  reader: ReadableStreamDefaultReader<Uint8Array>,
+): ReadableStream<Uint8Array> {
+  return new ReadableStream<Uint8Array>({
+    pull(controller) {
+      const next = head.shift();
+      if (next) {
+        controller.enqueue(next);
+        return;
+      }
+      return reader.read().then(({ done, value }) => {
+        if (done) controller.close();
+        else controller.enqueue(value);
+      });
+    },
+    cancel(reason) {
+      return reader.cancel(reason);
+    },
+  });
+}
+
+/**
+ * Read the records of a data file, whichever way it holds them: a `.jsonl`
+ * file is JSON Lines; a `.json` file or standard input is a JSON array when its
+ * first non-blank character is `[` and JSON Lines otherwise (as the Hugging Face
+ * `json` loader accepts both).
+ */
+export async function* readJsonRecords(
+  input: ReadableStream<Uint8Array> | string,
+  kind: "auto" | "array" | "lines" = "auto",
+): AsyncGenerator<JsonRecord> {
+  if (kind === "auto" && typeof input === "string" && /\.jsonl$/i.test(input)) kind = "lines";
+  const stream = typeof input === "string" ? await openInput(input) : input;
+  if (kind === "array") return yield* readJsonArray(stream);
+  if (kind === "lines") return yield* readJsonl(stream);
+  const reader = stream.getReader();
+  const head: Uint8Array[] = [];
+  let first = -1;
+  while (first < 0) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    // Copy: the stream may reuse its chunk buffer.
+    const chunk = value.slice();
+    head.push(chunk);
+    let i = head.length === 1 && chunk[0] === 0xef && chunk[1] === 0xbb && chunk[2] === 0xbf
+      ? 3
+      : 0;
+    for (; i < chunk.length; i++) {
+      if (!isJsonSpace(chunk[i])) {
+        first = chunk[i];
+        break;
+      }
+    }
+  }
+  const rest = prepend(head, reader);
+  if (first === B_LBRACKET) yield* readJsonArray(rest);
+  else yield* readJsonl(rest);
+}
+
+/**
+ * A buffered JSON Lines output: standard output for "-", otherwise a file
+ * written atomically (it appears under its name only on `commit()`).
+ */
+export class JsonlSink {
+  private enc = new TextEncoder();
+  private buf: string[] = [];
+  private bufLen = 0;
+  count = 0;
+  private constructor(
+    private file: AtomicFile | undefined,
+    private stdout: WritableStreamDefaultWriter<Uint8Array> | undefined,
+  ) {}
+  static async create(path: string): Promise<JsonlSink> {
+    if (path === "-") return new JsonlSink(undefined, Deno.stdout.writable.getWriter());
+    return new JsonlSink(await AtomicFile.create(path), undefined);
+  }
+  async write(record: unknown): Promise<void> {
+    const s = JSON.stringify(record) + "\n";
+    this.buf.push(s);
+    this.bufLen += s.length;
+    this.count++;
+    if (this.bufLen >= 1 << 20) await this.flush();
+  }
+  private async flush(): Promise<void> {
+    if (this.buf.length === 0) return;
+    const bytes = this.enc.encode(this.buf.join(""));
+    this.buf = [];
+    this.bufLen = 0;
+    if (this.file) await this.file.write(bytes);
+    else await this.stdout!.write(bytes);
+  }
+  async commit(): Promise<void> {
+    await this.flush();
+    if (this.file) await this.file.commit();
+    else this.stdout!.releaseLock();
+  }
+  async abort(): Promise<void> {
+    this.buf = [];
+    if (this.file) await this.file.abort();
+    else this.stdout!.releaseLock();
+  }
+}
