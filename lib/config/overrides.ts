@@ -24,13 +24,19 @@ export function parseOverride(text: string): Override {
     throw new UserError(`--set ${text}: "${key}" is not a valid key path`);
   }
   const raw = text.slice(eq + 1);
-  let value: unknown;
+  let value: unknown = raw;
   try {
     value = raw.trim() === "" ? null : parseYaml(raw);
-  } catch (e) {
-    throw new UserError(`--set ${text}: value is not valid YAML: ${(e as Error).message}`);
+  } catch {
+    // not YAML (`a: b`, `[x`): the text itself, which a typed key then rejects by name
   }
+  // `?` or `k: v` written without braces read as a mapping by YAML; mean the text
+  if (isBlockMapping(value, raw)) value = raw;
   return { text, path, value };
+}
+
+function isBlockMapping(v: unknown, raw: string): boolean {
+  return typeof v === "object" && v !== null && !Array.isArray(v) && !raw.trim().startsWith("{");
 }
 
 export function parseOverrides(texts: readonly string[]): Override[] {

@@ -1,0 +1,491 @@
+/**
+ * Runs a pipeline's steps in order, in this process (so a GPU is acquired
+ * once), skipping each step whose inputs, flags and stage code are unchanged
+ * since its last successful run. After a step succeeds a manifest
+ * `<run dir>/.manifests/<step>.json` records those hashes and the hashes of
+ * its outputs; a step that reruns changes its outputs' hashes, so exactly the
+ * steps downstream of it rerun.
+ */
+import { dirname, join, relative, resolve } from "node:path";
+import { writeFileAtomic, writeJsonAtomic } from "../atomic.ts";
+import { UserError } from "../errors.ts";
+import { loadConfig, parseConfig, renderConfig } from "../config/config.ts";
+import { parseOverride } from "../config/overrides.ts";
+import { CodeHasher, Hasher } from "./hash.ts";
+import {
+  type ParamValue,
+  type PipelineFile,
+  readPipeline,
+  type ResolvedStep,
+  resolveParams,
+  resolveSteps,
+} from "./pipeline.ts";
+import { loadStage, stageFile, STAGES } from "../../stages/registry.ts";
+
+export interface StageModule {
+  main(args: string[]): Promise<number | void>;
+}
+
+/** How the runner finds a stage: its code (for the code hash) and a loader. */
+export interface StageRef {
+  file: string | URL;
+  load(): Promise<StageModule>;
+}
+
+/** null: the stage is not implemented (yet). */
+export type StageResolver = (stage: string) => Promise<StageRef | null>;
+
+export interface RunOptions {
+  /** `--set` overrides: params (`x=v`, `params.x=v`), step flags (`steps.S.args.K=v`), or config keys */
+  sets?: string[];
+  /** force this step and every later one */
+  from?: string;
+  /** run just this step (forced) */
+  only?: string;
+  /** print the plan, run nothing, write nothing */
+  dryRun?: boolean;
+  /** the run directory (the `out` param) */
+  out?: string;
+  /** where stages come from (tests inject their own) */
+  stages?: StageResolver;
+  /** progress lines (default: console.log) */
+  log?: (line: string) => void;
+}
+
+export type Action = "run" | "skip" | "not selected";
+
+export interface StepReport {
+  name: string;
+  stage: string;
+  action: Action;
+  reason: string;
+  inputs: [string, string][];
+  outputs: [string, string][];
+  argv: string[];
+}
+
+export interface RunResult {
+  name: string;
+  runDir: string;
+  steps: StepReport[];
+}
+
+interface Manifest {
+  version: 1;
+  step: string;
+  stage: string;
+  argv: string[];
+  code: string;
+  inputs: Record<string, string | null>;
+  outputs: Record<string, string | null>;
+  finished: string;
+}
+
+/** Top-level config keys: a `--set` starting with one of these edits the training config. */
+const CONFIG_ROOTS = [
+  "data_config",
+  "max_input_length",
+  "max_output_length",
+  "training_args",
+  "peft_config",
+];
+
+/** The stages of stages/registry.ts, and `validate` (stages/validate.ts). */
+export const defaultStages: StageResolver = async (stage) => {
+  let file: URL;
+  if (stage === "validate") file = new URL("../../stages/validate.ts", import.meta.url);
+  else if (stage in STAGES) file = stageFile(stage);
+  else return null;
+  try {
+    await Deno.stat(file);
+  } catch {
+    return null;
+  }
+  return {
+    file,
+    load: () => stage === "validate" ? import(file.href) as Promise<StageModule> : loadStage(stage),
+  };
+};
+
+/** Resolve `NAME` to `pipelines/NAME.yaml`; anything with a slash or a .yaml/.yml suffix is a path. */
+export async function pipelinePath(nameOrFile: string): Promise<string> {
+  if (nameOrFile.includes("/") || /\.ya?ml$/.test(nameOrFile)) return nameOrFile;
+  const path = join("pipelines", `${nameOrFile}.yaml`);
+  try {
+    await Deno.stat(path);
+    return path;
+  } catch {
+    const names: string[] = [];
+    try {
+      for await (const e of Deno.readDir("pipelines")) {
+        if (e.name.endsWith(".yaml")) names.push(e.name.slice(0, -5));
+      }
+    } catch { /* no pipelines directory here */ }
+    throw new UserError(
+      `no pipeline "${nameOrFile}" (${path} not found)` +
+        (names.length ? `; pipelines: ${names.sort().join(", ")}` : ""),
+    );
+  }
+}
+
+export async function runPipeline(path: string, opts: RunOptions = {}): Promise<RunResult> {
+  const log = opts.log ?? ((l: string) => console.log(l));
+  const stages = opts.stages ?? defaultStages;
+  const file = await readPipeline(path);
+  if (opts.from && opts.only) throw new UserError("--from and --only cannot be used together");
+  for (const s of [opts.from, opts.only]) {
+    if (s && !file.steps.some((t) => t.name === s)) {
+      throw new UserError(
+        `${path}: no step named "${s}"; steps are: ${file.steps.map((t) => t.name).join(", ")}`,
+      );
+    }
+  }
+
+  // --set: params, step flags, or training-config keys
+  const params: Record<string, ParamValue> = { out: "runs/${name}", ...file.params };
+  const origins = new Map<string, string>();
+  const configSets: string[] = [];
+  const stepSets: { step: string; key: string; value: unknown; text: string }[] = [];
+  for (const text of opts.sets ?? []) {
+    const o = parseOverride(text);
+    const [head, ...rest] = o.path;
+    if (head === "steps") {
+      if (rest.length !== 3 || rest[1] !== "args") {
+        throw new UserError(`--set ${text}: step flags are set as steps.STEP.args.FLAG=value`);
+      }
+      const step = file.steps.find((s) => s.name === rest[0]);
+      if (!step) throw new UserError(`--set ${text}: no step named "${rest[0]}"`);
+      stepSets.push({ step: rest[0], key: rest[2], value: o.value, text });
+      continue;
+    }
+    const param = head === "params" && rest.length === 1
+      ? rest[0]
+      : o.path.length === 1 && head in params
+      ? head
+      : undefined;
+    if (param !== undefined) {
+      if (!(param in params)) {
+        throw new UserError(
+          `--set ${text}: pipeline ${file.name} has no param "${param}"; params are: ${
+            Object.keys(params).join(", ")
+          }`,
+        );
+      }
+      if (!isParamValue(o.value)) {
+        throw new UserError(`--set ${text}: a param is a scalar or a list of scalars`);
+      }
+      params[param] = o.value as ParamValue;
+      origins.set(param, `--set ${text}`);
+      continue;
+    }
+    if (CONFIG_ROOTS.includes(head)) {
+      configSets.push(text);
+      continue;
+    }
+    throw new UserError(
+      `--set ${text}: "${o.path.join(".")}" is neither a param of pipeline ${file.name} (${
+        Object.keys(params).join(", ")
+      }), a step flag (steps.STEP.args.FLAG) nor a training-config key (${
+        CONFIG_ROOTS.join(", ")
+      })`,
+    );
+  }
+  if (opts.out !== undefined) {
+    params.out = opts.out;
+    origins.set("out", "--out");
+  }
+  for (const s of stepSets) {
+    const step = file.steps.find((t) => t.name === s.step)!;
+    if (!isParamValue(s.value)) {
+      throw new UserError(`--set ${s.text}: a flag value is a scalar or a list of scalars`);
+    }
+    if (s.key in step.inputs || s.key in step.outputs) {
+      throw new UserError(
+        `--set ${s.text}: --${s.key} is a path of the step; set the param it uses`,
+      );
+    }
+    step.args[s.key] = s.value;
+  }
+
+  const resolved = resolveParams(
+    file,
+    params,
+    (k) => origins.get(k) ?? located(file, `params.${k}`),
+  );
+  const runDir = String(resolved.out);
+  if (!runDir || resolved.out === null) throw new UserError(`${path}: the "out" param is empty`);
+
+  const hasher = new Hasher();
+  const code = new CodeHasher();
+
+  // the training config: validated up front, and rewritten with --set overrides
+  let config: unknown;
+  let pendingConfig: { path: string; text: string } | undefined;
+  if ("config" in resolved && typeof resolved.config === "string") {
+    const cfgPath = resolved.config;
+    if (configSets.length > 0) {
+      const text = await readText(cfgPath);
+      const effective = renderConfig(text, cfgPath, configSets);
+      const outPath = join(runDir, "config.yaml");
+      pendingConfig = { path: outPath, text: effective };
+      hasher.pending.set(resolve(outPath), new TextEncoder().encode(effective));
+      resolved.config = outPath;
+      config = parseConfig(effective, cfgPath);
+    } else {
+      config = await loadConfig(cfgPath);
+    }
+  } else if (configSets.length > 0) {
+    throw new UserError(
+      `--set ${configSets[0]}: pipeline ${file.name} has no "config" param to apply it to`,
+    );
+  }
+
+  const steps = resolveSteps({ file, params: resolved, runDir, config });
+  const fromIdx = opts.from ? steps.findIndex((s) => s.name === opts.from) : -1;
+  const manifestDir = join(runDir, ".manifests");
+
+  log(
+    `pipeline ${file.name} (${path}) → ${runDir}${opts.dryRun ? " [dry run: nothing is run]" : ""}`,
+  );
+  if (pendingConfig && !opts.dryRun) {
+    const old = await Deno.readTextFile(pendingConfig.path).catch(() => undefined);
+    if (old !== pendingConfig.text) await writeFileAtomic(pendingConfig.path, pendingConfig.text);
+    hasher.pending.delete(resolve(pendingConfig.path));
+    hasher.forget(pendingConfig.path);
+  }
+
+  const reports: StepReport[] = [];
+  const willRun = new Set<string>();
+  let ran = 0;
+  let skipped = 0;
+  for (const [i, step] of steps.entries()) {
+    const report: StepReport = {
+      name: step.name,
+      stage: step.stage,
+      action: "run",
+      reason: "",
+      inputs: step.inputs,
+      outputs: step.outputs,
+      argv: step.argv,
+    };
+    reports.push(report);
+    if (opts.only && step.name !== opts.only) {
+      report.action = "not selected";
+      report.reason = `--only ${opts.only}`;
+      if (opts.dryRun) printPlan(log, report);
+      continue;
+    }
+    const ref = await stages(step.stage);
+    const forced = opts.only ? "--only" : fromIdx >= 0 && i >= fromIdx ? `--from ${opts.from}` : "";
+    const decision = await decide(step, ref, {
+      hasher,
+      code,
+      manifestDir,
+      forced,
+      dryRun: !!opts.dryRun,
+      willRun,
+      steps,
+    });
+    report.action = decision.run ? "run" : "skip";
+    report.reason = decision.reason;
+    if (opts.dryRun) {
+      if (decision.run) willRun.add(step.name);
+      printPlan(log, report);
+      continue;
+    }
+    if (!decision.run) {
+      log(`skip ${step.name} (${decision.reason})`);
+      skipped++;
+      continue;
+    }
+    if (!ref) {
+      throw new UserError(
+        `step "${step.name}" (${where(file, step)}): stage "${step.stage}" is not implemented yet`,
+      );
+    }
+    for (const [k, p] of step.inputs) {
+      if (await hasher.hash(p) === null) {
+        const from = producer(steps, p);
+        throw new UserError(
+          `step "${step.name}": input ${k ? `--${k} ` : ""}${p} does not exist` +
+            (from ? ` (made by step "${from}"; run it first)` : ""),
+        );
+      }
+    }
+    log(`run ${step.name} (${decision.reason})`);
+    log(`  $ ${step.stage} ${step.argv.map(shellQuote).join(" ")}`);
+    const manifestPath = join(manifestDir, `${step.name}.json`);
+    await Deno.remove(manifestPath).catch(() => {});
+    for (const [, p] of step.outputs) await Deno.mkdir(dirname(p), { recursive: true });
+    const t0 = performance.now();
+    let rc: number | void;
+    try {
+      rc = await (await ref.load()).main([...step.argv]);
+    } catch (e) {
+      if (e instanceof UserError) {
+        throw new UserError(`step "${step.name}" (stage ${step.stage}) failed: ${e.message}`);
+      }
+      console.error(`step "${step.name}" (stage ${step.stage}) crashed:`);
+      throw e;
+    } finally {
+      for (const [, p] of step.outputs) hasher.forget(p);
+    }
+    if (rc !== undefined && rc !== 0) {
+      throw new UserError(`step "${step.name}" (stage ${step.stage}) failed with exit code ${rc}`);
+    }
+    const missing = [];
+    for (const [k, p] of step.outputs) {
+      if (await hasher.hash(p) === null) missing.push(`--${k} ${p}`);
+    }
+    if (missing.length > 0) {
+      throw new UserError(
+        `step "${step.name}" (stage ${step.stage}) finished but did not write ${
+          missing.join(", ")
+        }`,
+      );
+    }
+    await writeJsonAtomic(manifestPath, await manifestOf(step, ref!, hasher, code));
+    log(`  done ${step.name} in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+    ran++;
+  }
+  if (!opts.dryRun) log(`pipeline ${file.name}: ${ran} run, ${skipped} skipped`);
+  return { name: file.name, runDir, steps: reports };
+}
+
+async function manifestOf(
+  step: ResolvedStep,
+  ref: StageRef,
+  hasher: Hasher,
+  code: CodeHasher,
+): Promise<Manifest> {
+  const inputs: Record<string, string | null> = {};
+  for (const [k, p] of step.inputs) inputs[`${k || "_"} ${p}`] = await hasher.hash(p);
+  const outputs: Record<string, string | null> = {};
+  for (const [k, p] of step.outputs) outputs[`${k} ${p}`] = await hasher.hash(p);
+  return {
+    version: 1,
+    step: step.name,
+    stage: step.stage,
+    argv: step.argv,
+    code: await code.hash(ref.file),
+    inputs,
+    outputs,
+    finished: new Date().toISOString(),
+  };
+}
+
+interface DecideContext {
+  hasher: Hasher;
+  code: CodeHasher;
+  manifestDir: string;
+  forced: string;
+  dryRun: boolean;
+  /** dry run: steps planned to run */
+  willRun: Set<string>;
+  steps: ResolvedStep[];
+}
+
+async function decide(
+  step: ResolvedStep,
+  ref: StageRef | null,
+  ctx: DecideContext,
+): Promise<{ run: boolean; reason: string }> {
+  if (!ref) return { run: true, reason: `stage "${step.stage}" is not implemented yet` };
+  if (ctx.forced) return { run: true, reason: `forced by ${ctx.forced}` };
+  if (ctx.dryRun) {
+    const up = step.inputs.map(([, p]) => producer(ctx.steps, p)).find((s) =>
+      s && ctx.willRun.has(s)
+    );
+    if (up) return { run: true, reason: `reads the outputs of "${up}", which runs first` };
+  }
+  let old: Manifest;
+  try {
+    old = JSON.parse(await Deno.readTextFile(join(ctx.manifestDir, `${step.name}.json`)));
+  } catch {
+    return { run: true, reason: "no previous run" };
+  }
+  for (const [, p] of step.inputs) {
+    if (await ctx.hasher.hash(p) === null) {
+      return { run: true, reason: `input ${p} does not exist` };
+    }
+  }
+  const now = await manifestOf(step, ref, ctx.hasher, ctx.code);
+  if (old.version !== 1 || old.stage !== step.stage) return { run: true, reason: "stage changed" };
+  const changedInputs = Object.keys(now.inputs).filter((k) => now.inputs[k] !== old.inputs?.[k]);
+  if (changedInputs.length > 0) {
+    const names = changedInputs.map((k) => k.slice(k.indexOf(" ") + 1));
+    return {
+      run: true,
+      reason: JSON.stringify(Object.keys(now.inputs).sort()) ===
+          JSON.stringify(Object.keys(old.inputs ?? {}).sort())
+        ? `input changed: ${names.join(", ")}`
+        : "inputs changed",
+    };
+  }
+  if (JSON.stringify(old.argv) !== JSON.stringify(now.argv)) {
+    return { run: true, reason: `flags changed: ${diffArgv(old.argv ?? [], now.argv)}` };
+  }
+  if (old.code !== now.code) return { run: true, reason: `code of stage ${step.stage} changed` };
+  for (const [k, p] of step.outputs) {
+    const key = `${k} ${p}`;
+    if (now.outputs[key] === null) return { run: true, reason: `output ${p} is missing` };
+    if (now.outputs[key] !== old.outputs?.[key]) {
+      return { run: true, reason: `output ${p} changed since the last run` };
+    }
+  }
+  return { run: false, reason: "unchanged" };
+}
+
+function diffArgv(a: string[], b: string[]): string {
+  const sa = new Set(a.map((x, i) => `${i}:${x}`));
+  const changed = b.filter((x, i) => !sa.has(`${i}:${x}`));
+  const text = changed.slice(0, 4).join(" ");
+  return text || "removed " + a.filter((x) => !b.includes(x)).slice(0, 4).join(" ");
+}
+
+/** The earlier step whose output is `path` or contains it. */
+function producer(steps: ResolvedStep[], path: string): string | undefined {
+  const abs = resolve(path);
+  for (const s of steps) {
+    for (const [, p] of s.outputs) {
+      const o = resolve(p);
+      if (abs === o || abs.startsWith(o + "/")) return s.name;
+    }
+  }
+  return undefined;
+}
+
+function printPlan(log: (l: string) => void, r: StepReport): void {
+  log(`${r.action === "not selected" ? "-   " : r.action.padEnd(4)} ${r.name} (${r.reason})`);
+  if (r.action === "not selected") return;
+  for (const [k, p] of r.inputs) log(`       in  ${k ? `--${k} ` : ""}${p}`);
+  for (const [k, p] of r.outputs) log(`       out --${k} ${p}`);
+  log(`       $ ${r.stage} ${r.argv.map(shellQuote).join(" ")}`);
+}
+
+function shellQuote(s: string): string {
+  return /^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replaceAll("'", `'\\''`)}'`;
+}
+
+function where(file: PipelineFile, step: ResolvedStep): string {
+  return `${relative(".", file.path) || file.path}:${step.line}`;
+}
+
+function located(file: PipelineFile, key: string): string {
+  const line = file.lines.get(key);
+  return line === undefined ? file.path : `${file.path}:${line}`;
+}
+
+async function readText(path: string): Promise<string> {
+  try {
+    return await Deno.readTextFile(path);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) throw new UserError(`${path}: no such config file`);
+    throw e;
+  }
+}
+
+function isParamValue(v: unknown): boolean {
+  const scalar = (x: unknown) => x === null || ["string", "number", "boolean"].includes(typeof x);
+  return scalar(v) || (Array.isArray(v) && v.every(scalar));
+}
