@@ -8,3 +8,27 @@ export * from "./lib/atomic.ts";
 export type * from "./lib/data/record.ts";
 export type * from "./lib/model/types.ts";
 export { describeGpu, getGpu } from "./lib/gpu/device.ts";
+export {
+  finetuneMode,
+  formatNotApplicable,
+  hfTrainingDefaults,
+  intervalSteps,
+  loadConfig,
+  loraDefaults,
+  parseConfig,
+  prefixTuningDefaults,
+  renderConfig,
+  trainingSteps,
+  warmupSteps,
+} from "./lib/config/config.ts";
+export type {
+  DataConfig,
+  FinetuneConfig,
+  GenerationConfig,
+  LoraConfig,
+  PeftConfig,
+  PrefixTuningConfig,
+  TrainingArgs,
+} from "./lib/config/config.ts";
+export { runPipeline } from "./lib/pipeline/runner.ts";
+export type { RunOptions, RunResult, StageResolver } from "./lib/pipeline/runner.ts";
