@@ -232,7 +232,7 @@ export function resolveParams(
           throw new UserError(
             `${origin(k)}: \${${ref}} cannot be used in params (only \${name} and \${params.X})`,
           );
-        })
+        }, origin(k))
         : x;
     const r = Array.isArray(v) ? v.flatMap((x) => asList(sub(x))) : sub(v);
     busy.delete(k);
@@ -324,7 +324,7 @@ export function resolveSteps(ctx: ResolveContext): ResolvedStep[] {
     };
     const resolveValue = (field: string, v: unknown): ParamValue => {
       if (typeof v !== "string") return v as ParamValue;
-      return substitute(v, refValue(field));
+      return substitute(v, refValue(field), where(field));
     };
     const pathOf = (field: string, v: unknown, isOutput: boolean): string[] => {
       const r = resolveValue(field, v);
@@ -388,14 +388,18 @@ export function resolveSteps(ctx: ResolveContext): ResolvedStep[] {
 }
 
 /** Replace `${ref}`s; a string that is exactly one reference takes the value's own type. */
-function substitute(text: string, value: (ref: string) => ParamValue): ParamValue {
+function substitute(
+  text: string,
+  value: (ref: string) => ParamValue,
+  where: string,
+): ParamValue {
   const whole = /^\$\{([^}]*)\}$/.exec(text);
   if (whole) return value(whole[1].trim());
   return text.replace(REF_RE, (_, ref: string) => {
     const v = value(ref.trim());
     if (v === null || Array.isArray(v)) {
       throw new UserError(
-        `\${${ref}} is ${
+        `${where}: \${${ref}} is ${
           v === null ? "null" : "a list"
         } and cannot be part of a string ("${text}")`,
       );
