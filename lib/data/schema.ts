@@ -45,6 +45,10 @@ export function typeName(v: unknown): string {
   }
 }
 
+export function article(word: string): string {
+  return /^[aeiou]/i.test(word) ? `an ${word}` : `a ${word}`;
+}
+
 /** Check a value against the canonical record rules; an empty list means it is valid. */
 export function checkConversation(value: unknown): Problem[] {
   const problems: Problem[] = [];
@@ -61,7 +65,7 @@ export function checkConversation(value: unknown): Problem[] {
   if ("tools" in value && !Array.isArray(value.tools)) {
     add("tools", `must be an array, found ${typeName(value.tools)}`);
   }
-  if (!("conversations" in value)) {
+  if (value.conversations === undefined) {
     add("conversations", "missing; expected an array of messages");
     return problems;
   }
@@ -78,29 +82,40 @@ export function checkConversation(value: unknown): Problem[] {
   let firstUserAt = -1;
   let learnable = 0;
   let replies = 0;
+  let unreadable = 0;
   conv.forEach((m, i) => {
     const at = `conversations[${i}]`;
     if (!isObject(m)) {
       add(at, `a message must be an object, found ${typeName(m)}`);
+      unreadable++;
       return;
     }
     const role = m.role;
     if (!("role" in m)) {
       add(`${at}.role`, `missing; expected one of ${ROLES.join(", ")}`);
+      unreadable++;
       return;
     }
-    if (typeof role !== "string" || !(ROLES as readonly string[]).includes(role)) {
-      const found = typeof role === "string" ? `"${role}"` : typeName(role);
+    unreadable++;
+    if (typeof role !== "string") {
+      add(`${at}.role`, `must be a string (${ROLES.join(", ")}), found ${typeName(role)}`);
+      return;
+    }
+    if (!(ROLES as readonly string[]).includes(role)) {
       const hint = role === "observation"
         ? ` ("observation" comes from a tool message's "observation" field)`
         : "";
-      add(`${at}.role`, `unknown role ${found}; expected one of ${ROLES.join(", ")}${hint}`);
+      add(`${at}.role`, `unknown role "${role}"; expected one of ${ROLES.join(", ")}${hint}`);
       return;
     }
+    unreadable--;
     const allowed = MESSAGE_KEYS[role];
     for (const k of Object.keys(m)) {
       if (!allowed.includes(k)) {
-        add(`${at}.${k}`, `unknown key for a ${role} message; allowed: ${allowed.join(", ")}`);
+        add(
+          `${at}.${k}`,
+          `unknown key for ${article(role)} message; allowed: ${allowed.join(", ")}`,
+        );
       }
     }
     if ("loss" in m && typeof m.loss !== "boolean") {
@@ -144,6 +159,8 @@ export function checkConversation(value: unknown): Problem[] {
       if (m.loss !== false) learnable++;
     }
   });
+  // A message whose role could not be read may have been the reply; don't guess.
+  if (unreadable > 0) return problems;
   if (replies === 0) {
     add("conversations", "has no assistant or tool message to learn from");
   } else if (learnable === 0) {

@@ -13,7 +13,7 @@
  * function descriptions ChatGLM3's tool prompt lists. An assistant `weight` of
  * 0 (OpenAI fine-tuning) becomes `"loss": false`.
  */
-import { isObject, type Problem, typeName } from "../schema.ts";
+import { article, isObject, type Problem, typeName } from "../schema.ts";
 import { type Converted, type InputFormat, observationFromText } from "./types.ts";
 
 const KEYS: Record<string, string[]> = {
@@ -114,7 +114,10 @@ export const messages: InputFormat = {
       }
       for (const k of Object.keys(m)) {
         if (!KEYS[role].includes(k)) {
-          add(`${at}.${k}`, `unknown key for a ${role} message; allowed: ${KEYS[role].join(", ")}`);
+          add(
+            `${at}.${k}`,
+            `unknown key for ${article(role)} message; allowed: ${KEYS[role].join(", ")}`,
+          );
         }
       }
       if (role === "system" || role === "user") {

@@ -1,0 +1,573 @@
+import { deepStrictEqual as assertEquals, ok as assert, rejects } from "node:assert";
+import {
+  convertFile,
+  convertRecords,
+  type ConvertResult,
+  parseSplit,
+  splitPart,
+} from "../lib/data/convert.ts";
+import { detectFormat } from "../lib/data/formats/mod.ts";
+import { parseToolCall } from "../lib/data/pyliteral.ts";
+import { readJsonRecords } from "../lib/jsonl.ts";
+import { UserError } from "../lib/errors.ts";
+
+const FIX = new URL("./fixtures/convert/", import.meta.url).pathname;
+const ROOT = new URL("../", import.meta.url).pathname;
+const DENO = Deno.execPath();
+
+async function convert(
+  file: string,
+  format: "auto" | undefined = "auto",
+): Promise<ConvertResult[]> {
+  const out: ConvertResult[] = [];
+  for await (const r of convertRecords(readJsonRecords(FIX + file), { format })) out.push(r);
+  return out;
+}
+
+function ok(results: ConvertResult[]): unknown[] {
+  for (const r of results) assertEquals(r.problems, [], `line ${r.line}`);
+  return results.map((r) => r.record);
+}
+
+Deno.test("chatglm3: canonical records pass through; native tool calls and observations merge", async () => {
+  const [plain, tools, native, toolObs] = ok(await convert("chatglm3.jsonl")) as Record<
+    string,
+    unknown
+  >[];
+  assertEquals(plain, {
+    conversations: [
+      { role: "system", content: "你是一个乐于助人的助手。" },
+      { role: "user", content: "你好" },
+      { role: "assistant", content: "你好！有什么可以帮你？" },
+      { role: "user", content: "讲个笑话" },
+      {
+        role: "assistant",
+        content: "为什么程序员分不清万圣节和圣诞节？因为 Oct 31 == Dec 25。",
+        loss: true,
+      },
+    ],
+  });
+  // The record's id is dropped; tools and a nested, non-ASCII observation are kept as JSON.
+  assertEquals(Object.keys(tools), ["tools", "conversations"]);
+  const conv = tools.conversations as Record<string, unknown>[];
+  assertEquals(conv[1], { role: "assistant", content: "我来查一下北京的天气。", loss: false });
+  assertEquals(conv[2], {
+    role: "tool",
+    name: "get_weather",
+    parameters: { city: "北京" },
+    observation: {
+      city: "北京",
+      forecast: [{ day: "今天", temp_c: [-3, 6], sky: "晴" }],
+      aqi: null,
+    },
+  });
+  // assistant(metadata) + observation → one tool message; the observation text stays text.
+  assertEquals((native.conversations as unknown[]).length, 4);
+  assertEquals((native.conversations as unknown[])[0], {
+    role: "system",
+    content: "Answer briefly.",
+  });
+  assertEquals((native.conversations as unknown[])[2], {
+    role: "tool",
+    name: "track",
+    parameters: {
+      symbol: "1Z999",
+      verbose: true,
+      limit: -3,
+      tags: ["a", "b\n"],
+      extra: { k: null },
+    },
+    observation: '{"status": "在途", "eta": "2024-05-01"}',
+  });
+  assertEquals((toolObs.conversations as unknown[])[1], {
+    role: "tool",
+    name: "calculator",
+    parameters: { expression: "2+2" },
+    observation: "4",
+  });
+});
+
+Deno.test("messages: tool_calls, parallel calls by id, legacy function_call, tools unwrapped, weight", async () => {
+  const [zhipu, parallel, legacy] = ok(await convert("messages.jsonl")) as Record<
+    string,
+    unknown
+  >[];
+  assertEquals(zhipu.tools, [{
+    name: "get_recommended_books",
+    description: "根据兴趣推荐书籍",
+    parameters: {
+      type: "object",
+      properties: { interests: { type: "string" } },
+      required: ["interests"],
+    },
+  }]);
+  assertEquals(zhipu.conversations, [
+    { role: "system", content: "你是一个图书推荐助手" },
+    { role: "user", content: "我喜欢历史，推荐几本书吧" },
+    {
+      role: "tool",
+      name: "get_recommended_books",
+      parameters: { interests: "历史" },
+      observation: {
+        books: [{
+          title: "万历十五年",
+          author: "黄仁宇",
+          meta: { pages: 320, tags: ["明朝", "经典"] },
+        }],
+      },
+    },
+    { role: "assistant", content: "推荐你读黄仁宇的《万历十五年》。" },
+  ]);
+  assertEquals(parallel.conversations, [
+    { role: "user", content: "Weather in Paris and Tokyo?" },
+    { role: "assistant", content: "Let me check both." },
+    {
+      role: "tool",
+      name: "weather",
+      parameters: { city: "Paris", units: "metric" },
+      observation: [12, "cloudy"],
+    },
+    {
+      role: "tool",
+      name: "weather",
+      parameters: { city: "Tokyo" },
+      observation: "Tokyo: 18°C, rain",
+    },
+    { role: "assistant", content: "Paris is 12°C and cloudy; Tokyo 18°C with rain." },
+  ]);
+  assertEquals(parallel.tools, [{
+    name: "weather",
+    parameters: { type: "object", properties: { city: { type: "string" } } },
+  }]);
+  assertEquals(legacy.conversations, [
+    { role: "system", content: "Use functions." },
+    { role: "user", content: "Convert 10 USD to EUR" },
+    {
+      role: "tool",
+      name: "convert",
+      parameters: { amount: 10, from: "USD", to: "EUR" },
+      observation: { result: 9.2 },
+    },
+    { role: "assistant", content: "10 USD is about 9.20 EUR.", loss: false },
+    { role: "user", content: "Thanks" },
+    { role: "assistant", content: "You're welcome!" },
+  ]);
+});
+
+Deno.test("advertisegen (JSON Lines in a .json file), alpaca, sharegpt", async () => {
+  assertEquals(ok(await convert("advertisegen.json")), [
+    {
+      conversations: [
+        { role: "user", content: "类型#上衣*版型#宽松*颜色#黑色*风格#街头*图案#字母" },
+        {
+          role: "assistant",
+          content: "这款黑色上衣采用宽松版型，胸前的字母图案充满街头感，随意搭配都很有型。",
+        },
+      ],
+    },
+    {
+      conversations: [
+        { role: "user", content: "类型#裙*材质#雪纺*裙长#连衣裙" },
+        { role: "assistant", content: "轻盈的雪纺面料，让这条连衣裙穿起来飘逸又清爽。" },
+      ],
+    },
+  ]);
+  const alpaca = await convert("alpaca.json");
+  assertEquals(alpaca.map((r) => r.line), [2, 7]);
+  assertEquals(ok(alpaca), [
+    {
+      conversations: [
+        { role: "user", content: "把下面的句子翻译成英文。\n今天天气很好。" },
+        { role: "assistant", content: "The weather is nice today." },
+      ],
+    },
+    {
+      conversations: [
+        { role: "system", content: "You are a concise assistant." },
+        { role: "user", content: "Hi" },
+        { role: "assistant", content: "Hello! How can I help?" },
+        { role: "user", content: "What's your name?" },
+        { role: "assistant", content: "I'm an assistant." },
+        { role: "user", content: "Give three tips for staying healthy." },
+        {
+          role: "assistant",
+          content: "1. Eat a balanced diet.\n2. Exercise regularly.\n3. Sleep well.",
+        },
+      ],
+    },
+  ]);
+  const [tool, plain] = ok(await convert("sharegpt.json")) as Record<string, unknown>[];
+  assertEquals(tool, {
+    tools: [{
+      name: "current_time",
+      description: "Current time in a time zone",
+      parameters: { type: "object", properties: { tz: { type: "string" } } },
+    }],
+    conversations: [
+      { role: "system", content: "You are a helpful assistant." },
+      { role: "user", content: "东京现在几点？" },
+      {
+        role: "tool",
+        name: "current_time",
+        parameters: { tz: "Asia/Tokyo" },
+        observation: { time: "14:05", tz: { name: "JST", offset: 9 } },
+      },
+      { role: "assistant", content: "东京现在是 14:05（JST）。" },
+      { role: "user", content: "谢谢" },
+      { role: "assistant", content: "不客气！" },
+    ],
+  });
+  assertEquals(plain, {
+    conversations: [
+      { role: "system", content: "Be terse." },
+      { role: "user", content: "2+2?" },
+      { role: "assistant", content: "4" },
+    ],
+  });
+});
+
+Deno.test("toolalpaca: one conversation per instance, as ChatGLM3's format_tool_alpaca.py builds them", async () => {
+  const results = await convert("toolalpaca.json");
+  assertEquals(results.map((r) => [r.line, r.index]), [[2, 0], [2, 1]]);
+  const [first, second] = ok(results) as Record<string, unknown>[];
+  const doc = "getAxolotlFacts: Retrieve interesting facts about axolotls.\n" +
+    'Parameters: {"category": "string.", "limit": "integer."}\nOutput: Successful response.\n';
+  assertEquals(first, {
+    tools: [doc],
+    conversations: [
+      { role: "user", content: "Can you tell me two facts about axolotl habitats?" },
+      { role: "assistant", content: "I need to call getAxolotlFacts with the habitat category." },
+      {
+        role: "tool",
+        name: "getAxolotlFacts",
+        parameters: { category: "habitat", limit: 2 },
+        observation: 'Status Code: 200. Response: [{"fact": "Lake Xochimilco", "source": ' +
+          '"https://example.org/a"}, {"fact": "Cool water, 16–18°C"}]',
+      },
+      {
+        role: "assistant",
+        content:
+          "I have two facts to share.\nAxolotls live in lakes near Mexico City, and they prefer cool water.",
+      },
+    ],
+  });
+  // No thought before "Action:" → no empty assistant message.
+  assertEquals((second.conversations as Record<string, unknown>[]).map((m) => m.role), [
+    "user",
+    "tool",
+    "assistant",
+  ]);
+});
+
+Deno.test("format detection by keys; a record of another format in the same file is reported", async () => {
+  assertEquals(detectFormat({ conversations: [{ from: "human", value: "x" }] }), "sharegpt");
+  assertEquals(detectFormat({ conversations: [{ role: "user", content: "x" }] }), "chatglm3");
+  assertEquals(detectFormat({ messages: [] }), "messages");
+  assertEquals(detectFormat({ content: "a", summary: "b" }), "advertisegen");
+  assertEquals(detectFormat({ instruction: "a", output: "b" }), "alpaca");
+  assertEquals(detectFormat({ Name: "x", Instances: [] }), "toolalpaca");
+  assertEquals(detectFormat({ foo: 1 }), undefined);
+
+  async function* src() {
+    yield { line: 1, value: { content: "k", summary: "s" } };
+    yield { line: 2, value: { instruction: "i", output: "o" } };
+    yield { line: 3, value: { content: 5, summary: "s" } };
+    yield { line: 4, value: { foo: 1 } };
+  }
+  const got = [];
+  for await (const r of convertRecords(src())) got.push(r);
+  assertEquals(got[0].problems, []);
+  assert(
+    got[1].problems[0].message.includes(
+      "alpaca format, but the file is advertisegen (recognised at line 1)",
+    ),
+  );
+  assertEquals(got[2].problems, [{
+    field: "content",
+    message: "must be a string, found a number",
+  }]);
+  assertEquals(got[3].problems.map((p) => p.field), ["content", "summary"]);
+
+  // --format overrides detection: the same records read as alpaca.
+  const forced = [];
+  for await (const r of convertRecords(src(), { format: "alpaca" })) forced.push(r);
+  assertEquals(forced[1].record, {
+    conversations: [{ role: "user", content: "i" }, { role: "assistant", content: "o" }],
+  });
+  assertEquals(forced[0].problems.map((p) => p.field), ["instruction", "output"]);
+});
+
+Deno.test("converter problems name the raw record's own fields", async () => {
+  async function* src() {
+    yield {
+      line: 7,
+      value: {
+        messages: [
+          { role: "user", content: "hi" },
+          {
+            role: "assistant",
+            tool_calls: [{ type: "function", function: { name: "f", arguments: "{oops" } }],
+          },
+          { role: "assistant", content: "done" },
+          { role: "system", content: "late" },
+        ],
+      },
+    };
+  }
+  const [r] = await Array.fromAsync(convertRecords(src()));
+  assertEquals(r.line, 7);
+  assertEquals(r.problems.map((p) => p.field), [
+    "messages[1].tool_calls[0].function.arguments",
+    "messages[1].tool_calls[0]",
+    "messages[3].role",
+  ]);
+});
+
+Deno.test("tool_call parsing: Python literals as ast.unparse/astunparse write them", () => {
+  assertEquals(
+    parseToolCall(
+      "```python\ntool_call(a='x\\'y', b=\"中\", c=1.5e3, d=(- 2), e=[1, (2, 3)], f={'k': False}, g=None)\n```",
+    ),
+    { a: "x'y", b: "中", c: 1500, d: -2, e: [1, [2, 3]], f: { k: false }, g: null },
+  );
+  assertEquals(parseToolCall("tool_call()"), {});
+  assertEquals(parseToolCall("tool_call(s='\\u4e2d\\x41\\n')"), { s: "中A\n" });
+});
+
+Deno.test("split: deterministic per (seed, index), near the asked fraction, stable across runs", () => {
+  const split = parseSplit("dev=0.05", 42);
+  const parts = Array.from({ length: 20000 }, (_, i) => splitPart(split, i));
+  const dev = parts.filter((p) => p === "dev").length;
+  assert(dev > 850 && dev < 1150, `dev got ${dev} of 20000`);
+  assertEquals(Array.from({ length: 20000 }, (_, i) => splitPart(split, i)), parts);
+  const other = Array.from({ length: 20000 }, (_, i) => splitPart(parseSplit("dev=0.05", 7), i));
+  assert(other.some((p, i) => p !== parts[i]), "another seed gives another split");
+  const three = parseSplit("dev=0.1,test=0.2", 1);
+  const counts: Record<string, number> = {};
+  for (let i = 0; i < 10000; i++) {
+    counts[splitPart(three, i)] = (counts[splitPart(three, i)] ?? 0) + 1;
+  }
+  assert(
+    Math.abs(counts.dev - 1000) < 150 && Math.abs(counts.test - 2000) < 200,
+    JSON.stringify(counts),
+  );
+  for (const bad of ["dev", "dev=2", "train=0.1", "dev=0.6,test=0.6", "dev=0.1,dev=0.1"]) {
+    let threw = false;
+    try {
+      parseSplit(bad, 1);
+    } catch (e) {
+      threw = e instanceof UserError;
+    }
+    assert(threw, bad);
+  }
+});
+
+Deno.test("convertFile: split files beside the output or in a directory, same records either way", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const lines = Array.from(
+      { length: 400 },
+      (_, i) => JSON.stringify({ content: `k${i}`, summary: `s${i}` }),
+    );
+    await Deno.writeTextFile(`${dir}/raw.jsonl`, lines.join("\n") + "\n");
+    const split = parseSplit("dev=0.1", 42);
+    const rep = await convertFile(`${dir}/raw.jsonl`, `${dir}/conv.jsonl`, { split });
+    const train = (await Deno.readTextFile(`${dir}/conv.train.jsonl`)).trimEnd().split("\n");
+    const dev = (await Deno.readTextFile(`${dir}/conv.dev.jsonl`)).trimEnd().split("\n");
+    assertEquals(train.length + dev.length, 400);
+    assert(dev.length > 20 && dev.length < 65, `dev ${dev.length}`);
+    assertEquals(rep.written, {
+      [`${dir}/conv.train.jsonl`]: train.length,
+      [`${dir}/conv.dev.jsonl`]: dev.length,
+    });
+    // Each record went where splitPart says, in input order.
+    const devIdx = dev.map((l) => Number(JSON.parse(l).conversations[0].content.slice(1)));
+    assertEquals(
+      devIdx,
+      Array.from({ length: 400 }, (_, i) => i).filter((i) => splitPart(split, i) === "dev"),
+    );
+    await Deno.mkdir(`${dir}/out`);
+    await convertFile(`${dir}/raw.jsonl`, `${dir}/out`, { split });
+    assertEquals((await Deno.readTextFile(`${dir}/out/dev.jsonl`)).trimEnd().split("\n"), dev);
+    assertEquals((await Deno.readTextFile(`${dir}/out/train.jsonl`)).trimEnd().split("\n"), train);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("convertFile writes nothing when a record is bad, unless --skip-invalid", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeTextFile(
+      `${dir}/raw.jsonl`,
+      '{"content": "a", "summary": "b"}\n{"content": "a"}\n{"content": "c", "summary": "d"}\n',
+    );
+    const bad: number[] = [];
+    await rejects(
+      convertFile(`${dir}/raw.jsonl`, `${dir}/conv.jsonl`, { onBad: (r) => void bad.push(r.line) }),
+      (e: Error) => e instanceof UserError && e.message.includes("1 of 3 records are bad"),
+    );
+    assertEquals(bad, [2]);
+    assertEquals([...Deno.readDirSync(dir)].map((e) => e.name), ["raw.jsonl"]);
+    const rep = await convertFile(`${dir}/raw.jsonl`, `${dir}/conv.jsonl`, { skipInvalid: true });
+    assertEquals([rep.records, rep.badRecords], [3, 1]);
+    assertEquals((await Deno.readTextFile(`${dir}/conv.jsonl`)).trimEnd().split("\n").length, 2);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+async function cli(args: string[], stdin?: string) {
+  const p = new Deno.Command(DENO, {
+    args: ["run", "-A", `${ROOT}cli.ts`, ...args],
+    stdin: stdin === undefined ? "null" : "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  if (stdin !== undefined) {
+    const w = p.stdin.getWriter();
+    await w.write(new TextEncoder().encode(stdin));
+    await w.close();
+  }
+  const o = await p.output();
+  return {
+    code: o.code,
+    out: new TextDecoder().decode(o.stdout),
+    err: new TextDecoder().decode(o.stderr),
+  };
+}
+
+Deno.test("CLI: stdin to stdout; bad input exits 1 with located messages and no stack trace", async () => {
+  const piped = await cli(
+    ["stage", "convert", "--in", "-", "--out", "-"],
+    '[{"instruction": "说你好", "output": "你好"}]',
+  );
+  assertEquals(piped.code, 0, piped.err);
+  assertEquals(JSON.parse(piped.out), {
+    conversations: [{ role: "user", content: "说你好" }, { role: "assistant", content: "你好" }],
+  });
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.writeTextFile(
+      `${dir}/raw.json`,
+      '[\n{"messages": [{"role": "user", "content": "hi"}]},\n]',
+    );
+    const bad = await cli([
+      "stage",
+      "convert",
+      "--in",
+      `${dir}/raw.json`,
+      "--out",
+      `${dir}/o.jsonl`,
+    ]);
+    assertEquals(bad.code, 1);
+    assert(
+      bad.err.includes(
+        `${dir}/raw.json:2: messages: has no assistant or tool message to learn from`,
+      ),
+      bad.err,
+    );
+    assert(
+      bad.err.includes(`${dir}/raw.json:2: trailing comma after the last element of the array`),
+      bad.err,
+    );
+    assert(!/\n\s+at /.test(bad.err), `stack trace: ${bad.err}`);
+    assertEquals([...Deno.readDirSync(dir)].length, 1);
+    const check = await cli(["stage", "convert", "--in", `${FIX}toolalpaca.json`, "--check"]);
+    assertEquals(check.code, 0, check.err + check.out);
+    const flag = await cli([
+      "stage",
+      "convert",
+      "--in",
+      `${FIX}toolalpaca.json`,
+      "--out",
+      "-",
+      "--format",
+      "csv",
+    ]);
+    assertEquals(flag.code, 1);
+    assert(flag.err.includes('--format: unknown format "csv"'), flag.err);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+/** Peak resident set size of a process, polled from /proc while it runs. */
+async function peakRssMB(
+  cmd: Deno.Command,
+): Promise<{ peak: number; code: number; stderr: string }> {
+  const p = cmd.spawn();
+  let peak = 0;
+  let running = true;
+  const poll = (async () => {
+    while (running) {
+      try {
+        const s = await Deno.readTextFile(`/proc/${p.pid}/status`);
+        const m = /VmHWM:\s+(\d+) kB/.exec(s);
+        if (m) peak = Math.max(peak, Number(m[1]) / 1024);
+      } catch { /* exited */ }
+      await new Promise((r) => setTimeout(r, 25));
+    }
+  })();
+  const o = await p.output();
+  running = false;
+  await poll;
+  return { peak, code: o.code, stderr: new TextDecoder().decode(o.stderr) };
+}
+
+Deno.test("convert streams: a 30 MB file converts inside a 32 MB JavaScript heap", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const f = await Deno.open(`${dir}/raw.jsonl`, { write: true, create: true });
+    const enc = new TextEncoder();
+    let size = 0;
+    let n = 0;
+    const chunk: string[] = [];
+    while (size < 30e6) {
+      const line = JSON.stringify({
+        messages: [
+          { role: "system", content: "你是一个助手" },
+          { role: "user", content: `问题 ${n} ` + "x".repeat(400) },
+          { role: "assistant", content: `回答 ${n} ` + "答".repeat(150) },
+        ],
+      }) + "\n";
+      chunk.push(line);
+      size += line.length + 2 * 160;
+      n++;
+      if (chunk.length === 1000) {
+        await f.write(enc.encode(chunk.join("")));
+        chunk.length = 0;
+      }
+    }
+    await f.write(enc.encode(chunk.join("")));
+    f.close();
+    // With the heap capped below the data's size, holding the data set would abort
+    // with "out of memory"; streaming stays within it.
+    const run = await peakRssMB(
+      new Deno.Command(DENO, {
+        args: [
+          "run",
+          "-A",
+          "--v8-flags=--max-old-space-size=32",
+          `${ROOT}cli.ts`,
+          "stage",
+          "convert",
+          "--in",
+          `${dir}/raw.jsonl`,
+          "--out",
+          `${dir}/conv.jsonl`,
+        ],
+        stdout: "null",
+        stderr: "piped",
+      }),
+    );
+    assertEquals(run.code, 0, run.stderr.slice(0, 2000));
+    assert(run.peak < 150, `peak RSS ${run.peak.toFixed(0)} MB`);
+    const out = await Deno.open(`${dir}/conv.jsonl`);
+    let lines = 0;
+    for await (const c of out.readable) for (const b of c) if (b === 10) lines++;
+    assertEquals(lines, n);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
