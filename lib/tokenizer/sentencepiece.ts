@@ -1,0 +1,570 @@
+/**
+ * A SentencePiece BPE processor that gives the ids and texts of the
+ * `sentencepiece` library (sentencepiece_processor.cc, bpe_model.cc,
+ * model_interface.cc): normalization, BPE merges by a priority queue over a
+ * linked list of symbols (highest score first, leftmost on ties), user-defined
+ * symbols frozen, unknown characters as byte pieces `<0xAB>` with byte
+ * fallback or as one `<unk>` per run without it; decoding with the dummy-prefix
+ * rule, byte pieces reassembled into UTF-8 (U+FFFD per invalid byte), control
+ * pieces invisible.
+ *
+ * Speed: when no vocabulary piece holds ▁ after another character, no merge
+ * can cross the start of a ▁-word, so the normalized text is cut there and
+ * each word is encoded once and cached. The result is the same as merging the
+ * whole string, which is what the C++ does.
+ */
+import { UserError } from "../errors.ts";
+import { Normalizer, PrefixMatcher, SPACE_SYMBOL } from "./normalizer.ts";
+import { type ModelProto, ModelType, parseModelProto, type Piece, PieceType } from "./proto.ts";
+
+const encoder = new TextEncoder();
+/** Symbol ids are packed into one number as left * PAIR_SCALE + right. */
+const PAIR_SCALE = 2 ** 22;
+const CACHE_LIMIT = 200_000;
+const CACHE_MAX_WORD = 48;
+
+export class SentencePieceModel {
+  readonly pieces: readonly Piece[];
+  readonly unkId: number;
+  readonly bosId: number;
+  readonly eosId: number;
+  readonly padId: number;
+  readonly byteFallback: boolean;
+  readonly proto: ModelProto;
+
+  /** Normal, user-defined and unused pieces (what BPE may produce). */
+  private readonly normal = new Map<string, number>();
+  /** Control, unknown and byte pieces. */
+  private readonly reserved = new Map<string, number>();
+  private readonly byteIds = new Int32Array(256).fill(-1);
+  private readonly pieceByte: Int16Array;
+  private readonly scores: Float32Array;
+  private readonly unused: Uint8Array;
+  private readonly hasUnused: boolean;
+  /** Single characters: symbol id (a piece id, or an id past the vocabulary for characters only seen inside pieces). */
+  private readonly charSym = new Map<string, number>();
+  /** Symbols past the vocabulary: their character. */
+  private readonly extraChars: string[] = [];
+  /** (left symbol, right symbol) -> merged piece id. */
+  private readonly pairs = new Map<number, number>();
+  private readonly normalizer: Normalizer;
+  private readonly denormalizer?: Normalizer;
+  private readonly userDefined: PrefixMatcher;
+  private readonly segmentWords: boolean;
+  private readonly cache = new Map<string, number[]>();
+
+  private constructor(proto: ModelProto, file: string) {
+    this.proto = proto;
+    const bad = (why: string) => new UserError(`${file}: invalid SentencePiece model: ${why}`);
+    const t = proto.trainerSpec;
+    if (t.modelType !== ModelType.BPE) {
+      const name = ModelType[t.modelType] ?? String(t.modelType);
+      throw new UserError(
+        `${file}: SentencePiece model type ${name} is not supported (only BPE, the type of ChatGLM3's tokenizer)`,
+      );
+    }
+    this.pieces = proto.pieces;
+    this.byteFallback = t.byteFallback;
+    const n = proto.pieces.length;
+    this.scores = new Float32Array(n);
+    this.unused = new Uint8Array(n);
+    this.pieceByte = new Int16Array(n).fill(-1);
+    const userSymbols: string[] = [];
+    let unk = -1;
+    for (let i = 0; i < n; i++) {
+      const p = proto.pieces[i];
+      this.scores[i] = p.score;
+      const isNormal = p.type === PieceType.NORMAL || p.type === PieceType.USER_DEFINED ||
+        p.type === PieceType.UNUSED;
+      const map = isNormal ? this.normal : this.reserved;
+      if (map.has(p.piece)) throw bad(`piece "${p.piece}" is defined twice`);
+      map.set(p.piece, i);
+      if (p.type === PieceType.USER_DEFINED) userSymbols.push(p.piece);
+      if (p.type === PieceType.UNUSED) this.unused[i] = 1;
+      if (p.type === PieceType.UNKNOWN) {
+        if (unk >= 0) throw bad("more than one unknown piece");
+        unk = i;
+      }
+      if (p.type === PieceType.BYTE) {
+        if (!t.byteFallback) {
+          throw bad(`byte piece ${p.piece} found although byte_fallback is false`);
+        }
+        const m = /^<0x([0-9A-F]{2})>$/.exec(p.piece);
+        if (!m) throw bad(`byte piece ${p.piece} is invalid`);
+        const b = parseInt(m[1], 16);
+        this.byteIds[b] = i;
+        this.pieceByte[i] = b;
+      }
+    }
+    if (unk < 0) throw bad("no unknown piece (<unk>) is defined");
+    if (t.byteFallback && this.byteIds.some((v) => v < 0)) {
+      throw bad("byte_fallback is set but the 256 byte pieces are not all present");
+    }
+    this.unkId = unk;
+    this.bosId = t.bosId;
+    this.eosId = t.eosId;
+    this.padId = t.padId;
+    this.hasUnused = this.unused.some((v) => v === 1);
+    this.userDefined = new PrefixMatcher(userSymbols);
+    this.normalizer = new Normalizer(
+      proto.normalizerSpec,
+      this.userDefined,
+      t.treatWhitespaceAsSuffix,
+      file,
+    );
+    if (proto.denormalizerSpec) {
+      this.denormalizer = new Normalizer(proto.denormalizerSpec, undefined, false, file);
+    }
+    this.buildPairs();
+    let crossing = false;
+    for (const piece of this.normal.keys()) {
+      const k = piece.indexOf(SPACE_SYMBOL, 1);
+      if (k > 0 && /[^\u2581]\u2581/.test(piece)) {
+        crossing = true;
+        break;
+      }
+    }
+    this.segmentWords = !crossing && !this.hasUnused && !t.treatWhitespaceAsSuffix;
+  }
+
+  static fromBytes(bytes: Uint8Array, file: string): SentencePieceModel {
+    return new SentencePieceModel(parseModelProto(bytes, file), file);
+  }
+
+  static async load(path: string): Promise<SentencePieceModel> {
+    let bytes: Uint8Array;
+    try {
+      bytes = await Deno.readFile(path);
+    } catch (e) {
+      if (e instanceof Deno.errors.NotFound) throw new UserError(`${path}: no such file`);
+      if (e instanceof Deno.errors.IsADirectory) {
+        throw new UserError(`${path}: is a directory, expected tokenizer.model`);
+      }
+      throw e;
+    }
+    return SentencePieceModel.fromBytes(bytes, path);
+  }
+
+  /** Number of pieces (the SentencePiece vocabulary size). */
+  get vocabSize(): number {
+    return this.pieces.length;
+  }
+
+  /** As `PieceToId`: reserved pieces first, then normal ones, else the unknown id. */
+  pieceToId(piece: string): number {
+    return this.reserved.get(piece) ?? this.normal.get(piece) ?? this.unkId;
+  }
+
+  idToPiece(id: number): string {
+    const p = this.pieces[id];
+    if (!p) {
+      throw new RangeError(
+        `token id ${id} is outside the vocabulary (0..${this.pieces.length - 1})`,
+      );
+    }
+    return p.piece;
+  }
+
+  isControl(id: number): boolean {
+    return this.pieces[id]?.type === PieceType.CONTROL;
+  }
+  isUnknown(id: number): boolean {
+    return this.pieces[id]?.type === PieceType.UNKNOWN;
+  }
+  isByte(id: number): boolean {
+    return this.pieces[id]?.type === PieceType.BYTE;
+  }
+
+  /** The normalized text the encoder segments (spaces as ▁, dummy prefix). */
+  normalize(text: string): string {
+    return this.normalizer.normalize(text);
+  }
+
+  private buildPairs(): void {
+    const symOf = (s: string): number | undefined => {
+      const id = this.normal.get(s);
+      if (id !== undefined) return id;
+      const cp = s.codePointAt(0)!;
+      if (s.length !== (cp > 0xffff ? 2 : 1)) return undefined;
+      let sym = this.charSym.get(s);
+      if (sym === undefined) {
+        sym = this.pieces.length + this.extraChars.length;
+        this.extraChars.push(s);
+        this.charSym.set(s, sym);
+      }
+      return sym;
+    };
+    for (const [piece, id] of this.normal) {
+      if (piece.length === 1 || (piece.length === 2 && piece.codePointAt(0)! > 0xffff)) {
+        this.charSym.set(piece, id);
+      }
+    }
+    for (const [piece, id] of this.normal) {
+      let k = 0;
+      for (const ch of piece) {
+        k += ch.length;
+        if (k >= piece.length) break;
+        const a = symOf(piece.slice(0, k));
+        if (a === undefined) continue;
+        const b = symOf(piece.slice(k));
+        if (b === undefined) continue;
+        this.pairs.set(a * PAIR_SCALE + b, id);
+      }
+    }
+    if (this.pieces.length + this.extraChars.length >= PAIR_SCALE) {
+      throw new UserError("SentencePiece vocabulary too large");
+    }
+  }
+
+  /** Token ids of `text`, as `SentencePieceProcessor.encode(text)`. */
+  encode(text: string): number[] {
+    const normalized = this.normalizer.normalize(text);
+    const out: number[] = [];
+    if (normalized === "") return out;
+    if (!this.segmentWords) {
+      this.encodeSegment(normalized, out);
+    } else {
+      let start = 0;
+      for (let i = 1; i < normalized.length; i++) {
+        if (normalized.charCodeAt(i) === 0x2581 && normalized.charCodeAt(i - 1) !== 0x2581) {
+          this.encodeCached(normalized.slice(start, i), out);
+          start = i;
+        }
+      }
+      this.encodeCached(normalized.slice(start), out);
+    }
+    if (!this.byteFallback) return collapseUnknown(out, this.unkId);
+    return out;
+  }
+
+  private encodeCached(word: string, out: number[]): void {
+    if (word.length > CACHE_MAX_WORD) {
+      this.encodeSegment(word, out);
+      return;
+    }
+    let ids = this.cache.get(word);
+    if (ids === undefined) {
+      ids = [];
+      this.encodeSegment(word, ids);
+      if (this.cache.size >= CACHE_LIMIT) this.cache.clear();
+      this.cache.set(word, ids);
+    }
+    for (let i = 0; i < ids.length; i++) out.push(ids[i]);
+  }
+
+  /** BPE over one stretch of normalized text, appending ids to `out`. */
+  private encodeSegment(s: string, out: number[]): void {
+    // Initial symbols: user-defined symbols (frozen) or single characters.
+    const n0 = s.length;
+    const sym = new Int32Array(n0);
+    const text: string[] = new Array(n0);
+    const frozen = new Uint8Array(n0);
+    let n = 0;
+    const hasUser = !this.userDefined.empty;
+    const bytes = hasUser ? encoder.encode(s) : undefined;
+    let bytePos = 0;
+    for (let i = 0; i < s.length;) {
+      if (hasUser) {
+        const m = this.userDefined.match(bytes!, bytePos, bytes!.length);
+        if (m > 0) {
+          const len = utf16LengthOfUtf8(bytes!, bytePos, m);
+          const piece = s.slice(i, i + len);
+          sym[n] = this.normal.get(piece)!;
+          text[n] = piece;
+          frozen[n] = 1;
+          n++;
+          i += len;
+          bytePos += m;
+          continue;
+        }
+      }
+      const c = s.charCodeAt(i);
+      const len = c >= 0xd800 && c <= 0xdbff && i + 1 < s.length ? 2 : 1;
+      const ch = len === 1 ? s[i] : s.slice(i, i + 2);
+      sym[n] = this.charSym.get(ch) ?? -1;
+      text[n] = ch;
+      n++;
+      i += len;
+      if (hasUser) bytePos += len === 2 ? 4 : c < 0x80 ? 1 : c < 0x800 ? 2 : 3;
+    }
+    if (n === 1) {
+      this.emit(sym[0], text[0], out, undefined);
+      return;
+    }
+    const prev = new Int32Array(n);
+    const next = new Int32Array(n);
+    for (let i = 0; i < n; i++) {
+      prev[i] = i - 1;
+      next[i] = i + 1 < n ? i + 1 : -1;
+    }
+    const alive = new Uint8Array(n).fill(1);
+    const heap = new PairHeap();
+    const revMerge = this.hasUnused ? new Map<number, [number, number]>() : undefined;
+    const pairs = this.pairs;
+    const scores = this.scores;
+    const tryPair = (l: number, r: number) => {
+      if (l < 0 || r < 0 || frozen[l] || frozen[r]) return;
+      const a = sym[l];
+      const b = sym[r];
+      if (a < 0 || b < 0) return;
+      const merged = pairs.get(a * PAIR_SCALE + b);
+      if (merged === undefined) return;
+      heap.push(scores[merged], l, r, a, b, merged);
+      if (revMerge && this.unused[merged]) revMerge.set(merged, [a, b]);
+    };
+    for (let i = 1; i < n; i++) tryPair(i - 1, i);
+    while (heap.size > 0) {
+      heap.pop();
+      const l = heap.topLeft, r = heap.topRight;
+      // A stale candidate: one side has merged since it was queued.
+      if (!alive[l] || !alive[r] || sym[l] !== heap.topA || sym[r] !== heap.topB) continue;
+      sym[l] = heap.topMerged;
+      alive[r] = 0;
+      next[l] = next[r];
+      if (next[r] >= 0) prev[next[r]] = l;
+      tryPair(prev[l], l);
+      tryPair(l, next[l]);
+    }
+    for (let i = 0; i !== -1; i = next[i]) this.emit(sym[i], text[i], out, revMerge);
+  }
+
+  /** Append the ids of one final symbol: a piece, or an unknown character. */
+  private emit(
+    s: number,
+    ch: string,
+    out: number[],
+    revMerge: Map<number, [number, number]> | undefined,
+  ): void {
+    if (s >= 0 && s < this.pieces.length) {
+      if (revMerge && this.unused[s]) {
+        const split = revMerge.get(s);
+        if (split) {
+          this.emitSym(split[0], out, revMerge);
+          this.emitSym(split[1], out, revMerge);
+          return;
+        }
+      }
+      out.push(s);
+      return;
+    }
+    // Only single characters get here (merged symbols are always pieces).
+    const id = this.reserved.get(ch) ?? this.normal.get(ch) ?? this.unkId;
+    if (id === this.unkId && this.byteFallback) {
+      for (const b of encoder.encode(ch)) out.push(this.byteIds[b]);
+    } else out.push(id);
+  }
+
+  private emitSym(s: number, out: number[], revMerge: Map<number, [number, number]>): void {
+    const ch = s < this.pieces.length
+      ? this.pieces[s].piece
+      : this.extraChars[s - this.pieces.length];
+    this.emit(s < this.pieces.length ? s : -1, ch, out, revMerge);
+  }
+
+  /** Text of `ids`, as `SentencePieceProcessor.decode(ids)`. */
+  decode(ids: readonly number[]): string {
+    const pieces = new Array<string>(ids.length);
+    for (let i = 0; i < ids.length; i++) pieces[i] = this.idToPiece(ids[i]);
+    return this.decodePieces(pieces);
+  }
+
+  /** Text of `pieces`, as `SentencePieceProcessor.decode_pieces` (unknown strings are copied through). */
+  decodePieces(pieces: readonly string[]): string {
+    const spec = this.proto.normalizerSpec;
+    const stripBos = spec.addDummyPrefix || spec.removeExtraWhitespaces;
+    let text = "";
+    let isBosWs = true;
+    let bosWsSeen = false;
+    const bytes: number[] = [];
+    const flush = () => {
+      if (bytes.length) {
+        text += decodeBytesLikeSentencePiece(bytes);
+        bytes.length = 0;
+      }
+    };
+    for (const piece of pieces) {
+      const id = this.pieceToId(piece);
+      const b = this.pieceByte[id];
+      if (b >= 0) {
+        bytes.push(b);
+        continue;
+      }
+      flush();
+      if (bosWsSeen || text.length > 0) isBosWs = false;
+      bosWsSeen = false;
+      const type = this.pieces[id].type;
+      if (type === PieceType.CONTROL) continue;
+      if (type === PieceType.UNKNOWN) {
+        text += piece === this.pieces[id].piece ? this.proto.trainerSpec.unkSurface : piece;
+        continue;
+      }
+      let p = piece;
+      if (isBosWs && stripBos && p.startsWith(SPACE_SYMBOL)) {
+        p = p.slice(1);
+        bosWsSeen = !spec.removeExtraWhitespaces;
+      }
+      text += p.replaceAll(SPACE_SYMBOL, " ");
+    }
+    flush();
+    return this.denormalizer ? this.denormalizer.normalize(text) : text;
+  }
+}
+
+/** Without byte fallback, the C++ joins each run of unknown pieces into one `<unk>`. */
+function collapseUnknown(ids: number[], unk: number): number[] {
+  const out: number[] = [];
+  for (let i = 0; i < ids.length; i++) {
+    if (ids[i] === unk && i > 0 && ids[i - 1] === unk) continue;
+    out.push(ids[i]);
+  }
+  return out;
+}
+
+/** UTF-16 length of `n` UTF-8 bytes at `pos` (valid UTF-8). */
+function utf16LengthOfUtf8(b: Uint8Array, pos: number, n: number): number {
+  let len = 0;
+  for (let i = pos; i < pos + n; i++) {
+    const c = b[i];
+    if ((c & 0xc0) !== 0x80) len += c >= 0xf0 ? 2 : 1;
+  }
+  return len;
+}
+
+/** Bytes to text with one U+FFFD per byte that does not start a valid UTF-8 character. */
+export function decodeBytesLikeSentencePiece(bytes: readonly number[]): string {
+  const b = Uint8Array.from(bytes);
+  let out = "";
+  let i = 0;
+  while (i < b.length) {
+    const c = b[i];
+    if (c < 0x80) {
+      out += String.fromCharCode(c);
+      i++;
+      continue;
+    }
+    let cp = -1;
+    let len = 0;
+    const rest = b.length - i;
+    const t = (k: number) => (b[i + k] & 0xc0) === 0x80;
+    if (rest >= 2 && (c & 0xe0) === 0xc0 && t(1)) {
+      cp = ((c & 0x1f) << 6) | (b[i + 1] & 0x3f);
+      len = 2;
+      if (cp < 0x80) cp = -1;
+    } else if (rest >= 3 && (c & 0xf0) === 0xe0 && t(1) && t(2)) {
+      cp = ((c & 0x0f) << 12) | ((b[i + 1] & 0x3f) << 6) | (b[i + 2] & 0x3f);
+      len = 3;
+      if (cp < 0x800) cp = -1;
+    } else if (rest >= 4 && (c & 0xf8) === 0xf0 && t(1) && t(2) && t(3)) {
+      cp = ((c & 0x07) << 18) | ((b[i + 1] & 0x3f) << 12) | ((b[i + 2] & 0x3f) << 6) |
+        (b[i + 3] & 0x3f);
+      len = 4;
+      if (cp < 0x10000) cp = -1;
+    }
+    if (cp < 0 || (cp >= 0xd800 && cp < 0xe000) || cp > 0x10ffff) {
+      out += "\ufffd";
+      i++;
+    } else {
+      out += String.fromCodePoint(cp);
+      i += len;
+    }
+  }
+  return out;
+}
+
+/**
+ * A binary max-heap of merge candidates keyed by (score desc, left asc), in
+ * typed arrays: encoding long texts queues many candidates and objects would
+ * dominate the time.
+ */
+class PairHeap {
+  size = 0;
+  private cap = 64;
+  private score = new Float64Array(this.cap);
+  private left = new Int32Array(this.cap);
+  private right = new Int32Array(this.cap);
+  private a = new Int32Array(this.cap);
+  private b = new Int32Array(this.cap);
+  private merged = new Int32Array(this.cap);
+  topLeft = 0;
+  topRight = 0;
+  topA = 0;
+  topB = 0;
+  topMerged = 0;
+
+  private before(i: number, j: number): boolean {
+    const si = this.score[i], sj = this.score[j];
+    return si > sj || (si === sj && this.left[i] < this.left[j]);
+  }
+  private swap(i: number, j: number): void {
+    let t = this.score[i];
+    this.score[i] = this.score[j];
+    this.score[j] = t;
+    t = this.left[i];
+    this.left[i] = this.left[j];
+    this.left[j] = t;
+    t = this.right[i];
+    this.right[i] = this.right[j];
+    this.right[j] = t;
+    t = this.a[i];
+    this.a[i] = this.a[j];
+    this.a[j] = t;
+    t = this.b[i];
+    this.b[i] = this.b[j];
+    this.b[j] = t;
+    t = this.merged[i];
+    this.merged[i] = this.merged[j];
+    this.merged[j] = t;
+  }
+  private grow(): void {
+    this.cap *= 2;
+    const g = <T extends Float64Array | Int32Array>(x: T, C: new (n: number) => T): T => {
+      const y = new C(this.cap);
+      y.set(x);
+      return y;
+    };
+    this.score = g(this.score, Float64Array);
+    this.left = g(this.left, Int32Array);
+    this.right = g(this.right, Int32Array);
+    this.a = g(this.a, Int32Array);
+    this.b = g(this.b, Int32Array);
+    this.merged = g(this.merged, Int32Array);
+  }
+  push(score: number, l: number, r: number, a: number, b: number, merged: number): void {
+    if (this.size === this.cap) this.grow();
+    let i = this.size++;
+    this.score[i] = score;
+    this.left[i] = l;
+    this.right[i] = r;
+    this.a[i] = a;
+    this.b[i] = b;
+    this.merged[i] = merged;
+    while (i > 0) {
+      const p = (i - 1) >> 1;
+      if (!this.before(i, p)) break;
+      this.swap(i, p);
+      i = p;
+    }
+  }
+  /** Remove the best candidate into the top* fields. */
+  pop(): void {
+    this.topLeft = this.left[0];
+    this.topRight = this.right[0];
+    this.topA = this.a[0];
+    this.topB = this.b[0];
+    this.topMerged = this.merged[0];
+    const last = --this.size;
+    if (last > 0) {
+      this.swap(0, last);
+      let i = 0;
+      for (;;) {
+        const l = 2 * i + 1, r = l + 1;
+        let m = i;
+        if (l < last && this.before(l, m)) m = l;
+        if (r < last && this.before(r, m)) m = r;
+        if (m === i) break;
+        this.swap(i, m);
+        i = m;
+      }
+    }
+  }
+}
