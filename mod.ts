@@ -6,6 +6,25 @@ export * from "./lib/errors.ts";
 export * from "./lib/jsonl.ts";
 export * from "./lib/atomic.ts";
 export type * from "./lib/data/record.ts";
+export { checkConversation } from "./lib/data/schema.ts";
+export type { Problem } from "./lib/data/schema.ts";
+export {
+  convertFile,
+  convertRecords,
+  parseSplit,
+  splitPart,
+  validateFile,
+} from "./lib/data/convert.ts";
+export type {
+  ConvertFileOptions,
+  ConvertFileReport,
+  ConvertOptions,
+  ConvertResult,
+  FileReport,
+  SplitSpec,
+} from "./lib/data/convert.ts";
+export { detectFormat, FORMAT_NAMES, FORMATS } from "./lib/data/formats/mod.ts";
+export type { FormatName } from "./lib/data/formats/mod.ts";
 export type * from "./lib/model/types.ts";
 export { describeGpu, getGpu } from "./lib/gpu/device.ts";
 export {
@@ -18,6 +37,7 @@ export {
   parseConfig,
   prefixTuningDefaults,
   renderConfig,
+  reportNotApplicable,
   trainingSteps,
   warmupSteps,
 } from "./lib/config/config.ts";
