@@ -8,6 +8,7 @@ import {
   loraDefaults,
   parseConfig,
   renderConfig,
+  reportNotApplicable,
   trainingSteps,
   warmupSteps,
 } from "../lib/config/mod.ts";
@@ -117,6 +118,10 @@ Deno.test("upstream ptuning_v2.yaml and sft.yaml load unchanged", async () => {
   const line = formatNotApplicable(sft);
   assertMatch(line, /sft\.yaml: not applicable here, ignored: .*training_args\.deepspeed/);
   assertEquals(line.split("\n").length, 1);
+  const printed: string[] = [];
+  reportNotApplicable(sft, (l) => printed.push(l));
+  reportNotApplicable(await loadConfig(`${UP}/sft.yaml`), (l) => printed.push(l));
+  assertEquals(printed, [line]);
 });
 
 Deno.test("our configs load, in the upstream schema, sized for the demo", async () => {

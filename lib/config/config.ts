@@ -228,6 +228,23 @@ export function formatNotApplicable(cfg: FinetuneConfig): string {
   return `${cfg.path}: not applicable here, ignored: ${keys}`;
 }
 
+const reported = new Set<string>();
+
+/**
+ * Print `formatNotApplicable(cfg)` unless this process already printed it: the
+ * pipeline runs stages in one process, and each stage that loads the config
+ * calls this, so the user sees the line once per run.
+ */
+export function reportNotApplicable(
+  cfg: FinetuneConfig,
+  print: (line: string) => void = (l) => console.error(l),
+): void {
+  const line = formatNotApplicable(cfg);
+  if (!line || reported.has(line)) return;
+  reported.add(line);
+  print(line);
+}
+
 /** Read and validate a config file, applying `key.path=value` overrides first. */
 export async function loadConfig(path: string, overrides: string[] = []): Promise<FinetuneConfig> {
   let text: string;
