@@ -1,0 +1,423 @@
+/**
+ * Causal multi-query attention, flash style: one invocation per query row
+ * walks its keys once with an online softmax, so the [heads, seq, seq] score
+ * matrix never exists (for chatglm3-6b at seq 2048 that would be 512 MiB per
+ * layer) and the forward saves only the log-sum-exp per row. Backward
+ * recomputes the probabilities from it: a row pass for D = dO·O, a query pass
+ * for dQ, a key pass for dK/dV (one invocation per key row looping over the
+ * queries that see it: no atomics, deterministic), and a pass for the prefix
+ * keys/values (P-Tuning v2 virtual positions).
+ *
+ * Layouts are strided so the same kernels read q/k/v straight out of fused
+ * qkv rows during training and out of the KV cache during generation: query
+ * (b, s, h) is at qOff + (b·S + s)·qRow + h·D; real key j of batch row b,
+ * group g at kOff + b·kvBatch + j·kvRow + g·D (value: vOff + …); prefix key j
+ * at pkOff + b·pBatch + j·pRow + g·D (pBatch 0 when the prefix is shared).
+ * Query (b, s) sees every prefix position and real keys 0..pos[b·S + s].
+ *
+ * Why not materialised scores + batched matmul: the multi-query layout (keys
+ * shared by heads/groups query heads, rows interleaved in the fused qkv) does
+ * not fit one strided batch, the score buffers would not fit the real model,
+ * and on llvmpipe the per-row loop is already a small part of a step (the
+ * projections dominate: see docs/engine.md).
+ *
+ * Reference: `attention` / `attentionBackward` in lib/model/cpu/ops.ts.
+ */
+import type { Gpu } from "../device.ts";
+import { dispatch, getPipeline, packUniforms, uniforms } from "../runtime.ts";
+import { entry, grid, rowWorkgroup } from "./grid.ts";
+
+export interface AttentionLayout {
+  batch: number;
+  /** Query rows per batch row. */
+  seq: number;
+  heads: number;
+  groups: number;
+  headDim: number;
+  /** Prefix (virtual) positions; 0 for none. */
+  prefix: number;
+  scale: number;
+  q: GPUBuffer;
+  qOff: number;
+  qRow: number;
+  kv: GPUBuffer;
+  kOff: number;
+  vOff: number;
+  kvRow: number;
+  kvBatch: number;
+  /** Prefix keys/values (required when prefix > 0). */
+  pkv?: GPUBuffer;
+  pkOff?: number;
+  pvOff?: number;
+  pRow?: number;
+  pBatch?: number;
+  /** i32 [batch·seq]: the last real key position each query sees. */
+  pos: GPUBuffer;
+  /** [2, batch·heads·seq] f32: log-sum-exp per query row (written by forward), then D = dO·O (backward). */
+  stats: GPUBuffer;
+}
+
+const UNIFORM_STRUCT = `struct U {
+  B: u32, S: u32, H: u32, G: u32, P: u32, scale: f32,
+  qOff: u32, qRow: u32, kOff: u32, vOff: u32, kvRow: u32, kvBatch: u32,
+  pkOff: u32, pvOff: u32, pRow: u32, pBatch: u32,
+  oOff: u32, oRow: u32, dkOff: u32, dvOff: u32, dkvRow: u32, dkvBatch: u32,
+  dpBatch: u32, sharedP: u32,
+}
+@group(0) @binding(0) var<uniform> u: U;`;
+
+function packLayout(
+  l: AttentionLayout,
+  o: { off: number; row: number },
+  d: { kOff: number; vOff: number; row: number; batch: number; pBatch: number } = {
+    kOff: 0,
+    vOff: 0,
+    row: 0,
+    batch: 0,
+    pBatch: 0,
+  },
+): Uint32Array {
+  return packUniforms([
+    { u: l.batch },
+    { u: l.seq },
+    { u: l.heads },
+    { u: l.groups },
+    { u: l.prefix },
+    { f: l.scale },
+    { u: l.qOff },
+    { u: l.qRow },
+    { u: l.kOff },
+    { u: l.vOff },
+    { u: l.kvRow },
+    { u: l.kvBatch },
+    { u: l.pkOff ?? 0 },
+    { u: l.pvOff ?? 0 },
+    { u: l.pRow ?? 0 },
+    { u: l.pBatch ?? 0 },
+    { u: o.off },
+    { u: o.row },
+    { u: d.kOff },
+    { u: d.vOff },
+    { u: d.row },
+    { u: d.batch },
+    { u: d.pBatch },
+    { u: (l.pBatch ?? 0) === 0 ? 1 : 0 },
+  ]);
+}
+
+/** Decompose a query-row index into (b, h, s) with s fastest, and the shared key group. */
+const QUERY_ROW = `
+  let nRows = u.B * u.H * u.S;
+  if (idx >= nRows) { return; }
+  let s = idx % u.S;
+  let bh = idx / u.S;
+  let h = bh % u.H;
+  let b = bh / u.H;
+  let g = h / (u.H / u.G);
+  let row = b * u.S + s;
+  let qo = u.qOff + row * u.qRow + h * D;`;
+
+function forwardShader(D: number, wg: number): string {
+  return `const D = ${D}u;
+${UNIFORM_STRUCT}
+@group(0) @binding(1) var<storage, read> Q: array<f32>;
+@group(0) @binding(2) var<storage, read> KV: array<f32>;
+@group(0) @binding(3) var<storage, read> PKV: array<f32>;
+@group(0) @binding(4) var<storage, read> pos: array<i32>;
+@group(0) @binding(5) var<storage, read_write> O: array<f32>;
+@group(0) @binding(6) var<storage, read_write> stats: array<f32>;
+${entry(wg)}
+${QUERY_ROW}
+  var q: array<f32, D>;
+  var acc: array<f32, D>;
+  for (var d = 0u; d < D; d++) { q[d] = Q[qo + d] * u.scale; acc[d] = 0.0; }
+  var m = -3.0e38;
+  var l = 0.0;
+  for (var j = 0u; j < u.P; j++) {
+    let ko = u.pkOff + b * u.pBatch + j * u.pRow + g * D;
+    let vo = u.pvOff + b * u.pBatch + j * u.pRow + g * D;
+    var sc = 0.0;
+    for (var d = 0u; d < D; d++) { sc = fma(q[d], PKV[ko + d], sc); }
+    if (sc > m) { let c = exp(m - sc); l *= c; for (var d = 0u; d < D; d++) { acc[d] *= c; } m = sc; }
+    let p = exp(sc - m);
+    l += p;
+    for (var d = 0u; d < D; d++) { acc[d] = fma(p, PKV[vo + d], acc[d]); }
+  }
+  let last = u32(pos[row]);
+  for (var j = 0u; j <= last; j++) {
+    let ko = u.kOff + b * u.kvBatch + j * u.kvRow + g * D;
+    let vo = u.vOff + b * u.kvBatch + j * u.kvRow + g * D;
+    var sc = 0.0;
+    for (var d = 0u; d < D; d++) { sc = fma(q[d], KV[ko + d], sc); }
+    if (sc > m) { let c = exp(m - sc); l *= c; for (var d = 0u; d < D; d++) { acc[d] *= c; } m = sc; }
+    let p = exp(sc - m);
+    l += p;
+    for (var d = 0u; d < D; d++) { acc[d] = fma(p, KV[vo + d], acc[d]); }
+  }
+  let inv = 1.0 / l;
+  let oo = u.oOff + row * u.oRow + h * D;
+  for (var d = 0u; d < D; d++) { O[oo + d] = acc[d] * inv; }
+  stats[idx] = m + log(l);
+}`;
+}
+
+/**
+ * out (b, s, h) at outOff + (b·S + s)·outRow + h·D = softmax(q·Kᵀ·scale) V over
+ * the prefix and the causal keys; log-sum-exp per row into stats[0..rows).
+ */
+export function encodeAttention(
+  gpu: Gpu,
+  pass: GPUComputePassEncoder,
+  l: AttentionLayout,
+  out: { buffer: GPUBuffer; off: number; row: number },
+): void {
+  const rows = l.batch * l.heads * l.seq;
+  if (rows === 0) return;
+  const wg = rowWorkgroup(gpu);
+  const u = uniforms(gpu).alloc(packLayout(l, { off: out.off, row: out.row }));
+  dispatch(gpu, pass, getPipeline(gpu, forwardShader(l.headDim, wg)), [
+    u,
+    l.q,
+    l.kv,
+    l.pkv ?? l.kv,
+    l.pos,
+    out.buffer,
+    l.stats,
+  ], grid(gpu, rows, wg));
+}
+
+function rowDotShader(D: number, wg: number): string {
+  return `const D = ${D}u;
+${UNIFORM_STRUCT}
+@group(0) @binding(1) var<storage, read> dO: array<f32>;
+@group(0) @binding(2) var<storage, read> O: array<f32>;
+@group(0) @binding(3) var<storage, read_write> stats: array<f32>;
+${entry(wg)}
+${QUERY_ROW}
+  let oo = u.oOff + row * u.oRow + h * D;
+  var s0 = 0.0;
+  for (var d = 0u; d < D; d++) { s0 = fma(dO[oo + d], O[oo + d], s0); }
+  stats[nRows + idx] = s0;
+}`;
+}
+
+function dqShader(D: number, wg: number): string {
+  return `const D = ${D}u;
+${UNIFORM_STRUCT}
+@group(0) @binding(1) var<storage, read> Q: array<f32>;
+@group(0) @binding(2) var<storage, read> KV: array<f32>;
+@group(0) @binding(3) var<storage, read> PKV: array<f32>;
+@group(0) @binding(4) var<storage, read> pos: array<i32>;
+@group(0) @binding(5) var<storage, read> dO: array<f32>;
+@group(0) @binding(6) var<storage, read> stats: array<f32>;
+@group(0) @binding(7) var<storage, read_write> dQ: array<f32>;
+${entry(wg)}
+${QUERY_ROW}
+  let oo = u.oOff + row * u.oRow + h * D;
+  var q: array<f32, D>;
+  var go: array<f32, D>;
+  var dq: array<f32, D>;
+  for (var d = 0u; d < D; d++) { q[d] = Q[qo + d] * u.scale; go[d] = dO[oo + d]; dq[d] = 0.0; }
+  let lse = stats[idx];
+  let di = stats[nRows + idx];
+  for (var j = 0u; j < u.P; j++) {
+    let ko = u.pkOff + b * u.pBatch + j * u.pRow + g * D;
+    let vo = u.pvOff + b * u.pBatch + j * u.pRow + g * D;
+    var sc = 0.0;
+    var dp = 0.0;
+    for (var d = 0u; d < D; d++) { sc = fma(q[d], PKV[ko + d], sc); dp = fma(go[d], PKV[vo + d], dp); }
+    let ds = exp(sc - lse) * (dp - di) * u.scale;
+    for (var d = 0u; d < D; d++) { dq[d] = fma(ds, PKV[ko + d], dq[d]); }
+  }
+  let last = u32(pos[row]);
+  for (var j = 0u; j <= last; j++) {
+    let ko = u.kOff + b * u.kvBatch + j * u.kvRow + g * D;
+    let vo = u.vOff + b * u.kvBatch + j * u.kvRow + g * D;
+    var sc = 0.0;
+    var dp = 0.0;
+    for (var d = 0u; d < D; d++) { sc = fma(q[d], KV[ko + d], sc); dp = fma(go[d], KV[vo + d], dp); }
+    let ds = exp(sc - lse) * (dp - di) * u.scale;
+    for (var d = 0u; d < D; d++) { dq[d] = fma(ds, KV[ko + d], dq[d]); }
+  }
+  let dqo = u.dkOff + row * u.dkvRow + h * D;
+  for (var d = 0u; d < D; d++) { dQ[dqo + d] = dq[d]; }
+}`;
+}
+
+/**
+ * Key pass: one invocation per real key (b, g, j), or with PREFIX per prefix
+ * key (bp, g, j), summing over the queries (and heads of the group) that see it.
+ */
+function dkvShader(D: number, wg: number, prefix: boolean): string {
+  const keyIdx = prefix
+    ? `
+  let nKeys = select(u.B, 1u, u.sharedP != 0u) * u.G * u.P;
+  if (idx >= nKeys) { return; }
+  let j = idx % u.P;
+  let bg = idx / u.P;
+  let g = bg % u.G;
+  let bp = bg / u.G;
+  let kb = u.pkOff + bp * u.pBatch + j * u.pRow + g * D;
+  let vb = u.pvOff + bp * u.pBatch + j * u.pRow + g * D;
+  let b0 = select(bp, 0u, u.sharedP != 0u);
+  let b1 = select(bp + 1u, u.B, u.sharedP != 0u);
+  _ = pos[0];`
+    : `
+  let nKeys = u.B * u.G * u.S;
+  if (idx >= nKeys) { return; }
+  let j = idx % u.S;
+  let bg = idx / u.S;
+  let g = bg % u.G;
+  let bp = bg / u.G;
+  let kb = u.kOff + bp * u.kvBatch + j * u.kvRow + g * D;
+  let vb = u.vOff + bp * u.kvBatch + j * u.kvRow + g * D;
+  let b0 = bp;
+  let b1 = bp + 1u;`;
+  const store = prefix
+    ? `
+  let dko = u.dkOff + bp * u.dpBatch + j * u.dkvRow + g * D;
+  let dvo = u.dvOff + bp * u.dpBatch + j * u.dkvRow + g * D;`
+    : `
+  let dko = u.dkOff + bp * u.dkvBatch + j * u.dkvRow + g * D;
+  let dvo = u.dvOff + bp * u.dkvBatch + j * u.dkvRow + g * D;`;
+  return `const D = ${D}u;
+${UNIFORM_STRUCT}
+@group(0) @binding(1) var<storage, read> Q: array<f32>;
+@group(0) @binding(2) var<storage, read> K: array<f32>;
+@group(0) @binding(3) var<storage, read> pos: array<i32>;
+@group(0) @binding(4) var<storage, read> dO: array<f32>;
+@group(0) @binding(5) var<storage, read> stats: array<f32>;
+@group(0) @binding(6) var<storage, read_write> dKV: array<f32>;
+${entry(wg)}
+${keyIdx}
+  let nRows = u.B * u.H * u.S;
+  let hpg = u.H / u.G;
+  var k: array<f32, D>;
+  var v: array<f32, D>;
+  var dk: array<f32, D>;
+  var dv: array<f32, D>;
+  for (var d = 0u; d < D; d++) { k[d] = K[kb + d] * u.scale; v[d] = K[vb + d]; dk[d] = 0.0; dv[d] = 0.0; }
+  for (var b = b0; b < b1; b++) {
+    for (var hh = 0u; hh < hpg; hh++) {
+      let h = g * hpg + hh;
+      for (var s = 0u; s < u.S; s++) {
+        let row = b * u.S + s;
+        ${prefix ? "" : "if (u32(pos[row]) < j) { continue; }"}
+        let r = (b * u.H + h) * u.S + s;
+        let qo = u.qOff + row * u.qRow + h * D;
+        let oo = u.oOff + row * u.oRow + h * D;
+        var sc = 0.0;
+        var dp = 0.0;
+        for (var d = 0u; d < D; d++) { sc = fma(Q[qo + d], k[d], sc); dp = fma(dO[oo + d], v[d], dp); }
+        let p = exp(sc - stats[r]);
+        let ds = p * (dp - stats[nRows + r]) * u.scale;
+        for (var d = 0u; d < D; d++) { dk[d] = fma(ds, Q[qo + d], dk[d]); dv[d] = fma(p, dO[oo + d], dv[d]); }
+      }
+    }
+  }
+${store}
+  for (var d = 0u; d < D; d++) { dKV[dko + d] = dk[d]; dKV[dvo + d] = dv[d]; }
+}`;
+}
+
+export interface AttentionGrads {
+  /** The forward output and its gradient, both at off + (b·S + s)·row + h·D. */
+  out: GPUBuffer;
+  dOut: GPUBuffer;
+  oOff: number;
+  oRow: number;
+  /** dQ/dK/dV in a buffer with the layout of the forward's fused rows (written, not accumulated). */
+  dqkv: GPUBuffer;
+  dqOff: number;
+  dkOff: number;
+  dvOff: number;
+  dRow: number;
+  /** Prefix gradients, written at dpkOff/dpvOff + bp·dpBatch + j·dpRow + g·D; bp over the batch when pBatch > 0, else one sum. */
+  dpkv?: GPUBuffer;
+  dpkOff?: number;
+  dpvOff?: number;
+  dpRow?: number;
+  dpBatch?: number;
+}
+
+/**
+ * Backward of encodeAttention for training (keys are the same tokens as the
+ * queries: kv rows = q rows, kvBatch = seq·kvRow). Needs the forward's stats.
+ */
+export function encodeAttentionBackward(
+  gpu: Gpu,
+  pass: GPUComputePassEncoder,
+  l: AttentionLayout,
+  gr: AttentionGrads,
+): void {
+  const rows = l.batch * l.heads * l.seq;
+  if (rows === 0) return;
+  const D = l.headDim;
+  const wg = rowWorkgroup(gpu);
+  const u1 = uniforms(gpu).alloc(packLayout(l, { off: gr.oOff, row: gr.oRow }));
+  dispatch(
+    gpu,
+    pass,
+    getPipeline(gpu, rowDotShader(D, wg)),
+    [u1, gr.dOut, gr.out, l.stats],
+    grid(gpu, rows, wg),
+  );
+  const u2 = uniforms(gpu).alloc(
+    packLayout(l, { off: gr.oOff, row: gr.oRow }, {
+      kOff: gr.dqOff,
+      vOff: 0,
+      row: gr.dRow,
+      batch: 0,
+      pBatch: 0,
+    }),
+  );
+  dispatch(gpu, pass, getPipeline(gpu, dqShader(D, wg)), [
+    u2,
+    l.q,
+    l.kv,
+    l.pkv ?? l.kv,
+    l.pos,
+    gr.dOut,
+    l.stats,
+    gr.dqkv,
+  ], grid(gpu, rows, wg));
+  const u3 = uniforms(gpu).alloc(packLayout(l, { off: gr.oOff, row: gr.oRow }, {
+    kOff: gr.dkOff,
+    vOff: gr.dvOff,
+    row: gr.dRow,
+    batch: l.seq * gr.dRow,
+    pBatch: 0,
+  }));
+  const keys = l.batch * l.groups * l.seq;
+  dispatch(gpu, pass, getPipeline(gpu, dkvShader(D, wg, false)), [
+    u3,
+    l.q,
+    l.kv,
+    l.pos,
+    gr.dOut,
+    l.stats,
+    gr.dqkv,
+  ], grid(gpu, keys, wg));
+  if (l.prefix > 0) {
+    if (!l.pkv || !gr.dpkv) {
+      throw new Error("attention backward: prefix gradients need pkv and dpkv");
+    }
+    const u4 = uniforms(gpu).alloc(packLayout(l, { off: gr.oOff, row: gr.oRow }, {
+      kOff: gr.dpkOff ?? 0,
+      vOff: gr.dpvOff ?? 0,
+      row: gr.dpRow ?? 0,
+      batch: 0,
+      pBatch: gr.dpBatch ?? 0,
+    }));
+    const pk = ((l.pBatch ?? 0) === 0 ? 1 : l.batch) * l.groups * l.prefix;
+    dispatch(gpu, pass, getPipeline(gpu, dkvShader(D, wg, true)), [
+      u4,
+      l.q,
+      l.pkv,
+      l.pos,
+      gr.dOut,
+      l.stats,
+      gr.dpkv,
+    ], grid(gpu, pk, wg));
+  }
+}

@@ -1,0 +1,134 @@
+/**
+ * RMSNorm forward (saving 1/rms per row for backward) and backward: dx per row,
+ * and the weight gradient as a column reduction over rows (full SFT only).
+ * One invocation per row (or per column for dweight): on llvmpipe this beat a
+ * workgroup tree reduction. Reference: `rmsnorm` / `rmsnormBackward` in
+ * lib/model/cpu/ops.ts.
+ */
+import type { Gpu } from "../device.ts";
+import { dispatch, getPipeline, packUniforms, uniforms } from "../runtime.ts";
+import { entry, grid, rowWorkgroup } from "./grid.ts";
+
+function forwardShader(wg: number): string {
+  return `struct U { rows: u32, dim: u32, eps: f32 }
+@group(0) @binding(0) var<uniform> u: U;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<storage, read_write> rstd: array<f32>;
+${entry(wg)}
+  if (idx >= u.rows) { return; }
+  let o = idx * u.dim;
+  var ss = 0.0;
+  for (var i = 0u; i < u.dim; i++) { let v = x[o + i]; ss = fma(v, v, ss); }
+  let s = inverseSqrt(ss / f32(u.dim) + u.eps);
+  rstd[idx] = s;
+  for (var i = 0u; i < u.dim; i++) { y[o + i] = w[i] * (x[o + i] * s); }
+}`;
+}
+
+/** y = w ⊙ x / rms(x) per row of x [rows, dim]; rstd [rows] receives 1/rms. */
+export function encodeRmsnorm(
+  gpu: Gpu,
+  pass: GPUComputePassEncoder,
+  a: {
+    x: GPUBuffer;
+    w: GPUBuffer;
+    y: GPUBuffer;
+    rstd: GPUBuffer;
+    rows: number;
+    dim: number;
+    eps: number;
+  },
+): void {
+  if (a.rows <= 0) return;
+  const wg = rowWorkgroup(gpu);
+  const u = uniforms(gpu).alloc(packUniforms([{ u: a.rows }, { u: a.dim }, { f: a.eps }]));
+  dispatch(
+    gpu,
+    pass,
+    getPipeline(gpu, forwardShader(wg)),
+    [u, a.x, a.w, a.y, a.rstd],
+    grid(gpu, a.rows, wg),
+  );
+}
+
+function backwardShader(wg: number): string {
+  return `struct U { rows: u32, dim: u32, beta: f32 }
+@group(0) @binding(0) var<uniform> u: U;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<f32>;
+@group(0) @binding(3) var<storage, read> rstd: array<f32>;
+@group(0) @binding(4) var<storage, read> dy: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dx: array<f32>;
+${entry(wg)}
+  if (idx >= u.rows) { return; }
+  let o = idx * u.dim;
+  let s = rstd[idx];
+  var dot = 0.0;
+  for (var i = 0u; i < u.dim; i++) { dot = fma(dy[o + i] * w[i], x[o + i], dot); }
+  let c = s * s * s * dot / f32(u.dim);
+  for (var i = 0u; i < u.dim; i++) {
+    var v = dy[o + i] * w[i] * s - x[o + i] * c;
+    if (u.beta != 0.0) { v += u.beta * dx[o + i]; }
+    dx[o + i] = v;
+  }
+}`;
+}
+
+function dweightShader(wg: number): string {
+  return `struct U { rows: u32, dim: u32 }
+@group(0) @binding(0) var<uniform> u: U;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> rstd: array<f32>;
+@group(0) @binding(3) var<storage, read> dy: array<f32>;
+@group(0) @binding(4) var<storage, read_write> dw: array<f32>;
+${entry(wg)}
+  if (idx >= u.dim) { return; }
+  var s = 0.0;
+  for (var r = 0u; r < u.rows; r++) { s = fma(dy[r * u.dim + idx], x[r * u.dim + idx] * rstd[r], s); }
+  dw[idx] += s;
+}`;
+}
+
+/**
+ * dx = ∂/∂x of RMSNorm given dy (beta = 1 adds into dx, for the residual
+ * stream); when `dw` is given, dw += Σ_rows dy ⊙ x·rstd (a separate
+ * deterministic column pass).
+ */
+export function encodeRmsnormBackward(
+  gpu: Gpu,
+  pass: GPUComputePassEncoder,
+  a: {
+    x: GPUBuffer;
+    w: GPUBuffer;
+    rstd: GPUBuffer;
+    dy: GPUBuffer;
+    dx: GPUBuffer;
+    rows: number;
+    dim: number;
+    beta?: number;
+    dw?: GPUBuffer;
+  },
+): void {
+  if (a.rows <= 0) return;
+  const wg = rowWorkgroup(gpu);
+  const u = uniforms(gpu).alloc(packUniforms([{ u: a.rows }, { u: a.dim }, { f: a.beta ?? 0 }]));
+  dispatch(
+    gpu,
+    pass,
+    getPipeline(gpu, backwardShader(wg)),
+    [u, a.x, a.w, a.rstd, a.dy, a.dx],
+    grid(gpu, a.rows, wg),
+  );
+  if (a.dw) {
+    const u2 = uniforms(gpu).alloc(packUniforms([{ u: a.rows }, { u: a.dim }]));
+    dispatch(
+      gpu,
+      pass,
+      getPipeline(gpu, dweightShader(wg)),
+      [u2, a.x, a.rstd, a.dy, a.dw],
+      grid(gpu, a.dim, wg),
+    );
+  }
+}
