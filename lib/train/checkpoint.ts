@@ -1,0 +1,466 @@
+/**
+ * Checkpoints and final outputs of a run.
+ *
+ * OUT/checkpoint-{step}/ is built under a temporary name and renamed when
+ * complete (lib/atomic.ts writeDirAtomic), so a killed run never leaves a
+ * directory that looks like a checkpoint. It holds:
+ *   - the trainable tensors in their user-facing format (ModelFiles: a PEFT
+ *     LoRA adapter, a P-Tuning v2 prefix, or a full HF model dir);
+ *   - optimizer.safetensors: AdamW moments, `{name}.exp_avg` / `{name}.exp_avg_sq`;
+ *   - scheduler.json: the schedule and how many steps it has taken;
+ *   - rng_state.json: seed, shuffle flag and the data position of the next step
+ *     (orders and dropout masks are functions of seed, epoch and step, so this
+ *     is all the randomness there is to restore);
+ *   - resume_state.json: what continuing the log needs (the partly filled
+ *     logging window) and the data/batching the run was made with;
+ *   - trainer_state.json, as HF Trainer writes it;
+ *   - training_args.json.
+ * The final save writes the tensors, trainer_state.json and training_args.json
+ * into OUT itself (metrics.jsonl is already there).
+ */
+import { basename, join } from "node:path";
+import { writeDirAtomic, writeFileAtomic, writeJsonAtomic } from "../atomic.ts";
+import { UserError } from "../errors.ts";
+import type { TrainArgs } from "./args.ts";
+import { readSafetensorsF32, type Tensor, writeSafetensorsF32 } from "./tensorfile.ts";
+
+/** One log_history entry: `{step, epoch, loss, learning_rate, grad_norm}`, `{step, epoch, eval_loss}`, or the run summary. */
+export interface LogEntry {
+  step: number;
+  epoch: number;
+  loss?: number;
+  grad_norm?: number;
+  learning_rate?: number;
+  eval_loss?: number;
+  [key: string]: number | undefined;
+}
+
+/** How the trainable tensors are stored for users (and read back on resume). */
+export interface ModelFiles {
+  kind: string;
+  /** Write the tensors (and their config) into `dir`, each file atomically. */
+  write(dir: string, params: Map<string, Float32Array>): Promise<void>;
+  /** Read back what `write` wrote. */
+  read(dir: string): Promise<Map<string, Float32Array>>;
+}
+
+export interface CheckpointState {
+  globalStep: number;
+  epoch: number;
+  maxSteps: number;
+  logHistory: LogEntry[];
+  window: { lossSum: number; steps: number; skipped: number };
+  lastLoggedStep: number;
+  data: Record<string, unknown>;
+  args: TrainArgs;
+  logEvery: number;
+  saveEvery: number;
+  evalEvery: number;
+  lr: { type: string; base: number; next: number };
+  configEcho: Record<string, unknown>;
+}
+
+export interface LoadedCheckpoint {
+  dir: string;
+  globalStep: number;
+  epoch: number;
+  maxSteps: number;
+  logHistory: LogEntry[];
+  window: { lossSum: number; steps: number; skipped: number };
+  lastLoggedStep: number;
+  data: Record<string, unknown>;
+  params: Map<string, Float32Array>;
+  moments: Map<string, { m: Float32Array; v: Float32Array }>;
+}
+
+const CKPT = /^checkpoint-(\d+)$/;
+
+/** HF's trainer_state.json (keys sorted, as HF's json.dumps(sort_keys=True)). */
+export function trainerStateJson(s: CheckpointState): Record<string, unknown> {
+  const state: Record<string, unknown> = {
+    best_global_step: null,
+    best_metric: null,
+    best_model_checkpoint: null,
+    epoch: s.epoch,
+    eval_steps: s.evalEvery > 0 ? s.evalEvery : s.logEvery > 0 ? s.logEvery : 500,
+    global_step: s.globalStep,
+    is_hyper_param_search: false,
+    is_local_process_zero: true,
+    is_world_process_zero: true,
+    log_history: s.logHistory,
+    logging_steps: s.logEvery > 0 ? s.logEvery : 500,
+    max_steps: s.maxSteps,
+    num_input_tokens_seen: 0,
+    num_train_epochs: s.args.maxSteps > 0
+      ? Math.ceil(s.maxSteps / Math.max(1, stepsPerEpoch(s)))
+      : Math.ceil(s.args.numTrainEpochs),
+    save_steps: s.saveEvery > 0 ? s.saveEvery : 500,
+    stateful_callbacks: {
+      TrainerControl: {
+        args: {
+          should_epoch_stop: false,
+          should_evaluate: false,
+          should_log: false,
+          should_save: true,
+          should_training_stop: s.globalStep >= s.maxSteps,
+        },
+        attributes: {},
+      },
+    },
+    total_flos: 0,
+    train_batch_size: s.args.batchSize,
+    trial_name: null,
+    trial_params: null,
+  };
+  return state;
+}
+
+function stepsPerEpoch(s: CheckpointState): number {
+  const n = s.data.num_records as number;
+  const micro = s.args.dropLast
+    ? Math.floor(n / s.args.batchSize)
+    : Math.ceil(n / s.args.batchSize);
+  return Math.max(1, Math.ceil(micro / s.args.accumulation));
+}
+
+async function writeStateFiles(dir: string, s: CheckpointState): Promise<void> {
+  await writeJsonAtomic(join(dir, "trainer_state.json"), trainerStateJson(s));
+  await writeJsonAtomic(join(dir, "training_args.json"), { ...s.args, ...s.configEcho });
+}
+
+/** Write OUT/checkpoint-{step}/ atomically; returns its path. */
+export async function writeCheckpoint(
+  outDir: string,
+  s: CheckpointState,
+  params: Map<string, Float32Array>,
+  moments: Map<string, { m: Float32Array; v: Float32Array }>,
+  files: ModelFiles,
+): Promise<string> {
+  const dir = join(outDir, `checkpoint-${s.globalStep}`);
+  await writeDirAtomic(dir, async (tmp) => {
+    await files.write(tmp, params);
+    const opt = new Map<string, Tensor>();
+    for (const [name, { m, v }] of moments) {
+      opt.set(`${name}.exp_avg`, { shape: [m.length], data: m });
+      opt.set(`${name}.exp_avg_sq`, { shape: [v.length], data: v });
+    }
+    await writeSafetensorsF32(join(tmp, "optimizer.safetensors"), opt);
+    await writeJsonAtomic(join(tmp, "scheduler.json"), {
+      lr_scheduler_type: s.lr.type,
+      base_lrs: [s.lr.base],
+      last_epoch: s.globalStep,
+      _step_count: s.globalStep + 1,
+      _last_lr: [s.lr.next],
+    });
+    await writeJsonAtomic(join(tmp, "rng_state.json"), {
+      seed: s.args.seed,
+      shuffle: s.args.shuffle,
+      order: s.args.shuffle
+        ? "Fisher-Yates over record indices, generator seeded from (seed, epoch)"
+        : "file order",
+      dropout: "counter-based, seeded from (seed, optimizer step, micro-batch)",
+      next_step: s.globalStep,
+    });
+    await writeJsonAtomic(join(tmp, "resume_state.json"), {
+      global_step: s.globalStep,
+      epoch: s.epoch,
+      max_steps: s.maxSteps,
+      logging_window: s.window,
+      last_logged_step: s.lastLoggedStep,
+      data: s.data,
+    });
+    await writeStateFiles(tmp, s);
+  });
+  return dir;
+}
+
+/** The final save into OUT itself. */
+export async function writeFinal(
+  outDir: string,
+  s: CheckpointState,
+  params: Map<string, Float32Array>,
+  files: ModelFiles,
+): Promise<void> {
+  await files.write(outDir, params);
+  await writeStateFiles(outDir, s);
+}
+
+/** Complete checkpoints in `outDir`, oldest first. */
+export async function listCheckpoints(
+  outDir: string,
+): Promise<Array<{ step: number; dir: string }>> {
+  const out: Array<{ step: number; dir: string }> = [];
+  try {
+    for await (const e of Deno.readDir(outDir)) {
+      const m = CKPT.exec(e.name);
+      if (!m || !e.isDirectory) continue;
+      const dir = join(outDir, e.name);
+      try {
+        await Deno.stat(join(dir, "trainer_state.json"));
+      } catch {
+        continue;
+      }
+      out.push({ step: Number(m[1]), dir });
+    }
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+  }
+  return out.sort((a, b) => a.step - b.step);
+}
+
+export async function findCheckpoint(outDir: string, which: "yes" | number): Promise<string> {
+  const all = await listCheckpoints(outDir);
+  if (all.length === 0) {
+    throw new UserError(`cannot resume: ${outDir} holds no complete checkpoint-N directory`);
+  }
+  if (which === "yes") return all[all.length - 1].dir;
+  const hit = all.find((c) => c.step === which);
+  if (!hit) {
+    throw new UserError(
+      `cannot resume: ${outDir}/checkpoint-${which} does not exist or is incomplete; available: ${
+        all.map((c) => c.step).join(", ")
+      }`,
+    );
+  }
+  return hit.dir;
+}
+
+async function readJson(path: string): Promise<Record<string, unknown>> {
+  try {
+    return JSON.parse(await Deno.readTextFile(path));
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) throw new UserError(`${path}: missing`);
+    if (e instanceof SyntaxError) throw new UserError(`${path}: not valid JSON`);
+    throw e;
+  }
+}
+
+export async function readCheckpoint(dir: string, files: ModelFiles): Promise<LoadedCheckpoint> {
+  const rs = await readJson(join(dir, "resume_state.json"));
+  const ts = await readJson(join(dir, "trainer_state.json"));
+  const opt = await readSafetensorsF32(join(dir, "optimizer.safetensors"));
+  const moments = new Map<string, { m: Float32Array; v: Float32Array }>();
+  for (const [key, t] of opt) {
+    const m = /^(.*)\.exp_avg(_sq)?$/.exec(key);
+    if (!m) throw new UserError(`${dir}/optimizer.safetensors: unexpected tensor ${key}`);
+    const e = moments.get(m[1]) ?? { m: new Float32Array(0), v: new Float32Array(0) };
+    if (m[2]) e.v = t.data;
+    else e.m = t.data;
+    moments.set(m[1], e);
+  }
+  return {
+    dir,
+    globalStep: rs.global_step as number,
+    epoch: rs.epoch as number,
+    maxSteps: rs.max_steps as number,
+    logHistory: (ts.log_history ?? []) as LogEntry[],
+    window: rs.logging_window as LoadedCheckpoint["window"],
+    lastLoggedStep: rs.last_logged_step as number,
+    data: rs.data as Record<string, unknown>,
+    params: await files.read(dir),
+    moments,
+  };
+}
+
+/** save_total_limit: delete the oldest complete checkpoints beyond `limit`. */
+export async function rotateCheckpoints(outDir: string, limit: number): Promise<void> {
+  const all = await listCheckpoints(outDir);
+  for (const c of all.slice(0, Math.max(0, all.length - limit))) {
+    await Deno.remove(c.dir, { recursive: true });
+  }
+}
+
+/** Remove temporaries a killed run left behind (`.checkpoint-N.<pid>.<rand>.tmp`). */
+export async function removeStaleTemps(outDir: string): Promise<void> {
+  for await (const e of Deno.readDir(outDir)) {
+    if (
+      e.name.startsWith(".") && e.name.endsWith(".tmp") &&
+      /checkpoint-|\.json|\.safetensors/.test(e.name)
+    ) {
+      await Deno.remove(join(outDir, e.name), { recursive: true }).catch(() => {});
+    }
+  }
+}
+
+// ---- ModelFiles for the three kinds of training ----
+
+function tensorsOf(
+  params: Map<string, Float32Array>,
+  shapes: ReadonlyMap<string, number[]>,
+): Map<string, Tensor> {
+  const out = new Map<string, Tensor>();
+  for (const [name, shape] of shapes) {
+    const data = params.get(name);
+    if (!data) throw new Error(`tensor ${name} was not read back from the model`);
+    out.set(name, { shape, data });
+  }
+  return out;
+}
+
+async function readChecked(
+  path: string,
+  shapes: ReadonlyMap<string, number[]>,
+  rename: (key: string) => string = (k) => k,
+): Promise<Map<string, Float32Array>> {
+  const file = await readSafetensorsF32(path);
+  const out = new Map<string, Float32Array>();
+  for (const [key, t] of file) {
+    const name = rename(key);
+    const want = shapes.get(name);
+    if (!want) {
+      throw new UserError(
+        `${path}: tensor ${key} does not belong to this model/adapter (expected e.g. ${
+          [...shapes.keys()][0]
+        })`,
+      );
+    }
+    if (want.join(",") !== t.shape.join(",")) {
+      throw new UserError(`${path}: ${key} has shape [${t.shape}], the model expects [${want}]`);
+    }
+    out.set(name, t.data);
+  }
+  for (const name of shapes.keys()) {
+    if (!out.has(name)) throw new UserError(`${path}: tensor ${name} is missing`);
+  }
+  return out;
+}
+
+export interface LoraFilesOptions {
+  shapes: ReadonlyMap<string, number[]>;
+  r: number;
+  alpha: number;
+  dropout: number;
+  targetModules: string[];
+  baseModel: string;
+  useRslora?: boolean;
+}
+
+/** PEFT's adapter_config.json for a LoRA adapter (the keys PEFT 0.x writes and reads). */
+export function peftLoraConfig(o: LoraFilesOptions): Record<string, unknown> {
+  return {
+    alpha_pattern: {},
+    auto_mapping: null,
+    base_model_name_or_path: o.baseModel,
+    bias: "none",
+    fan_in_fan_out: false,
+    inference_mode: true,
+    init_lora_weights: true,
+    layer_replication: null,
+    layers_pattern: null,
+    layers_to_transform: null,
+    loftq_config: {},
+    lora_alpha: o.alpha,
+    lora_dropout: o.dropout,
+    megatron_config: null,
+    megatron_core: "megatron.core",
+    modules_to_save: null,
+    peft_type: "LORA",
+    r: o.r,
+    rank_pattern: {},
+    revision: null,
+    target_modules: [...o.targetModules].sort(),
+    task_type: "CAUSAL_LM",
+    use_dora: false,
+    use_rslora: o.useRslora ?? false,
+  };
+}
+
+/** LoRA: adapter_config.json + adapter_model.safetensors with PEFT key names. */
+export function loraFiles(o: LoraFilesOptions): ModelFiles {
+  return {
+    kind: "lora",
+    async write(dir, params) {
+      await writeSafetensorsF32(
+        join(dir, "adapter_model.safetensors"),
+        tensorsOf(params, o.shapes),
+      );
+      await writeJsonAtomic(join(dir, "adapter_config.json"), peftLoraConfig(o));
+    },
+    read(dir) {
+      // PEFT saves without the adapter name; names with ".default." (a raw state_dict) are accepted too.
+      return readChecked(
+        join(dir, "adapter_model.safetensors"),
+        o.shapes,
+        (k) => k.replace(/\.default\.weight$/, ".weight"),
+      );
+    },
+  };
+}
+
+export const PREFIX_WEIGHTS = "prefix_encoder.safetensors";
+export const PREFIX_CONFIG = "prefix_config.json";
+
+export interface PrefixFilesOptions {
+  shapes: ReadonlyMap<string, number[]>;
+  preSeqLen: number;
+  prefixProjection: boolean;
+  baseModel: string;
+  /** the base model's config.json fields the prefix layout depends on */
+  numLayers: number;
+  kvChannels: number;
+  groups: number;
+}
+
+/**
+ * P-Tuning v2: prefix_encoder.safetensors (`transformer.prefix_encoder.*`, the
+ * names ChatGLM's own prefix encoder uses) + prefix_config.json naming
+ * pre_seq_len, prefix_projection and the base model.
+ */
+export function prefixFiles(o: PrefixFilesOptions): ModelFiles {
+  return {
+    kind: "prefix",
+    async write(dir, params) {
+      await writeSafetensorsF32(join(dir, PREFIX_WEIGHTS), tensorsOf(params, o.shapes));
+      await writeJsonAtomic(join(dir, PREFIX_CONFIG), {
+        peft_type: "PREFIX_TUNING",
+        task_type: "CAUSAL_LM",
+        base_model_name_or_path: o.baseModel,
+        pre_seq_len: o.preSeqLen,
+        num_virtual_tokens: o.preSeqLen,
+        prefix_projection: o.prefixProjection,
+        num_layers: o.numLayers,
+        kv_channels: o.kvChannels,
+        multi_query_group_num: o.groups,
+        weights: PREFIX_WEIGHTS,
+      });
+    },
+    read(dir) {
+      return readChecked(join(dir, PREFIX_WEIGHTS), o.shapes);
+    },
+  };
+}
+
+export interface FullFilesOptions {
+  shapes: ReadonlyMap<string, number[]>;
+  baseModelDir: string;
+}
+
+/** Files of the base model dir copied beside full weights (config, tokenizer, remote code). */
+const COPY_FROM_BASE =
+  /^(config\.json|generation_config\.json|tokenizer.*|special_tokens_map\.json|.*\.py|.*\.tiktoken)$/;
+
+/** Full SFT: an HF model dir (config.json, tokenizer files, model.safetensors with the HF names). */
+export function fullFiles(o: FullFilesOptions): ModelFiles {
+  return {
+    kind: "full",
+    async write(dir, params) {
+      await writeSafetensorsF32(join(dir, "model.safetensors"), tensorsOf(params, o.shapes));
+      for await (const e of Deno.readDir(o.baseModelDir)) {
+        if (!e.isFile || !COPY_FROM_BASE.test(e.name)) continue;
+        const bytes = await Deno.readFile(join(o.baseModelDir, e.name));
+        if (e.name === "config.json") {
+          const cfg = JSON.parse(new TextDecoder().decode(bytes));
+          cfg.torch_dtype = "float32";
+          await writeJsonAtomic(join(dir, e.name), cfg);
+        } else {
+          await writeFileAtomic(join(dir, basename(e.name)), bytes);
+        }
+      }
+      // A previous shard index would point at stale shards.
+      await Deno.remove(join(dir, "model.safetensors.index.json")).catch(() => {});
+    },
+    read(dir) {
+      return readChecked(join(dir, "model.safetensors"), o.shapes);
+    },
+  };
+}

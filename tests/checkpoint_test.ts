@@ -1,0 +1,178 @@
+import { deepStrictEqual, ok as assert, rejects } from "node:assert";
+import { join } from "node:path";
+import {
+  findCheckpoint,
+  fullFiles,
+  listCheckpoints,
+  loraFiles,
+  peftLoraConfig,
+  prefixFiles,
+  removeStaleTemps,
+  rotateCheckpoints,
+} from "../lib/train/checkpoint.ts";
+import { encodeSafetensors, readSafetensorsF32 } from "../lib/train/tensorfile.ts";
+import { UserError } from "../lib/errors.ts";
+
+const LORA_A =
+  "base_model.model.transformer.encoder.layers.0.self_attention.query_key_value.lora_A.weight";
+const LORA_B =
+  "base_model.model.transformer.encoder.layers.0.self_attention.query_key_value.lora_B.weight";
+
+function ramp(n: number, k = 1): Float32Array {
+  return Float32Array.from({ length: n }, (_, i) => (i - n / 2) * 0.01 * k);
+}
+
+Deno.test("LoRA files: PEFT adapter_config.json and keys, round trip, shape checks", async () => {
+  const dir = await Deno.makeTempDir();
+  const shapes = new Map([[LORA_A, [2, 4]], [LORA_B, [6, 2]]]);
+  const files = loraFiles({
+    shapes,
+    r: 2,
+    alpha: 16,
+    dropout: 0.1,
+    targetModules: ["query_key_value"],
+    baseModel: "THUDM/chatglm3-6b",
+  });
+  const params = new Map([[LORA_A, ramp(8)], [LORA_B, ramp(12, 2)]]);
+  await files.write(dir, params);
+  const cfg = JSON.parse(await Deno.readTextFile(join(dir, "adapter_config.json")));
+  for (
+    const [k, v] of Object.entries({
+      peft_type: "LORA",
+      task_type: "CAUSAL_LM",
+      r: 2,
+      lora_alpha: 16,
+      lora_dropout: 0.1,
+      bias: "none",
+      fan_in_fan_out: false,
+      inference_mode: true,
+      base_model_name_or_path: "THUDM/chatglm3-6b",
+    })
+  ) deepStrictEqual(cfg[k], v, k);
+  deepStrictEqual(cfg.target_modules, ["query_key_value"]);
+  const st = await readSafetensorsF32(join(dir, "adapter_model.safetensors"));
+  deepStrictEqual([...st.keys()], [LORA_A, LORA_B]);
+  deepStrictEqual(st.get(LORA_B)!.shape, [6, 2]);
+  const back = await files.read(dir);
+  deepStrictEqual(back.get(LORA_A), params.get(LORA_A));
+  // A model with other shapes refuses the adapter, naming the tensor.
+  const other = loraFiles({ ...peftOpts(), shapes: new Map([[LORA_A, [4, 4]], [LORA_B, [6, 4]]]) });
+  await rejects(
+    () => other.read(dir),
+    (e: Error) => e instanceof UserError && /lora_A.weight has shape \[2,4\]/.test(e.message),
+  );
+  await Deno.remove(dir, { recursive: true });
+});
+
+function peftOpts() {
+  return { r: 4, alpha: 8, dropout: 0, targetModules: ["query_key_value"], baseModel: "m" };
+}
+
+Deno.test("the PEFT-written fixture adapter reads through loraFiles", async () => {
+  const dir = new URL("./fixtures/tiny-lora-peft/", import.meta.url).pathname;
+  try {
+    await Deno.stat(join(dir, "adapter_model.safetensors"));
+  } catch {
+    return; // fixture not generated in this checkout
+  }
+  const st = await readSafetensorsF32(join(dir, "adapter_model.safetensors"));
+  const shapes = new Map([...st].map(([k, t]) => [k, t.shape]));
+  const back = await loraFiles({ ...peftOpts(), shapes }).read(dir);
+  assert(back.size === st.size && back.size > 0);
+  const cfg = JSON.parse(await Deno.readTextFile(join(dir, "adapter_config.json")));
+  // Every key we write is one PEFT itself writes.
+  for (const k of Object.keys(peftLoraConfig({ ...peftOpts(), shapes }))) assert(k in cfg, k);
+});
+
+Deno.test("prefix and full files", async () => {
+  const dir = await Deno.makeTempDir();
+  const name = "transformer.prefix_encoder.embedding.weight";
+  const pf = prefixFiles({
+    shapes: new Map([[name, [4, 8]]]),
+    preSeqLen: 4,
+    prefixProjection: false,
+    baseModel: "base",
+    numLayers: 2,
+    kvChannels: 2,
+    groups: 1,
+  });
+  await pf.write(dir, new Map([[name, ramp(32)]]));
+  const pc = JSON.parse(await Deno.readTextFile(join(dir, "prefix_config.json")));
+  assert(
+    pc.pre_seq_len === 4 && pc.prefix_projection === false && pc.base_model_name_or_path === "base",
+  );
+  deepStrictEqual((await pf.read(dir)).get(name), ramp(32));
+
+  const base = await Deno.makeTempDir();
+  await Deno.writeTextFile(
+    join(base, "config.json"),
+    '{"model_type":"chatglm","torch_dtype":"float16"}',
+  );
+  await Deno.writeTextFile(join(base, "tokenizer.model"), "tok");
+  await Deno.writeTextFile(join(base, "model.safetensors.index.json"), "{}");
+  const w = "transformer.output_layer.weight";
+  const ff = fullFiles({ shapes: new Map([[w, [3, 2]]]), baseModelDir: base });
+  const out = join(dir, "full");
+  await ff.write(out, new Map([[w, ramp(6)]]));
+  deepStrictEqual([...Deno.readDirSync(out)].map((e) => e.name).sort(), [
+    "config.json",
+    "model.safetensors",
+    "tokenizer.model",
+  ]);
+  assert(JSON.parse(await Deno.readTextFile(join(out, "config.json"))).torch_dtype === "float32");
+  deepStrictEqual((await ff.read(out)).get(w), ramp(6));
+  for (const d of [dir, base]) await Deno.remove(d, { recursive: true });
+});
+
+Deno.test("only complete checkpoints count; temporaries are cleaned; rotation keeps the newest", async () => {
+  const out = await Deno.makeTempDir();
+  const mk = async (name: string, complete: boolean) => {
+    await Deno.mkdir(join(out, name));
+    if (complete) await Deno.writeTextFile(join(out, name, "trainer_state.json"), "{}");
+  };
+  await mk("checkpoint-2", true);
+  await mk("checkpoint-10", true);
+  await mk("checkpoint-4", true);
+  await mk("checkpoint-12", false); // left by something else, no state file
+  await mk(".checkpoint-14.123.abc.tmp", true); // a killed run's half-written checkpoint
+  deepStrictEqual((await listCheckpoints(out)).map((c) => c.step), [2, 4, 10]);
+  assert((await findCheckpoint(out, "yes")).endsWith("checkpoint-10"));
+  assert((await findCheckpoint(out, 4)).endsWith("checkpoint-4"));
+  await rejects(
+    () => findCheckpoint(out, 12),
+    /checkpoint-12 does not exist or is incomplete; available: 2, 4, 10/,
+  );
+  await removeStaleTemps(out);
+  assert(![...Deno.readDirSync(out)].some((e) => e.name.endsWith(".tmp")));
+  await rotateCheckpoints(out, 2);
+  deepStrictEqual((await listCheckpoints(out)).map((c) => c.step), [4, 10]);
+  const empty = await Deno.makeTempDir();
+  await rejects(() => findCheckpoint(empty, "yes"), /holds no complete checkpoint/);
+  for (const d of [out, empty]) await Deno.remove(d, { recursive: true });
+});
+
+Deno.test("safetensors: header alignment, f16/bf16 decode, truncated files", async () => {
+  const bytes = encodeSafetensors(
+    new Map([["a", { shape: [3], data: Float32Array.of(1, -2, 3) }]]),
+  );
+  const hlen = Number(new DataView(bytes.buffer).getBigUint64(0, true));
+  assert((8 + hlen) % 8 === 0);
+  const dir = await Deno.makeTempDir();
+  // Hand-built F16 and BF16 tensors: 1.5 = 0x3e00 (f16), 0x3fc0 (bf16).
+  const header = JSON.stringify({
+    h: { dtype: "F16", shape: [1], data_offsets: [0, 2] },
+    b: { dtype: "BF16", shape: [1], data_offsets: [2, 4] },
+  });
+  const hb = new TextEncoder().encode(header);
+  const f = new Uint8Array(8 + hb.length + 4);
+  new DataView(f.buffer).setBigUint64(0, BigInt(hb.length), true);
+  f.set(hb, 8);
+  new DataView(f.buffer).setUint16(8 + hb.length, 0x3e00, true);
+  new DataView(f.buffer).setUint16(8 + hb.length + 2, 0x3fc0, true);
+  await Deno.writeFile(join(dir, "x.safetensors"), f);
+  const t = await readSafetensorsF32(join(dir, "x.safetensors"));
+  assert(t.get("h")!.data[0] === 1.5 && t.get("b")!.data[0] === 1.5);
+  await Deno.writeFile(join(dir, "y.safetensors"), bytes.subarray(0, bytes.length - 4));
+  await rejects(() => readSafetensorsF32(join(dir, "y.safetensors")), /data out of range/);
+  await Deno.remove(dir, { recursive: true });
+});

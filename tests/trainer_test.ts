@@ -1,0 +1,491 @@
+import { deepStrictEqual, ok as assert, rejects } from "node:assert";
+import { join } from "node:path";
+import { getGpu, type Gpu } from "../lib/gpu/device.ts";
+import {
+  createBuffer,
+  dispatch,
+  getPipeline,
+  packUniforms,
+  readF32,
+  uniforms,
+  writeBuffer,
+} from "../lib/gpu/runtime.ts";
+import type { ForwardBackwardOptions, TrainableParam, TrainBatch } from "../lib/model/types.ts";
+import { DEFAULT_TRAIN_ARGS, type TrainArgs } from "../lib/train/args.ts";
+import { loraFiles } from "../lib/train/checkpoint.ts";
+import {
+  DataPlan,
+  epochOrder,
+  makeBatch,
+  type MaskedRecord,
+  readMaskedJsonl,
+} from "../lib/train/data.ts";
+import { train, type TrainerModel, type TrainOptions } from "../lib/train/trainer.ts";
+import { makeSchedule } from "../lib/train/schedule.ts";
+import { UserError } from "../lib/errors.ts";
+
+/**
+ * A bigram softmax-regression model on the GPU: logits at position i are
+ * W[input_ids[i]] + b, predicting labels[i+1]. One invocation walks the batch
+ * in order, so gradients are deterministic.
+ */
+const V = 16;
+const SHADER = /* wgsl */ `
+struct U { batch: u32, seq: u32, slot: u32, train: u32, scale: f32 };
+@group(0) @binding(0) var<storage, read> ids: array<i32>;
+@group(0) @binding(1) var<storage, read> labels: array<i32>;
+@group(0) @binding(2) var<storage, read> w: array<f32>;
+@group(0) @binding(3) var<storage, read> b: array<f32>;
+@group(0) @binding(4) var<storage, read_write> gw: array<f32>;
+@group(0) @binding(5) var<storage, read_write> gb: array<f32>;
+@group(0) @binding(6) var<storage, read_write> loss: array<f32>;
+@group(0) @binding(7) var<uniform> u: U;
+@compute @workgroup_size(1)
+fn main() {
+  var total = 0.0;
+  for (var r = 0u; r < u.batch; r++) {
+    for (var i = 0u; i + 1u < u.seq; i++) {
+      let lab = labels[r * u.seq + i + 1u];
+      if (lab == -100) { continue; }
+      let src = u32(ids[r * u.seq + i]);
+      var mx = -1e30;
+      for (var v = 0u; v < ${V}u; v++) { mx = max(mx, w[src * ${V}u + v] + b[v]); }
+      var se = 0.0;
+      for (var v = 0u; v < ${V}u; v++) { se += exp(w[src * ${V}u + v] + b[v] - mx); }
+      let lse = mx + log(se);
+      total += lse - (w[src * ${V}u + u32(lab)] + b[u32(lab)]);
+      if (u.train != 0u) {
+        for (var v = 0u; v < ${V}u; v++) {
+          var g = exp(w[src * ${V}u + v] + b[v] - lse);
+          if (v == u32(lab)) { g -= 1.0; }
+          gw[src * ${V}u + v] += g * u.scale;
+          gb[v] += g * u.scale;
+        }
+      }
+    }
+  }
+  loss[u.slot] = total;
+}`;
+
+class BigramModel implements TrainerModel {
+  readonly params: TrainableParam[];
+  private ids: GPUBuffer;
+  private labels: GPUBuffer;
+  constructor(private gpu: Gpu, maxTokens: number, seed: number) {
+    const mk = (name: string, shape: number[], decay: boolean): TrainableParam => {
+      const size = shape.reduce((a, c) => a * c, 1);
+      return {
+        name,
+        shape,
+        size,
+        decay,
+        weight: createBuffer(gpu, size * 4, name),
+        grad: createBuffer(gpu, size * 4, name + ".grad"),
+      };
+    };
+    this.params = [
+      mk("base_model.model.bigram.lora_A.weight", [V, V], true),
+      mk("base_model.model.bigram.bias", [V], false),
+    ];
+    let s = seed;
+    const w = new Float32Array(V * V).map(() => {
+      s = (Math.imul(s, 1103515245) + 12345) >>> 0;
+      return (s / 2 ** 32 - 0.5) * 0.2;
+    });
+    writeBuffer(gpu, this.params[0].weight, 0, w);
+    this.ids = createBuffer(gpu, maxTokens * 4);
+    this.labels = createBuffer(gpu, maxTokens * 4);
+  }
+  zeroGrads(enc: GPUCommandEncoder): void {
+    for (const p of this.params) enc.clearBuffer(p.grad);
+  }
+  private run(batch: TrainBatch, lossBuf: GPUBuffer, slot: number, train: boolean, scale: number) {
+    const gpu = this.gpu;
+    writeBuffer(gpu, this.ids, 0, batch.inputIds);
+    writeBuffer(gpu, this.labels, 0, batch.labels);
+    const enc = gpu.device.createCommandEncoder();
+    const pass = enc.beginComputePass();
+    const u = uniforms(gpu).alloc(packUniforms([
+      { u: batch.batch },
+      { u: batch.seq },
+      { u: slot },
+      { u: train ? 1 : 0 },
+      { f: scale },
+    ]));
+    const [w, b] = this.params;
+    dispatch(gpu, pass, getPipeline(gpu, SHADER), [
+      this.ids,
+      this.labels,
+      w.weight,
+      b.weight,
+      w.grad,
+      b.grad,
+      lossBuf,
+      u,
+    ], [1]);
+    pass.end();
+    gpu.device.queue.submit([enc.finish()]);
+    uniforms(gpu).reset();
+  }
+  forwardBackward(batch: TrainBatch, o: ForwardBackwardOptions): void {
+    this.run(batch, o.lossBuffer, o.lossSlot, true, o.gradScale);
+  }
+  forwardLoss(batch: TrainBatch, lossBuffer: GPUBuffer, slot: number): void {
+    this.run(batch, lossBuffer, slot, false, 0);
+  }
+  async readParams(): Promise<Map<string, Float32Array>> {
+    const out = new Map<string, Float32Array>();
+    for (const p of this.params) out.set(p.name, await readF32(this.gpu, p.weight, p.size));
+    return out;
+  }
+  setParams(t: Map<string, Float32Array>): void {
+    for (const [name, data] of t) {
+      const p = this.params.find((q) => q.name === name);
+      if (!p || data.length !== p.size) throw new UserError(`bad tensor ${name}`);
+      writeBuffer(this.gpu, p.weight, 0, data);
+    }
+  }
+}
+
+/** Records of a noisy cyclic sequence: token t is mostly followed by t+1 (mod V). */
+function records(n: number, len: number | ((i: number) => number), seed = 7): MaskedRecord[] {
+  let s = seed;
+  const rnd = () => (s = (Math.imul(s, 1664525) + 1013904223) >>> 0) / 2 ** 32;
+  const out: MaskedRecord[] = [];
+  for (let i = 0; i < n; i++) {
+    const L = typeof len === "number" ? len : len(i);
+    const ids = new Int32Array(L);
+    ids[0] = Math.floor(rnd() * V);
+    for (let t = 1; t < L; t++) ids[t] = rnd() < 0.9 ? (ids[t - 1] + 1) % V : Math.floor(rnd() * V);
+    const labels = Int32Array.from(ids);
+    labels[0] = -100;
+    labels[1] = -100;
+    out.push({ inputIds: ids, labels, line: i + 1 });
+  }
+  return out;
+}
+
+function modelFiles(model: BigramModel) {
+  return loraFiles({
+    shapes: new Map(model.params.map((p) => [p.name, p.shape])),
+    r: 4,
+    alpha: 8,
+    dropout: 0,
+    targetModules: ["bigram"],
+    baseModel: "test-bigram",
+  });
+}
+
+function args(over: Partial<TrainArgs>): TrainArgs {
+  return {
+    ...DEFAULT_TRAIN_ARGS,
+    learningRate: 0.05,
+    batchSize: 4,
+    maxSteps: 10,
+    loggingSteps: 1,
+    saveStrategy: "no",
+    ...over,
+  };
+}
+
+async function run(
+  over: Partial<TrainArgs>,
+  data: MaskedRecord[],
+  extra: Partial<TrainOptions> = {},
+  outDir?: string,
+) {
+  const gpu = await getGpu();
+  const model = new BigramModel(gpu, 64 * 64, 3);
+  const out = outDir ?? await Deno.makeTempDir({ prefix: "trainer-test-" });
+  const res = await train({
+    gpu,
+    model,
+    files: modelFiles(model),
+    train: data,
+    args: args(over),
+    outDir: out,
+    progress: null,
+    ...extra,
+  });
+  return { res, model, out, params: await model.readParams() };
+}
+
+const sameArray = (a: Float32Array, b: Float32Array) =>
+  a.length === b.length && a.every((x, i) => Object.is(x, b[i]));
+
+Deno.test("loss falls, and log entries carry HF's fields", async () => {
+  const data = records(32, 12);
+  const { res, out } = await run({ maxSteps: 30, loggingSteps: 5, learningRate: 0.1 }, data);
+  const logs = res.logHistory.filter((e) => e.loss !== undefined);
+  assert(logs.length === 6);
+  assert(logs[5].loss! < logs[0].loss! * 0.7, `${logs[0].loss} → ${logs[5].loss}`);
+  for (const e of logs) {
+    deepStrictEqual(Object.keys(e).sort(), ["epoch", "grad_norm", "learning_rate", "loss", "step"]);
+  }
+  // Epoch as a float: 32 records / batch 4 = 8 steps per epoch.
+  assert(Math.abs(logs[0].epoch - 5 / 8) < 1e-12);
+  const lines = (await Deno.readTextFile(join(out, "metrics.jsonl"))).trim().split("\n");
+  assert(lines.length === 7, "6 logs + the run summary");
+  deepStrictEqual(JSON.parse(lines[0]), logs[0]);
+  await Deno.remove(out, { recursive: true });
+});
+
+Deno.test("gradient accumulation of equal-size micro-batches equals the big batch", async () => {
+  const data = records(16, 10);
+  const big = await run({ batchSize: 4, accumulation: 1, maxSteps: 6 }, data, {}, undefined);
+  const acc = await run({ batchSize: 2, accumulation: 2, maxSteps: 6 }, data);
+  for (const [name, p] of big.params) {
+    const q = acc.params.get(name)!;
+    for (let i = 0; i < p.length; i++) {
+      assert(Math.abs(p[i] - q[i]) < 1e-5, `${name}[${i}]: ${p[i]} vs ${q[i]}`);
+    }
+  }
+  for (let s = 1; s <= 6; s++) {
+    assert(Math.abs(big.res.stepLosses.get(s - 1)! - acc.res.stepLosses.get(s - 1)!) < 1e-5);
+  }
+  // ...and differs when micro-batches hold different token counts (HF: mean of micro means).
+  const uneven = records(16, (i) => 4 + (i % 4) * 5);
+  const b2 = await run({ batchSize: 4, accumulation: 1, maxSteps: 1 }, uneven);
+  const a2 = await run({ batchSize: 2, accumulation: 2, maxSteps: 1 }, uneven);
+  assert(Math.abs(b2.res.stepLosses.get(0)! - a2.res.stepLosses.get(0)!) > 1e-4);
+  for (const r of [big, acc, b2, a2]) await Deno.remove(r.out, { recursive: true });
+});
+
+Deno.test("logging_steps averages the per-step losses; lr and grad_norm are the last step's", async () => {
+  const data = records(24, 9);
+  const every = await run({ maxSteps: 9, loggingSteps: 1, warmupSteps: 2 }, data);
+  const three = await run({ maxSteps: 9, loggingSteps: 3, warmupSteps: 2 }, data);
+  const perStep = every.res.logHistory.filter((e) => e.loss !== undefined);
+  const logs = three.res.logHistory.filter((e) => e.loss !== undefined);
+  assert(logs.length === 3);
+  const lr = makeSchedule({ type: "linear", baseLr: 0.05, totalSteps: 9, warmupSteps: 2 });
+  logs.forEach((e, k) => {
+    const steps = perStep.slice(3 * k, 3 * k + 3);
+    const mean = steps.reduce((a, s) => a + s.loss!, 0) / 3;
+    assert(Math.abs(e.loss! - mean) < 1e-6, `${e.loss} vs ${mean}`);
+    assert(e.step === 3 * k + 3);
+    assert(e.learning_rate === lr(e.step - 1), `${e.learning_rate} vs ${lr(e.step - 1)}`);
+    assert(Math.abs(e.grad_norm! - steps[2].grad_norm!) < 1e-6);
+  });
+  // The first step's LR with 2 warmup steps is 0: HF's LambdaLR starts at λ(0).
+  assert(perStep[0].learning_rate === 0);
+  for (const r of [every, three]) await Deno.remove(r.out, { recursive: true });
+});
+
+Deno.test("eval_loss every eval_steps and at the end, weighted by batch rows", async () => {
+  const data = records(16, 8);
+  const evalData = records(5, 8, 99);
+  const { res, out } = await run(
+    { maxSteps: 5, loggingSteps: 2, evalStrategy: "steps", evalSteps: 2, evalBatchSize: 2 },
+    data,
+    { eval: evalData },
+  );
+  const evals = res.logHistory.filter((e) => e.eval_loss !== undefined);
+  deepStrictEqual(evals.map((e) => e.step), [2, 4, 5]);
+  assert(evals.every((e) => Number.isFinite(e.eval_loss) && e.eval_loss! > 0));
+  await Deno.remove(out, { recursive: true });
+  await rejects(
+    () => run({ maxSteps: 2, evalStrategy: "steps", evalSteps: 1 }, data),
+    (e: Error) => e instanceof UserError && /no evaluation data/.test(e.message),
+  );
+});
+
+Deno.test("checkpoints: contents, save_total_limit, final save", async () => {
+  const data = records(16, 8);
+  const { out, params } = await run(
+    { maxSteps: 10, saveStrategy: "steps", saveSteps: 2, saveTotalLimit: 2, loggingSteps: 5 },
+    data,
+  );
+  const names = [...Deno.readDirSync(out)].map((e) => e.name).sort();
+  deepStrictEqual(names, [
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "checkpoint-10",
+    "checkpoint-8",
+    "metrics.jsonl",
+    "trainer_state.json",
+    "training_args.json",
+  ]);
+  const ck = join(out, "checkpoint-8");
+  deepStrictEqual([...Deno.readDirSync(ck)].map((e) => e.name).sort(), [
+    "adapter_config.json",
+    "adapter_model.safetensors",
+    "optimizer.safetensors",
+    "resume_state.json",
+    "rng_state.json",
+    "scheduler.json",
+    "trainer_state.json",
+    "training_args.json",
+  ]);
+  const st = JSON.parse(await Deno.readTextFile(join(ck, "trainer_state.json")));
+  assert(st.global_step === 8 && st.max_steps === 10 && st.save_steps === 2);
+  assert(st.logging_steps === 5 && st.train_batch_size === 4 && st.best_metric === null);
+  deepStrictEqual(st.log_history.map((e: { step: number }) => e.step), [5]);
+  const cfg = JSON.parse(await Deno.readTextFile(join(out, "adapter_config.json")));
+  assert(cfg.peft_type === "LORA" && cfg.task_type === "CAUSAL_LM" && cfg.inference_mode === true);
+  // The final adapter holds the final params.
+  const files = loraFiles({
+    shapes: new Map([...params.keys()].map((k) => [k, k.endsWith("bias") ? [V] : [V, V]])),
+    r: 4,
+    alpha: 8,
+    dropout: 0,
+    targetModules: ["bigram"],
+    baseModel: "x",
+  });
+  const saved = await files.read(out);
+  for (const [k, v] of params) assert(sameArray(saved.get(k)!, v));
+  await Deno.remove(out, { recursive: true });
+});
+
+Deno.test("a resumed run continues the uninterrupted trajectory exactly", async () => {
+  const data = records(20, (i) => 5 + (i % 3) * 3);
+  const over: Partial<TrainArgs> = {
+    maxSteps: 12,
+    batchSize: 3,
+    accumulation: 2,
+    loggingSteps: 1,
+    saveStrategy: "steps",
+    saveSteps: 4,
+    weightDecay: 0.1,
+    warmupSteps: 2,
+  };
+  const full = await run(over, data);
+  // Stop after step 6 (as Ctrl-C does): a checkpoint is written at 6.
+  const stop = { requested: false };
+  const part = await run(over, data, {
+    stop,
+    onStep: (s) => {
+      if (s === 6) stop.requested = true;
+    },
+  });
+  assert(part.res.interrupted && part.res.checkpoint?.endsWith("checkpoint-6"));
+  const resumed = await run(over, data, { resume: "yes" }, part.out);
+  assert(resumed.res.globalStep === 12);
+  for (let s = 6; s < 12; s++) {
+    const a = full.res.stepLosses.get(s)!;
+    const b = resumed.res.stepLosses.get(s)!;
+    assert(Math.abs(a - b) < 1e-6, `step ${s + 1}: ${a} vs ${b}`);
+  }
+  for (const [k, v] of full.params) assert(sameArray(resumed.params.get(k)!, v), k);
+  // The log history of the resumed run equals the uninterrupted one (but for timing).
+  const strip = (h: typeof full.res.logHistory) => h.filter((e) => e.loss !== undefined);
+  deepStrictEqual(strip(resumed.res.logHistory), strip(full.res.logHistory));
+  // Resume from a numbered checkpoint too.
+  const from4 = await run(over, data, { resume: 4 }, part.out);
+  for (const [k, v] of full.params) assert(sameArray(from4.params.get(k)!, v), k);
+  await rejects(() => run(over, data, { resume: 5 }, part.out), /checkpoint-5 does not exist/);
+  await rejects(
+    () => run({ ...over, batchSize: 2 }, data, { resume: "yes" }, part.out),
+    /train_batch_size was 3/,
+  );
+  for (const r of [full, part]) await Deno.remove(r.out, { recursive: true });
+});
+
+/** Child process for the SIGINT test (`deno run tests/trainer_test.ts OUT`): trains until interrupted. */
+async function sigintChild(out: string) {
+  const { res } = await run({ maxSteps: 100000, loggingSteps: 1000 }, records(8, 6), {
+    handleSigint: true,
+    onStep: (s) => console.log(`step ${s}`),
+  }, out);
+  console.log(JSON.stringify({ interrupted: res.interrupted, step: res.globalStep }));
+  Deno.exit(res.interrupted ? 130 : 0);
+}
+if (import.meta.main) await sigintChild(Deno.args[0]);
+
+Deno.test("SIGINT finishes the step, saves a checkpoint and exits 130", async () => {
+  const out = await Deno.makeTempDir({ prefix: "trainer-sigint-" });
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "--no-check", new URL(import.meta.url).pathname, out],
+    stdout: "piped",
+    stderr: "null",
+  }).spawn();
+  let text = "";
+  const dec = new TextDecoder();
+  let sent = false;
+  for await (const chunk of child.stdout) {
+    text += dec.decode(chunk);
+    if (!sent && /step 3\n/.test(text)) {
+      child.kill("SIGINT");
+      sent = true;
+    }
+  }
+  const status = await child.status;
+  assert(status.code === 130, `exit ${status.code}`);
+  const last = JSON.parse(text.trim().split("\n").pop()!);
+  assert(last.interrupted && last.step >= 3);
+  await Deno.stat(join(out, `checkpoint-${last.step}`, "optimizer.safetensors"));
+  await Deno.remove(out, { recursive: true });
+});
+
+Deno.test("data: masked JSONL errors name file, line and field", async () => {
+  const dir = await Deno.makeTempDir();
+  const cases: Array<[string, RegExp]> = [
+    [
+      '{"input_ids":[1,2],"labels":[1,2]}\n{"input_ids":[1],"labels":[1,2]}',
+      /:2: labels: length 2/,
+    ],
+    [
+      '{"conversations":[]}',
+      /:1: this is a conversation record; run the convert, tokenize and mask/,
+    ],
+    ['{"input_ids":[1,2],"output_ids":[3]}', /:1: labels: missing: this is an eval record/],
+    ['{"input_ids":[1,-2],"labels":[-100,1]}', /:1: input_ids\[1\]: token id -2/],
+    ['{"input_ids":[1,2],"labels":[-100,-5]}', /:1: labels\[1\]: -5 is neither/],
+    ["[1,2]", /:1: expected a JSON object/],
+    ["{bad", /:1: malformed JSON/],
+  ];
+  for (const [text, re] of cases) {
+    const f = join(dir, "t.jsonl");
+    await Deno.writeTextFile(f, text + "\n");
+    await rejects(
+      () => readMaskedJsonl(f),
+      (e: Error) => e instanceof UserError && re.test(e.message),
+    );
+  }
+  await Deno.writeTextFile(join(dir, "v.jsonl"), '{"input_ids":[1,400],"labels":[-100,3]}\n');
+  await rejects(
+    () => readMaskedJsonl(join(dir, "v.jsonl"), { vocabSize: 384 }),
+    /outside the vocabulary/,
+  );
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("data: padding, valid tokens after the shift, step arithmetic, orders", () => {
+  const recs: MaskedRecord[] = [
+    { inputIds: Int32Array.of(5, 6, 7), labels: Int32Array.of(-100, 6, 7), line: 1 },
+    { inputIds: Int32Array.of(8, 9), labels: Int32Array.of(8, 9), line: 2 },
+  ];
+  const b = makeBatch(recs);
+  deepStrictEqual([...b.inputIds], [5, 6, 7, 8, 9, 0]);
+  deepStrictEqual([...b.labels], [-100, 6, 7, 8, 9, -100]);
+  // Position 0 of each row is never a target (the model predicts label[i+1] from i).
+  assert(b.validTokens === 3);
+  const ten = records(10, 4);
+  // 10 records, batch 3 → 4 micro-batches (last short); accumulation 3 → 2 updates (3 + 1).
+  const plan = new DataPlan(ten, {
+    batchSize: 3,
+    accumulation: 3,
+    maxSteps: -1,
+    numTrainEpochs: 2,
+    dropLast: false,
+    shuffle: false,
+    seed: 42,
+  });
+  assert(plan.microPerEpoch === 4 && plan.updatesPerEpoch === 2 && plan.maxSteps === 4);
+  deepStrictEqual(plan.step(1).micro, [3]);
+  assert(plan.step(1).epochAfter === 1 && plan.step(2).epoch === 1);
+  assert(plan.step(0).epochAfter === 0.75);
+  assert(
+    plan.microBatch(0, 3).batch === 1 && plan.microBatch(0, 3).inputIds[0] === ten[9].inputIds[0],
+  );
+  // max_steps > 0 wins over epochs.
+  const m = new DataPlan(ten, { ...plan.opts, maxSteps: 7 });
+  assert(m.maxSteps === 7 && m.numEpochs === 4);
+  // Shuffled orders: a permutation, reproducible, different between epochs.
+  const o0 = epochOrder(50, 0, 42, true);
+  deepStrictEqual([...o0].sort((a, c) => a - c), [...Array(50).keys()]);
+  deepStrictEqual(o0, epochOrder(50, 0, 42, true));
+  assert(!sameArray(Float32Array.from(o0), Float32Array.from(epochOrder(50, 1, 42, true))));
+  assert(!sameArray(Float32Array.from(o0), Float32Array.from(epochOrder(50, 0, 43, true))));
+  deepStrictEqual([...epochOrder(5, 3, 42, false)], [0, 1, 2, 3, 4]);
+});
