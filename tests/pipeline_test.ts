@@ -310,6 +310,16 @@ Deno.test("bad pipeline files and flags are UserErrors with file:line", async ()
       (await rejects(run(file, { out: t.out }))).message,
       /refs\.yaml:5: steps\.0\.inputs\.in: \$\{steps\.b\.outputs\.out\}: step "b" comes later/,
     );
+    const twice = join(t.src, "twice.yaml");
+    await Deno.writeTextFile(
+      twice,
+      "steps:\n  - name: a\n    stage: upper\n    outputs:\n      out: x\n" +
+        "  - name: b\n    stage: upper\n    outputs:\n      out: x\n",
+    );
+    assertMatch(
+      (await rejects(run(twice, { out: t.out }))).message,
+      /twice\.yaml:9: steps\.1\.outputs\.out: \S+ is also written by step "a"/,
+    );
     assertMatch(
       (await rejects(run(`${FIX}/chain.yaml`, { sets: ["nope=1"], out: t.out }))).message,
       /--set nope=1: "nope" is neither a param of pipeline chain \(out, src, suffix\)/,

@@ -9,7 +9,7 @@
  * earlier step). A value that is exactly one reference keeps the referenced
  * value's type (a list param becomes a repeated flag, null drops the flag).
  */
-import { basename, extname, isAbsolute, join } from "node:path";
+import { basename, extname, isAbsolute, join, resolve } from "node:path";
 import { isMap, isScalar, isSeq, LineCounter, parseDocument } from "yaml";
 import type { Node as YamlNode } from "yaml";
 import { located, UserError } from "../errors.ts";
@@ -247,6 +247,7 @@ export function resolveParams(
 export function resolveSteps(ctx: ResolveContext): ResolvedStep[] {
   const { file } = ctx;
   const done = new Map<string, ResolvedStep>();
+  const writers = new Map<string, string>();
   const out: ResolvedStep[] = [];
   file.steps.forEach((s, i) => {
     const where = (field: string) => {
@@ -371,6 +372,13 @@ export function resolveSteps(ctx: ResolveContext): ResolvedStep[] {
         if (x === true) argv.push(`--${k}`);
         else argv.push(`--${k}`, String(x));
       }
+    }
+    for (const [k, p] of outputs) {
+      const other = writers.get(resolve(p));
+      if (other) {
+        throw new UserError(`${where(`outputs.${k}`)}: ${p} is also written by step "${other}"`);
+      }
+      writers.set(resolve(p), s.name);
     }
     const step: ResolvedStep = {
       name: s.name,
