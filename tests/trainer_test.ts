@@ -431,7 +431,8 @@ Deno.test("data: masked JSONL errors name file, line and field", async () => {
     ['{"input_ids":[1,2],"output_ids":[3]}', /:1: labels: missing: this is an eval record/],
     ['{"input_ids":[1,-2],"labels":[-100,1]}', /:1: input_ids\[1\]: token id -2/],
     ['{"input_ids":[1,2],"labels":[-100,-5]}', /:1: labels\[1\]: -5 is neither/],
-    ["[1,2]", /:1: expected a JSON object/],
+    ['[{"conversations": []}]', /:1: a JSON array, not masked JSONL; run the convert/],
+    ['"text"', /:1: expected a JSON object/],
     ["{bad", /:1: malformed JSON/],
   ];
   for (const [text, re] of cases) {

@@ -36,6 +36,7 @@ export async function readMaskedJsonl(
   path: string,
   opts: { vocabSize?: number } = {},
 ): Promise<MaskedRecord[]> {
+  await rejectJsonArray(path);
   const out: MaskedRecord[] = [];
   for await (const { line, value } of readJsonlStrict(path)) {
     const where = (field: string | undefined, msg: string) =>
@@ -90,6 +91,31 @@ export async function readMaskedJsonl(
     out.push({ inputIds: Int32Array.from(ids), labels: Int32Array.from(labels), line });
   }
   return out;
+}
+
+/** A raw `.json` array (upstream's data files) is not masked JSONL: say what to run. */
+async function rejectJsonArray(path: string): Promise<void> {
+  let head = "";
+  try {
+    const f = await Deno.open(path);
+    const buf = new Uint8Array(64);
+    const n = await f.read(buf);
+    f.close();
+    head = new TextDecoder().decode(buf.subarray(0, n ?? 0)).replace(/^\uFEFF/, "").trimStart();
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) throw new UserError(`${path}: no such file`);
+    throw e;
+  }
+  if (head.startsWith("[")) {
+    throw new UserError(
+      located(
+        path,
+        1,
+        undefined,
+        "a JSON array, not masked JSONL; run the convert, tokenize and mask (--mode train) stages first",
+      ),
+    );
+  }
 }
 
 /** Labels the loss counts: position i ≥ 1 of each row with labels[i] ≠ -100 (the model shifts by one). */
