@@ -207,10 +207,8 @@ def row_stats(logits: torch.Tensor) -> list[dict]:
 
 def forward_cases(model, sp) -> list[tuple[str, list]]:
     specs = [
-        ("two_rows", [("What is the weather today", "你好 the weather is good"),
-                      ("Hi", "北京")]),
-        ("longer", [("Please tell me a good plan for food and music today", "我们去公园吧 travel with friendly music"),
-                    ("你好今天天气很好", "the answer is 42, 请告诉我 what you think")]),
+        ("two_rows", [("What is the weather", "the weather is good"), ("Hi", "你好")]),
+        ("longer", [("Tell me a plan for music", "我们去公园吧 with music"), ("北京天气", "很好 42")]),
         ("single", [("Hi", "ok")]),
     ]
     return [(name, [record(sp, u, a) for u, a in recs]) for name, recs in specs]

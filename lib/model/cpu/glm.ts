@@ -1,0 +1,691 @@
+/**
+ * The ChatGLM3 model on the CPU, in plain TypeScript on Float32Arrays, built
+ * from the reference operators in ops.ts: forward logits and loss for a
+ * right-padded batch, backward to every trainable kind (LoRA on any of the
+ * four linear kinds, the P-Tuning v2 prefix with or without its projection
+ * MLP, full SFT), and greedy generation. It states the semantics the WebGPU
+ * model (lib/model/glm.ts) must reproduce and is checked against PyTorch in
+ * tests/reference_model_test.ts; it is for tests, not for speed.
+ *
+ * Positions are the token's index within its record (0..len-1 with right
+ * padding), so a row's result does not depend on what it is batched with.
+ * Pad tokens sit after every real token: causality alone keeps real tokens
+ * from seeing them, and their labels are -100.
+ */
+import * as ops from "./ops.ts";
+
+/** The config.json fields the model needs (HF chatglm3 spelling). */
+export interface CpuGlmConfig {
+  num_layers: number;
+  hidden_size: number;
+  ffn_hidden_size: number;
+  kv_channels: number;
+  num_attention_heads: number;
+  multi_query_group_num: number;
+  padded_vocab_size: number;
+  layernorm_epsilon: number;
+  rope_ratio: number;
+  add_qkv_bias: boolean;
+}
+
+/** The adapter kinds, with the semantics of lib/model/adapter.ts's AdapterSpec. */
+export type CpuAdapter =
+  | { kind: "lora"; r: number; alpha: number; dropout: number; targetModules: string[] }
+  | {
+    kind: "prefix";
+    preSeqLen: number;
+    prefixProjection: boolean;
+    prefixHiddenSize?: number;
+    dropout?: number;
+  }
+  | { kind: "full" }
+  | { kind: "none" };
+
+export const LORA_TARGETS = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"] as const;
+type LinearKind = typeof LORA_TARGETS[number];
+
+const layerPrefix = (i: number) => `transformer.encoder.layers.${i}.`;
+const linearPath: Record<LinearKind, string> = {
+  query_key_value: "self_attention.query_key_value",
+  dense: "self_attention.dense",
+  dense_h_to_4h: "mlp.dense_h_to_4h",
+  dense_4h_to_h: "mlp.dense_4h_to_h",
+};
+/** PEFT's saved key for a LoRA factor. */
+export function loraName(layer: number, kind: LinearKind, factor: "A" | "B"): string {
+  return `base_model.model.${layerPrefix(layer)}${linearPath[kind]}.lora_${factor}.weight`;
+}
+export const PREFIX_EMBEDDING = "transformer.prefix_encoder.embedding.weight";
+const PREFIX_TRANS = [
+  "transformer.prefix_encoder.trans.0.weight",
+  "transformer.prefix_encoder.trans.0.bias",
+  "transformer.prefix_encoder.trans.2.weight",
+  "transformer.prefix_encoder.trans.2.bias",
+];
+
+/** HF chatglm3 base weight names and shapes for a config. */
+export function baseWeightShapes(c: CpuGlmConfig): Map<string, number[]> {
+  const H = c.hidden_size, Q = qkvWidth(c);
+  const m = new Map<string, number[]>();
+  m.set("transformer.embedding.word_embeddings.weight", [c.padded_vocab_size, H]);
+  for (let i = 0; i < c.num_layers; i++) {
+    const p = layerPrefix(i);
+    m.set(p + "input_layernorm.weight", [H]);
+    m.set(p + "self_attention.query_key_value.weight", [Q, H]);
+    if (c.add_qkv_bias) m.set(p + "self_attention.query_key_value.bias", [Q]);
+    m.set(p + "self_attention.dense.weight", [H, c.num_attention_heads * c.kv_channels]);
+    m.set(p + "post_attention_layernorm.weight", [H]);
+    m.set(p + "mlp.dense_h_to_4h.weight", [2 * c.ffn_hidden_size, H]);
+    m.set(p + "mlp.dense_4h_to_h.weight", [H, c.ffn_hidden_size]);
+  }
+  m.set("transformer.encoder.final_layernorm.weight", [H]);
+  m.set("transformer.output_layer.weight", [c.padded_vocab_size, H]);
+  return m;
+}
+
+function qkvWidth(c: CpuGlmConfig): number {
+  return (c.num_attention_heads + 2 * c.multi_query_group_num) * c.kv_channels;
+}
+
+function linearDims(c: CpuGlmConfig, kind: LinearKind): [number, number] {
+  const H = c.hidden_size;
+  switch (kind) {
+    case "query_key_value":
+      return [H, qkvWidth(c)];
+    case "dense":
+      return [c.num_attention_heads * c.kv_channels, H];
+    case "dense_h_to_4h":
+      return [H, 2 * c.ffn_hidden_size];
+    case "dense_4h_to_h":
+      return [c.ffn_hidden_size, H];
+  }
+}
+
+/** Names and shapes of the trainable tensors of an adapter, in a stable order. */
+export function trainableShapes(c: CpuGlmConfig, adapter: CpuAdapter): Map<string, number[]> {
+  const m = new Map<string, number[]>();
+  if (adapter.kind === "lora") {
+    for (const t of adapter.targetModules) {
+      if (!(LORA_TARGETS as readonly string[]).includes(t)) {
+        throw new Error(`unknown LoRA target module "${t}" (expected ${LORA_TARGETS.join(", ")})`);
+      }
+    }
+    for (let i = 0; i < c.num_layers; i++) {
+      for (const kind of LORA_TARGETS) {
+        if (!adapter.targetModules.includes(kind)) continue;
+        const [inF, outF] = linearDims(c, kind);
+        m.set(loraName(i, kind, "A"), [adapter.r, inF]);
+        m.set(loraName(i, kind, "B"), [outF, adapter.r]);
+      }
+    }
+  } else if (adapter.kind === "prefix") {
+    const kv = prefixWidth(c);
+    m.set(PREFIX_EMBEDDING, [adapter.preSeqLen, kv]);
+    if (adapter.prefixProjection) {
+      const h = adapter.prefixHiddenSize ?? c.hidden_size;
+      m.set(PREFIX_TRANS[0], [h, kv]);
+      m.set(PREFIX_TRANS[1], [h]);
+      m.set(PREFIX_TRANS[2], [kv, h]);
+      m.set(PREFIX_TRANS[3], [kv]);
+    }
+  } else if (adapter.kind === "full") {
+    return baseWeightShapes(c);
+  }
+  return m;
+}
+
+function prefixWidth(c: CpuGlmConfig): number {
+  return c.num_layers * 2 * c.multi_query_group_num * c.kv_channels;
+}
+
+const numel = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
+
+/** Seeded uniform [0, 1) stream (mulberry32): adapter initialisation for tests. */
+function uniform(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
+  };
+}
+
+/**
+ * Initial adapter tensors with the reference libraries' distributions: LoRA A
+ * kaiming-uniform(a=√5) = U(±1/√in), B = 0 (PEFT); prefix embedding N(0, 1)
+ * and projection Linear layers U(±1/√in) (torch defaults). The stream differs
+ * from torch's, so tests that compare with PyTorch pass the tensors explicitly.
+ */
+export function initAdapter(
+  c: CpuGlmConfig,
+  adapter: CpuAdapter,
+  seed: number,
+): Map<string, Float32Array> {
+  const u = uniform(seed);
+  const out = new Map<string, Float32Array>();
+  for (const [name, shape] of trainableShapes(c, adapter)) {
+    const t = new Float32Array(numel(shape));
+    if (name.endsWith("lora_A.weight") || name.startsWith("transformer.prefix_encoder.trans")) {
+      const fanIn = name.endsWith(".bias")
+        ? trainableShapes(c, adapter).get(name.replace(".bias", ".weight"))![1]
+        : shape[1];
+      const bound = 1 / Math.sqrt(fanIn);
+      for (let i = 0; i < t.length; i++) t[i] = (2 * u() - 1) * bound;
+    } else if (name === PREFIX_EMBEDDING) {
+      for (let i = 0; i < t.length; i++) {
+        t[i] = Math.sqrt(-2 * Math.log(1 - u())) * Math.cos(2 * Math.PI * u());
+      }
+    }
+    out.set(name, t);
+  }
+  return out;
+}
+
+interface LinearSaved {
+  x: Float32Array;
+  /** x·Aᵀ for LoRA, kept for backward. */
+  a?: Float32Array;
+}
+
+interface LayerSaved {
+  x: Float32Array;
+  n1: Float32Array;
+  rstd1: Float32Array;
+  qkv: LinearSaved;
+  q: Float32Array;
+  k: Float32Array;
+  v: Float32Array;
+  probs: Float32Array;
+  pk?: Float32Array;
+  pv?: Float32Array;
+  dense: LinearSaved;
+  h: Float32Array;
+  n2: Float32Array;
+  rstd2: Float32Array;
+  up: LinearSaved;
+  f: Float32Array;
+  down: LinearSaved;
+}
+
+interface ForwardState {
+  batch: number;
+  seq: number;
+  ids: Int32Array;
+  layers: LayerSaved[];
+  xFinal: Float32Array;
+  nf: Float32Array;
+  rstdF: Float32Array;
+  logits: Float32Array;
+  prefix?: { emb: Float32Array; hid?: Float32Array; table: Float32Array };
+}
+
+export interface CpuLossResult {
+  /** Summed cross-entropy over the valid (shifted, non -100) targets. */
+  lossSum: number;
+  count: number;
+}
+
+export class CpuGlm {
+  readonly config: CpuGlmConfig;
+  readonly adapter: CpuAdapter;
+  /** Base weights by HF name (shared, never modified except under full SFT). */
+  readonly weights: Map<string, Float32Array>;
+  /** Trainable tensors by saved name. */
+  readonly params: Map<string, Float32Array>;
+  readonly shapes: Map<string, number[]>;
+
+  constructor(
+    config: CpuGlmConfig,
+    weights: Map<string, Float32Array>,
+    adapter: CpuAdapter,
+    seed = 42,
+  ) {
+    this.config = config;
+    this.adapter = adapter;
+    this.weights = weights;
+    for (const [name, shape] of baseWeightShapes(config)) {
+      const w = weights.get(name);
+      if (!w) throw new Error(`missing weight ${name}`);
+      if (w.length !== numel(shape)) {
+        throw new Error(`weight ${name} has ${w.length} elements, expected [${shape}]`);
+      }
+    }
+    this.shapes = trainableShapes(config, adapter);
+    this.params = adapter.kind === "full" ? weights : initAdapter(config, adapter, seed);
+  }
+
+  /** Replace trainable tensors by name; unknown or mis-shaped names throw. */
+  setParams(tensors: Map<string, Float32Array>): void {
+    for (const [name, t] of tensors) {
+      const shape = this.shapes.get(name);
+      if (!shape) throw new Error(`"${name}" is not a trainable tensor of this model`);
+      if (t.length !== numel(shape)) {
+        throw new Error(`"${name}" has ${t.length} elements, expected [${shape}]`);
+      }
+      this.params.get(name)!.set(t);
+    }
+  }
+
+  private w(name: string): Float32Array {
+    return this.params.get(name) ?? this.weights.get(name)!;
+  }
+
+  private loraOf(layer: number, kind: LinearKind): { A: Float32Array; B: Float32Array } | null {
+    if (this.adapter.kind !== "lora" || !this.adapter.targetModules.includes(kind)) return null;
+    return {
+      A: this.params.get(loraName(layer, kind, "A"))!,
+      B: this.params.get(loraName(layer, kind, "B"))!,
+    };
+  }
+
+  private loraScale(): number {
+    return this.adapter.kind === "lora" ? this.adapter.alpha / this.adapter.r : 0;
+  }
+
+  private linearFwd(
+    layer: number,
+    kind: LinearKind,
+    x: Float32Array,
+    rows: number,
+  ): { y: Float32Array; saved: LinearSaved } {
+    const [K, N] = linearDims(this.config, kind);
+    const p = layerPrefix(layer) + linearPath[kind];
+    const y = ops.linear(
+      x,
+      this.w(p + ".weight"),
+      this.weights.get(p + ".bias") ?? null,
+      rows,
+      K,
+      N,
+    );
+    const lora = this.loraOf(layer, kind);
+    if (!lora) return { y, saved: { x } };
+    const r = (this.adapter as { r: number }).r, s = this.loraScale();
+    const a = ops.linear(x, lora.A, null, rows, K, r);
+    const u = ops.linear(a, lora.B, null, rows, r, N);
+    for (let i = 0; i < y.length; i++) y[i] += s * u[i];
+    return { y, saved: { x, a } };
+  }
+
+  private linearBwd(
+    layer: number,
+    kind: LinearKind,
+    saved: LinearSaved,
+    dy: Float32Array,
+    rows: number,
+    grads: Map<string, Float32Array>,
+  ): Float32Array {
+    const [K, N] = linearDims(this.config, kind);
+    const p = layerPrefix(layer) + linearPath[kind];
+    const { dx, dw, db } = ops.linearBackward(saved.x, this.w(p + ".weight"), dy, rows, K, N);
+    accumulate(grads, p + ".weight", dw);
+    if (this.weights.has(p + ".bias")) accumulate(grads, p + ".bias", db);
+    const lora = this.loraOf(layer, kind);
+    if (lora && saved.a) {
+      const r = (this.adapter as { r: number }).r, s = this.loraScale();
+      const dyS = new Float32Array(dy.length);
+      for (let i = 0; i < dy.length; i++) dyS[i] = s * dy[i];
+      const bB = ops.linearBackward(saved.a, lora.B, dyS, rows, r, N);
+      const bA = ops.linearBackward(saved.x, lora.A, bB.dx, rows, K, r);
+      accumulate(grads, loraName(layer, kind, "B"), bB.dw);
+      accumulate(grads, loraName(layer, kind, "A"), bA.dw);
+      for (let i = 0; i < dx.length; i++) dx[i] += bA.dx[i];
+    }
+    return dx;
+  }
+
+  /** The prefix key/value table [P, L·2·G·D] (through the projection MLP when configured). */
+  private prefixTable(): ForwardState["prefix"] | undefined {
+    const a = this.adapter;
+    if (a.kind !== "prefix") return undefined;
+    const P = a.preSeqLen, kv = prefixWidth(this.config);
+    const emb = this.params.get(PREFIX_EMBEDDING)!;
+    if (!a.prefixProjection) return { emb, table: emb };
+    const h = a.prefixHiddenSize ?? this.config.hidden_size;
+    const pre = ops.linear(emb, this.w(PREFIX_TRANS[0]), this.w(PREFIX_TRANS[1]), P, kv, h);
+    const hid = pre.map(Math.tanh);
+    const table = ops.linear(hid, this.w(PREFIX_TRANS[2]), this.w(PREFIX_TRANS[3]), P, h, kv);
+    return { emb, hid, table };
+  }
+
+  /** Layer l's prefix keys or values [P, G, D]: chunk 2l (keys) or 2l+1 (values) of the table. */
+  private prefixSlice(table: Float32Array, layer: number, which: 0 | 1): Float32Array {
+    const c = this.config, P = (this.adapter as { preSeqLen: number }).preSeqLen;
+    const GD = c.multi_query_group_num * c.kv_channels, row = prefixWidth(c);
+    const out = new Float32Array(P * GD);
+    for (let p = 0; p < P; p++) {
+      const o = p * row + (2 * layer + which) * GD;
+      out.set(table.subarray(o, o + GD), p * GD);
+    }
+    return out;
+  }
+
+  private forward(ids: Int32Array, batch: number, seq: number): ForwardState {
+    const c = this.config;
+    const Hd = c.hidden_size, T = batch * seq, H = c.num_attention_heads;
+    const G = c.multi_query_group_num, D = c.kv_channels, F = c.ffn_hidden_size;
+    const base = 10000 * c.rope_ratio;
+    const positions = new Int32Array(T);
+    for (let t = 0; t < T; t++) positions[t] = t % seq;
+    const prefix = this.prefixTable();
+    const P = prefix ? (this.adapter as { preSeqLen: number }).preSeqLen : 0;
+    const shape = {
+      batch,
+      seq,
+      heads: H,
+      groups: G,
+      headDim: D,
+      prefix: P,
+      scale: 1 / Math.sqrt(D),
+    };
+    let x = ops.embedding(ids, this.w("transformer.embedding.word_embeddings.weight"), Hd);
+    const layers: LayerSaved[] = [];
+    for (let l = 0; l < c.num_layers; l++) {
+      const p = layerPrefix(l);
+      const { y: n1, rstd: rstd1 } = ops.rmsnorm(
+        x,
+        this.w(p + "input_layernorm.weight"),
+        T,
+        Hd,
+        c.layernorm_epsilon,
+      );
+      const qkvOut = this.linearFwd(l, "query_key_value", n1, T);
+      const { q, k, v } = splitQkv(qkvOut.y, T, H, G, D);
+      const qr = ops.rope(q, T, H, D, positions, base);
+      const kr = ops.rope(k, T, G, D, positions, base);
+      const pk = prefix ? this.prefixSlice(prefix.table, l, 0) : undefined;
+      const pv = prefix ? this.prefixSlice(prefix.table, l, 1) : undefined;
+      const { out: ctx, probs } = ops.attention(qr, kr, v, shape, pk, pv);
+      const denseOut = this.linearFwd(l, "dense", ctx, T);
+      const h = ops.add(x, denseOut.y);
+      const { y: n2, rstd: rstd2 } = ops.rmsnorm(
+        h,
+        this.w(p + "post_attention_layernorm.weight"),
+        T,
+        Hd,
+        c.layernorm_epsilon,
+      );
+      const upOut = this.linearFwd(l, "dense_h_to_4h", n2, T);
+      const g = ops.swiglu(upOut.y, T, F);
+      const downOut = this.linearFwd(l, "dense_4h_to_h", g, T);
+      layers.push({
+        x,
+        n1,
+        rstd1,
+        qkv: qkvOut.saved,
+        q: qr,
+        k: kr,
+        v,
+        probs,
+        pk,
+        pv,
+        dense: denseOut.saved,
+        h,
+        n2,
+        rstd2,
+        up: upOut.saved,
+        f: upOut.y,
+        down: downOut.saved,
+      });
+      x = ops.add(h, downOut.y);
+    }
+    const { y: nf, rstd: rstdF } = ops.rmsnorm(
+      x,
+      this.w("transformer.encoder.final_layernorm.weight"),
+      T,
+      Hd,
+      c.layernorm_epsilon,
+    );
+    const logits = ops.linear(
+      nf,
+      this.w("transformer.output_layer.weight"),
+      null,
+      T,
+      Hd,
+      c.padded_vocab_size,
+    );
+    return { batch, seq, ids, layers, xFinal: x, nf, rstdF, logits, prefix };
+  }
+
+  /** Logits [batch·seq, padded_vocab] for right-padded input ids. */
+  logits(inputIds: Int32Array, batch: number, seq: number): Float32Array {
+    checkIds(inputIds, batch, seq, this.config.padded_vocab_size);
+    return this.forward(inputIds, batch, seq).logits;
+  }
+
+  /** Summed loss and count of valid targets (labels shifted inside, as ChatGLM's forward). */
+  loss(inputIds: Int32Array, labels: Int32Array, batch: number, seq: number): CpuLossResult {
+    const st = this.forward(inputIds, batch, seq);
+    const targets = ops.shiftLabels(labels, batch, seq);
+    const { lossSum, count } = ops.crossEntropy(
+      st.logits,
+      targets,
+      batch * seq,
+      this.config.padded_vocab_size,
+    );
+    return { lossSum, count };
+  }
+
+  /**
+   * Forward and backward. `gradScale` seeds dLoss/dlogit per valid target; by
+   * default 1/count, i.e. gradients of the mean loss. Returns gradients of
+   * every trainable tensor by saved name.
+   */
+  forwardBackward(
+    inputIds: Int32Array,
+    labels: Int32Array,
+    batch: number,
+    seq: number,
+    gradScale?: number,
+  ): CpuLossResult & { grads: Map<string, Float32Array> } {
+    checkIds(inputIds, batch, seq, this.config.padded_vocab_size);
+    const c = this.config;
+    const Hd = c.hidden_size, T = batch * seq, H = c.num_attention_heads, V = c.padded_vocab_size;
+    const G = c.multi_query_group_num, D = c.kv_channels, F = c.ffn_hidden_size;
+    const st = this.forward(inputIds, batch, seq);
+    const targets = ops.shiftLabels(labels, batch, seq);
+    let count = 0;
+    for (const t of targets) if (t !== -100) count++;
+    const scale = gradScale ?? (count ? 1 / count : 0);
+    const ce = ops.crossEntropy(st.logits, targets, T, V, scale);
+    const grads = new Map<string, Float32Array>();
+
+    const out = ops.linearBackward(
+      st.nf,
+      this.w("transformer.output_layer.weight"),
+      ce.dlogits,
+      T,
+      Hd,
+      V,
+    );
+    accumulate(grads, "transformer.output_layer.weight", out.dw);
+    const fin = ops.rmsnormBackward(
+      st.xFinal,
+      this.w("transformer.encoder.final_layernorm.weight"),
+      st.rstdF,
+      out.dx,
+      T,
+      Hd,
+    );
+    accumulate(grads, "transformer.encoder.final_layernorm.weight", fin.dw);
+    let dx = fin.dx;
+    const P = st.prefix ? (this.adapter as { preSeqLen: number }).preSeqLen : 0;
+    const dTable = st.prefix ? new Float32Array(st.prefix.table.length) : undefined;
+    const shape = {
+      batch,
+      seq,
+      heads: H,
+      groups: G,
+      headDim: D,
+      prefix: P,
+      scale: 1 / Math.sqrt(D),
+    };
+    const base = 10000 * c.rope_ratio;
+    const positions = new Int32Array(T);
+    for (let t = 0; t < T; t++) positions[t] = t % seq;
+
+    for (let l = c.num_layers - 1; l >= 0; l--) {
+      const s = st.layers[l], p = layerPrefix(l);
+      // x_next = h + down(swiglu(up(norm2(h))))
+      const dg = this.linearBwd(l, "dense_4h_to_h", s.down, dx, T, grads);
+      const df = ops.swigluBackward(s.f, dg, T, F);
+      const dn2 = this.linearBwd(l, "dense_h_to_4h", s.up, df, T, grads);
+      const nb2 = ops.rmsnormBackward(
+        s.h,
+        this.w(p + "post_attention_layernorm.weight"),
+        s.rstd2,
+        dn2,
+        T,
+        Hd,
+      );
+      accumulate(grads, p + "post_attention_layernorm.weight", nb2.dw);
+      const dh = ops.add(dx, nb2.dx);
+      // h = x + dense(attention(rope(q), rope(k), v))
+      const dctx = this.linearBwd(l, "dense", s.dense, dh, T, grads);
+      const ab = ops.attentionBackward(s.q, s.k, s.v, s.probs, dctx, shape, s.pk, s.pv);
+      const dq = ops.rope(ab.dq, T, H, D, positions, base, true);
+      const dk = ops.rope(ab.dk, T, G, D, positions, base, true);
+      const dqkv = joinQkv(dq, dk, ab.dv, T, H, G, D);
+      const dn1 = this.linearBwd(l, "query_key_value", s.qkv, dqkv, T, grads);
+      const nb1 = ops.rmsnormBackward(
+        s.x,
+        this.w(p + "input_layernorm.weight"),
+        s.rstd1,
+        dn1,
+        T,
+        Hd,
+      );
+      accumulate(grads, p + "input_layernorm.weight", nb1.dw);
+      dx = ops.add(dh, nb1.dx);
+      if (dTable) {
+        scatterPrefix(dTable, ab.dpk, l, 0, P, G * D, prefixWidth(c));
+        scatterPrefix(dTable, ab.dpv, l, 1, P, G * D, prefixWidth(c));
+      }
+    }
+    accumulate(
+      grads,
+      "transformer.embedding.word_embeddings.weight",
+      ops.embeddingBackward(st.ids, dx, V, Hd),
+    );
+    if (st.prefix && dTable) this.prefixBackward(st.prefix, dTable, grads);
+
+    const result = new Map<string, Float32Array>();
+    for (const name of this.shapes.keys()) {
+      result.set(name, grads.get(name) ?? new Float32Array(numel(this.shapes.get(name)!)));
+    }
+    return { lossSum: ce.lossSum, count: ce.count, grads: result };
+  }
+
+  private prefixBackward(
+    prefix: NonNullable<ForwardState["prefix"]>,
+    dTable: Float32Array,
+    grads: Map<string, Float32Array>,
+  ): void {
+    const a = this.adapter as Extract<CpuAdapter, { kind: "prefix" }>;
+    if (!a.prefixProjection || !prefix.hid) {
+      accumulate(grads, PREFIX_EMBEDDING, dTable);
+      return;
+    }
+    const P = a.preSeqLen,
+      kv = prefixWidth(this.config),
+      h = a.prefixHiddenSize ?? this.config.hidden_size;
+    const b2 = ops.linearBackward(prefix.hid, this.w(PREFIX_TRANS[2]), dTable, P, h, kv);
+    accumulate(grads, PREFIX_TRANS[2], b2.dw);
+    accumulate(grads, PREFIX_TRANS[3], b2.db);
+    const dpre = new Float32Array(b2.dx.length);
+    for (let i = 0; i < dpre.length; i++) dpre[i] = b2.dx[i] * (1 - prefix.hid[i] * prefix.hid[i]);
+    const b0 = ops.linearBackward(prefix.emb, this.w(PREFIX_TRANS[0]), dpre, P, kv, h);
+    accumulate(grads, PREFIX_TRANS[0], b0.dw);
+    accumulate(grads, PREFIX_TRANS[1], b0.db);
+    accumulate(grads, PREFIX_EMBEDDING, b0.dx);
+  }
+
+  /**
+   * Greedy generation by re-forwarding each prompt; stops at any stop id
+   * (not included in the output) or after maxNewTokens. Ties go to the lowest
+   * id, as torch.argmax.
+   */
+  generate(prompts: number[][], opts: { maxNewTokens: number; stopIds: number[] }): number[][] {
+    const V = this.config.padded_vocab_size;
+    return prompts.map((prompt) => {
+      const ids = [...prompt], out: number[] = [];
+      for (let n = 0; n < opts.maxNewTokens; n++) {
+        const logits = this.logits(Int32Array.from(ids), 1, ids.length);
+        const row = logits.subarray((ids.length - 1) * V, ids.length * V);
+        let best = 0;
+        for (let i = 1; i < V; i++) if (row[i] > row[best]) best = i;
+        if (opts.stopIds.includes(best)) break;
+        out.push(best);
+        ids.push(best);
+      }
+      return out;
+    });
+  }
+}
+
+function checkIds(ids: Int32Array, batch: number, seq: number, vocab: number): void {
+  if (ids.length !== batch * seq) {
+    throw new Error(`expected ${batch}×${seq} ids, got ${ids.length}`);
+  }
+  for (const id of ids) {
+    if (id < 0 || id >= vocab) {
+      throw new Error(`token id ${id} outside the vocabulary [0, ${vocab})`);
+    }
+  }
+}
+
+function accumulate(grads: Map<string, Float32Array>, name: string, g: Float32Array): void {
+  const cur = grads.get(name);
+  if (!cur) grads.set(name, g);
+  else for (let i = 0; i < g.length; i++) cur[i] += g[i];
+}
+
+function splitQkv(qkv: Float32Array, T: number, H: number, G: number, D: number) {
+  const W = (H + 2 * G) * D;
+  const q = new Float32Array(T * H * D),
+    k = new Float32Array(T * G * D),
+    v = new Float32Array(T * G * D);
+  for (let t = 0; t < T; t++) {
+    const row = qkv.subarray(t * W, (t + 1) * W);
+    q.set(row.subarray(0, H * D), t * H * D);
+    k.set(row.subarray(H * D, (H + G) * D), t * G * D);
+    v.set(row.subarray((H + G) * D, W), t * G * D);
+  }
+  return { q, k, v };
+}
+
+function joinQkv(
+  dq: Float32Array,
+  dk: Float32Array,
+  dv: Float32Array,
+  T: number,
+  H: number,
+  G: number,
+  D: number,
+) {
+  const W = (H + 2 * G) * D;
+  const out = new Float32Array(T * W);
+  for (let t = 0; t < T; t++) {
+    out.set(dq.subarray(t * H * D, (t + 1) * H * D), t * W);
+    out.set(dk.subarray(t * G * D, (t + 1) * G * D), t * W + H * D);
+    out.set(dv.subarray(t * G * D, (t + 1) * G * D), t * W + (H + G) * D);
+  }
+  return out;
+}
+
+function scatterPrefix(
+  dTable: Float32Array,
+  d: Float32Array,
+  layer: number,
+  which: 0 | 1,
+  P: number,
+  GD: number,
+  row: number,
+): void {
+  for (let p = 0; p < P; p++) {
+    const o = p * row + (2 * layer + which) * GD;
+    for (let i = 0; i < GD; i++) dTable[o + i] += d[p * GD + i];
+  }
+}

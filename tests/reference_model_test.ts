@@ -1,0 +1,294 @@
+/**
+ * The CPU reference ChatGLM3 model against PyTorch: logits, losses, greedy
+ * tokens and gradients of every trainable kind on the tiny model, made by
+ * tools/make_tiny_model.py (tools/chatglm_torch.py, itself cross-checked
+ * against transformers' GlmForCausalLM).
+ */
+import assert from "node:assert";
+import { type CpuAdapter, CpuGlm, type CpuGlmConfig } from "../lib/model/cpu/glm.ts";
+
+const FIX = new URL("./fixtures/", import.meta.url);
+const fixturePath = (p: string) => new URL(p, FIX);
+
+interface Expected {
+  cases: Case[];
+  rope_case: Case & { rope_ratio: number };
+  greedy: { prompt: number[]; tokens: number[] }[];
+  glm_crosscheck: { max_abs_diff: number; max_abs_diff_rope_ratio_4: number };
+  grads: {
+    input_ids: number[][];
+    labels: number[][];
+    kinds: Record<string, {
+      loss: number;
+      params: string[];
+      r?: number;
+      alpha?: number;
+      target_modules?: string[];
+      pre_seq_len?: number;
+      prefix_projection?: boolean;
+    }>;
+  };
+}
+interface Case {
+  name: string;
+  batch: number;
+  seq: number;
+  input_ids: number[][];
+  labels: number[][];
+  loss: number;
+  max_abs: number;
+  rows: { head: number[]; sum: number; sumsq: number }[];
+  logits_f32_b64?: string;
+}
+
+const expected: Expected = JSON.parse(
+  await Deno.readTextFile(fixturePath("tiny-expected/forward.json")),
+);
+
+// --- minimal safetensors reading for the fixtures (f32/f16/bf16, shards) ---
+
+function halfToF32(h: number, bf16: boolean): number {
+  if (bf16) return new Float32Array(new Uint32Array([h << 16]).buffer)[0];
+  const sign = h & 0x8000 ? -1 : 1, exp = (h >> 10) & 0x1f, frac = h & 0x3ff;
+  if (exp === 0) return sign * frac * 2 ** -24;
+  if (exp === 31) return frac ? NaN : sign * Infinity;
+  return sign * (1 + frac / 1024) * 2 ** (exp - 15);
+}
+
+async function readSafetensors(path: URL): Promise<Map<string, Float32Array>> {
+  const bytes = await Deno.readFile(path);
+  const n = Number(new DataView(bytes.buffer).getBigUint64(0, true));
+  const header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + n)));
+  const out = new Map<string, Float32Array>();
+  for (const [name, info] of Object.entries(header)) {
+    if (name === "__metadata__") continue;
+    const { dtype, data_offsets: [a, b] } = info as {
+      dtype: string;
+      data_offsets: [number, number];
+    };
+    const raw = bytes.slice(8 + n + a, 8 + n + b);
+    if (dtype === "F32") out.set(name, new Float32Array(raw.buffer));
+    else {
+      const u16 = new Uint16Array(raw.buffer);
+      out.set(name, Float32Array.from(u16, (h) => halfToF32(h, dtype === "BF16")));
+    }
+  }
+  return out;
+}
+
+async function loadDir(
+  dir: string,
+): Promise<{ config: CpuGlmConfig; weights: Map<string, Float32Array> }> {
+  const raw = JSON.parse(await Deno.readTextFile(fixturePath(`${dir}/config.json`)));
+  const config: CpuGlmConfig = { ...raw, rope_ratio: raw.rope_ratio ?? 1 };
+  let weights = new Map<string, Float32Array>();
+  try {
+    const index = JSON.parse(
+      await Deno.readTextFile(fixturePath(`${dir}/model.safetensors.index.json`)),
+    );
+    for (const shard of new Set(Object.values(index.weight_map) as string[])) {
+      for (const [k, v] of await readSafetensors(fixturePath(`${dir}/${shard}`))) weights.set(k, v);
+    }
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+    weights = await readSafetensors(fixturePath(`${dir}/model.safetensors`));
+  }
+  return { config, weights };
+}
+
+const tiny = await loadDir("tiny");
+const cloneWeights = () => new Map([...tiny.weights].map(([k, v]) => [k, v.slice()]));
+
+function flat(rows: number[][]): Int32Array {
+  return Int32Array.from(rows.flat());
+}
+
+function maxAbs(a: ArrayLike<number>): number {
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]));
+  return m;
+}
+
+/** Checks logits against the fixture's per-row statistics at 1e-4 relative. */
+function checkRows(logits: Float32Array, c: Case, V: number) {
+  const tol = 1e-4 * c.max_abs;
+  c.rows.forEach((row, r) => {
+    const got = logits.subarray(r * V, (r + 1) * V);
+    row.head.forEach((v, i) =>
+      assert(Math.abs(got[i] - v) <= tol, `${c.name} row ${r} logit ${i}: ${got[i]} vs ${v}`)
+    );
+    let sum = 0, sumsq = 0;
+    for (const v of got) {
+      sum += v;
+      sumsq += v * v;
+    }
+    assert(Math.abs(sum - row.sum) <= tol * 20, `${c.name} row ${r} sum ${sum} vs ${row.sum}`);
+    assert(
+      Math.abs(sumsq - row.sumsq) <= 1e-4 * row.sumsq,
+      `${c.name} row ${r} sumsq ${sumsq} vs ${row.sumsq}`,
+    );
+  });
+}
+
+function checkLoss(model: CpuGlm, c: Case) {
+  const { lossSum, count } = model.loss(flat(c.input_ids), flat(c.labels), c.batch, c.seq);
+  const loss = lossSum / count;
+  assert(Math.abs(loss - c.loss) <= 1e-4 * c.loss, `${c.name} loss ${loss} vs ${c.loss}`);
+}
+
+Deno.test("the PyTorch statement agrees with transformers' GlmForCausalLM", () => {
+  assert(expected.glm_crosscheck.max_abs_diff < 1e-5);
+  assert(expected.glm_crosscheck.max_abs_diff_rope_ratio_4 < 1e-5);
+});
+
+Deno.test("logits and loss match PyTorch on padded batches", () => {
+  const model = new CpuGlm(tiny.config, tiny.weights, { kind: "none" });
+  const V = tiny.config.padded_vocab_size;
+  for (const c of expected.cases) {
+    const logits = model.logits(flat(c.input_ids), c.batch, c.seq);
+    checkRows(logits, c, V);
+    checkLoss(model, c);
+    if (c.logits_f32_b64) {
+      const bin = Uint8Array.from(atob(c.logits_f32_b64), (ch) => ch.charCodeAt(0));
+      const want = new Float32Array(bin.buffer);
+      assert.equal(want.length, logits.length);
+      let worst = 0;
+      for (let i = 0; i < want.length; i++) worst = Math.max(worst, Math.abs(want[i] - logits[i]));
+      assert(worst <= 1e-4 * maxAbs(want), `full logits differ by ${worst}`);
+    }
+  }
+});
+
+Deno.test("rope_ratio scales the rotary base", () => {
+  const c = expected.rope_case;
+  const model = new CpuGlm({ ...tiny.config, rope_ratio: c.rope_ratio }, tiny.weights, {
+    kind: "none",
+  });
+  checkRows(model.logits(flat(c.input_ids), c.batch, c.seq), c, tiny.config.padded_vocab_size);
+  checkLoss(model, c);
+});
+
+Deno.test("a record's logits do not depend on its batch (right padding, positions per record)", () => {
+  const model = new CpuGlm(tiny.config, tiny.weights, { kind: "none" });
+  const c = expected.cases[0], V = tiny.config.padded_vocab_size;
+  const both = model.logits(flat(c.input_ids), c.batch, c.seq);
+  const len = c.input_ids[1].findLastIndex((t) => t !== 0) + 1;
+  const alone = model.logits(Int32Array.from(c.input_ids[1].slice(0, len)), 1, len);
+  const row1 = both.subarray(c.seq * V, (c.seq + len) * V);
+  assert(maxAbs(alone.map((v, i) => v - row1[i])) < 1e-5);
+});
+
+Deno.test("greedy generation gives PyTorch's 32 tokens", () => {
+  const model = new CpuGlm(tiny.config, tiny.weights, { kind: "none" });
+  const got = model.generate(expected.greedy.map((g) => g.prompt), {
+    maxNewTokens: 32,
+    stopIds: [],
+  });
+  expected.greedy.forEach((g, i) => assert.deepEqual(got[i], g.tokens));
+  // A stop id ends the row and is not returned.
+  const stopped = model.generate([expected.greedy[0].prompt], {
+    maxNewTokens: 32,
+    stopIds: [expected.greedy[0].tokens[3]],
+  });
+  assert.deepEqual(stopped[0], expected.greedy[0].tokens.slice(0, 3));
+});
+
+for (const [kind, meta] of Object.entries(expected.grads.kinds)) {
+  Deno.test(`gradients match PyTorch: ${kind}`, async () => {
+    const file = await readSafetensors(fixturePath(`tiny-expected/grads_${kind}.safetensors`));
+    let adapter: CpuAdapter;
+    if (kind.startsWith("lora")) {
+      adapter = {
+        kind: "lora",
+        r: meta.r!,
+        alpha: meta.alpha!,
+        dropout: 0,
+        targetModules: meta.target_modules!,
+      };
+    } else if (kind.startsWith("prefix")) {
+      adapter = {
+        kind: "prefix",
+        preSeqLen: meta.pre_seq_len!,
+        prefixProjection: meta.prefix_projection!,
+      };
+    } else adapter = { kind: "full" };
+    const model = new CpuGlm(
+      tiny.config,
+      adapter.kind === "full" ? cloneWeights() : tiny.weights,
+      adapter,
+    );
+    assert.deepEqual([...model.shapes.keys()].sort(), [...meta.params].sort());
+    const init = new Map<string, Float32Array>();
+    for (const [k, v] of file) if (k.startsWith("init/")) init.set(k.slice(5), v);
+    model.setParams(init);
+    const { input_ids, labels } = expected.grads;
+    const B = input_ids.length, S = input_ids[0].length;
+    const { lossSum, count, grads } = model.forwardBackward(flat(input_ids), flat(labels), B, S);
+    assert(
+      Math.abs(lossSum / count - meta.loss) <= 1e-4 * meta.loss,
+      `loss ${lossSum / count} vs ${meta.loss}`,
+    );
+    for (const name of meta.params) {
+      const want = file.get("grad/" + name)!, got = grads.get(name)!;
+      const scale = maxAbs(want);
+      assert(scale > 0, `${name}: the fixture gradient is zero`);
+      let worst = 0;
+      for (let i = 0; i < want.length; i++) worst = Math.max(worst, Math.abs(want[i] - got[i]));
+      assert(worst <= 1e-4 * scale, `${kind} ${name}: max diff ${worst} vs max |grad| ${scale}`);
+    }
+  });
+}
+
+Deno.test("f16, bf16 and sharded checkpoints load and match the f32 twin", async () => {
+  const V = tiny.config.padded_vocab_size;
+  const c = expected.cases[1];
+  const ref = new CpuGlm(tiny.config, tiny.weights, { kind: "none" }).logits(
+    flat(c.input_ids),
+    c.batch,
+    c.seq,
+  );
+  for (
+    const [dir, rel] of [["tiny-sharded", 0], ["tiny-f16", 2 ** -11], [
+      "tiny-bf16",
+      2 ** -8,
+    ]] as const
+  ) {
+    const v = await loadDir(dir);
+    assert.deepEqual([...v.weights.keys()].sort(), [...tiny.weights.keys()].sort(), dir);
+    for (const [name, w] of tiny.weights) {
+      const got = v.weights.get(name)!;
+      for (let i = 0; i < w.length; i++) {
+        assert(
+          Math.abs(got[i] - w[i]) <= rel * Math.abs(w[i]) + (rel ? 2 ** -24 : 0),
+          `${dir} ${name}[${i}]`,
+        );
+      }
+    }
+    const logits = new CpuGlm(v.config, v.weights, { kind: "none" }).logits(
+      flat(c.input_ids),
+      c.batch,
+      c.seq,
+    );
+    let worst = 0;
+    for (let i = 0; i < logits.length; i++) worst = Math.max(worst, Math.abs(logits[i] - ref[i]));
+    if (dir === "tiny-sharded") assert.equal(worst, 0);
+    else assert(worst < 200 * rel * maxAbs(ref), `${dir}: logits differ by ${worst}`);
+    assert.equal(logits.length, c.batch * c.seq * V);
+  }
+});
+
+Deno.test("setParams rejects unknown and mis-shaped tensors", () => {
+  const model = new CpuGlm(tiny.config, tiny.weights, {
+    kind: "lora",
+    r: 4,
+    alpha: 32,
+    dropout: 0,
+    targetModules: ["query_key_value"],
+  });
+  assert.throws(
+    () => model.setParams(new Map([["nope", new Float32Array(1)]])),
+    /not a trainable tensor/,
+  );
+  const name = [...model.shapes.keys()][0];
+  assert.throws(() => model.setParams(new Map([[name, new Float32Array(3)]])), /expected \[/);
+});
