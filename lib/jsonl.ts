@@ -17,6 +17,8 @@ export interface JsonRecord {
   line: number;
   value?: unknown;
   error?: string;
+  /** The error is in the file's structure (a JSON array's commas and brackets), not in one record. */
+  structural?: boolean;
 }
 
 /** Open a path for reading; "-" is standard input. */
@@ -326,6 +328,7 @@ export async function* readJsonArray(
             if (b === B_RBRACKET) phase = "done";
             else {
               out.push({
+                structural: true,
                 line,
                 error: `unexpected '}' after the element that starts at line ${startLine}`,
               });
@@ -337,10 +340,13 @@ export async function* readJsonArray(
           const open = stack.pop()!;
           if ((open === B_LBRACE) !== (b === B_RBRACE)) {
             out.push({
+              structural: true,
               line,
               error:
-                `mismatched ${describeByte(b)}: the element that starts at line ${startLine} ` +
-                `opened ${describeByte(open)} here`,
+                `mismatched ${describeByte(b)}: it does not close the ${
+                  describeByte(open)
+                } still open ` +
+                `in the element that starts at line ${startLine}`,
             });
             parts = [];
             fatal = true;
@@ -368,6 +374,7 @@ export async function* readJsonArray(
         case "start":
           if (b !== B_LBRACKET) {
             out.push({
+              structural: true,
               line,
               error: `expected a JSON array ('[') at the top level, found ${describeByte(b)}`,
             });
@@ -382,13 +389,14 @@ export async function* readJsonArray(
           if (b === B_RBRACKET) {
             if (phase === "next") {
               out.push({
+                structural: true,
                 line: commaLine,
                 error: "trailing comma after the last element of the array",
               });
             }
             phase = "done";
           } else if (b === B_COMMA) {
-            out.push({ line, error: "expected an element, found ','" });
+            out.push({ structural: true, line, error: "expected an element, found ','" });
             commaLine = line;
           } else {
             phase = "value";
@@ -405,6 +413,7 @@ export async function* readJsonArray(
             phase = "done";
           } else {
             out.push({
+              structural: true,
               line,
               error: `expected ',' or ']' after the element that starts at line ${startLine}`,
             });
@@ -416,6 +425,7 @@ export async function* readJsonArray(
           break;
         case "done":
           out.push({
+            structural: true,
             line,
             error: `unexpected ${describeByte(b)} after the closing ']' of the array`,
           });
@@ -433,11 +443,13 @@ export async function* readJsonArray(
   }
   if (phase === "value") {
     yield {
+      structural: true,
       line,
       error: `unexpected end of file inside the element that starts at line ${startLine}`,
     };
   } else if (phase === "first" || phase === "next" || phase === "after") {
     yield {
+      structural: true,
       line,
       error: `unexpected end of file: the array opened at line ${arrayLine} is not closed`,
     };

@@ -43,7 +43,7 @@ export async function main(args: string[]): Promise<number> {
     const name = input === "-" ? "<stdin>" : input;
     const report = await validateFile(input, { format, onBad: (r) => reporter.bad(name, r) });
     reporter.fileDone(report);
-    return report.badRecords > 0 ? 1 : 0;
+    return report.problems > 0 ? 1 : 0;
   }
   const output = values.out as string | undefined;
   if (!output) throw new UserError(`--out is required (or --check to only validate)\n${USAGE}`);

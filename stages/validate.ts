@@ -44,7 +44,7 @@ export async function main(args: string[]): Promise<number> {
     const name = path === "-" ? "<stdin>" : path;
     const report = await validateFile(path, { format, onBad: (r) => reporter.bad(name, r) });
     reporter.fileDone(report);
-    bad += report.badRecords;
+    bad += report.problems;
   }
   reporter.finish();
   return bad > 0 ? 1 : 0;

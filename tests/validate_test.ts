@@ -71,8 +71,10 @@ Deno.test("a clean file has no problems", async () => {
 });
 
 Deno.test("a JSON array: element problems at the element's line, the trailing comma at its own", async () => {
-  const { found } = await problemsOf(`${FIX}trailing_comma.json`);
+  const { found, report } = await problemsOf(`${FIX}trailing_comma.json`);
   assertEquals(found, ["3: conversations[1].role", "9: "]);
+  // The trailing comma is a problem of the file, not a fourth record.
+  assertEquals([report.records, report.badRecords, report.problems], [3, 1, 2]);
 });
 
 Deno.test("a 20 MB line is read and checked, and later lines keep their numbers", async () => {

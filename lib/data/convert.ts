@@ -24,6 +24,8 @@ export interface ConvertResult {
   record?: Conversation;
   /** Every problem of the record; empty when `record` is set. */
   problems: Problem[];
+  /** A fault in the file's structure (a JSON array's trailing comma), not a record: `index` is -1. */
+  structural?: boolean;
 }
 
 /** Rewrite a schema problem's canonical path into the raw record's own field path. */
@@ -75,7 +77,9 @@ export async function* convertRecords(
   let index = 0;
   for await (const r of records) {
     if (r.error !== undefined) {
-      yield { line: r.line, index: index++, problems: [{ field: "", message: r.error }] };
+      const problems = [{ field: "", message: r.error }];
+      if (r.structural) yield { line: r.line, index: -1, problems, structural: true };
+      else yield { line: r.line, index: index++, problems };
       continue;
     }
     const detected = explicit ? undefined : detectFormat(r.value);
@@ -209,6 +213,7 @@ export interface FileReport {
   file: string;
   records: number;
   badRecords: number;
+  /** All problems, those of bad records and those of the file's structure. */
   problems: number;
 }
 
@@ -221,9 +226,9 @@ export async function validateFile(path: string, opts: FileOptions = {}): Promis
     problems: 0,
   };
   for await (const r of convertRecords(readJsonRecords(path), opts)) {
-    report.records++;
+    if (!r.structural) report.records++;
     if (r.problems.length) {
-      report.badRecords++;
+      if (!r.structural) report.badRecords++;
       report.problems += r.problems.length;
       await opts.onBad?.(r);
     }
@@ -264,7 +269,14 @@ export async function convertFile(
   };
   try {
     for (const [part, path] of Object.entries(paths)) sinks[part] = await JsonlSink.create(path);
+    let structural = 0;
     for await (const r of convertRecords(readJsonRecords(input), opts)) {
+      if (r.structural) {
+        structural++;
+        report.problems += r.problems.length;
+        await opts.onBad?.(r);
+        continue;
+      }
       report.records++;
       if (!r.record) {
         report.badRecords++;
@@ -273,9 +285,15 @@ export async function convertFile(
         continue;
       }
       // Once a record is bad the output will be thrown away; keep reading only to report.
-      if (report.badRecords > 0 && !opts.skipInvalid) continue;
+      if ((report.badRecords > 0 && !opts.skipInvalid) || structural > 0) continue;
       const part = opts.split ? splitPart(opts.split, r.index) : "all";
       await sinks[part].write(r.record);
+    }
+    if (structural > 0) {
+      // A broken array may hide records; no option makes that safe to ignore.
+      throw new UserError(
+        `${report.file}: the file's JSON structure is broken (${structural} problems); nothing written`,
+      );
     }
     if (report.badRecords > 0 && !opts.skipInvalid) {
       throw new UserError(

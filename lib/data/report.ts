@@ -17,7 +17,12 @@ function ghProperty(s: string): string {
 }
 
 export interface JsonFileReport extends FileReport {
-  bad: { line: number; index: number; problems: { field: string; message: string }[] }[];
+  bad: {
+    line: number;
+    index: number;
+    structural?: boolean;
+    problems: { field: string; message: string }[];
+  }[];
 }
 
 /** Collects and prints a report as records come in; `text`/`github` print each bad record at once. */
@@ -28,7 +33,12 @@ export class Reporter {
 
   bad(file: string, r: ConvertResult): void {
     if (this.format === "json") {
-      this.current.push({ line: r.line, index: r.index, problems: r.problems });
+      this.current.push({
+        line: r.line,
+        index: r.index,
+        ...(r.structural ? { structural: true } : {}),
+        problems: r.problems,
+      });
       return;
     }
     for (const p of r.problems) {
@@ -55,7 +65,7 @@ export class Reporter {
       problems: this.files.reduce((a, f) => a + f.problems, 0),
     };
     if (this.format === "json") {
-      this.out(JSON.stringify({ ok: total.badRecords === 0, total, files: this.files }, null, 2));
+      this.out(JSON.stringify({ ok: total.problems === 0, total, files: this.files }, null, 2));
     } else if (this.files.length > 1) {
       this.out(
         `total: ${total.files} files, ${total.records} records, ${total.badRecords} bad, ` +
@@ -66,6 +76,6 @@ export class Reporter {
 }
 
 export function summaryLine(r: FileReport): string {
-  const verdict = r.badRecords === 0 ? "ok" : "FAILED";
+  const verdict = r.problems === 0 ? "ok" : "FAILED";
   return `${r.file}: ${r.records} records, ${r.badRecords} bad, ${r.problems} problems — ${verdict}`;
 }
