@@ -513,8 +513,16 @@ export async function* readJsonRecords(
     }
   }
   const rest = prepend(head, reader);
-  if (first === B_LBRACKET) yield* readJsonArray(rest);
-  else yield* readJsonl(rest);
+  if (first === B_LBRACKET) return yield* readJsonArray(rest);
+  let firstRecord = true;
+  for await (const r of readJsonl(rest)) {
+    if (firstRecord && r.error?.startsWith("malformed JSON") && first === B_LBRACE) {
+      // Most likely one pretty-printed object, which is neither of the two layouts.
+      r.error += " (a data file is a JSON array of records or one JSON record per line)";
+    }
+    firstRecord = false;
+    yield r;
+  }
 }
 
 /**

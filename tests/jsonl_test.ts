@@ -1,4 +1,4 @@
-import { deepStrictEqual as assertEquals } from "node:assert";
+import { deepStrictEqual as assertEquals, ok as assert } from "node:assert";
 import {
   JsonlSink,
   type JsonRecord,
@@ -156,6 +156,13 @@ Deno.test("readJsonRecords: .jsonl is lines; .json and stdin are sniffed", async
       value: { x: 1 },
     }]);
     assertEquals(await all(readJsonRecords(streamOf(""))), []);
+    const pretty = await all(readJsonRecords(streamOf('{\n  "a": 1\n}\n')));
+    assertEquals(pretty[0].line, 1);
+    assert(
+      pretty[0].error!.endsWith(
+        "(a data file is a JSON array of records or one JSON record per line)",
+      ),
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
