@@ -10,18 +10,16 @@
  *
  * Speed: when no vocabulary piece holds ▁ after another character, no merge
  * can cross the start of a ▁-word, so the normalized text is cut there and
- * each word is encoded once and cached. The result is the same as merging the
- * whole string, which is what the C++ does.
+ * each word is merged on its own, with a small queue. The result is the same
+ * as merging the whole string, which is what the C++ does. (A per-word cache
+ * was measured and dropped: mixed Chinese/English words are mostly unique, and
+ * filling the cache cost more than the merges it saved.)
  */
 import { UserError } from "../errors.ts";
 import { Normalizer, PrefixMatcher, SPACE_SYMBOL } from "./normalizer.ts";
 import { type ModelProto, ModelType, parseModelProto, type Piece, PieceType } from "./proto.ts";
 
 const encoder = new TextEncoder();
-/** Symbol ids are packed into one number as left * PAIR_SCALE + right. */
-const PAIR_SCALE = 2 ** 22;
-const CACHE_LIMIT = 200_000;
-const CACHE_MAX_WORD = 48;
 
 export class SentencePieceModel {
   readonly pieces: readonly Piece[];
@@ -46,12 +44,24 @@ export class SentencePieceModel {
   /** Symbols past the vocabulary: their character. */
   private readonly extraChars: string[] = [];
   /** (left symbol, right symbol) -> merged piece id. */
-  private readonly pairs = new Map<number, number>();
+  private pairs!: PairTable;
+  /** Symbol of each BMP code point (-1: none); astral ones in `astralSym`. */
+  private readonly bmpSym = new Int32Array(0x10000).fill(-1);
+  private readonly astralSym = new Map<number, number>();
+  // Work buffers reused across calls (grown on demand): encoding allocates almost nothing.
+  private wSym = new Int32Array(256);
+  private wPrev = new Int32Array(256);
+  private wNext = new Int32Array(256);
+  private wStart = new Int32Array(256);
+  private wLen = new Uint8Array(256);
+  private wFrozen = new Uint8Array(256);
+  private readonly heap = new PairHeap();
+  /** Whether a control/unknown/byte piece is a single character (then an unknown character may be one). */
+  private readonly singleCharReserved: boolean;
   private readonly normalizer: Normalizer;
   private readonly denormalizer?: Normalizer;
   private readonly userDefined: PrefixMatcher;
   private readonly segmentWords: boolean;
-  private readonly cache = new Map<string, number[]>();
 
   private constructor(proto: ModelProto, file: string) {
     this.proto = proto;
@@ -115,6 +125,7 @@ export class SentencePieceModel {
     if (proto.denormalizerSpec) {
       this.denormalizer = new Normalizer(proto.denormalizerSpec, undefined, false, file);
     }
+    this.singleCharReserved = [...this.reserved.keys()].some((k) => [...k].length === 1);
     this.buildPairs();
     let crossing = false;
     for (const piece of this.normal.keys()) {
@@ -199,6 +210,9 @@ export class SentencePieceModel {
         this.charSym.set(piece, id);
       }
     }
+    const keysA: number[] = [];
+    const keysB: number[] = [];
+    const vals: number[] = [];
     for (const [piece, id] of this.normal) {
       let k = 0;
       for (const ch of piece) {
@@ -208,11 +222,16 @@ export class SentencePieceModel {
         if (a === undefined) continue;
         const b = symOf(piece.slice(k));
         if (b === undefined) continue;
-        this.pairs.set(a * PAIR_SCALE + b, id);
+        keysA.push(a);
+        keysB.push(b);
+        vals.push(id);
       }
     }
-    if (this.pieces.length + this.extraChars.length >= PAIR_SCALE) {
-      throw new UserError("SentencePiece vocabulary too large");
+    this.pairs = new PairTable(keysA, keysB, vals);
+    for (const [ch, sym] of this.charSym) {
+      const cp = ch.codePointAt(0)!;
+      if (cp < 0x10000) this.bmpSym[cp] = sym;
+      else this.astralSym.set(cp, sym);
     }
   }
 
@@ -227,38 +246,33 @@ export class SentencePieceModel {
       let start = 0;
       for (let i = 1; i < normalized.length; i++) {
         if (normalized.charCodeAt(i) === 0x2581 && normalized.charCodeAt(i - 1) !== 0x2581) {
-          this.encodeCached(normalized.slice(start, i), out);
+          this.encodeSegment(normalized.slice(start, i), out);
           start = i;
         }
       }
-      this.encodeCached(normalized.slice(start), out);
+      this.encodeSegment(normalized.slice(start), out);
     }
     if (!this.byteFallback) return collapseUnknown(out, this.unkId);
     return out;
   }
 
-  private encodeCached(word: string, out: number[]): void {
-    if (word.length > CACHE_MAX_WORD) {
-      this.encodeSegment(word, out);
-      return;
-    }
-    let ids = this.cache.get(word);
-    if (ids === undefined) {
-      ids = [];
-      this.encodeSegment(word, ids);
-      if (this.cache.size >= CACHE_LIMIT) this.cache.clear();
-      this.cache.set(word, ids);
-    }
-    for (let i = 0; i < ids.length; i++) out.push(ids[i]);
+  private ensureWork(n: number): void {
+    if (this.wSym.length >= n) return;
+    const cap = Math.max(n, this.wSym.length * 2);
+    this.wSym = new Int32Array(cap);
+    this.wPrev = new Int32Array(cap);
+    this.wNext = new Int32Array(cap);
+    this.wStart = new Int32Array(cap);
+    this.wLen = new Uint8Array(cap);
+    this.wFrozen = new Uint8Array(cap);
   }
 
   /** BPE over one stretch of normalized text, appending ids to `out`. */
   private encodeSegment(s: string, out: number[]): void {
+    this.ensureWork(s.length + 1);
+    const sym = this.wSym, prev = this.wPrev, next = this.wNext;
+    const start = this.wStart, len = this.wLen, frozen = this.wFrozen;
     // Initial symbols: user-defined symbols (frozen) or single characters.
-    const n0 = s.length;
-    const sym = new Int32Array(n0);
-    const text: string[] = new Array(n0);
-    const frozen = new Uint8Array(n0);
     let n = 0;
     const hasUser = !this.userDefined.empty;
     const bytes = hasUser ? encoder.encode(s) : undefined;
@@ -267,98 +281,121 @@ export class SentencePieceModel {
       if (hasUser) {
         const m = this.userDefined.match(bytes!, bytePos, bytes!.length);
         if (m > 0) {
-          const len = utf16LengthOfUtf8(bytes!, bytePos, m);
-          const piece = s.slice(i, i + len);
-          sym[n] = this.normal.get(piece)!;
-          text[n] = piece;
+          const l = utf16LengthOfUtf8(bytes!, bytePos, m);
+          sym[n] = this.normal.get(s.slice(i, i + l))!;
+          start[n] = i;
+          len[n] = l;
           frozen[n] = 1;
           n++;
-          i += len;
+          i += l;
           bytePos += m;
           continue;
         }
       }
       const c = s.charCodeAt(i);
-      const len = c >= 0xd800 && c <= 0xdbff && i + 1 < s.length ? 2 : 1;
-      const ch = len === 1 ? s[i] : s.slice(i, i + 2);
-      sym[n] = this.charSym.get(ch) ?? -1;
-      text[n] = ch;
+      if (c >= 0xd800 && c <= 0xdbff && i + 1 < s.length) {
+        const cp = s.codePointAt(i)!;
+        sym[n] = this.astralSym.get(cp) ?? -1;
+        len[n] = 2;
+        bytePos += 4;
+      } else {
+        sym[n] = this.bmpSym[c];
+        len[n] = 1;
+        bytePos += c < 0x80 ? 1 : c < 0x800 ? 2 : 3;
+      }
+      start[n] = i;
+      frozen[n] = 0;
+      i += len[n];
       n++;
-      i += len;
-      if (hasUser) bytePos += len === 2 ? 4 : c < 0x80 ? 1 : c < 0x800 ? 2 : 3;
     }
     if (n === 1) {
-      this.emit(sym[0], text[0], out, undefined);
+      this.emit(sym[0], s, start[0], len[0], out, undefined);
       return;
     }
-    const prev = new Int32Array(n);
-    const next = new Int32Array(n);
     for (let i = 0; i < n; i++) {
       prev[i] = i - 1;
       next[i] = i + 1 < n ? i + 1 : -1;
     }
-    const alive = new Uint8Array(n).fill(1);
-    const heap = new PairHeap();
+    const heap = this.heap;
+    heap.size = 0;
     const revMerge = this.hasUnused ? new Map<number, [number, number]>() : undefined;
     const pairs = this.pairs;
     const scores = this.scores;
+    const unused = this.unused;
+    // A dead symbol (merged into its left neighbour) gets sym -2, which no queued pair names.
     const tryPair = (l: number, r: number) => {
       if (l < 0 || r < 0 || frozen[l] || frozen[r]) return;
       const a = sym[l];
       const b = sym[r];
       if (a < 0 || b < 0) return;
-      const merged = pairs.get(a * PAIR_SCALE + b);
-      if (merged === undefined) return;
+      const merged = pairs.get(a, b);
+      if (merged < 0) return;
       heap.push(scores[merged], l, r, a, b, merged);
-      if (revMerge && this.unused[merged]) revMerge.set(merged, [a, b]);
+      if (revMerge && unused[merged]) revMerge.set(merged, [a, b]);
     };
     for (let i = 1; i < n; i++) tryPair(i - 1, i);
     while (heap.size > 0) {
       heap.pop();
       const l = heap.topLeft, r = heap.topRight;
       // A stale candidate: one side has merged since it was queued.
-      if (!alive[l] || !alive[r] || sym[l] !== heap.topA || sym[r] !== heap.topB) continue;
+      if (sym[l] !== heap.topA || sym[r] !== heap.topB) continue;
       sym[l] = heap.topMerged;
-      alive[r] = 0;
-      next[l] = next[r];
-      if (next[r] >= 0) prev[next[r]] = l;
+      sym[r] = -2;
+      const nr = next[r];
+      next[l] = nr;
+      if (nr >= 0) prev[nr] = l;
       tryPair(prev[l], l);
-      tryPair(l, next[l]);
+      tryPair(l, nr);
     }
-    for (let i = 0; i !== -1; i = next[i]) this.emit(sym[i], text[i], out, revMerge);
+    for (let i = 0; i !== -1; i = next[i]) this.emit(sym[i], s, start[i], len[i], out, revMerge);
   }
 
-  /** Append the ids of one final symbol: a piece, or an unknown character. */
+  /** Append the ids of one final symbol: a piece, or an unknown character at s[at, at+len). */
   private emit(
-    s: number,
-    ch: string,
+    sy: number,
+    s: string,
+    at: number,
+    len: number,
     out: number[],
     revMerge: Map<number, [number, number]> | undefined,
   ): void {
-    if (s >= 0 && s < this.pieces.length) {
-      if (revMerge && this.unused[s]) {
-        const split = revMerge.get(s);
+    if (sy >= 0 && sy < this.pieces.length) {
+      if (revMerge && this.unused[sy]) {
+        const split = revMerge.get(sy);
         if (split) {
           this.emitSym(split[0], out, revMerge);
           this.emitSym(split[1], out, revMerge);
           return;
         }
       }
-      out.push(s);
+      out.push(sy);
       return;
     }
     // Only single characters get here (merged symbols are always pieces).
-    const id = this.reserved.get(ch) ?? this.normal.get(ch) ?? this.unkId;
+    let id = this.unkId;
+    if (this.singleCharReserved) id = this.reserved.get(s.slice(at, at + len)) ?? this.unkId;
     if (id === this.unkId && this.byteFallback) {
-      for (const b of encoder.encode(ch)) out.push(this.byteIds[b]);
+      const cp = len === 2 ? s.codePointAt(at)! : s.charCodeAt(at);
+      const bi = this.byteIds;
+      if (cp < 0x80) out.push(bi[cp]);
+      else if (cp < 0x800) out.push(bi[0xc0 | (cp >> 6)], bi[0x80 | (cp & 63)]);
+      else if (cp < 0x10000) {
+        out.push(bi[0xe0 | (cp >> 12)], bi[0x80 | ((cp >> 6) & 63)], bi[0x80 | (cp & 63)]);
+      } else {
+        out.push(
+          bi[0xf0 | (cp >> 18)],
+          bi[0x80 | ((cp >> 12) & 63)],
+          bi[0x80 | ((cp >> 6) & 63)],
+          bi[0x80 | (cp & 63)],
+        );
+      }
     } else out.push(id);
   }
 
-  private emitSym(s: number, out: number[], revMerge: Map<number, [number, number]>): void {
-    const ch = s < this.pieces.length
-      ? this.pieces[s].piece
-      : this.extraChars[s - this.pieces.length];
-    this.emit(s < this.pieces.length ? s : -1, ch, out, revMerge);
+  private emitSym(sy: number, out: number[], revMerge: Map<number, [number, number]>): void {
+    const np = this.pieces.length;
+    const ch = sy < np ? this.pieces[sy].piece : this.extraChars[sy - np];
+    this.emit(sy < np ? sy : -1, ch, 0, ch.length, out, revMerge);
   }
 
   /** Text of `ids`, as `SentencePieceProcessor.decode(ids)`. */
@@ -565,6 +602,48 @@ class PairHeap {
         this.swap(i, m);
         i = m;
       }
+    }
+  }
+}
+
+/** An open-addressing hash map from a pair of symbol ids to the merged piece id. */
+class PairTable {
+  private readonly keyA: Int32Array;
+  private readonly keyB: Int32Array;
+  private readonly value: Int32Array;
+  private readonly mask: number;
+
+  constructor(a: number[], b: number[], v: number[]) {
+    let cap = 16;
+    while (cap < a.length * 2) cap *= 2;
+    this.mask = cap - 1;
+    this.keyA = new Int32Array(cap);
+    this.keyB = new Int32Array(cap);
+    this.value = new Int32Array(cap).fill(-1);
+    for (let i = 0; i < a.length; i++) {
+      let h = this.hash(a[i], b[i]);
+      while (this.value[h] >= 0 && !(this.keyA[h] === a[i] && this.keyB[h] === b[i])) {
+        h = (h + 1) & this.mask;
+      }
+      this.keyA[h] = a[i];
+      this.keyB[h] = b[i];
+      this.value[h] = v[i];
+    }
+  }
+
+  private hash(a: number, b: number): number {
+    const h = Math.imul(a, 0x9e3779b1) ^ Math.imul(b + 0x7f4a7c15, 0x85ebca77);
+    return (h ^ (h >>> 15)) & this.mask;
+  }
+
+  /** The merged piece id, or -1. */
+  get(a: number, b: number): number {
+    let h = this.hash(a, b);
+    for (;;) {
+      const v = this.value[h];
+      if (v < 0) return -1;
+      if (this.keyA[h] === a && this.keyB[h] === b) return v;
+      h = (h + 1) & this.mask;
     }
   }
 }
