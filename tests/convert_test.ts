@@ -334,6 +334,15 @@ Deno.test("tool_call parsing: Python literals as ast.unparse/astunparse write th
   assertEquals(parseToolCall("tool_call(s='\\u4e2d\\x41\\n')"), { s: "中A\n" });
 });
 
+Deno.test("tool_call parsing reads back what Python's ast.unparse wrote (tools/make_toolcall_fixtures.py)", async () => {
+  const cases = JSON.parse(await Deno.readTextFile(FIX + "tool_calls.json")) as {
+    parameters: Record<string, unknown>;
+    text: string;
+  }[];
+  assert(cases.length >= 8);
+  for (const c of cases) assertEquals(parseToolCall(c.text), c.parameters, c.text);
+});
+
 Deno.test("split: deterministic per (seed, index), near the asked fraction, stable across runs", () => {
   const split = parseSplit("dev=0.05", 42);
   const parts = Array.from({ length: 20000 }, (_, i) => splitPart(split, i));
