@@ -181,3 +181,40 @@ export function encodeColSum(
   ]));
   dispatch(gpu, pass, getPipeline(gpu, colSumShader(wg)), [u, a.src, a.dst], grid(gpu, a.cols, wg));
 }
+
+function tanhShader(wg: number, backward: boolean): string {
+  return `struct U { n: u32 }
+@group(0) @binding(0) var<uniform> u: U;
+${
+    backward
+      ? `@group(0) @binding(1) var<storage, read> h: array<f32>;
+@group(0) @binding(2) var<storage, read_write> g: array<f32>;`
+      : `@group(0) @binding(1) var<storage, read_write> y: array<f32>;`
+  }
+${entry(wg)}
+  if (idx >= u.n) { return; }
+  ${backward ? "let t = h[idx]; g[idx] *= 1.0 - t * t;" : "y[idx] = tanh(y[idx]);"}
+}`;
+}
+
+/** y = tanh(y) in place (the prefix encoder's projection). */
+export function encodeTanh(gpu: Gpu, pass: GPUComputePassEncoder, y: GPUBuffer, n: number): void {
+  if (n <= 0) return;
+  const wg = rowWorkgroup(gpu) * 8;
+  const u = uniforms(gpu).alloc(packUniforms([{ u: n }]));
+  dispatch(gpu, pass, getPipeline(gpu, tanhShader(wg, false)), [u, y], grid(gpu, n, wg));
+}
+
+/** g ⊙= 1 − h² in place, with h = tanh(x) from the forward: the backward of encodeTanh. */
+export function encodeTanhBackward(
+  gpu: Gpu,
+  pass: GPUComputePassEncoder,
+  h: GPUBuffer,
+  g: GPUBuffer,
+  n: number,
+): void {
+  if (n <= 0) return;
+  const wg = rowWorkgroup(gpu) * 8;
+  const u = uniforms(gpu).alloc(packUniforms([{ u: n }]));
+  dispatch(gpu, pass, getPipeline(gpu, tanhShader(wg, true)), [u, h, g], grid(gpu, n, wg));
+}

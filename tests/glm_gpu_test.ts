@@ -1,0 +1,305 @@
+/**
+ * The WebGPU ChatGLM3 model against the PyTorch fixtures of the tiny model
+ * (tools/make_tiny_model.py): logits and loss, greedy generation with the KV
+ * cache, and gradients of every trainable kind (LoRA, P-Tuning v2 with and
+ * without projection, full SFT), at 1e-4 relative.
+ */
+import assert from "node:assert";
+import { getGpu } from "../lib/gpu/device.ts";
+import { createBuffer, readF32 } from "../lib/gpu/runtime.ts";
+import {
+  type AdapterSpec,
+  createGlmModel,
+  type GlmConfigFields,
+  type GlmModel,
+  memoryWeights,
+} from "../lib/model/glm.ts";
+
+const FIX = new URL("./fixtures/", import.meta.url);
+
+interface Case {
+  name: string;
+  batch: number;
+  seq: number;
+  input_ids: number[][];
+  labels: number[][];
+  loss: number;
+  max_abs: number;
+  rows: { head: number[]; sum: number; sumsq: number }[];
+}
+const expected = JSON.parse(
+  await Deno.readTextFile(new URL("tiny-expected/forward.json", FIX)),
+) as {
+  cases: Case[];
+  rope_case: Case & { rope_ratio: number };
+  greedy: { prompt: number[]; tokens: number[] }[];
+  grads: {
+    input_ids: number[][];
+    labels: number[][];
+    kinds: Record<string, {
+      loss: number;
+      params: string[];
+      r?: number;
+      alpha?: number;
+      target_modules?: string[];
+      pre_seq_len?: number;
+      prefix_projection?: boolean;
+    }>;
+  };
+};
+
+/** The fixtures are f32 safetensors: header length, JSON header, data. */
+async function readF32Safetensors(
+  path: URL,
+): Promise<Map<string, { shape: number[]; data: Float32Array }>> {
+  const bytes = await Deno.readFile(path);
+  const n = Number(new DataView(bytes.buffer).getBigUint64(0, true));
+  const header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + n)));
+  const out = new Map<string, { shape: number[]; data: Float32Array }>();
+  for (const [name, info] of Object.entries(header)) {
+    if (name === "__metadata__") continue;
+    const { dtype, shape, data_offsets: [a, b] } = info as {
+      dtype: string;
+      shape: number[];
+      data_offsets: [number, number];
+    };
+    assert.equal(dtype, "F32");
+    out.set(name, { shape, data: new Float32Array(bytes.slice(8 + n + a, 8 + n + b).buffer) });
+  }
+  return out;
+}
+
+const config: GlmConfigFields = JSON.parse(
+  await Deno.readTextFile(new URL("tiny/config.json", FIX)),
+);
+const tensors = await readF32Safetensors(new URL("tiny/model.safetensors", FIX));
+const V = config.padded_vocab_size;
+
+async function model(
+  adapter: AdapterSpec,
+  extra: Partial<{ frozenF16: boolean; gradientCheckpointing: boolean; rope: number }> = {},
+): Promise<GlmModel> {
+  const gpu = await getGpu();
+  const cfg = extra.rope ? { ...config, rope_ratio: extra.rope } : config;
+  return await createGlmModel(gpu, cfg, memoryWeights(tensors), {
+    adapter,
+    frozenF16: extra.frozenF16 ?? false,
+    gradientCheckpointing: extra.gradientCheckpointing,
+    maxBatch: 2,
+    maxSeq: 68,
+    seed: 1,
+  });
+}
+
+const flat = (rows: number[][]) => Int32Array.from(rows.flat());
+
+function maxAbs(a: ArrayLike<number>): number {
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]));
+  return m;
+}
+
+function validCount(labels: number[][]): number {
+  let n = 0;
+  for (const row of labels) for (let s = 1; s < row.length; s++) if (row[s] !== -100) n++;
+  return n;
+}
+
+/** Logits vs the fixture's per-row statistics; returns the worst error relative to max |logit|. */
+function checkRows(logits: Float32Array, c: Case, rel: number): number {
+  let worst = 0;
+  c.rows.forEach((row, r) => {
+    const got = logits.subarray(r * V, (r + 1) * V);
+    row.head.forEach((v, i) => (worst = Math.max(worst, Math.abs(got[i] - v))));
+    let sumsq = 0;
+    for (const v of got) sumsq += v * v;
+    assert(
+      Math.abs(sumsq - row.sumsq) <= 10 * rel * row.sumsq,
+      `${c.name} row ${r} sumsq ${sumsq} vs ${row.sumsq}`,
+    );
+  });
+  const e = worst / c.max_abs;
+  assert(e <= rel, `${c.name}: logits differ by ${e} relative`);
+  return e;
+}
+
+async function loss(m: GlmModel, c: Case): Promise<number> {
+  const gpu = await getGpu();
+  const buf = createBuffer(gpu, 16);
+  m.forwardLoss(
+    { batch: c.batch, seq: c.seq, inputIds: flat(c.input_ids), labels: flat(c.labels) },
+    buf,
+    2,
+  );
+  const l = (await readF32(gpu, buf))[2] / validCount(c.labels);
+  buf.destroy();
+  return l;
+}
+
+Deno.test("GPU model: logits and loss match PyTorch (f32 weights; f16 frozen weights loosely)", async () => {
+  const m = await model({ kind: "none" });
+  const report: string[] = [];
+  for (const c of expected.cases) {
+    const e = checkRows(await m.logits(flat(c.input_ids), c.batch, c.seq), c, 1e-4);
+    const l = await loss(m, c);
+    const le = Math.abs(l - c.loss) / c.loss;
+    assert(le <= 1e-4, `${c.name} loss ${l} vs ${c.loss}`);
+    report.push(`${c.name}: logits ${e.toExponential(1)} loss ${le.toExponential(1)}`);
+  }
+  m.destroy();
+  const r = await model({ kind: "none" }, { rope: expected.rope_case.rope_ratio });
+  const c = expected.rope_case;
+  checkRows(await r.logits(flat(c.input_ids), c.batch, c.seq), c, 1e-4);
+  assert(Math.abs((await loss(r, c)) - c.loss) <= 1e-4 * c.loss);
+  r.destroy();
+  const h = await model({ kind: "none" }, { frozenF16: true });
+  const e16 = checkRows(
+    await h.logits(flat(expected.cases[0].input_ids), 2, expected.cases[0].seq),
+    expected.cases[0],
+    5e-3,
+  );
+  h.destroy();
+  console.log(report.join("; ") + `; f16 weights ${e16.toExponential(1)}`);
+});
+
+Deno.test("GPU model: greedy generation with the KV cache gives PyTorch's tokens", async () => {
+  const m = await model({ kind: "none" });
+  const prompts = expected.greedy.map((g) => g.prompt);
+  const streamed: number[][] = prompts.map(() => []);
+  const got = await m.generate(prompts, {
+    maxNewTokens: 32,
+    stopIds: [],
+    onToken: (row, id) => streamed[row].push(id),
+  });
+  expected.greedy.forEach((g, i) => assert.deepEqual(got[i], g.tokens, `prompt ${i}`));
+  assert.deepEqual(streamed, got);
+  const stopped = await m.generate([prompts[0]], {
+    maxNewTokens: 32,
+    stopIds: [expected.greedy[0].tokens[3]],
+  });
+  assert.deepEqual(stopped[0], expected.greedy[0].tokens.slice(0, 3));
+  // Sampling: reproducible with a seed, and top-k 1 is greedy.
+  const s1 = await m.generate(prompts, {
+    maxNewTokens: 8,
+    stopIds: [],
+    doSample: true,
+    temperature: 0.8,
+    topP: 0.9,
+    seed: 5,
+  });
+  const s2 = await m.generate(prompts, {
+    maxNewTokens: 8,
+    stopIds: [],
+    doSample: true,
+    temperature: 0.8,
+    topP: 0.9,
+    seed: 5,
+  });
+  assert.deepEqual(s1, s2);
+  const k1 = await m.generate(prompts, {
+    maxNewTokens: 8,
+    stopIds: [],
+    doSample: true,
+    topK: 1,
+    seed: 3,
+  });
+  expected.greedy.forEach((g, i) => assert.deepEqual(k1[i], g.tokens.slice(0, 8)));
+  m.destroy();
+});
+
+function adapterFor(kind: string, meta: typeof expected.grads.kinds[string]): AdapterSpec {
+  if (kind.startsWith("lora")) {
+    return {
+      kind: "lora",
+      r: meta.r!,
+      alpha: meta.alpha!,
+      dropout: 0,
+      targetModules: meta.target_modules!,
+    };
+  }
+  if (kind.startsWith("prefix")) {
+    return {
+      kind: "prefix",
+      preSeqLen: meta.pre_seq_len!,
+      prefixProjection: meta.prefix_projection!,
+      dropout: 0,
+    };
+  }
+  return { kind: "full" };
+}
+
+async function gradients(
+  m: GlmModel,
+  inits: Map<string, Float32Array>,
+): Promise<{ loss: number; grads: Map<string, Float32Array> }> {
+  const gpu = await getGpu();
+  if (inits.size) m.setParams(inits);
+  const { input_ids, labels } = expected.grads;
+  const B = input_ids.length, S = input_ids[0].length;
+  const count = validCount(labels);
+  const lossBuf = createBuffer(gpu, 16);
+  const enc = gpu.device.createCommandEncoder();
+  m.zeroGrads(enc);
+  gpu.device.queue.submit([enc.finish()]);
+  m.forwardBackward(
+    { batch: B, seq: S, inputIds: flat(input_ids), labels: flat(labels) },
+    { gradScale: 1 / count, lossBuffer: lossBuf, lossSlot: 1, training: true, dropoutSeed: 9 },
+  );
+  const loss = (await readF32(gpu, lossBuf))[1] / count;
+  const grads = new Map<string, Float32Array>();
+  for (const p of m.params) grads.set(p.name, await readF32(gpu, p.grad, p.size));
+  lossBuf.destroy();
+  return { loss, grads };
+}
+
+for (const [kind, meta] of Object.entries(expected.grads.kinds)) {
+  Deno.test(`GPU model: gradients match PyTorch: ${kind}`, async () => {
+    const file = await readF32Safetensors(new URL(`tiny-expected/grads_${kind}.safetensors`, FIX));
+    const m = await model(adapterFor(kind, meta));
+    assert.deepEqual(m.params.map((p) => p.name).sort(), [...meta.params].sort());
+    const init = new Map<string, Float32Array>();
+    for (const [k, v] of file) if (k.startsWith("init/")) init.set(k.slice(5), v.data);
+    const { loss, grads } = await gradients(m, init);
+    assert(Math.abs(loss - meta.loss) <= 1e-4 * meta.loss, `loss ${loss} vs ${meta.loss}`);
+    let worstRel = 0;
+    for (const name of meta.params) {
+      const want = file.get("grad/" + name)!.data, got = grads.get(name)!;
+      const scale = maxAbs(want);
+      let worst = 0;
+      for (let i = 0; i < want.length; i++) worst = Math.max(worst, Math.abs(want[i] - got[i]));
+      assert(worst <= 1e-4 * scale, `${kind} ${name}: max diff ${worst} vs max |grad| ${scale}`);
+      worstRel = Math.max(worstRel, worst / scale);
+    }
+    console.log(
+      `${kind}: loss ${loss} (PyTorch ${meta.loss}), worst gradient error ${
+        worstRel.toExponential(1)
+      } relative`,
+    );
+    m.destroy();
+  });
+}
+
+Deno.test("GPU model: gradient checkpointing gives the same gradients; dropout is seeded", async () => {
+  const meta = expected.grads.kinds["lora_all"];
+  const file = await readF32Safetensors(new URL(`tiny-expected/grads_lora_all.safetensors`, FIX));
+  const init = new Map<string, Float32Array>();
+  for (const [k, v] of file) if (k.startsWith("init/")) init.set(k.slice(5), v.data);
+  const a = await gradients(await model(adapterFor("lora_all", meta)), init);
+  const b = await gradients(
+    await model(adapterFor("lora_all", meta), { gradientCheckpointing: true }),
+    init,
+  );
+  for (const [name, g] of a.grads) assert.deepEqual(b.grads.get(name), g, name);
+  const drop: AdapterSpec = {
+    kind: "lora",
+    r: 4,
+    alpha: 32,
+    dropout: 0.3,
+    targetModules: meta.target_modules!,
+  };
+  const d1 = await gradients(await model(drop), init);
+  const d2 = await gradients(await model(drop, { gradientCheckpointing: true }), init);
+  assert.notEqual(d1.loss, a.loss);
+  assert.equal(d1.loss, d2.loss);
+  for (const [name, g] of d1.grads) assert.deepEqual(d2.grads.get(name), g, name);
+});
