@@ -52,3 +52,28 @@ export type {
 } from "./lib/config/config.ts";
 export { runPipeline } from "./lib/pipeline/runner.ts";
 export type { RunOptions, RunResult, StageResolver } from "./lib/pipeline/runner.ts";
+export { SentencePieceModel } from "./lib/tokenizer/sentencepiece.ts";
+export { ChatGLMTokenizer, SPECIAL_TOKENS } from "./lib/tokenizer/chatglm.ts";
+export type { ChatRole, HistoryItem, SpecialToken } from "./lib/tokenizer/chatglm.ts";
+export {
+  conversationMessages,
+  tokenizeConversation,
+  TOOL_DEFINITION_PREFIX,
+} from "./lib/tokenizer/conversation.ts";
+export type { ChatMessage, TokenizedMessage } from "./lib/tokenizer/conversation.ts";
+export { tokenizeRecord, tokenizeRecords } from "./lib/tokenizer/records.ts";
+export { pythonJsonDumps, pythonRepr, renderToolCall } from "./lib/tokenizer/pyformat.ts";
+export {
+  evalRecords,
+  IGNORE_INDEX,
+  maskRecords,
+  MaskStats,
+  trainRecord,
+} from "./lib/data/masks.ts";
+export type {
+  EvalRecord,
+  Limits,
+  MaskOptions,
+  TokenizedRecord,
+  TrainRecord,
+} from "./lib/data/masks.ts";
