@@ -9,6 +9,7 @@ import {
 import { detectFormat } from "../lib/data/formats/mod.ts";
 import { parseToolCall } from "../lib/data/pyliteral.ts";
 import { readJsonRecords } from "../lib/jsonl.ts";
+import { renderToolCall } from "../lib/tokenizer/pyformat.ts";
 import { UserError } from "../lib/errors.ts";
 
 const FIX = new URL("./fixtures/convert/", import.meta.url).pathname;
@@ -341,6 +342,12 @@ Deno.test("tool_call parsing reads back what Python's ast.unparse wrote (tools/m
   }[];
   assert(cases.length >= 8);
   for (const c of cases) assertEquals(parseToolCall(c.text), c.parameters, c.text);
+  // Read back and rendered again (as tokenize renders a tool message), the text is unchanged:
+  // a native-format tool call costs no token. Integers beyond 2^53 are the exception (JSON
+  // numbers are doubles), so that case is left out.
+  for (const c of cases.filter((c) => !c.text.includes("12345678901234567890"))) {
+    assertEquals(renderToolCall(parseToolCall(c.text)), c.text);
+  }
 });
 
 Deno.test("split: deterministic per (seed, index), near the asked fraction, stable across runs", () => {
