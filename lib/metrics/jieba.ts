@@ -20,13 +20,23 @@
  * The module is loaded on first use: 4 MB of wasm plus a dictionary that takes
  * ~0.5 s to build, a cost only evaluation should pay.
  */
+import { UserError } from "../errors.ts";
+
 type CutFn = (text: string, hmm?: boolean | null) => string[];
 
 let loading: Promise<CutFn> | undefined;
 
 async function load(): Promise<CutFn> {
-  const mod = await import("jieba-wasm");
-  return mod.cut as CutFn;
+  try {
+    const mod = await import("jieba-wasm");
+    return mod.cut as CutFn;
+  } catch (e) {
+    loading = undefined; // let a later call try again
+    throw new UserError(
+      `jieba could not be loaded (npm:jieba-wasm@2.4.0 — is the npm registry or Deno's cache reachable?): ` +
+        `${e instanceof Error ? e.message : e}; --segmenter char scores without it`,
+    );
+  }
 }
 
 /** Python jieba's `re_han_default`. */
