@@ -555,7 +555,16 @@ export class JsonlSink {
     this.buf = [];
     this.bufLen = 0;
     if (this.file) await this.file.write(bytes);
-    else await this.stdout!.write(bytes);
+    else {
+      try {
+        await this.stdout!.write(bytes);
+      } catch (e) {
+        if (e instanceof Deno.errors.BrokenPipe) {
+          throw new UserError("standard output was closed before every record was written");
+        }
+        throw e;
+      }
+    }
   }
   async commit(): Promise<void> {
     await this.flush();
