@@ -1,0 +1,206 @@
+/**
+ * Device memory the WebGPU model and trainer need for a config, an adapter and
+ * a micro-batch shape, by kind of buffer, computed without a device (so it
+ * runs for the real chatglm3-6b config on any machine: `--dry-run`).
+ *
+ * The plan mirrors the buffers lib/model/glm.ts allocates; docs/model.md
+ * lists them one by one. Assumptions, in short:
+ *  - frozen weight matrices f16 (2 bytes) when frozenF16, else f32; norm
+ *    weights and biases f32; trainable tensors, their gradients and AdamW's
+ *    two moments f32;
+ *  - the residual stream entering every layer (and leaving the last) is kept,
+ *    f32, in both modes; per-layer activations (norm outputs and their 1/rms,
+ *    the fused qkv, the attention output, per-row softmax max and sum — the
+ *    probabilities are recomputed in backward, never stored —, the post-
+ *    attention sum, the MLP input, dense_h_to_4h output and SwiGLU output,
+ *    LoRA's x·Aᵀ) are kept for every layer, or, with gradient checkpointing,
+ *    for one layer that is recomputed in backward;
+ *  - one set of backward scratch buffers shared by all layers;
+ *  - logits are computed a chunk of rows at a time, as many rows as fit one
+ *    storage binding, and their gradient overwrites them in place;
+ *  - a micro-batch may be fed to the model `rowsPerPass` records at a time
+ *    (gradients add up, the loss scale covers the whole micro-batch), so the
+ *    activation buffers are sized for rowsPerPass·seq tokens.
+ */
+
+/** The config.json fields the plan reads (HF chatglm3 spelling). */
+export interface PlanConfig {
+  num_layers: number;
+  hidden_size: number;
+  ffn_hidden_size: number;
+  kv_channels: number;
+  num_attention_heads: number;
+  multi_query_attention?: boolean;
+  multi_query_group_num: number;
+  padded_vocab_size: number;
+  add_qkv_bias?: boolean;
+}
+
+export type PlanAdapter =
+  | { kind: "lora"; r: number; targetModules: string[] }
+  | { kind: "prefix"; preSeqLen: number; prefixProjection: boolean; prefixHiddenSize?: number }
+  | { kind: "full" }
+  | { kind: "none" };
+
+export interface PlanOptions {
+  adapter: PlanAdapter;
+  /** Records per optimizer micro-batch (per_device_train_batch_size). */
+  batch: number;
+  /** Padded sequence length. */
+  seq: number;
+  /** Records per forward/backward pass; the buffers are sized for this many rows. Default: batch. */
+  rowsPerPass?: number;
+  /** Frozen base weights stored as f16. Default: true unless full SFT. */
+  frozenF16?: boolean;
+  gradientCheckpointing: boolean;
+  /** Largest storage binding in bytes (logit chunking). Default 1 GiB. */
+  maxBindingBytes?: number;
+  /** Tokens per generated sequence (prompt + new tokens) for the KV cache line. Default: seq. */
+  generateLength?: number;
+}
+
+export interface MemoryPlan {
+  /** Bytes per kind. */
+  frozenWeights: number;
+  trainableWeights: number;
+  gradients: number;
+  optimizerMoments: number;
+  activations: number;
+  logits: number;
+  /** Everything a training step holds at once. */
+  total: number;
+  /** Generation, not part of total: f32 keys and values of every layer for batch × generateLength. */
+  kvCache: number;
+  /** Rows of logits computed per chunk. */
+  logitRows: number;
+  /** Tokens per pass (rowsPerPass · seq). */
+  tokensPerPass: number;
+  /** The activation bytes split by buffer group, for the table. */
+  activationParts: Record<string, number>;
+}
+
+const F32 = 4, F16 = 2;
+
+export function memoryPlan(config: PlanConfig, opts: PlanOptions): MemoryPlan {
+  const L = config.num_layers, h = config.hidden_size, F = config.ffn_hidden_size;
+  const D = config.kv_channels, H = config.num_attention_heads;
+  const G = config.multi_query_attention === false ? H : config.multi_query_group_num;
+  const V = config.padded_vocab_size, W = (H + 2 * G) * D, A = H * D;
+  const a = opts.adapter;
+  const rows = opts.rowsPerPass ?? opts.batch;
+  if (!(rows >= 1 && rows <= opts.batch)) {
+    throw new Error(`rowsPerPass must be in 1..batch, got ${rows}`);
+  }
+  const T = rows * opts.seq;
+  const frozenF16 = opts.frozenF16 ?? a.kind !== "full";
+
+  // Base weights: matrices and vectors.
+  const layerMatrices = W * h + h * A + 2 * F * h + h * F;
+  const matrices = 2 * V * h + L * layerMatrices;
+  const vectors = L * (2 * h + (config.add_qkv_bias === false ? 0 : W)) + h;
+  const baseParams = matrices + vectors;
+
+  let trainable = 0;
+  const loraIn: number[] = [];
+  if (a.kind === "lora") {
+    const dims: Record<string, [number, number]> = {
+      query_key_value: [h, W],
+      dense: [A, h],
+      dense_h_to_4h: [h, 2 * F],
+      dense_4h_to_h: [F, h],
+    };
+    for (const t of a.targetModules) {
+      const d = dims[t];
+      if (!d) throw new Error(`unknown LoRA target module "${t}"`);
+      trainable += L * a.r * (d[0] + d[1]);
+      loraIn.push(d[0]);
+    }
+  }
+  const C = L * 2 * G * D;
+  const P = a.kind === "prefix" ? a.preSeqLen : 0;
+  const prefixHidden = a.kind === "prefix" && a.prefixProjection ? a.prefixHiddenSize ?? h : 0;
+  if (a.kind === "prefix") {
+    trainable += P * C;
+    if (a.prefixProjection) trainable += prefixHidden * C + prefixHidden + C * prefixHidden + C;
+  }
+  if (a.kind === "full") trainable = baseParams;
+
+  const frozenWeights = a.kind === "full" ? 0 : matrices * (frozenF16 ? F16 : F32) + vectors * F32;
+  const trainableWeights = trainable * F32;
+  const trains = a.kind !== "none";
+  const gradients = trains ? trainable * F32 : 0;
+  const optimizerMoments = trains ? 2 * trainable * F32 : 0;
+
+  const loraR = a.kind === "lora" ? a.r : 0;
+  const perLayer = T * (h + 1 + W + A + 2 * H + h + h + 1 + 2 * F + F + loraR * loraIn.length);
+  const layerSets = trains ? (opts.gradientCheckpointing ? 1 : L) : 1;
+  const maxIn = loraR ? Math.max(...loraIn) : 0;
+  const parts: Record<string, number> = {
+    "residual stream (L+1 layer inputs)": (L + 1) * T * h * F32,
+    [`per-layer activations × ${layerSets}`]: layerSets * perLayer * F32,
+    "backward scratch": trains ? T * (h + h + A + W + F + 2 * F + 2 * maxIn + loraR) * F32 : 0,
+    "ids, targets, positions, final norm, row losses": (3 * T + 3 * T + 1 + T * h + T + T) * F32,
+    "prefix keys/values": P ? (2 * rows * P * C + P * C + 2 * P * prefixHidden) * F32 : 0,
+  };
+  const activations = Object.values(parts).reduce((x, y) => x + y, 0);
+
+  const binding = opts.maxBindingBytes ?? 2 ** 30;
+  const logitRows = Math.max(1, Math.min(T, Math.floor(binding / (V * F32))));
+  const logits = logitRows * V * F32;
+  const kvCache = L * 2 * opts.batch * (opts.generateLength ?? opts.seq) * G * D * F32;
+  const total = frozenWeights + trainableWeights + gradients + optimizerMoments + activations +
+    logits;
+  return {
+    frozenWeights,
+    trainableWeights,
+    gradients,
+    optimizerMoments,
+    activations,
+    logits,
+    total,
+    kvCache,
+    logitRows,
+    tokensPerPass: T,
+    activationParts: parts,
+  };
+}
+
+const MiB = 2 ** 20;
+
+/** The plan as a fixed-width table in MiB. */
+export function formatMemoryPlan(plan: MemoryPlan, title = "memory plan"): string {
+  const row = (name: string, bytes: number) =>
+    `  ${name.padEnd(52)}${(bytes / MiB).toFixed(1).padStart(12)} MiB`;
+  const lines = [
+    `${title} (${plan.tokensPerPass} tokens per pass, logits in chunks of ${plan.logitRows} rows)`,
+    row("frozen base weights", plan.frozenWeights),
+    row("trainable weights (f32)", plan.trainableWeights),
+    row("gradients (f32)", plan.gradients),
+    row("AdamW moments m, v (f32)", plan.optimizerMoments),
+    row("activations kept for backward + scratch", plan.activations),
+    ...Object.entries(plan.activationParts).filter(([, b]) => b > 0).map(([n, b]) =>
+      row(`  ${n}`, b)
+    ),
+    row("logits chunk (gradient in place)", plan.logits),
+    row("total", plan.total),
+    row("KV cache for generation (not in total)", plan.kvCache),
+  ];
+  return lines.join("\n");
+}
+
+/**
+ * The most records per pass (≤ batch) whose plan fits `budgetBytes`, or 0 if
+ * even one record does not fit. Splitting a micro-batch into passes changes
+ * nothing in the result: gradients add up and the loss scale covers the
+ * whole micro-batch.
+ */
+export function largestRowsPerPass(
+  config: PlanConfig,
+  opts: PlanOptions,
+  budgetBytes: number,
+): number {
+  for (let rows = opts.batch; rows >= 1; rows--) {
+    if (memoryPlan(config, { ...opts, rowsPerPass: rows }).total <= budgetBytes) return rows;
+  }
+  return 0;
+}

@@ -1,0 +1,124 @@
+/** The memory plan: parameter counts of the real chatglm3-6b, and the LoRA job PyTorch runs in 14,082 MiB. */
+import assert from "node:assert";
+import {
+  formatMemoryPlan,
+  largestRowsPerPass,
+  memoryPlan,
+  type PlanAdapter,
+  type PlanConfig,
+} from "../lib/model/memory_plan.ts";
+import { baseWeightShapes, type CpuGlmConfig, trainableShapes } from "../lib/model/cpu/glm.ts";
+
+const fixture = (p: string) => new URL(`./fixtures/${p}`, import.meta.url);
+const glm6b: PlanConfig & CpuGlmConfig = JSON.parse(
+  await Deno.readTextFile(fixture("chatglm3-6b-config.json")),
+);
+const tiny: PlanConfig & CpuGlmConfig = JSON.parse(
+  await Deno.readTextFile(fixture("tiny/config.json")),
+);
+const MiB = 2 ** 20;
+/** What ChatGLM3's finetune_demo reports for LoRA r=8 with its lora.yaml (batch 4, 256+512 tokens). */
+const PYTORCH_LORA_MIB = 14082;
+
+const lora8: PlanAdapter = { kind: "lora", r: 8, targetModules: ["query_key_value"] };
+const job = { adapter: lora8, batch: 4, seq: 768, frozenF16: true, gradientCheckpointing: true };
+
+Deno.test("chatglm3-6b: 6,243,584,000 base parameters, 1,949,696 LoRA r=8 parameters", () => {
+  const none = memoryPlan(glm6b, { ...job, adapter: { kind: "none" } });
+  const full = memoryPlan(glm6b, { ...job, adapter: { kind: "full" } });
+  assert.equal(full.trainableWeights / 4, 6_243_584_000);
+  // f16 matrices, f32 norm weights and qkv biases.
+  assert.equal(none.frozenWeights, 2 * (6_243_584_000 - 362_496) + 4 * 362_496);
+  assert.equal(memoryPlan(glm6b, job).trainableWeights / 4, 1_949_696); // as PEFT prints for chatglm3-6b
+});
+
+Deno.test("chatglm3-6b LoRA r=8, batch 4 × 768, f16 base: below PyTorch's 14,082 MiB", () => {
+  const budget = PYTORCH_LORA_MIB * MiB;
+  const onePass = memoryPlan(glm6b, job);
+  console.log(formatMemoryPlan(onePass, "chatglm3-6b LoRA r=8 qkv, batch 4 in one pass"));
+  const rows = largestRowsPerPass(glm6b, job, budget);
+  assert(rows >= 1, "even one record per pass does not fit");
+  const plan = memoryPlan(glm6b, { ...job, rowsPerPass: rows });
+  console.log(formatMemoryPlan(plan, `chatglm3-6b LoRA r=8 qkv, batch 4 in passes of ${rows}`));
+  assert(plan.total < budget, `${plan.total / MiB} MiB`);
+  // The pieces add up, and halving the rows per pass halves every token-sized buffer.
+  const sum = plan.frozenWeights + plan.trainableWeights + plan.gradients + plan.optimizerMoments +
+    plan.activations + plan.logits;
+  assert.equal(plan.total, sum);
+  const one = memoryPlan(glm6b, { ...job, rowsPerPass: 1 });
+  const two = memoryPlan(glm6b, { ...job, rowsPerPass: 2 });
+  assert(Math.abs(two.activations - 2 * one.activations) < 64, "activations scale with tokens");
+  assert.equal(two.logits, 2 * one.logits);
+});
+
+Deno.test("gradient checkpointing keeps one layer's activations instead of every layer's", () => {
+  const kept = memoryPlan(glm6b, { ...job, gradientCheckpointing: false, rowsPerPass: 1 });
+  const ckpt = memoryPlan(glm6b, { ...job, rowsPerPass: 1 });
+  const layer = kept.activationParts["per-layer activations × 28"];
+  assert.equal(layer, 28 * ckpt.activationParts["per-layer activations × 1"]);
+  assert(kept.total > ckpt.total);
+  console.log(
+    formatMemoryPlan(kept, "chatglm3-6b LoRA r=8 qkv, 1 × 768 per pass, no checkpointing"),
+  );
+  for (
+    const adapter of [{ kind: "prefix", preSeqLen: 128, prefixProjection: false }, {
+      kind: "full",
+    }] as const
+  ) {
+    const p = memoryPlan(glm6b, { ...job, adapter, rowsPerPass: 1 });
+    console.log(formatMemoryPlan(p, `chatglm3-6b ${adapter.kind}, 1 × 768 per pass`));
+  }
+});
+
+Deno.test("trainable sizes agree with the model's own tensor lists", () => {
+  const adapters: [PlanAdapter, Parameters<typeof trainableShapes>[1]][] = [
+    [
+      {
+        kind: "lora",
+        r: 4,
+        targetModules: ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+      },
+      {
+        kind: "lora",
+        r: 4,
+        alpha: 8,
+        dropout: 0,
+        targetModules: ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+      },
+    ],
+    [
+      { kind: "prefix", preSeqLen: 4, prefixProjection: true },
+      { kind: "prefix", preSeqLen: 4, prefixProjection: true },
+    ],
+    [{ kind: "prefix", preSeqLen: 4, prefixProjection: false }, {
+      kind: "prefix",
+      preSeqLen: 4,
+      prefixProjection: false,
+    }],
+    [{ kind: "full" }, { kind: "full" }],
+  ];
+  const count = (m: Map<string, number[]>) =>
+    [...m.values()].reduce((s, sh) => s + sh.reduce((a, b) => a * b, 1), 0);
+  for (const cfg of [tiny, glm6b]) {
+    for (const [plan, spec] of adapters) {
+      const p = memoryPlan(cfg, { adapter: plan, batch: 2, seq: 16, gradientCheckpointing: false });
+      assert.equal(p.trainableWeights / 4, count(trainableShapes(cfg, spec)), `${plan.kind}`);
+      assert.equal(p.gradients, p.trainableWeights);
+      assert.equal(p.optimizerMoments, 2 * p.trainableWeights);
+    }
+    const none = memoryPlan(cfg, {
+      adapter: { kind: "none" },
+      batch: 1,
+      seq: 8,
+      frozenF16: false,
+      gradientCheckpointing: false,
+    });
+    assert.equal(none.frozenWeights / 4, count(baseWeightShapes(cfg)));
+    assert.equal(none.gradients + none.optimizerMoments, 0);
+  }
+});
+
+Deno.test("the KV cache line: layers × (k, v) × batch × length × groups × kv_channels f32", () => {
+  const p = memoryPlan(glm6b, { ...job, generateLength: 1024 });
+  assert.equal(p.kvCache, 28 * 2 * 4 * 1024 * 2 * 128 * 4);
+});
