@@ -220,9 +220,16 @@ LATIN = [
 ]
 
 
+def demo_records(n=40):
+    # The embedded demo's dev set: what the demo pipelines actually score.
+    with open(os.path.join("data", "demo", "dev.json"), encoding="utf-8") as f:
+        return [json.loads(line) for line in f][:n]
+
+
 def segment_sentences():
     # Sentences whose segmentation is compared token by token.
-    return ZH + EN + MIXED + SPECIAL + LATIN + [
+    demo = [r["summary"] for r in demo_records()] + [r["content"] for r in demo_records(10)]
+    return ZH + EN + MIXED + SPECIAL + LATIN + demo + [
         "不挑身材的宽松版型，让你穿出随性自在的感觉，时尚又百搭。",
         "小个子女生也能轻松驾驭的高腰设计，拉长腿部线条。",
         "黑色的经典配色，低调而不失格调，适合各种场合。",
@@ -292,6 +299,10 @@ def make_pairs():
     pairs.append(("什么？！真的？", "什么？真的？"))
     for s in LATIN:
         pairs.append((s, rng.choice(LATIN)))
+    # Demo summaries against each other: a half-trained model's typical output.
+    demo = [r["summary"] for r in demo_records()]
+    for i in range(0, 20, 2):
+        pairs.append((demo[i], demo[i + 1]))
     return pairs
 
 
