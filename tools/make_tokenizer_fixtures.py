@@ -8,6 +8,7 @@ Writes tests/fixtures/tokenizer/:
   nfkc_bpe.model.gz  BPE + byte fallback, nmt_nfkc precompiled charsmap, remove_extra_whitespaces,
                    user-defined symbols (exercises the charsmap trie and the prefix matcher)
   plain_bpe.model  BPE without byte fallback (unknown characters become <unk>)
+  unigram.model    unigram (Viterbi) with byte fallback and user-defined symbols
   encode.json.gz   strings -> ids (sentencepiece `encode`), decode(ids) texts, decodes of
                    arbitrary id sequences, and seeds for long texts generated on both sides
   conversations.json.gz  conversations -> tokenized messages, masked train and eval records
@@ -132,7 +133,7 @@ def corpus(rng, n):
     return lines
 
 
-def train(workdir, name, lines, **kw):
+def train(workdir, name, lines, model_type="bpe", **kw):
     path = os.path.join(workdir, name + ".txt")
     with open(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
@@ -140,7 +141,7 @@ def train(workdir, name, lines, **kw):
     spm.SentencePieceTrainer.train(
         input=path,
         model_prefix=prefix,
-        model_type="bpe",
+        model_type=model_type,
         num_threads=2,
         minloglevel=2,
         shuffle_input_sentence=False,
@@ -191,7 +192,7 @@ def special_strings(rng):
         "مرحبا", "שלום", "नमस्ते", "สวัสดี", "Ελληνικά", "日本語のテキスト", "𝕏𝕐𝕑", "𠀀𠀁𠀂", "𝄞",
         "😀", "👍🏽", "👨‍👩‍👧", "🇨🇳", "a😀b", "😀😀😀", "❤️", "\U0010fffd", "\ue000", "\ufffd",
         "12345678901234567890", "3.14159", "-42", "1e-5", "0x1F", "2024年1月1日", "100%",
-        "@@", "a@@b", "[SEP]", "x[SEP]y", "@@ @@", "  @@  ",
+        "@@", "a@@b", "[SEP]", "x[SEP]y", "@@ @@", "  @@  ", "<br>", "line<br>break", "<br><br>",
     ]
     # Whitespace runs of every kind and length.
     for n in range(1, 9):
@@ -425,7 +426,7 @@ def make_conversations(rng):
                 conv["conversations"].append(msg)
             content = rng.choice([cn_sentence, en_sentence, mixed_sentence])(rng)
             if kind == 5 and rng.random() < 0.3:
-                content = " ".join(cn_sentence(rng) for _ in range(30))  # long answers for truncation
+                content = " ".join(cn_sentence(rng) for _ in range(15))  # long answers for truncation
             msg = {"role": "assistant", "content": content}
             if kind == 2 and t < turns - 1:
                 msg["loss"] = False
@@ -501,7 +502,10 @@ def conversation_cases(sp, rng):
 def main():
     os.makedirs(OUT, exist_ok=True)
     rng = random.Random(20240601)
-    work = tempfile.mkdtemp()
+    # A fixed work path: it is recorded in each model's trainer_spec, so reruns give identical files.
+    work = os.path.join(tempfile.gettempdir(), "glm_finetune_tokenizer_fixtures")
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
     try:
         lines = corpus(rng, 12000)
         glm_model = train(
@@ -518,7 +522,12 @@ def main():
             work, "plain_bpe", lines[:3000], vocab_size=600, character_coverage=0.98, byte_fallback=False,
             normalization_rule_name="identity", add_dummy_prefix=True, remove_extra_whitespaces=False,
         )
-        for p in (glm_model, plain_model):
+        unigram_model = train(
+            work, "unigram", lines[:5000], model_type="unigram", vocab_size=1500, character_coverage=0.995,
+            byte_fallback=True, normalization_rule_name="identity", add_dummy_prefix=True,
+            remove_extra_whitespaces=False, user_defined_symbols=["@@", "[SEP]", "<br>"],
+        )
+        for p in (glm_model, plain_model, unigram_model):
             shutil.copy(p, os.path.join(OUT, os.path.basename(p)))
         # The nmt_nfkc charsmap alone is ~240 KB; it is stored compressed.
         with open(nfkc_model, "rb") as src, gzip.open(os.path.join(OUT, "nfkc_bpe.model.gz"), "wb", 9) as dst:
@@ -533,14 +542,16 @@ def main():
     with gzip.open(os.path.join(OUT, "nfkc_bpe.model.gz"), "rb") as f:
         sp_nfkc = spm.SentencePieceProcessor(model_proto=f.read())
     sp_plain = spm.SentencePieceProcessor(model_file=os.path.join(OUT, "plain_bpe.model"))
+    sp_unigram = spm.SentencePieceProcessor(model_file=os.path.join(OUT, "unigram.model"))
     strings = test_strings(random.Random(1), 1900)
     encode = {
         "units": units,
         "strings": strings,
         "models": [
             model_cases("glm_bpe.model", sp_glm, strings, random.Random(2), long_seeds, units),
-            model_cases("nfkc_bpe.model.gz", sp_nfkc, strings[:1200], random.Random(3), long_seeds[:1], units),
-            model_cases("plain_bpe.model", sp_plain, strings[:500], random.Random(4), long_seeds[:1], units),
+            model_cases("nfkc_bpe.model.gz", sp_nfkc, strings[:800], random.Random(3), long_seeds[:1], units),
+            model_cases("plain_bpe.model", sp_plain, strings[:400], random.Random(4), long_seeds[:1], units),
+            model_cases("unigram.model", sp_unigram, strings[:500], random.Random(5), long_seeds[:1], units),
         ],
     }
     with gzip.open(os.path.join(OUT, "encode.json.gz"), "wt", encoding="utf-8", compresslevel=9) as f:

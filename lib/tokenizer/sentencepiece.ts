@@ -56,6 +56,7 @@ export class SentencePieceModel {
   private wLen = new Uint8Array(256);
   private wFrozen = new Uint8Array(256);
   private readonly heap = new PairHeap();
+  private readonly unigram?: UnigramEncoder;
   /** Whether a control/unknown/byte piece is a single character (then an unknown character may be one). */
   private readonly singleCharReserved: boolean;
   private readonly normalizer: Normalizer;
@@ -67,10 +68,10 @@ export class SentencePieceModel {
     this.proto = proto;
     const bad = (why: string) => new UserError(`${file}: invalid SentencePiece model: ${why}`);
     const t = proto.trainerSpec;
-    if (t.modelType !== ModelType.BPE) {
+    if (t.modelType !== ModelType.BPE && t.modelType !== ModelType.UNIGRAM) {
       const name = ModelType[t.modelType] ?? String(t.modelType);
       throw new UserError(
-        `${file}: SentencePiece model type ${name} is not supported (only BPE, the type of ChatGLM3's tokenizer)`,
+        `${file}: SentencePiece model type ${name} is not supported (BPE, as ChatGLM3's tokenizer, and unigram are)`,
       );
     }
     this.pieces = proto.pieces;
@@ -126,7 +127,9 @@ export class SentencePieceModel {
       this.denormalizer = new Normalizer(proto.denormalizerSpec, undefined, false, file);
     }
     this.singleCharReserved = [...this.reserved.keys()].some((k) => [...k].length === 1);
-    this.buildPairs();
+    if (t.modelType === ModelType.UNIGRAM) {
+      this.unigram = new UnigramEncoder(proto.pieces, this.normal, this.unkId);
+    } else this.buildPairs();
     let crossing = false;
     for (const piece of this.normal.keys()) {
       const k = piece.indexOf(SPACE_SYMBOL, 1);
@@ -240,7 +243,13 @@ export class SentencePieceModel {
     const normalized = this.normalizer.normalize(text);
     const out: number[] = [];
     if (normalized === "") return out;
-    if (!this.segmentWords) {
+    if (this.unigram) {
+      this.unigram.encode(
+        normalized,
+        out,
+        (bytes, start, end) => this.emitUnknownBytes(bytes, start, end, out),
+      );
+    } else if (!this.segmentWords) {
       this.encodeSegment(normalized, out);
     } else {
       let start = 0;
@@ -396,6 +405,15 @@ export class SentencePieceModel {
     const np = this.pieces.length;
     const ch = sy < np ? this.pieces[sy].piece : this.extraChars[sy - np];
     this.emit(sy < np ? sy : -1, ch, 0, ch.length, out, revMerge);
+  }
+
+  /** An unknown piece (UTF-8 bytes[start, end)): its byte pieces, or `<unk>`. */
+  private emitUnknownBytes(bytes: Uint8Array, start: number, end: number, out: number[]): void {
+    if (!this.byteFallback) {
+      out.push(this.unkId);
+      return;
+    }
+    for (let i = start; i < end; i++) out.push(this.byteIds[bytes[i]]);
   }
 
   /** Text of `ids`, as `SentencePieceProcessor.decode(ids)`. */
@@ -644,6 +662,119 @@ class PairTable {
       if (v < 0) return -1;
       if (this.keyA[h] === a && this.keyB[h] === b) return v;
       h = (h + 1) & this.mask;
+    }
+  }
+}
+
+/**
+ * Unigram Viterbi as sentencepiece's optimized encoder (unigram_model.cc
+ * EncodeOptimized): over UTF-8 positions, the best path ending at each
+ * position, scores accumulated in float32 as the C++ does; user-defined
+ * pieces get the bonus length * max_score - 0.1; a character with no piece
+ * of its own is an unknown node scored min_score - 10.
+ */
+class UnigramEncoder {
+  /** Byte trie: child maps and the piece id ending at each node (-1: none). */
+  private readonly children: Map<number, number>[] = [new Map()];
+  private readonly values: number[] = [-1];
+  private readonly scores: Float32Array;
+  private readonly userDefined: Uint8Array;
+  private readonly unused: Uint8Array;
+  private readonly minScore: number;
+  private readonly maxScore: number;
+
+  constructor(
+    pieces: readonly Piece[],
+    normal: Map<string, number>,
+    private readonly unkId: number,
+  ) {
+    this.scores = new Float32Array(pieces.length);
+    this.userDefined = new Uint8Array(pieces.length);
+    this.unused = new Uint8Array(pieces.length);
+    let min = 3.4028234663852886e38; // FLT_MAX
+    let max = 1.1754943508222875e-38; // FLT_MIN
+    pieces.forEach((p, i) => {
+      this.scores[i] = p.score;
+      if (p.type === PieceType.USER_DEFINED) this.userDefined[i] = 1;
+      if (p.type === PieceType.UNUSED) this.unused[i] = 1;
+      if (p.type === PieceType.NORMAL) {
+        min = Math.min(min, this.scores[i]);
+        max = Math.max(max, this.scores[i]);
+      }
+    });
+    this.minScore = min;
+    this.maxScore = max;
+    for (const [piece, id] of normal) {
+      let node = 0;
+      for (const b of encoder.encode(piece)) {
+        let next = this.children[node].get(b);
+        if (next === undefined) {
+          next = this.values.length;
+          this.children.push(new Map());
+          this.values.push(-1);
+          this.children[node].set(b, next);
+        }
+        node = next;
+      }
+      this.values[node] = id;
+    }
+  }
+
+  encode(
+    normalized: string,
+    out: number[],
+    unknown: (bytes: Uint8Array, start: number, end: number) => void,
+  ): void {
+    const bytes = encoder.encode(normalized);
+    const size = bytes.length;
+    const unkScore = Math.fround(this.minScore - 10);
+    const best = new Float32Array(size + 1);
+    const startsAt = new Int32Array(size + 1).fill(-1);
+    const ids = new Int32Array(size + 1).fill(-1);
+    let start = 0;
+    while (start < size) {
+      const here = best[start];
+      const lead = bytes[start];
+      const mblen = Math.min(lead < 0xc0 ? 1 : lead < 0xe0 ? 2 : lead < 0xf0 ? 3 : 4, size - start);
+      let hasSingle = false;
+      let node = 0;
+      for (let k = start; k < size; k++) {
+        const next = this.children[node].get(bytes[k]);
+        if (next === undefined) break;
+        node = next;
+        const id = this.values[node];
+        if (id < 0 || this.unused[id]) continue;
+        const end = k + 1;
+        const length = end - start;
+        // A user-defined bonus is computed in double, as in the C++; other sums in float.
+        const cand = this.userDefined[id]
+          ? Math.fround(length * this.maxScore) - 0.1 + here
+          : Math.fround(this.scores[id] + here);
+        if (startsAt[end] === -1 || cand > best[end]) {
+          best[end] = cand;
+          startsAt[end] = start;
+          ids[end] = id;
+        }
+        if (!hasSingle && length === mblen) hasSingle = true;
+      }
+      if (!hasSingle) {
+        const end = start + mblen;
+        const cand = Math.fround(unkScore + here);
+        if (startsAt[end] === -1 || cand > best[end]) {
+          best[end] = cand;
+          startsAt[end] = start;
+          ids[end] = this.unkId;
+        }
+      }
+      start += mblen;
+    }
+    const path: number[] = [];
+    for (let end = size; end > 0; end = startsAt[end]) path.push(end);
+    for (let i = path.length - 1; i >= 0; i--) {
+      const end = path[i];
+      const id = ids[end];
+      if (id === this.unkId) unknown(bytes, startsAt[end], end);
+      else out.push(id);
     }
   }
 }
