@@ -98,19 +98,19 @@ export async function main(args: string[]): Promise<number> {
     mode,
     maskHistory: values["mask-history"] as boolean,
   }, stats);
-  const n = await writeJsonl(
+  await writeJsonl(
     values.out as string,
     (async function* () {
       for await (const r of records) {
         if (shown < sanity) {
           shown++;
-          printSanity(r, tok);
+          // With the records on stdout, the table goes to stderr.
+          printSanity(r, tok, values.out === "-" ? console.error : console.log);
         }
         yield r;
       }
     })(),
   );
-  if (values.out === "-" && n === 0) console.error("no records");
   for (const line of stats.summary(mode)) console.error(line);
   if (mode === "train" && stats.noLoss > 0) {
     console.error(`warning: ${stats.noLoss} records have no learned token left after truncation`);
@@ -127,18 +127,22 @@ function tokenText(id: number, eos: number, gmask: number, tok?: ChatGLMTokenize
   return id === eos ? "</s>" : `#${id}`;
 }
 
-function printSanity(r: TrainRecord | EvalRecord, tok?: ChatGLMTokenizer): void {
+function printSanity(
+  r: TrainRecord | EvalRecord,
+  tok: ChatGLMTokenizer | undefined,
+  print: (line: string) => void,
+): void {
   const gmask = r.input_ids[0];
   const eos = tok?.eosId ?? 2;
   const text = (id: number) => tokenText(id, eos, gmask, tok);
-  console.log("--> Sanity check");
+  print("--> Sanity check");
   if ("labels" in r) {
-    for (const line of sanityTable(r.input_ids, r.labels, text)) console.log(line);
+    for (const line of sanityTable(r.input_ids, r.labels, text)) print(line);
   } else {
     for (const line of sanityTable(r.input_ids, r.input_ids.map(() => IGNORE_INDEX), text)) {
-      console.log(line);
+      print(line);
     }
-    console.log("--> output");
-    for (const line of sanityTable(r.output_ids, r.output_ids, text)) console.log(line);
+    print("--> output");
+    for (const line of sanityTable(r.output_ids, r.output_ids, text)) print(line);
   }
 }
