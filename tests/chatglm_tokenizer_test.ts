@@ -5,7 +5,7 @@
  */
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert";
 import type { Conversation } from "../lib/data/record.ts";
-import { ChatGLMTokenizer, SPECIAL_TOKENS } from "../lib/tokenizer/chatglm.ts";
+import { ChatGLMTokenizer, type HistoryItem, SPECIAL_TOKENS } from "../lib/tokenizer/chatglm.ts";
 import { conversationMessages, tokenizeConversation } from "../lib/tokenizer/conversation.ts";
 import { pythonFloatRepr, pythonJsonDumps, pythonRepr } from "../lib/tokenizer/pyformat.ts";
 import { fixtureModel, fixturePath, readGzipJson, userError } from "./fixtures/tokenizer/load.ts";
@@ -26,7 +26,7 @@ interface ConversationFixture {
   cases: ConversationCase[];
   odd_decodes: [number[], string][];
   chat: {
-    history: { role: "system" | "user" | "assistant"; content: string }[];
+    history: HistoryItem[];
     query: string;
     ids: number[];
   };

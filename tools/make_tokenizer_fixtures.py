@@ -473,13 +473,21 @@ def conversation_cases(sp, rng):
     odd = [[n + 7, 30, 31, 2, n + 6], [0, 0, n + 1, n + 3], [n + 9, n + 20, 5], [n + 5, 3, 4], [2], [],
            [n + 6] + sp.encode(" hello world") + [n + 7] + sp.encode("你好") + [2]]
     chat = {
-        "history": [{"role": "system", "content": "Be nice."}, {"role": "user", "content": "hi"},
+        "history": [{"role": "system", "content": "Be nice.",
+                     "tools": [{"name": "get_weather", "description": "天气", "parameters": {"city": "str"}}]},
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "metadata": "get_weather", "content": tool_call({"city": "北京"})},
+                    {"role": "observation", "content": json.dumps({"temp": 20.5}, ensure_ascii=False)},
                     {"role": "assistant", "content": "hello"}],
         "query": "天气如何？",
     }
+    # build_chat_input of chatglm3-6b's tokenizer.
     chat_ids = [glm.special["[gMASK]"], glm.special["sop"]]
     for item in chat["history"]:
-        chat_ids += glm.build_single_message(item["role"], "", item["content"])
+        content = item["content"]
+        if item["role"] == "system" and "tools" in item:
+            content = content + "\n" + json.dumps(item["tools"], indent=4, ensure_ascii=False)
+        chat_ids += glm.build_single_message(item["role"], item.get("metadata", ""), content)
     chat_ids += glm.build_single_message("user", "", chat["query"]) + [glm.special["<|assistant|>"]]
     chat["ids"] = chat_ids
     values = [random_value(rng) for _ in range(150)] + [

@@ -7,6 +7,7 @@
  */
 import { join } from "node:path";
 import { UserError } from "../errors.ts";
+import { pythonJsonDumps } from "./pyformat.ts";
 import { SentencePieceModel } from "./sentencepiece.ts";
 
 export const SPECIAL_TOKENS = [
@@ -29,6 +30,8 @@ export interface HistoryItem {
   role: ChatRole;
   content: string;
   metadata?: string;
+  /** On a system item: tool definitions, appended to the content as indented JSON. */
+  tools?: unknown;
 }
 
 export class ChatGLMTokenizer {
@@ -142,7 +145,10 @@ export class ChatGLMTokenizer {
   ): number[] {
     const ids = [this.special("[gMASK]"), this.special("sop")];
     for (const h of history) {
-      ids.push(...this.buildSingleMessage(h.role, h.metadata ?? "", h.content));
+      const content = h.role === "system" && h.tools !== undefined
+        ? h.content + "\n" + pythonJsonDumps(h.tools, 4)
+        : h.content;
+      ids.push(...this.buildSingleMessage(h.role, h.metadata ?? "", content));
     }
     ids.push(...this.buildSingleMessage(role, "", query));
     ids.push(this.special("<|assistant|>"));
