@@ -265,6 +265,13 @@ def decode_cases(sp, rng, n):
     return cases
 
 
+def write_gz(name, data):
+    """gzip with a zero timestamp, so that unchanged content gives identical files."""
+    with open(os.path.join(OUT, name), "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=9,
+                                                                   mtime=0, filename="") as f:
+        f.write(data)
+
+
 def fnv1a(text):
     """32-bit FNV-1a of the UTF-8 bytes: a long decode is compared by hash, not stored."""
     h = 0x811C9DC5
@@ -538,8 +545,8 @@ def main():
         for p in (glm_model, plain_model, unigram_model):
             shutil.copy(p, os.path.join(OUT, os.path.basename(p)))
         # The nmt_nfkc charsmap alone is ~240 KB; it is stored compressed.
-        with open(nfkc_model, "rb") as src, gzip.open(os.path.join(OUT, "nfkc_bpe.model.gz"), "wb", 9) as dst:
-            shutil.copyfileobj(src, dst)
+        with open(nfkc_model, "rb") as src:
+            write_gz("nfkc_bpe.model.gz", src.read())
     finally:
         shutil.rmtree(work)
 
@@ -562,10 +569,9 @@ def main():
             model_cases("unigram.model", sp_unigram, strings[:500], random.Random(5), long_seeds[:1], units),
         ],
     }
-    with gzip.open(os.path.join(OUT, "encode.json.gz"), "wt", encoding="utf-8", compresslevel=9) as f:
-        json.dump(encode, f, ensure_ascii=False, separators=(",", ":"))
-    with gzip.open(os.path.join(OUT, "conversations.json.gz"), "wt", encoding="utf-8", compresslevel=9) as f:
-        json.dump(conversation_cases(sp_glm, random.Random(4)), f, ensure_ascii=False, separators=(",", ":"))
+    dump = lambda v: json.dumps(v, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    write_gz("encode.json.gz", dump(encode))
+    write_gz("conversations.json.gz", dump(conversation_cases(sp_glm, random.Random(4))))
     n_strings = sum(len(m["ids"]) + len(m["long"]) for m in encode["models"])
     print(f"wrote {OUT}: {n_strings} encode cases", file=sys.stderr)
 
