@@ -51,7 +51,9 @@ export function writeBuffer(
   byteOffset: number,
   data: ArrayBufferView,
 ): void {
-  const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+  const bytes = new Uint8Array(data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);
+  // Deno 2.9 panics on an empty write; there is nothing to do anyway.
+  if (bytes.byteLength === 0) return;
   if (bytes.byteLength % 4 === 0) {
     gpu.device.queue.writeBuffer(buffer, byteOffset, bytes);
   } else {

@@ -1,0 +1,66 @@
+/**
+ * Tile parameters for the generated matmul kernels, per device class.
+ *
+ * On a CPU fallback adapter (llvmpipe) each invocation is a loop on one core,
+ * vectorised across the invocations of a workgroup; what pays there is a big
+ * register tile (hundreds of accumulators per invocation, few loads per FMA)
+ * and small workgroups. A real GPU wants the opposite: a few outputs per
+ * thread and wide workgroups. Override with GLM_MATMUL_PROFILE, e.g.
+ * `GLM_MATMUL_PROFILE=tm=8,tn=16,wgm=1,wgn=8`, or `setMatmulProfile()`.
+ */
+import type { DeviceClass, Gpu } from "../device.ts";
+
+export interface MatmulProfile {
+  /** Rows of C per invocation. */
+  tm: number;
+  /** Columns of C per invocation (a multiple of 4: held as vec4). */
+  tn: number;
+  /** Invocations per workgroup along M and along N. */
+  wgM: number;
+  wgN: number;
+}
+
+export const DEFAULT_PROFILES: Record<DeviceClass, MatmulProfile> = {
+  cpu: { tm: 4, tn: 8, wgM: 1, wgN: 8 },
+  gpu: { tm: 4, tn: 4, wgM: 16, wgN: 16 },
+};
+
+let override: MatmulProfile | undefined;
+
+/** Force a profile for this process (undefined restores the default). */
+export function setMatmulProfile(p: MatmulProfile | undefined): void {
+  if (p) validate(p, "setMatmulProfile");
+  override = p;
+}
+
+export function parseMatmulProfile(s: string, base: MatmulProfile): MatmulProfile {
+  const p = { ...base };
+  for (const part of s.split(",").map((x) => x.trim()).filter(Boolean)) {
+    const [k, v] = part.split("=");
+    const n = Number(v);
+    const key = { tm: "tm", tn: "tn", wgm: "wgM", wgn: "wgN" }[k.toLowerCase()] as
+      | keyof MatmulProfile
+      | undefined;
+    if (!key || !Number.isInteger(n) || n <= 0) {
+      throw new Error(
+        `GLM_MATMUL_PROFILE: cannot read "${part}" (expected tm=,tn=,wgm=,wgn= with positive integers)`,
+      );
+    }
+    p[key] = n;
+  }
+  validate(p, "GLM_MATMUL_PROFILE");
+  return p;
+}
+
+function validate(p: MatmulProfile, where: string): void {
+  if (p.tn % 4 !== 0) throw new Error(`${where}: tn must be a multiple of 4, got ${p.tn}`);
+  if (p.tm < 1 || p.wgM < 1 || p.wgN < 1) throw new Error(`${where}: sizes must be positive`);
+}
+
+/** The profile in force for this device. */
+export function matmulProfile(gpu: Gpu): MatmulProfile {
+  if (override) return override;
+  const env = Deno.env.get("GLM_MATMUL_PROFILE");
+  const base = DEFAULT_PROFILES[gpu.deviceClass];
+  return env ? parseMatmulProfile(env, base) : base;
+}

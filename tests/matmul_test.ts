@@ -1,0 +1,241 @@
+import { deepStrictEqual as assertEquals, ok as assert } from "node:assert";
+import { getGpu } from "../lib/gpu/device.ts";
+import { readF32, uniforms, upload } from "../lib/gpu/runtime.ts";
+import {
+  encodeMatmul,
+  f32ToF16Packed,
+  type MatmulArgs,
+  matmulRef,
+} from "../lib/gpu/kernels/matmul.ts";
+import {
+  DEFAULT_PROFILES,
+  parseMatmulProfile,
+  setMatmulProfile,
+} from "../lib/gpu/kernels/matmul_profile.ts";
+import { f16BitsToF32 } from "../lib/safetensors/dtype.ts";
+
+/** Deterministic uniform values in [-1, 1). */
+function rand(n: number, seed: number): Float32Array {
+  let s = seed >>> 0 || 1;
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    out[i] = ((s >>> 0) / 2 ** 32) * 2 - 1;
+  }
+  return out;
+}
+
+interface Case {
+  M: number;
+  N: number;
+  K: number;
+  transA?: boolean;
+  transB?: boolean;
+  alpha?: number;
+  beta?: number;
+  accumulate?: boolean;
+  bias?: boolean;
+  bF16?: boolean;
+  aOffset?: number;
+  bOffset?: number;
+  cOffset?: number;
+  biasOffset?: number;
+  lda?: number;
+  ldb?: number;
+  ldc?: number;
+  batch?: { count: number; strideA: number; strideB: number; strideC: number };
+}
+
+function extent(
+  rows: number,
+  ld: number,
+  width: number,
+  off: number,
+  count: number,
+  stride: number,
+) {
+  // At least one element: WebGPU buffers cannot be empty (K = 0 makes A and B so).
+  return Math.max(1, off + (count - 1) * stride + (rows - 1) * ld + width);
+}
+
+/** Run one case on the GPU and the reference; return the max error relative to magnitude. */
+async function runCase(c: Case, seed: number): Promise<number> {
+  const gpu = await getGpu();
+  const count = c.batch?.count ?? 1;
+  const lda = c.lda ?? (c.transA ? c.M : c.K);
+  const ldb = c.ldb ?? (c.transB ? c.K : c.N);
+  const ldc = c.ldc ?? c.N;
+  const aLen = extent(
+    c.transA ? c.K : c.M,
+    lda,
+    c.transA ? c.M : c.K,
+    c.aOffset ?? 0,
+    count,
+    c.batch?.strideA ?? 0,
+  );
+  const bLen = extent(
+    c.transB ? c.N : c.K,
+    ldb,
+    c.transB ? c.K : c.N,
+    c.bOffset ?? 0,
+    count,
+    c.batch?.strideB ?? 0,
+  );
+  const cLen = extent(c.M, ldc, c.N, c.cOffset ?? 0, count, c.batch?.strideC ?? 0) + 3;
+  const a = rand(aLen, seed);
+  let b = rand(bLen, seed + 1);
+  const c0 = rand(cLen, seed + 2);
+  const biasData = c.bias ? rand((c.biasOffset ?? 0) + c.N, seed + 3) : undefined;
+  let bBuf: GPUBuffer;
+  if (c.bF16) {
+    const packed = f32ToF16Packed(b);
+    // The reference sees exactly the f16-rounded values the kernel decodes.
+    b = new Float32Array(bLen);
+    for (let i = 0; i < bLen; i++) {
+      b[i] = f16BitsToF32((packed[i >> 1] >>> ((i & 1) * 16)) & 0xffff);
+    }
+    bBuf = upload(gpu, packed);
+  } else {
+    bBuf = upload(gpu, b);
+  }
+  const aBuf = upload(gpu, a);
+  const cBuf = upload(gpu, c0);
+  const biasBuf = biasData ? upload(gpu, biasData) : undefined;
+  const { bias: _b, ...rest } = c;
+  const args: MatmulArgs = { ...rest, a: aBuf, b: bBuf, c: cBuf, bias: biasBuf };
+  const enc = gpu.device.createCommandEncoder();
+  const pass = enc.beginComputePass();
+  encodeMatmul(gpu, pass, args);
+  pass.end();
+  gpu.device.queue.submit([enc.finish()]);
+  uniforms(gpu).reset();
+  const got = await readF32(gpu, cBuf, cLen);
+  const want = c0.slice();
+  const { bF16: _f, ...refArgs } = rest;
+  matmulRef(a, b, want, refArgs, biasData);
+  // Error relative to the magnitude of the terms summed (|a|·|b| ≤ 1 each).
+  const scale = Math.max(1, c.K * Math.abs(c.alpha ?? 1));
+  let maxErr = 0;
+  for (let i = 0; i < cLen; i++) {
+    const e = Math.abs(got[i] - want[i]);
+    if (!(e <= maxErr)) maxErr = Number.isNaN(e) ? Infinity : e;
+  }
+  for (const x of [aBuf, bBuf, cBuf, biasBuf]) x?.destroy();
+  return maxErr / scale;
+}
+
+const layouts: Array<[string, boolean, boolean]> = [
+  ["nn", false, false],
+  ["nt", false, true],
+  ["tn", true, false],
+  ["tt", true, true],
+];
+
+Deno.test("matmul: every layout on awkward shapes matches the reference", async () => {
+  const shapes = [
+    [1, 1, 1],
+    [1, 37, 19], // one row: generation
+    [3, 5, 7],
+    [17, 33, 9], // just past the cpu tile (16x32... per invocation)
+    [40, 70, 65],
+    [130, 260, 3],
+  ];
+  let seed = 1;
+  const report: string[] = [];
+  for (const [name, transA, transB] of layouts) {
+    for (const [M, N, K] of shapes) {
+      const err = await runCase({ M, N, K, transA, transB }, seed++);
+      report.push(`${name} ${M}x${N}x${K}: ${err.toExponential(1)}`);
+      assert(err < 1e-6, `${name} ${M}x${N}x${K}: relative error ${err}`);
+    }
+  }
+  console.log("max relative error: " + report.join(", "));
+});
+
+Deno.test("matmul: alpha, accumulate with beta, bias, offsets, leading dimensions", async () => {
+  const cases: Case[] = [
+    { M: 9, N: 13, K: 11, alpha: 0.5 },
+    { M: 9, N: 13, K: 11, accumulate: true },
+    { M: 9, N: 13, K: 11, accumulate: true, beta: -2, alpha: 3 },
+    { M: 21, N: 35, K: 8, bias: true, transB: true },
+    { M: 21, N: 35, K: 8, bias: true, biasOffset: 5, accumulate: true, transB: true },
+    { M: 5, N: 6, K: 7, aOffset: 3, bOffset: 11, cOffset: 70, transA: true },
+    { M: 5, N: 6, K: 7, lda: 10, ldb: 9, ldc: 8, aOffset: 1 },
+    { M: 5, N: 6, K: 7, lda: 12, ldb: 9, ldc: 8, transA: true, transB: true },
+    { M: 4, N: 4, K: 0, accumulate: true, bias: true }, // K = 0: C = beta·C + bias
+  ];
+  let seed = 100;
+  for (const c of cases) {
+    const err = await runCase(c, seed++);
+    assert(err < 1e-6, `${JSON.stringify(c)}: relative error ${err}`);
+  }
+});
+
+Deno.test("matmul: f16 B (packed) in nt and nn layouts, odd offsets", async () => {
+  const cases: Case[] = [
+    { M: 19, N: 37, K: 24, bF16: true, transB: true },
+    { M: 3, N: 7, K: 5, bF16: true, transB: true, bOffset: 1 },
+    { M: 18, N: 35, K: 13, bF16: true, bias: true },
+    { M: 1, N: 64, K: 33, bF16: true, transB: true, accumulate: true },
+  ];
+  let seed = 200;
+  for (const c of cases) {
+    const err = await runCase(c, seed++);
+    assert(err < 1e-6, `${JSON.stringify(c)}: relative error ${err}`);
+  }
+});
+
+Deno.test("matmul: strided batches", async () => {
+  const cases: Case[] = [
+    { M: 7, N: 9, K: 5, batch: { count: 3, strideA: 35, strideB: 45, strideC: 63 } },
+    // Shared B (stride 0), transposed A, as in a per-head product against one matrix.
+    { M: 4, N: 33, K: 6, transA: true, batch: { count: 5, strideA: 24, strideB: 0, strideC: 140 } },
+    // Attention-like: scores = Q·Kᵀ per head.
+    {
+      M: 17,
+      N: 17,
+      K: 8,
+      transB: true,
+      alpha: 0.35,
+      batch: { count: 4, strideA: 136, strideB: 136, strideC: 289 },
+    },
+  ];
+  let seed = 300;
+  for (const c of cases) {
+    const err = await runCase(c, seed++);
+    assert(err < 1e-6, `${JSON.stringify(c)}: relative error ${err}`);
+  }
+});
+
+Deno.test("matmul: other tile profiles give the same results", async () => {
+  try {
+    for (const p of [DEFAULT_PROFILES.gpu, { tm: 3, tn: 8, wgM: 2, wgN: 2 }]) {
+      setMatmulProfile(p);
+      let seed = 400;
+      for (const [, transA, transB] of layouts) {
+        const err = await runCase({ M: 37, N: 29, K: 23, transA, transB, bias: true }, seed++);
+        assert(err < 1e-6, `${JSON.stringify(p)}: relative error ${err}`);
+      }
+    }
+  } finally {
+    setMatmulProfile(undefined);
+  }
+});
+
+Deno.test("matmul: profile parsing", () => {
+  assertEquals(parseMatmulProfile("tm=8, tn=16,wgn=4", DEFAULT_PROFILES.cpu), {
+    tm: 8,
+    tn: 16,
+    wgM: 1,
+    wgN: 4,
+  });
+  let threw = false;
+  try {
+    parseMatmulProfile("tn=6", DEFAULT_PROFILES.cpu);
+  } catch {
+    threw = true;
+  }
+  assert(threw);
+});
