@@ -6,6 +6,7 @@
  * Everything works on UTF-8 bytes, as the C++ does, so that longest matches
  * and whitespace rules agree byte for byte.
  */
+import { UserError } from "../errors.ts";
 import type { NormalizerSpec } from "./proto.ts";
 
 export const SPACE_SYMBOL = "\u2581";
@@ -161,11 +162,11 @@ export class Normalizer {
   ) {
     const blob = spec.precompiledCharsmap;
     if (blob.length > 0) {
-      if (blob.length <= 4) throw new Error(`${file}: the normalization charsmap is broken`);
+      if (blob.length <= 4) throw new UserError(`${file}: the normalization charsmap is broken`);
       const dv = new DataView(blob.buffer, blob.byteOffset, blob.length);
       const trieSize = dv.getUint32(0, true);
       if (trieSize >= blob.length || trieSize % 4 !== 0) {
-        throw new Error(`${file}: the normalization charsmap's trie exceeds the blob`);
+        throw new UserError(`${file}: the normalization charsmap's trie exceeds the blob`);
       }
       const units = new Uint32Array(trieSize / 4);
       for (let i = 0; i < units.length; i++) units[i] = dv.getUint32(4 + 4 * i, true);
