@@ -1,0 +1,389 @@
+/**
+ * Evaluation as the ChatGLM3 finetune_demo does it, over a JSONL of records:
+ *  - `{input_ids, output_ids}` (mask --mode eval): generate from the prompt,
+ *    decode prediction and label, score ROUGE-1/2/L and BLEU-4;
+ *  - `{input_ids, labels}` (mask --mode train): teacher-forced loss per record;
+ *  - `{prediction, label}` (text, `metricsOnly`): score without a model.
+ * Predictions are appended as they are produced (to a `.partial` file renamed
+ * when complete); metrics.json holds the means.
+ */
+import { join } from "node:path";
+import { writeJsonAtomic } from "../atomic.ts";
+import { located, UserError } from "../errors.ts";
+import { readJsonl } from "../jsonl.ts";
+import {
+  createScorer,
+  loadSegmenter,
+  MetricsAccumulator,
+  pyStrip,
+  type SegmenterName,
+} from "../metrics/index.ts";
+import type { PairScores } from "../metrics/index.ts";
+import { formatDuration, StatusLine } from "../progress.ts";
+import type { AdapterSpec } from "../model/adapter.ts";
+import { type AdapterDir, adapterTensorsFor, readAdapterDir } from "../model/adapter_dir.ts";
+import { getGpu } from "../gpu/device.ts";
+import { createBuffer, readF32 } from "../gpu/runtime.ts";
+import type { GlmModel } from "../model/glm.ts";
+import { loadGlmModel } from "../model/load.ts";
+import { ChatGLMTokenizer } from "../tokenizer/chatglm.ts";
+
+export interface GenerationSettings {
+  maxNewTokens: number;
+  doSample: boolean;
+  temperature: number;
+  topP: number;
+  topK: number;
+  seed: number;
+}
+
+export interface EvaluateOptions {
+  /** Model dir; not needed with `metricsOnly`. */
+  modelDir?: string;
+  adapterDir?: string;
+  input: string;
+  outDir: string;
+  limit?: number;
+  batchSize: number;
+  generation: GenerationSettings;
+  segmenter: SegmenterName;
+  metricsOnly?: boolean;
+  /** Keep frozen weights in f32 instead of f16 (twice the memory; exact f32 math). */
+  frozenF16?: boolean;
+  /** Quiet mode for tests. */
+  quiet?: boolean;
+}
+
+export interface EvaluateResult {
+  [key: string]: number | string | null;
+}
+
+type Kind = "generate" | "score" | "text";
+
+/** Scored records per readback (each is its own forward; one wait per group). */
+const SCORE_GROUP = 64;
+
+interface Item {
+  index: number;
+  line: number;
+  kind: Kind;
+  inputIds?: number[];
+  outputIds?: number[];
+  labels?: number[];
+  prediction?: string;
+  label?: string;
+}
+
+function intArray(v: unknown, file: string, line: number, field: string): number[] {
+  if (!Array.isArray(v) || !v.every((x) => Number.isInteger(x))) {
+    throw new UserError(located(file, line, field, "expected an array of integer token ids"));
+  }
+  return v as number[];
+}
+
+function toItem(
+  value: unknown,
+  index: number,
+  line: number,
+  file: string,
+  metricsOnly: boolean,
+): Item {
+  if (typeof value !== "object" || value === null || Array.isArray(value)) {
+    throw new UserError(located(file, line, undefined, "expected a JSON object"));
+  }
+  const r = value as Record<string, unknown>;
+  if (metricsOnly) {
+    if (typeof r.prediction !== "string") {
+      throw new UserError(
+        located(
+          file,
+          line,
+          "prediction",
+          "expected a string (--metrics-only reads {prediction, label} records)",
+        ),
+      );
+    }
+    if (typeof r.label !== "string") {
+      throw new UserError(located(file, line, "label", "expected a string"));
+    }
+    return { index, line, kind: "text", prediction: r.prediction, label: r.label };
+  }
+  const inputIds = intArray(r.input_ids, file, line, "input_ids");
+  if (inputIds.length === 0) throw new UserError(located(file, line, "input_ids", "is empty"));
+  if (r.output_ids !== undefined) {
+    return {
+      index,
+      line,
+      kind: "generate",
+      inputIds,
+      outputIds: intArray(r.output_ids, file, line, "output_ids"),
+    };
+  }
+  if (r.labels !== undefined) {
+    const labels = intArray(r.labels, file, line, "labels");
+    if (labels.length !== inputIds.length) {
+      throw new UserError(
+        located(
+          file,
+          line,
+          "labels",
+          `has ${labels.length} entries, input_ids has ${inputIds.length}`,
+        ),
+      );
+    }
+    return { index, line, kind: "score", inputIds, labels };
+  }
+  throw new UserError(
+    located(
+      file,
+      line,
+      undefined,
+      "expected output_ids (an eval record from `mask --mode eval`) or labels (a train record)",
+    ),
+  );
+}
+
+async function* readItems(o: EvaluateOptions): AsyncGenerator<Item> {
+  let index = 0;
+  for await (const r of readJsonl(o.input)) {
+    if (o.limit !== undefined && index >= o.limit) return;
+    if (r.error !== undefined) throw new UserError(located(o.input, r.line, undefined, r.error));
+    yield toItem(r.value, index++, r.line, o.input, !!o.metricsOnly);
+  }
+}
+
+/** A first pass for the totals the progress line and the model's buffer sizes need. */
+async function survey(
+  o: EvaluateOptions,
+): Promise<{ count: number; maxLen: number; maxPrompt: number }> {
+  let count = 0, maxLen = 0, maxPrompt = 0;
+  for await (const it of readItems(o)) {
+    count++;
+    if (it.kind === "score") maxLen = Math.max(maxLen, it.inputIds!.length);
+    if (it.kind === "generate") maxPrompt = Math.max(maxPrompt, it.inputIds!.length);
+  }
+  return { count, maxLen, maxPrompt };
+}
+
+/** Upstream decodes and `.strip()`s; the label's eos is a control piece and decodes to nothing. */
+function stripStop(ids: number[], stop: Set<number>): number[] {
+  let end = ids.length;
+  while (end > 0 && stop.has(ids[end - 1])) end--;
+  return ids.slice(0, end);
+}
+
+export async function evaluate(o: EvaluateOptions): Promise<EvaluateResult> {
+  const started = performance.now();
+  const { count, maxLen, maxPrompt } = await survey(o);
+  const status = new StatusLine(
+    o.quiet ? { writeSync: (b) => b.length, isTerminal: () => false } : Deno.stderr,
+  );
+  const scorer = createScorer(await loadSegmenter(o.segmenter));
+  const acc = new MetricsAccumulator();
+
+  let model: GlmModel | undefined;
+  let tokenizer: ChatGLMTokenizer | undefined;
+  const needsModel = !o.metricsOnly && count > 0;
+  if (needsModel) {
+    if (!o.modelDir) {
+      throw new UserError(
+        "evaluate: --model is required (or --metrics-only for {prediction, label} records)",
+      );
+    }
+    tokenizer = await ChatGLMTokenizer.load(o.modelDir);
+    let spec: AdapterSpec = { kind: "none" };
+    let adapter: AdapterDir | undefined;
+    if (o.adapterDir) {
+      adapter = await readAdapterDir(o.adapterDir);
+      spec = adapter.spec;
+    }
+    // Generation keeps its own KV cache; the model's buffers serve prefill and scoring.
+    const maxSeq = Math.max(maxLen, maxPrompt, 1);
+    model = await loadGlmModel(await getGpu(), o.modelDir, {
+      adapter: spec,
+      maxBatch: o.batchSize,
+      maxSeq,
+      seed: o.generation.seed,
+      ...(o.frozenF16 === undefined ? {} : { frozenF16: o.frozenF16 }),
+    });
+    if (adapter) model.setParams(adapterTensorsFor(model.params, adapter));
+  }
+
+  await Deno.mkdir(o.outDir, { recursive: true });
+  const finalPath = join(o.outDir, "predictions.jsonl");
+  const partialPath = join(o.outDir, "predictions.partial.jsonl");
+  const out = await Deno.open(partialPath, { write: true, create: true, truncate: true });
+  const enc = new TextEncoder();
+  const write = async (rec: unknown) => {
+    const b = enc.encode(JSON.stringify(rec) + "\n");
+    let off = 0;
+    while (off < b.length) off += await out.write(b.subarray(off));
+  };
+
+  let done = 0, lossSum = 0, lossTokens = 0, generatedTokens = 0;
+  const show = (force = false) => {
+    const el = (performance.now() - started) / 1000;
+    const rate = done / Math.max(el, 1e-9);
+    const m = acc.count
+      ? `  rouge-l ${acc.mean()["rouge-l"].toFixed(2)}  bleu-4 ${acc.mean()["bleu-4"].toFixed(4)}`
+      : "";
+    const l = lossTokens ? `  loss ${(lossSum / lossTokens).toFixed(4)}` : "";
+    status.update(
+      `evaluate ${done}/${count}  ${rate.toFixed(2)} ex/s  ETA ${
+        formatDuration((count - done) / rate)
+      }${m}${l}`,
+      force,
+    );
+  };
+
+  const stopIds = tokenizer?.stopIds ?? [];
+  const stopSet = new Set([...stopIds, 2]);
+  const scoreText = async (
+    it: Item,
+    prediction: string,
+    label: string,
+    extra: Record<string, unknown>,
+  ) => {
+    const scores: PairScores = scorer(prediction, label);
+    acc.add(scores);
+    await write({ index: it.index, ...extra, prediction, label, scores });
+  };
+
+  const checkVocab = (it: Item) => {
+    const V = model!.dims.V;
+    for (const [field, ids] of [["input_ids", it.inputIds], ["labels", it.labels]] as const) {
+      const bad = (ids ?? []).findIndex((id) =>
+        id >= V || (id < 0 && !(field === "labels" && id === -100))
+      );
+      if (bad >= 0) {
+        throw new UserError(
+          located(
+            o.input,
+            it.line,
+            `${field}[${bad}]`,
+            `token id ${ids![bad]} is outside the model's vocabulary (0..${V - 1}); ` +
+              `was the data tokenized for another model?`,
+          ),
+        );
+      }
+    }
+  };
+
+  const flushGenerate = async (batch: Item[]) => {
+    if (!batch.length) return;
+    const outs = await model!.generate(batch.map((b) => b.inputIds!), {
+      maxNewTokens: o.generation.maxNewTokens,
+      stopIds,
+      doSample: o.generation.doSample,
+      temperature: o.generation.temperature,
+      topP: o.generation.topP,
+      topK: o.generation.topK,
+      seed: o.generation.seed + batch[0].index,
+    });
+    for (let i = 0; i < batch.length; i++) {
+      const it = batch[i];
+      const predIds = outs[i];
+      generatedTokens += predIds.length;
+      const labelIds = stripStop(it.outputIds!, stopSet);
+      await scoreText(
+        it,
+        pyStrip(tokenizer!.decode(predIds)),
+        pyStrip(tokenizer!.decode(labelIds)),
+        {
+          prompt: tokenizer!.decode(it.inputIds!),
+          prediction_ids: predIds,
+          n_prompt_tokens: it.inputIds!.length,
+          n_prediction_tokens: predIds.length,
+          n_label_tokens: labelIds.length,
+        },
+      );
+      done++;
+    }
+    show();
+  };
+
+  const gpuLoss = needsModel
+    ? createBuffer(await getGpu(), 4 * SCORE_GROUP, "eval-loss")
+    : undefined;
+  const flushScore = async (batch: Item[]) => {
+    if (!batch.length) return;
+    // One record per forward so each gets its own loss; one readback per group.
+    const counts = batch.map((it) => it.labels!.slice(1).filter((x) => x !== -100).length);
+    batch.forEach((it, slot) => {
+      model!.forwardLoss(
+        {
+          batch: 1,
+          seq: it.inputIds!.length,
+          inputIds: Int32Array.from(it.inputIds!),
+          labels: Int32Array.from(it.labels!),
+        },
+        gpuLoss!,
+        slot,
+      );
+    });
+    const sums = await readF32(await getGpu(), gpuLoss!, batch.length);
+    for (let i = 0; i < batch.length; i++) {
+      const n = counts[i];
+      const loss = n ? sums[i] / n : null;
+      if (n) {
+        lossSum += sums[i];
+        lossTokens += n;
+      }
+      await write({ index: batch[i].index, loss, n_tokens: n });
+      done++;
+    }
+    show();
+  };
+
+  try {
+    let gen: Item[] = [], sc: Item[] = [];
+    for await (const it of readItems(o)) {
+      if (it.kind === "text") {
+        await scoreText(it, pyStrip(it.prediction!), pyStrip(it.label!), {});
+        done++;
+        show();
+      } else if (it.kind === "generate") {
+        checkVocab(it);
+        // Records are written in input order: a change of kind flushes the other batch.
+        if (sc.length) await flushScore(sc), sc = [];
+        gen.push(it);
+        if (gen.length === o.batchSize) await flushGenerate(gen), gen = [];
+      } else {
+        checkVocab(it);
+        if (gen.length) await flushGenerate(gen), gen = [];
+        sc.push(it);
+        if (sc.length === SCORE_GROUP) await flushScore(sc), sc = [];
+      }
+    }
+    await flushGenerate(gen);
+    await flushScore(sc);
+    out.close();
+    await Deno.rename(partialPath, finalPath);
+    show(true);
+  } catch (e) {
+    try {
+      out.close();
+    } catch { /* closed */ }
+    throw e;
+  } finally {
+    status.end();
+    gpuLoss?.destroy();
+    model?.destroy();
+  }
+
+  const wall = (performance.now() - started) / 1000;
+  const m = acc.mean();
+  const result: EvaluateResult = {
+    ...(acc.count ? m : {}),
+    examples: done,
+    eval_loss: lossTokens ? lossSum / lossTokens : null,
+    eval_tokens: lossTokens,
+    wall_seconds: wall,
+    examples_per_second: done / wall,
+    generated_tokens: generatedTokens,
+    generated_tokens_per_second: generatedTokens / wall,
+  };
+  if (!acc.count) delete result.count;
+  await writeJsonAtomic(join(o.outDir, "metrics.json"), result);
+  return result;
+}

@@ -1,0 +1,149 @@
+/**
+ * evaluate: score or generate over masked records, writing predictions.jsonl
+ * and metrics.json (see lib/eval/evaluate.ts).
+ *
+ *   deno task stage evaluate --model MODEL_DIR [--adapter DIR] --in records.jsonl --out EVAL_DIR
+ *        [--limit N] [--batch-size N] [--config CFG] [--set key=value ...] [--segmenter jieba|space|char]
+ *        [--f32]   (frozen weights in f32 rather than f16: exact f32 math, twice the memory)
+ *   deno task stage evaluate --metrics-only --in preds.jsonl --out DIR [--segmenter ...]
+ */
+import { loadConfig } from "../lib/config/mod.ts";
+import { parseOverride } from "../lib/config/overrides.ts";
+import { parseFlags } from "../lib/data/args.ts";
+import { UserError } from "../lib/errors.ts";
+import { evaluate, type GenerationSettings } from "../lib/eval/evaluate.ts";
+import { type SegmenterName, SEGMENTERS } from "../lib/metrics/index.ts";
+
+const USAGE =
+  `usage: deno task stage evaluate --model MODEL_DIR [--adapter DIR] --in records.jsonl --out EVAL_DIR
+       [--limit N] [--batch-size N] [--config CFG] [--set generation_config.max_new_tokens=64 ...]
+       [--segmenter jieba|space|char] [--f32]
+   or: deno task stage evaluate --metrics-only --in preds.jsonl --out DIR [--segmenter ...]`;
+
+/** Generation settings the config's generation_config and --set may change (HF GenerationConfig names). */
+const GENERATION_KEYS = [
+  "max_new_tokens",
+  "do_sample",
+  "temperature",
+  "top_p",
+  "top_k",
+  "seed",
+] as const;
+
+function positiveInt(v: string | boolean | undefined, flag: string): number | undefined {
+  if (v === undefined || v === "null" || v === "") return undefined;
+  const n = Number(v);
+  if (!Number.isInteger(n) || n <= 0) {
+    throw new UserError(`${flag}: expected a positive integer, got "${v}"`);
+  }
+  return n;
+}
+
+export async function main(args: string[]): Promise<number> {
+  const { values } = parseFlags(args, {
+    model: { type: "string" },
+    adapter: { type: "string" },
+    in: { type: "string" },
+    out: { type: "string" },
+    limit: { type: "string" },
+    "batch-size": { type: "string" },
+    config: { type: "string" },
+    set: { type: "string", multiple: true },
+    segmenter: { type: "string" },
+    "metrics-only": { type: "boolean" },
+    f32: { type: "boolean" },
+    help: { type: "boolean", short: "h" },
+  }, USAGE);
+  if (values.help) {
+    console.log(USAGE);
+    return 0;
+  }
+  if (!values.in) throw new UserError(`evaluate: --in is required\n${USAGE}`);
+  if (!values.out) throw new UserError(`evaluate: --out is required\n${USAGE}`);
+  const metricsOnly = !!values["metrics-only"];
+  if (!metricsOnly && !values.model) throw new UserError(`evaluate: --model is required\n${USAGE}`);
+  const segmenter = (values.segmenter ?? "jieba") as SegmenterName;
+  if (!SEGMENTERS.includes(segmenter)) {
+    throw new UserError(
+      `--segmenter: expected one of ${SEGMENTERS.join(", ")}, got "${segmenter}"`,
+    );
+  }
+
+  // Upstream evaluates with the training config's generation_config; greedy by default.
+  const gen: GenerationSettings = {
+    maxNewTokens: 128,
+    doSample: false,
+    temperature: 1,
+    topP: 1,
+    topK: 50,
+    seed: 42,
+  };
+  const sets = (values.set ?? []) as unknown as string[];
+  if (values.config) {
+    const cfg = await loadConfig(values.config as string, sets);
+    const g = cfg.training_args.generation_config;
+    if (g) {
+      gen.maxNewTokens = g.max_new_tokens ?? Math.max(1, g.max_length);
+      gen.doSample = g.do_sample;
+      gen.temperature = g.temperature;
+      gen.topP = g.top_p;
+      gen.topK = g.top_k;
+    }
+    gen.seed = cfg.training_args.seed;
+  } else {
+    for (const text of sets) {
+      const o = parseOverride(text);
+      const key = o.path[0] === "generation_config" ? o.path.slice(1).join(".") : o.path.join(".");
+      const v = o.value;
+      switch (key as typeof GENERATION_KEYS[number]) {
+        case "max_new_tokens":
+        case "top_k":
+        case "seed":
+          if (!Number.isInteger(v) || (v as number) < 0) {
+            throw new UserError(`--set ${text}: expected a non-negative integer`);
+          }
+          if (key === "max_new_tokens") gen.maxNewTokens = v as number;
+          else if (key === "top_k") gen.topK = v as number;
+          else gen.seed = v as number;
+          break;
+        case "do_sample":
+          if (typeof v !== "boolean") throw new UserError(`--set ${text}: expected true or false`);
+          gen.doSample = v;
+          break;
+        case "temperature":
+        case "top_p":
+          if (typeof v !== "number" || v < 0) {
+            throw new UserError(`--set ${text}: expected a non-negative number`);
+          }
+          if (key === "temperature") gen.temperature = v;
+          else gen.topP = v;
+          break;
+        default:
+          throw new UserError(
+            `--set ${text}: evaluate knows ${
+              GENERATION_KEYS.join(", ")
+            } (optionally under generation_config.); ` +
+              `pass --config CFG to override other config keys`,
+          );
+      }
+    }
+  }
+
+  const result = await evaluate({
+    modelDir: values.model as string | undefined,
+    adapterDir: values.adapter as string | undefined,
+    input: values.in as string,
+    outDir: values.out as string,
+    limit: positiveInt(values.limit, "--limit"),
+    batchSize: positiveInt(values["batch-size"], "--batch-size") ?? 8,
+    generation: gen,
+    segmenter,
+    metricsOnly,
+    ...(values.f32 ? { frozenF16: false } : {}),
+  });
+  const shown = Object.entries(result)
+    .filter(([k, v]) => v !== null && /rouge|bleu|eval_loss|examples$/.test(k))
+    .map(([k, v]) => `${k} ${typeof v === "number" ? Number(v.toFixed(4)) : v}`);
+  console.error(`evaluate: ${shown.join("  ")}  → ${values.out}`);
+  return 0;
+}

@@ -1,0 +1,290 @@
+/**
+ * evaluate against the PyTorch fixtures of the tiny model: greedy predictions
+ * (tiny-expected/forward.json `greedy`), the loss of label records (`cases`),
+ * a LoRA adapter written by PEFT against the CPU reference model with that
+ * adapter, metrics-only scoring against the reference scores of
+ * tests/fixtures/metrics/pairs.json, and file:line errors for bad input.
+ */
+import assert from "node:assert";
+import { join } from "node:path";
+import { evaluate, type EvaluateOptions } from "../lib/eval/evaluate.ts";
+import { readAdapterDir } from "../lib/model/adapter_dir.ts";
+import { CpuGlm, type CpuGlmConfig } from "../lib/model/cpu/glm.ts";
+import { openModelWeights, readModelConfig } from "../lib/model/load.ts";
+import { UserError } from "../lib/errors.ts";
+
+const FIX = new URL("./fixtures/", import.meta.url).pathname;
+const TINY = join(FIX, "tiny");
+const PEFT = join(FIX, "tiny-lora-peft");
+const forward = JSON.parse(await Deno.readTextFile(join(FIX, "tiny-expected/forward.json")));
+const STOP = [2, forward.special["<|user|>"], forward.special["<|observation|>"]];
+
+const GREEDY = {
+  maxNewTokens: 32,
+  doSample: false,
+  temperature: 1,
+  topP: 1,
+  topK: 50,
+  seed: 42,
+};
+
+async function writeJsonl(path: string, recs: unknown[]): Promise<void> {
+  await Deno.writeTextFile(path, recs.map((r) => JSON.stringify(r)).join("\n") + "\n");
+}
+
+async function readJsonl(path: string): Promise<Record<string, unknown>[]> {
+  return (await Deno.readTextFile(path)).trim().split("\n").map((l) => JSON.parse(l));
+}
+
+function opts(dir: string, input: string, extra: Partial<EvaluateOptions> = {}): EvaluateOptions {
+  return {
+    modelDir: TINY,
+    input,
+    outDir: join(dir, "out"),
+    batchSize: 2,
+    generation: GREEDY,
+    segmenter: "char",
+    quiet: true,
+    ...extra,
+  };
+}
+
+/** Cut a greedy run at the first stop id, as generation with stop ids does. */
+function untilStop(tokens: number[]): number[] {
+  const i = tokens.findIndex((t) => STOP.includes(t));
+  return i < 0 ? tokens : tokens.slice(0, i);
+}
+
+async function cpuModel(adapterDir?: string): Promise<CpuGlm> {
+  const cfg = await readModelConfig(TINY);
+  const w = await openModelWeights(TINY);
+  const weights = new Map<string, Float32Array>();
+  for (const n of w.names()) weights.set(n, await w.f32(n));
+  const config: CpuGlmConfig = {
+    num_layers: cfg.num_layers,
+    hidden_size: cfg.hidden_size,
+    ffn_hidden_size: cfg.ffn_hidden_size,
+    kv_channels: cfg.kv_channels,
+    num_attention_heads: cfg.num_attention_heads,
+    multi_query_group_num: cfg.multi_query_group_num,
+    padded_vocab_size: cfg.padded_vocab_size,
+    layernorm_epsilon: cfg.layernorm_epsilon,
+    rope_ratio: cfg.rope_ratio ?? 1,
+    add_qkv_bias: cfg.add_qkv_bias ?? true,
+  };
+  if (!adapterDir) return new CpuGlm(config, weights, { kind: "none" });
+  const a = await readAdapterDir(adapterDir);
+  const m = new CpuGlm(config, weights, a.spec);
+  m.setParams(a.tensors);
+  return m;
+}
+
+Deno.test("evaluate: greedy predictions of the tiny model equal PyTorch's", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const input = join(dir, "eval.jsonl");
+    // The second record's label ends in eos, which the label text leaves out.
+    await writeJsonl(
+      input,
+      forward.greedy.map((g: { prompt: number[] }, i: number) => ({
+        input_ids: g.prompt,
+        output_ids: i === 0 ? [283, 13, 2] : [2],
+      })),
+    );
+    const m = await evaluate(opts(dir, input));
+    const preds = await readJsonl(join(dir, "out/predictions.jsonl"));
+    assert.strictEqual(preds.length, forward.greedy.length);
+    forward.greedy.forEach((g: { tokens: number[] }, i: number) => {
+      assert.deepStrictEqual(preds[i].prediction_ids, untilStop(g.tokens), `record ${i}`);
+      assert.strictEqual(preds[i].index, i);
+      assert.strictEqual(typeof preds[i].prediction, "string");
+      assert.strictEqual(typeof preds[i].label, "string");
+    });
+    assert.strictEqual(m.examples, 2);
+    for (const k of ["rouge-1", "rouge-2", "rouge-l", "bleu-4", "bleu-4 (x100)"]) {
+      assert.strictEqual(typeof m[k], "number", k);
+    }
+    const onDisk = JSON.parse(await Deno.readTextFile(join(dir, "out/metrics.json")));
+    assert.deepStrictEqual(onDisk, m);
+    // Nothing partial is left once the run completes.
+    assert.deepStrictEqual(
+      [...Deno.readDirSync(join(dir, "out"))].map((e) => e.name).sort(),
+      ["metrics.json", "predictions.jsonl"],
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("evaluate: label records give the fixture loss", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    // Each fixture case's loss is the mean over the valid targets of its rows,
+    // i.e. the token-weighted mean of the per-record losses evaluate reports.
+    for (const c of forward.cases) {
+      const input = join(dir, `${c.name}.jsonl`);
+      await writeJsonl(
+        input,
+        c.input_ids.map((ids: number[], b: number) => ({
+          input_ids: ids.slice(0, c.lengths[b]),
+          labels: c.labels[b].slice(0, c.lengths[b]),
+        })),
+      );
+      const m = await evaluate(opts(dir, input, { frozenF16: false, outDir: join(dir, c.name) }));
+      const loss = m.eval_loss as number;
+      assert.ok(Math.abs(loss - c.loss) <= 1e-4 * c.loss, `${c.name}: ${loss} vs ${c.loss}`);
+      const preds = await readJsonl(join(dir, c.name, "predictions.jsonl"));
+      let sum = 0, n = 0;
+      for (const p of preds) {
+        sum += (p.loss as number) * (p.n_tokens as number);
+        n += p.n_tokens as number;
+      }
+      assert.strictEqual(n, m.eval_tokens);
+      assert.ok(Math.abs(sum / n - c.loss) <= 1e-4 * c.loss);
+    }
+    // Frozen weights in f16 (the default) stay close.
+    const c = forward.cases[0];
+    const m = await evaluate(opts(dir, join(dir, `${c.name}.jsonl`), { outDir: join(dir, "f16") }));
+    assert.ok(Math.abs((m.eval_loss as number) - c.loss) <= 2e-3 * c.loss);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("evaluate: --adapter (PEFT LoRA) changes predictions and follows base + adapter", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const input = join(dir, "eval.jsonl");
+    const prompts: number[][] = forward.greedy.map((g: { prompt: number[] }) => g.prompt);
+    await writeJsonl(input, prompts.map((p) => ({ input_ids: p, output_ids: [2] })));
+    const base = await evaluate(opts(dir, input, { frozenF16: false, outDir: join(dir, "base") }));
+    const lora = await evaluate(
+      opts(dir, input, { frozenF16: false, adapterDir: PEFT, outDir: join(dir, "lora") }),
+    );
+    assert.strictEqual(base.examples, lora.examples);
+    const bp = await readJsonl(join(dir, "base/predictions.jsonl"));
+    const lp = await readJsonl(join(dir, "lora/predictions.jsonl"));
+    const cpu = (await cpuModel(PEFT)).generate(prompts, { maxNewTokens: 32, stopIds: STOP });
+    prompts.forEach((_, i) => {
+      assert.deepStrictEqual(lp[i].prediction_ids, cpu[i], `record ${i}: base + adapter`);
+    });
+    assert.notDeepStrictEqual(
+      lp.map((p) => p.prediction_ids),
+      bp.map((p) => p.prediction_ids),
+      "the adapter changes the predictions",
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("evaluate --metrics-only: the reference scores of the demo pairs", async () => {
+  const ref = JSON.parse(await Deno.readTextFile(join(FIX, "metrics/pairs.json")));
+  const pairs = ref.pairs.slice(0, 24) as {
+    prediction: string;
+    label: string;
+    scores: Record<string, number>;
+  }[];
+  const dir = await Deno.makeTempDir();
+  try {
+    const input = join(dir, "preds.jsonl");
+    await writeJsonl(input, pairs.map((p) => ({ prediction: p.prediction, label: p.label })));
+    const m = await evaluate({
+      input,
+      outDir: join(dir, "out"),
+      batchSize: 1,
+      generation: GREEDY,
+      segmenter: "jieba",
+      metricsOnly: true,
+      quiet: true,
+    });
+    for (const k of ["rouge-1", "rouge-2", "rouge-l", "bleu-4"]) {
+      const want = pairs.reduce((a, p) => a + p.scores[k], 0) / pairs.length;
+      assert.ok(Math.abs((m[k] as number) - want) <= 1e-6, `${k}: ${m[k]} vs ${want}`);
+    }
+    assert.strictEqual(m.count, pairs.length);
+    const preds = await readJsonl(join(dir, "out/predictions.jsonl"));
+    preds.forEach((p, i) => assert.deepStrictEqual(p.scores, pairs[i].scores));
+
+    // --limit reads only the first N records.
+    const lim = await evaluate({
+      input,
+      outDir: join(dir, "lim"),
+      batchSize: 1,
+      generation: GREEDY,
+      segmenter: "jieba",
+      metricsOnly: true,
+      quiet: true,
+      limit: 3,
+    });
+    assert.strictEqual(lim.examples, 3);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("evaluate: bad records are reported with file, line and field", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const cases: [string, string, RegExp, boolean][] = [
+      [
+        '{"input_ids": [1, 2], "output_ids": [3]}\n{"input_ids": "x", "output_ids": [3]}\n',
+        "",
+        /:2: input_ids: expected an array/,
+        false,
+      ],
+      ['{"input_ids": [376, 378]}\n', "", /:1: expected output_ids .* or labels/, false],
+      [
+        '{"input_ids": [1, 2], "labels": [1]}\n',
+        "",
+        /:1: labels: has 1 entries, input_ids has 2/,
+        false,
+      ],
+      [
+        '{"input_ids": [376, 378, 99999], "output_ids": [2]}\n',
+        "",
+        /:1: input_ids\[2\]: token id 99999 is outside/,
+        false,
+      ],
+      ['{"prediction": "a", "label": 3}\n', "", /:1: label: expected a string/, true],
+      ['{"prediction": "a", "label": "b"}\nnot json\n', "", /:2: /, true],
+    ];
+    for (const [text, , re, metricsOnly] of cases) {
+      const input = join(dir, "bad.jsonl");
+      await Deno.writeTextFile(input, text);
+      await assert.rejects(
+        () => evaluate({ ...opts(dir, input), metricsOnly }),
+        (e: Error) => e instanceof UserError && re.test(e.message) && e.message.includes(input),
+        `${text} → ${re}`,
+      );
+    }
+
+    // Through the CLI: exit 1, the message, no stack trace, no predictions.jsonl.
+    const input = join(dir, "bad.jsonl");
+    await Deno.writeTextFile(input, '{"input_ids": [1], "output_ids": "x"}\n');
+    const cli = new URL("../cli.ts", import.meta.url).pathname;
+    const out = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        cli,
+        "stage",
+        "evaluate",
+        "--model",
+        TINY,
+        "--in",
+        input,
+        "--out",
+        join(dir, "cli"),
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const err = new TextDecoder().decode(out.stderr);
+    assert.strictEqual(out.code, 1, err);
+    assert.match(err, /bad\.jsonl:1: output_ids: expected an array of integer token ids/);
+    assert.doesNotMatch(err, /\n\s+at /);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
