@@ -105,3 +105,138 @@ export async function readSafetensorsF32(path: string): Promise<Map<string, Tens
   }
   return out;
 }
+
+interface Entry {
+  file: string;
+  dtype: string;
+  shape: number[];
+  begin: number;
+  end: number;
+}
+
+/**
+ * Lazy access to the tensors of a model dir (`model.safetensors`, or shards
+ * named by `model.safetensors.index.json`): headers are read up front, each
+ * tensor's bytes only when asked, so base weights are never all in memory.
+ */
+export class SafetensorsDir {
+  private constructor(private entries: Map<string, Entry>) {}
+
+  static async open(dir: string): Promise<SafetensorsDir> {
+    const index = `${dir}/model.safetensors.index.json`;
+    let files: string[];
+    try {
+      const idx = JSON.parse(await Deno.readTextFile(index));
+      files = [...new Set(Object.values(idx.weight_map ?? {}) as string[])].map((f) =>
+        `${dir}/${f}`
+      );
+    } catch (e) {
+      if (!(e instanceof Deno.errors.NotFound)) {
+        throw new UserError(`${index}: ${(e as Error).message}`);
+      }
+      files = [`${dir}/model.safetensors`];
+    }
+    const entries = new Map<string, Entry>();
+    for (const file of files) {
+      let f: Deno.FsFile;
+      try {
+        f = await Deno.open(file);
+      } catch (e) {
+        if (e instanceof Deno.errors.NotFound) {
+          let hasBin = false;
+          try {
+            await Deno.stat(`${dir}/pytorch_model.bin`);
+            hasBin = true;
+          } catch { /* none */ }
+          throw new UserError(
+            hasBin
+              ? `${dir}: holds only PyTorch .bin weights; convert them to safetensors first (e.g. with transformers: model.save_pretrained(dir, safe_serialization=True))`
+              : `${file}: no such file`,
+          );
+        }
+        throw e;
+      }
+      try {
+        const lenBuf = new Uint8Array(8);
+        if ((await f.read(lenBuf)) !== 8) throw new UserError(`${file}: truncated header`);
+        const hlen = Number(new DataView(lenBuf.buffer).getBigUint64(0, true));
+        const size = (await f.stat()).size;
+        if (8 + hlen > size) throw new UserError(`${file}: header runs past the end of the file`);
+        const hb = new Uint8Array(hlen);
+        let off = 0;
+        while (off < hlen) {
+          const n = await f.read(hb.subarray(off));
+          if (!n) throw new UserError(`${file}: truncated header`);
+          off += n;
+        }
+        const header = JSON.parse(new TextDecoder().decode(hb));
+        for (const [name, info] of Object.entries(header)) {
+          if (name === "__metadata__") continue;
+          const i = info as { dtype: string; shape: number[]; data_offsets: [number, number] };
+          const begin = 8 + hlen + i.data_offsets[0];
+          const end = 8 + hlen + i.data_offsets[1];
+          if (end > size) throw new UserError(`${file}: ${name} runs past the end of the file`);
+          entries.set(name, { file, dtype: i.dtype, shape: i.shape, begin, end });
+        }
+      } finally {
+        f.close();
+      }
+    }
+    return new SafetensorsDir(entries);
+  }
+
+  names(): string[] {
+    return [...this.entries.keys()];
+  }
+  private get(name: string): Entry {
+    const e = this.entries.get(name);
+    if (!e) throw new UserError(`model weights: no tensor ${name}`);
+    return e;
+  }
+  shape(name: string): number[] {
+    return this.get(name).shape;
+  }
+  dtype(name: string): "F32" | "F16" | "BF16" {
+    const d = this.get(name).dtype;
+    if (d !== "F32" && d !== "F16" && d !== "BF16") {
+      throw new UserError(`model weights: ${name} has dtype ${d}; F32, F16 and BF16 are supported`);
+    }
+    return d;
+  }
+  async raw(name: string): Promise<Uint8Array> {
+    const e = this.get(name);
+    const f = await Deno.open(e.file);
+    try {
+      await f.seek(e.begin, Deno.SeekMode.Start);
+      const out = new Uint8Array(e.end - e.begin);
+      let off = 0;
+      while (off < out.length) {
+        const n = await f.read(out.subarray(off));
+        if (!n) throw new UserError(`${e.file}: truncated while reading ${name}`);
+        off += n;
+      }
+      return out;
+    } finally {
+      f.close();
+    }
+  }
+  async f32(name: string): Promise<Float32Array> {
+    const dt = this.dtype(name);
+    const raw = await this.raw(name);
+    const n = this.shape(name).reduce((a, b) => a * b, 1);
+    const dv = new DataView(raw.buffer);
+    const out = new Float32Array(n);
+    if (dt === "F32") { for (let i = 0; i < n; i++) out[i] = dv.getFloat32(i * 4, true); }
+    else if (dt === "F16") {
+      for (let i = 0; i < n; i++) out[i] = f16ToF32(dv.getUint16(i * 2, true));
+    } else {
+      const u = new Uint32Array(1);
+      const fl = new Float32Array(u.buffer);
+      for (let i = 0; i < n; i++) {
+        u[0] = dv.getUint16(i * 2, true) << 16;
+        out[i] = fl[0];
+      }
+    }
+    return out;
+  }
+}

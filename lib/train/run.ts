@@ -1,0 +1,266 @@
+/**
+ * A whole training run from paths, as the train stage and the library API
+ * start it: config → arguments, masked data, the GLM model on the device with
+ * its adapter, an optional initial adapter, then the trainer.
+ */
+import { join } from "node:path";
+import {
+  type FinetuneConfig,
+  finetuneMode,
+  loadConfig,
+  reportNotApplicable,
+} from "../config/mod.ts";
+import { UserError } from "../errors.ts";
+import { describeGpu, getGpu } from "../gpu/device.ts";
+import type { AdapterSpec } from "../model/adapter.ts";
+import { createGlmModel, type GlmModel, type GlmModelOptions } from "../model/glm.ts";
+import { trainArgsFromConfig } from "./args.ts";
+import {
+  fullFiles,
+  loraFiles,
+  type ModelFiles,
+  PREFIX_CONFIG,
+  PREFIX_WEIGHTS,
+  prefixFiles,
+} from "./checkpoint.ts";
+import { maxLength, readMaskedJsonl } from "./data.ts";
+import { readSafetensorsF32, SafetensorsDir } from "./tensorfile.ts";
+import type { Gpu } from "../gpu/device.ts";
+import { train, type TrainResult } from "./trainer.ts";
+
+export interface RunOptions {
+  modelDir: string;
+  configPath: string;
+  overrides?: string[];
+  trainFile: string;
+  evalFile?: string;
+  outDir: string;
+  resume?: "yes" | number;
+  initAdapter?: string;
+  shuffle?: boolean;
+  /** CLI: SIGINT saves and stops */
+  handleSigint?: boolean;
+}
+
+/** The adapter a config asks for (PEFT names → model options). */
+export function adapterSpec(cfg: FinetuneConfig): AdapterSpec {
+  const p = cfg.peft_config;
+  if (!p) return { kind: "full" };
+  if (p.peft_type === "LORA") {
+    const t = p.target_modules;
+    return {
+      kind: "lora",
+      r: p.r,
+      alpha: p.lora_alpha,
+      dropout: p.lora_dropout,
+      targetModules: typeof t === "string" ? [t] : [...t],
+    };
+  }
+  return {
+    kind: "prefix",
+    preSeqLen: p.num_virtual_tokens,
+    prefixProjection: p.prefix_projection,
+    ...(p.encoder_hidden_size ? { prefixHiddenSize: p.encoder_hidden_size } : {}),
+  };
+}
+
+/** How a model's trainable tensors are saved, by adapter kind. */
+export function modelFilesFor(model: GlmModel, spec: AdapterSpec, modelDir: string): ModelFiles {
+  const shapes = new Map(model.params.map((p) => [p.name, p.shape]));
+  const c = model.config;
+  switch (spec.kind) {
+    case "lora":
+      return loraFiles({
+        shapes,
+        r: spec.r,
+        alpha: spec.alpha,
+        dropout: spec.dropout,
+        targetModules: spec.targetModules,
+        baseModel: modelDir,
+      });
+    case "prefix":
+      return prefixFiles({
+        shapes,
+        preSeqLen: spec.preSeqLen,
+        prefixProjection: spec.prefixProjection,
+        baseModel: modelDir,
+        numLayers: c.num_layers,
+        kvChannels: c.kv_channels,
+        groups: c.multi_query_attention ? c.multi_query_group_num : c.num_attention_heads,
+      });
+    case "full":
+      return fullFiles({ shapes, baseModelDir: modelDir });
+    default:
+      throw new UserError("nothing to train: the adapter kind is none");
+  }
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Tensors of an initial adapter dir: a PEFT LoRA dir (adapter_config.json +
+ * adapter_model.safetensors), our prefix dir, or any dir with a safetensors
+ * file holding `transformer.prefix_encoder.embedding.weight`.
+ */
+export async function readInitAdapter(
+  dir: string,
+  spec: AdapterSpec,
+): Promise<Map<string, Float32Array>> {
+  if (!(await exists(dir))) throw new UserError(`--init-adapter ${dir}: no such directory`);
+  const files: string[] = [];
+  if (spec.kind === "lora") {
+    if (!(await exists(join(dir, "adapter_model.safetensors")))) {
+      throw new UserError(
+        `--init-adapter ${dir}: no adapter_model.safetensors (a PEFT LoRA adapter dir is expected${
+          (await exists(join(dir, "adapter_model.bin")))
+            ? "; adapter_model.bin must be converted to safetensors first"
+            : ""
+        })`,
+      );
+    }
+    const cfgPath = join(dir, "adapter_config.json");
+    if (await exists(cfgPath)) {
+      const cfg = JSON.parse(await Deno.readTextFile(cfgPath));
+      if (cfg.peft_type && cfg.peft_type !== "LORA") {
+        throw new UserError(`${cfgPath}: peft_type is ${cfg.peft_type}, the config trains LORA`);
+      }
+      if (cfg.r !== undefined && cfg.r !== spec.r) {
+        throw new UserError(`${cfgPath}: r is ${cfg.r}, the config's peft_config.r is ${spec.r}`);
+      }
+    }
+    files.push(join(dir, "adapter_model.safetensors"));
+  } else if (spec.kind === "prefix") {
+    if (await exists(join(dir, PREFIX_WEIGHTS))) files.push(join(dir, PREFIX_WEIGHTS));
+    else {
+      for await (const e of Deno.readDir(dir)) {
+        if (e.isFile && e.name.endsWith(".safetensors")) files.push(join(dir, e.name));
+      }
+    }
+    if (files.length === 0) {
+      throw new UserError(
+        `--init-adapter ${dir}: no ${PREFIX_WEIGHTS} nor any .safetensors file with transformer.prefix_encoder.embedding.weight`,
+      );
+    }
+  } else {
+    throw new UserError("--init-adapter applies to LoRA and P-Tuning v2 configs only");
+  }
+  const out = new Map<string, Float32Array>();
+  for (const f of files) {
+    for (const [k, t] of await readSafetensorsF32(f)) {
+      if (spec.kind === "prefix" && !k.startsWith("transformer.prefix_encoder.")) continue;
+      out.set(k.replace(/\.default\.weight$/, ".weight"), t.data);
+    }
+  }
+  if (spec.kind === "prefix" && !out.has("transformer.prefix_encoder.embedding.weight")) {
+    throw new UserError(
+      `--init-adapter ${dir}: no safetensors file holds transformer.prefix_encoder.embedding.weight`,
+    );
+  }
+  if (spec.kind === "prefix" && (await exists(join(dir, PREFIX_CONFIG)))) {
+    const pc = JSON.parse(await Deno.readTextFile(join(dir, PREFIX_CONFIG)));
+    if (pc.pre_seq_len !== undefined && pc.pre_seq_len !== spec.preSeqLen) {
+      throw new UserError(
+        `${
+          join(dir, PREFIX_CONFIG)
+        }: pre_seq_len is ${pc.pre_seq_len}, the config's num_virtual_tokens is ${spec.preSeqLen}`,
+      );
+    }
+  }
+  return out;
+}
+
+/** A GLM model from a model dir (config.json + safetensors), weights read lazily. */
+export async function openGlmModel(
+  gpu: Gpu,
+  modelDir: string,
+  opts: GlmModelOptions,
+): Promise<GlmModel> {
+  const cfgPath = join(modelDir, "config.json");
+  let config;
+  try {
+    config = JSON.parse(await Deno.readTextFile(cfgPath));
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) {
+      throw new UserError(`${modelDir}: no config.json (expected a chatglm3 model directory)`);
+    }
+    throw new UserError(`${cfgPath}: ${(e as Error).message}`);
+  }
+  return await createGlmModel(gpu, config, await SafetensorsDir.open(modelDir), opts);
+}
+
+export async function runTraining(o: RunOptions): Promise<TrainResult> {
+  const cfg = await loadConfig(o.configPath, o.overrides ?? []);
+  reportNotApplicable(cfg);
+  const args = trainArgsFromConfig(cfg.training_args, { shuffle: o.shuffle ?? true });
+  const spec = adapterSpec(cfg);
+  const mode = finetuneMode(cfg);
+  const trainRecs = await readMaskedJsonl(o.trainFile);
+  const evalRecs = o.evalFile ? await readMaskedJsonl(o.evalFile) : undefined;
+  if (!o.evalFile && args.evalStrategy !== "no") {
+    console.error(
+      `note: training_args.eval_strategy is "${args.evalStrategy}" but no eval file was given; not evaluating`,
+    );
+    args.evalStrategy = "no";
+  }
+  const gpu = await getGpu();
+  const maxSeq = Math.max(maxLength(trainRecs), evalRecs ? maxLength(evalRecs) : 1);
+  const model = await openGlmModel(gpu, o.modelDir, {
+    adapter: spec,
+    maxBatch: Math.max(args.batchSize, evalRecs ? args.evalBatchSize : 1),
+    maxSeq,
+    seed: cfg.training_args.seed,
+    gradientCheckpointing: cfg.training_args.gradient_checkpointing,
+  });
+  try {
+    const vocab = model.config.padded_vocab_size;
+    for (const [file, recs] of [[o.trainFile, trainRecs], [o.evalFile, evalRecs]] as const) {
+      for (const r of recs ?? []) {
+        const bad = r.inputIds.findIndex((id) => id >= vocab);
+        if (bad >= 0) {
+          throw new UserError(
+            `${file}:${r.line}: input_ids[${bad}]: token id ${
+              r.inputIds[bad]
+            } is outside the model's vocabulary (${vocab}); was the data tokenized for another model?`,
+          );
+        }
+      }
+    }
+    if (o.initAdapter && o.resume === undefined) {
+      model.setParams(await readInitAdapter(o.initAdapter, spec));
+    }
+    const trainable = model.params.reduce((a, p) => a + p.size, 0);
+    console.error(
+      `train: ${mode}, ${model.params.length} trainable tensors (${trainable} values), ${trainRecs.length} records, on ${
+        describeGpu(gpu)
+      }`,
+    );
+    return await train({
+      gpu,
+      model,
+      files: modelFilesFor(model, spec, o.modelDir),
+      train: trainRecs,
+      eval: evalRecs,
+      args,
+      outDir: o.outDir,
+      resume: o.resume,
+      handleSigint: o.handleSigint,
+      configEcho: {
+        config_file: o.configPath,
+        overrides: o.overrides ?? [],
+        model_dir: o.modelDir,
+        train_file: o.trainFile,
+        eval_file: o.evalFile ?? null,
+        mode,
+      },
+    });
+  } finally {
+    model.destroy();
+  }
+}

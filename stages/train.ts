@@ -1,0 +1,110 @@
+/**
+ * `deno task stage train --model MODEL_DIR --config CFG --train masked_train.jsonl
+ *    [--eval masked_eval.jsonl] --out OUT_DIR [--resume yes|N] [--init-adapter DIR]
+ *    [--no-shuffle] [--set key.path=value ...]`
+ * or the finetune_demo's positional form
+ * `deno task stage train DATA_DIR MODEL_DIR CONFIG [yes|N]`, where the config's
+ * data_config.train_file / val_file, inside DATA_DIR, are masked JSONL and the
+ * output goes to training_args.output_dir.
+ */
+import { join } from "node:path";
+import { loadConfig } from "../lib/config/mod.ts";
+import { parseFlags } from "../lib/data/args.ts";
+import { UserError } from "../lib/errors.ts";
+import { runTraining } from "../lib/train/run.ts";
+
+export { runTraining } from "../lib/train/run.ts";
+export { train } from "../lib/train/trainer.ts";
+
+const USAGE =
+  `usage: deno task stage train --model MODEL_DIR --config CFG --train masked_train.jsonl
+         [--eval masked_eval.jsonl] --out OUT_DIR [--resume yes|N] [--init-adapter DIR]
+         [--no-shuffle] [--set key.path=value ...]
+   or: deno task stage train DATA_DIR MODEL_DIR CONFIG [yes|N]`;
+
+function parseResume(v: string | undefined): "yes" | number | undefined {
+  if (v === undefined || v === "no") return undefined;
+  if (v === "yes") return "yes";
+  const n = Number(v);
+  if (!Number.isInteger(n) || n <= 0) {
+    throw new UserError(`--resume: expected "yes" or a checkpoint step number, found "${v}"`);
+  }
+  return n;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const { values, positionals } = parseFlags(
+    argv,
+    {
+      model: { type: "string" },
+      config: { type: "string" },
+      train: { type: "string" },
+      eval: { type: "string" },
+      out: { type: "string" },
+      resume: { type: "string" },
+      "init-adapter": { type: "string" },
+      "no-shuffle": { type: "boolean" },
+      set: { type: "string", multiple: true },
+      help: { type: "boolean", short: "h" },
+    },
+    USAGE,
+    true,
+  );
+  if (values.help) {
+    console.log(USAGE);
+    return 0;
+  }
+  const sets = (values.set as unknown as string[] | undefined) ?? [];
+  let modelDir = values.model as string | undefined;
+  let configPath = values.config as string | undefined;
+  let trainFile = values.train as string | undefined;
+  let evalFile = values.eval as string | undefined;
+  let outDir = values.out as string | undefined;
+  let resume = values.resume as string | undefined;
+  if (positionals.length > 0) {
+    if (positionals.length < 3 || positionals.length > 4) {
+      throw new UserError(`expected DATA_DIR MODEL_DIR CONFIG [yes|N]\n${USAGE}`);
+    }
+    const [dataDir, m, c, r] = positionals;
+    modelDir ??= m;
+    configPath ??= c;
+    resume ??= r;
+    const cfg = await loadConfig(c, sets);
+    trainFile ??= join(dataDir, cfg.data_config.train_file);
+    if (
+      evalFile === undefined && cfg.data_config.val_file && cfg.training_args.eval_strategy !== "no"
+    ) {
+      evalFile = join(dataDir, cfg.data_config.val_file);
+    }
+    outDir ??= cfg.training_args.output_dir;
+  }
+  for (
+    const [flag, v] of [["--model", modelDir], ["--config", configPath], ["--train", trainFile], [
+      "--out",
+      outDir,
+    ]]
+  ) {
+    if (!v) throw new UserError(`${flag} is required\n${USAGE}`);
+  }
+  const res = await runTraining({
+    modelDir: modelDir!,
+    configPath: configPath!,
+    overrides: sets,
+    trainFile: trainFile!,
+    evalFile,
+    outDir: outDir!,
+    resume: parseResume(resume),
+    initAdapter: values["init-adapter"] as string | undefined,
+    shuffle: !values["no-shuffle"],
+    handleSigint: true,
+  });
+  if (res.interrupted) {
+    console.error(
+      `interrupted after step ${res.globalStep}/${res.maxSteps}; checkpoint saved in ${res.checkpoint}\n` +
+        `resume with the same command and --resume ${res.globalStep} (or --resume yes)`,
+    );
+    return 130;
+  }
+  console.error(`done: ${res.globalStep} steps; outputs in ${outDir}`);
+  return 0;
+}
