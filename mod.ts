@@ -77,3 +77,14 @@ export type {
   TokenizedRecord,
   TrainRecord,
 } from "./lib/data/masks.ts";
+export { train } from "./lib/train/trainer.ts";
+export type { TrainerModel, TrainOptions, TrainResult } from "./lib/train/trainer.ts";
+export { adapterSpec, openGlmModel, readInitAdapter, runTraining } from "./lib/train/run.ts";
+export type { RunOptions as TrainRunOptions } from "./lib/train/run.ts";
+export { DEFAULT_TRAIN_ARGS, trainArgsFromConfig } from "./lib/train/args.ts";
+export type { TrainArgs } from "./lib/train/args.ts";
+export { makeSchedule } from "./lib/train/schedule.ts";
+export { adamwRef, gradNormRef } from "./lib/train/adamw.ts";
+export { DataPlan, readMaskedJsonl } from "./lib/train/data.ts";
+export { findCheckpoint, fullFiles, loraFiles, prefixFiles } from "./lib/train/checkpoint.ts";
+export type { LogEntry, ModelFiles } from "./lib/train/checkpoint.ts";
