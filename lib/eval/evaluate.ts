@@ -204,6 +204,8 @@ export async function evaluate(o: EvaluateOptions): Promise<EvaluateResult> {
       maxBatch: o.batchSize,
       maxSeq,
       seed: o.generation.seed,
+      // Inference keeps no per-layer activations for a backward pass.
+      gradientCheckpointing: true,
       ...(o.frozenF16 === undefined ? {} : { frozenF16: o.frozenF16 }),
     });
     if (adapter) model.setParams(adapterTensorsFor(model.params, adapter));

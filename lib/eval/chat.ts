@@ -1,0 +1,137 @@
+/**
+ * A chat session as the ChatGLM3 demo runs one (inference_hf.py and the
+ * model's `chat`): the prompt is `[gMASK] sop` + history + the new message +
+ * `<|assistant|>`; generation stops at eos, `<|user|>` or `<|observation|>`;
+ * the reply is `metadata\ncontent`, and a non-empty first line (metadata)
+ * names a tool, the content then being a ```` ```python\ntool_call(...)\n``` ````
+ * block (upstream's `process_response`).
+ */
+import { parseToolCall, PyLiteralError } from "../data/pyliteral.ts";
+import type { GlmModel } from "../model/glm.ts";
+import type { ChatGLMTokenizer, ChatRole, HistoryItem } from "../tokenizer/chatglm.ts";
+
+export type Reply =
+  | { kind: "text"; content: string }
+  | { kind: "tool_call"; name: string; parameters: Record<string, unknown> }
+  /** A non-empty metadata line whose content is not a parsable tool call. */
+  | { kind: "tagged"; name: string; content: string };
+
+/** Split a raw reply into metadata and content and interpret it. */
+export function parseReply(raw: string): { reply: Reply; metadata: string; content: string } {
+  const nl = raw.indexOf("\n");
+  // No line break at all: upstream's split would fail; the whole reply is text.
+  const metadata = nl >= 0 ? raw.slice(0, nl) : "";
+  const rest = nl >= 0 ? raw.slice(nl + 1) : raw;
+  if (!metadata.trim()) {
+    const content = rest.trim();
+    return { reply: { kind: "text", content }, metadata: "", content };
+  }
+  const name = metadata.trim();
+  // Upstream evaluates the call only when the system prompt lists tools; a
+  // fine-tuned model may call tools without one, so any parsable call counts.
+  try {
+    return {
+      reply: { kind: "tool_call", name, parameters: parseToolCall(rest) },
+      metadata: name,
+      content: rest,
+    };
+  } catch (e) {
+    if (!(e instanceof PyLiteralError)) throw e;
+  }
+  return { reply: { kind: "tagged", name, content: rest }, metadata: name, content: rest };
+}
+
+/** How a reply is shown: the text itself, or the JSON upstream's chat returns for a tool. */
+export function formatReply(r: Reply): string {
+  switch (r.kind) {
+    case "text":
+      return r.content;
+    case "tool_call":
+      return JSON.stringify({ name: r.name, parameters: r.parameters });
+    case "tagged":
+      return JSON.stringify({ name: r.name, content: r.content });
+  }
+}
+
+export interface ChatOptions {
+  maxNewTokens: number;
+  doSample: boolean;
+  temperature: number;
+  topP: number;
+  topK: number;
+  seed: number;
+}
+
+export class ChatSession {
+  history: HistoryItem[] = [];
+  private turn = 0;
+  constructor(
+    private model: GlmModel,
+    private tokenizer: ChatGLMTokenizer,
+    private opts: ChatOptions,
+    private system?: string,
+  ) {
+    this.reset();
+  }
+
+  reset(): void {
+    this.history = this.system ? [{ role: "system", content: this.system }] : [];
+  }
+
+  setSystem(text: string): void {
+    this.system = text || undefined;
+    this.reset();
+  }
+
+  /** The prompt ids for `message` sent as `role` after the history. */
+  promptFor(message: string, role: ChatRole = "user"): number[] {
+    return this.tokenizer.buildChatInput(this.history, message, role);
+  }
+
+  /**
+   * Reply to `message` (a user turn, or the observation of a tool call),
+   * streaming the text of a plain reply through `onText` as tokens arrive.
+   * A tool call is not streamed: its JSON is known only at the end.
+   */
+  async ask(
+    message: string,
+    onText?: (delta: string) => void,
+    role: "user" | "observation" = "user",
+  ): Promise<Reply> {
+    const prompt = this.promptFor(message, role);
+    const ids: number[] = [];
+    let shown = 0;
+    const stream = onText && ((_row: number, id: number) => {
+      ids.push(id);
+      // Decode the whole reply each time: byte pieces only form characters together.
+      const text = this.tokenizer.decode(ids);
+      const nl = text.indexOf("\n");
+      if (nl < 0 || text.slice(0, nl).trim()) return;
+      const body = text.slice(nl + 1).trimStart();
+      // Hold back a trailing replacement char (an incomplete UTF-8 sequence) and trailing space.
+      const ready = body.replace(/\uFFFD$/, "").trimEnd();
+      if (ready.length > shown) {
+        onText(ready.slice(shown));
+        shown = ready.length;
+      }
+    });
+    const [out] = await this.model.generate([prompt], {
+      maxNewTokens: this.opts.maxNewTokens,
+      stopIds: this.tokenizer.stopIds,
+      doSample: this.opts.doSample,
+      temperature: this.opts.temperature,
+      topP: this.opts.topP,
+      topK: this.opts.topK,
+      seed: this.opts.seed + this.turn++,
+      ...(stream ? { onToken: stream } : {}),
+    });
+    const raw = this.tokenizer.decode(out);
+    const { reply, metadata, content } = parseReply(raw);
+    if (onText && reply.kind === "text" && reply.content.length > shown) {
+      onText(reply.content.slice(shown));
+    }
+    this.history.push({ role, content: message });
+    this.history.push({ role: "assistant", metadata, content });
+    return reply;
+  }
+}

@@ -1,0 +1,173 @@
+/**
+ * chat: talk to a model dir or an adapter dir (whose config names its base
+ * model), as the ChatGLM3 finetune demo's inference_hf.py does. With
+ * --prompt, one answer; otherwise an interactive session on stdin.
+ */
+import { parseFlags } from "../lib/data/args.ts";
+import { UserError } from "../lib/errors.ts";
+import { readLines } from "../lib/jsonl.ts";
+import { type ChatOptions, ChatSession, formatReply } from "../lib/eval/chat.ts";
+import { getGpu } from "../lib/gpu/device.ts";
+import { adapterTensorsFor, resolveModelOrAdapter } from "../lib/model/adapter_dir.ts";
+import { loadGlmModel, readModelConfig } from "../lib/model/load.ts";
+import { ChatGLMTokenizer } from "../lib/tokenizer/chatglm.ts";
+
+const USAGE =
+  `usage: deno task chat MODEL_OR_ADAPTER_DIR [--prompt TEXT] [--system TEXT] [--model BASE_DIR]
+       [--max-new-tokens N] [--do-sample --temperature T --top-p P --top-k K] [--seed N]
+
+In a session: a line is a message; /reset clears the history, /system TEXT sets
+the system prompt (and clears the history), /observation TEXT answers a tool
+call, /exit leaves (as does end of input).`;
+
+/** Largest context the session keeps; older turns are dropped to fit. */
+const MAX_CONTEXT = 2048;
+
+function number(v: unknown, flag: string, integer: boolean, min: number): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isFinite(n) || (integer && !Number.isInteger(n)) || n < min) {
+    throw new UserError(
+      `${flag}: expected ${integer ? "an integer" : "a number"} ≥ ${min}, got "${v}"`,
+    );
+  }
+  return n;
+}
+
+export async function main(args: string[]): Promise<number> {
+  const { values, positionals } = parseFlags(
+    args,
+    {
+      prompt: { type: "string" },
+      system: { type: "string" },
+      model: { type: "string" },
+      "max-new-tokens": { type: "string" },
+      "do-sample": { type: "boolean" },
+      temperature: { type: "string" },
+      "top-p": { type: "string" },
+      "top-k": { type: "string" },
+      seed: { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
+    USAGE,
+    true,
+  );
+  if (values.help) {
+    console.log(USAGE);
+    return 0;
+  }
+  if (positionals.length !== 1) {
+    throw new UserError(`chat: expected one MODEL_OR_ADAPTER_DIR\n${USAGE}`);
+  }
+  const temperature = number(values.temperature, "--temperature", false, 0);
+  const topP = number(values["top-p"], "--top-p", false, 0);
+  const topK = number(values["top-k"], "--top-k", true, 0);
+  // Sampling settings imply sampling; upstream's chat samples with 0.8 / 0.8.
+  const doSample = !!values["do-sample"] || temperature !== undefined || topP !== undefined ||
+    topK !== undefined;
+  const opts: ChatOptions = {
+    maxNewTokens: number(values["max-new-tokens"], "--max-new-tokens", true, 1) ?? 0,
+    doSample,
+    temperature: temperature ?? 0.8,
+    topP: topP ?? 0.8,
+    topK: topK ?? 0,
+    seed: number(values.seed, "--seed", true, 0) ?? 42,
+  };
+
+  const { modelDir, adapter } = await resolveModelOrAdapter(
+    positionals[0],
+    values.model as string | undefined,
+  );
+  const tokenizer = await ChatGLMTokenizer.load(modelDir);
+  const config = await readModelConfig(modelDir);
+  const context = Math.min(config.seq_length ?? MAX_CONTEXT, MAX_CONTEXT);
+  // Unset: up to 512 new tokens, at most half the context.
+  if (!opts.maxNewTokens) opts.maxNewTokens = Math.min(512, Math.floor(context / 2));
+  if (opts.maxNewTokens >= context) {
+    throw new UserError(
+      `--max-new-tokens ${opts.maxNewTokens} leaves no room for a prompt in a context of ${context} tokens`,
+    );
+  }
+  const model = await loadGlmModel(await getGpu(), modelDir, {
+    adapter: adapter?.spec ?? { kind: "none" },
+    maxBatch: 1,
+    maxSeq: context,
+    seed: opts.seed,
+    gradientCheckpointing: true,
+  });
+  const enc = new TextEncoder();
+  const print = (s: string) => Deno.stdout.writeSync(enc.encode(s));
+  try {
+    if (adapter) model.setParams(adapterTensorsFor(model.params, adapter));
+    const session = new ChatSession(model, tokenizer, opts, values.system as string | undefined);
+
+    const fit = (message: string, role: "user" | "observation") => {
+      // Drop the oldest exchanges (never the system prompt) until prompt + reply fit.
+      while (session.promptFor(message, role).length + opts.maxNewTokens > context) {
+        const first = session.history.findIndex((h) => h.role !== "system");
+        if (first < 0) {
+          throw new UserError(
+            `the message is ${
+              session.promptFor(message, role).length
+            } tokens; with --max-new-tokens ${opts.maxNewTokens} it exceeds the context of ${context}`,
+          );
+        }
+        const next = session.history.findIndex((h, i) => i > first && h.role === "user");
+        session.history.splice(first, next < 0 ? session.history.length - first : next - first);
+      }
+    };
+    const answer = async (message: string, role: "user" | "observation") => {
+      fit(message, role);
+      let streamed = false;
+      const reply = await session.ask(message, (t) => {
+        streamed = true;
+        print(t);
+      }, role);
+      if (!streamed || reply.kind !== "text") print(formatReply(reply));
+      print("\n");
+    };
+
+    if (values.prompt !== undefined) {
+      await answer(values.prompt as string, "user");
+      return 0;
+    }
+
+    const interactive = Deno.stdin.isTerminal();
+    if (interactive) {
+      console.error(
+        `chat with ${positionals[0]}${
+          adapter ? ` (base ${modelDir})` : ""
+        }; /reset, /system TEXT, /observation TEXT, /exit`,
+      );
+    }
+    if (interactive) print("user> ");
+    for await (const l of readLines(Deno.stdin.readable)) {
+      if (l.error !== undefined) {
+        console.error(`(line ${l.line}: ${l.error}; ignored)`);
+        continue;
+      }
+      const line = l.text!;
+      const cmd = line.trim();
+      if (cmd === "/exit" || cmd === "/quit") break;
+      if (cmd === "/reset") {
+        session.reset();
+        console.error("(history cleared)");
+      } else if (cmd === "/system" || cmd.startsWith("/system ")) {
+        session.setSystem(cmd.slice("/system".length).trim());
+        console.error("(system prompt set, history cleared)");
+      } else if (cmd.startsWith("/observation ")) {
+        await answer(cmd.slice("/observation ".length), "observation");
+      } else if (cmd.startsWith("/")) {
+        console.error(
+          `unknown command ${cmd.split(" ")[0]}; /reset, /system TEXT, /observation TEXT, /exit`,
+        );
+      } else if (cmd) {
+        await answer(line, "user");
+      }
+      if (interactive) print("user> ");
+    }
+    return 0;
+  } finally {
+    model.destroy();
+  }
+}

@@ -1,0 +1,157 @@
+/**
+ * chat as a user runs it (a subprocess): answers with the tiny base model and
+ * with the PEFT adapter dir, checked against the CPU reference model's greedy
+ * reply; a wrong base path in adapter_config.json; an interactive session on
+ * stdin with history and /reset. And the reply parsing (tool calls as JSON).
+ */
+import assert from "node:assert";
+import { join } from "node:path";
+import { formatReply, parseReply } from "../lib/eval/chat.ts";
+import { readAdapterDir } from "../lib/model/adapter_dir.ts";
+import { CpuGlm, type CpuGlmConfig } from "../lib/model/cpu/glm.ts";
+import { openModelWeights, readModelConfig } from "../lib/model/load.ts";
+import { ChatGLMTokenizer, type HistoryItem } from "../lib/tokenizer/chatglm.ts";
+
+const FIX = new URL("./fixtures/", import.meta.url).pathname;
+const TINY = join(FIX, "tiny");
+const PEFT = join(FIX, "tiny-lora-peft");
+const CLI = new URL("../cli.ts", import.meta.url).pathname;
+const N = 12;
+
+async function cpu(adapterDir?: string): Promise<CpuGlm> {
+  const c = await readModelConfig(TINY);
+  const w = await openModelWeights(TINY);
+  const weights = new Map<string, Float32Array>();
+  for (const n of w.names()) weights.set(n, await w.f32(n));
+  const config: CpuGlmConfig = {
+    num_layers: c.num_layers,
+    hidden_size: c.hidden_size,
+    ffn_hidden_size: c.ffn_hidden_size,
+    kv_channels: c.kv_channels,
+    num_attention_heads: c.num_attention_heads,
+    multi_query_group_num: c.multi_query_group_num,
+    padded_vocab_size: c.padded_vocab_size,
+    layernorm_epsilon: c.layernorm_epsilon,
+    rope_ratio: c.rope_ratio ?? 1,
+    add_qkv_bias: c.add_qkv_bias ?? true,
+  };
+  if (!adapterDir) return new CpuGlm(config, weights, { kind: "none" });
+  const a = await readAdapterDir(adapterDir);
+  const m = new CpuGlm(config, weights, a.spec);
+  m.setParams(a.tensors);
+  return m;
+}
+
+const tok = await ChatGLMTokenizer.load(TINY);
+
+/** The reply the CPU reference gives (greedy), as chat prints it, and the history entry it leaves. */
+function expected(m: CpuGlm, history: HistoryItem[], query: string) {
+  const [ids] = m.generate([tok.buildChatInput(history, query)], {
+    maxNewTokens: N,
+    stopIds: tok.stopIds,
+  });
+  const { reply, metadata, content } = parseReply(tok.decode(ids));
+  return {
+    text: formatReply(reply),
+    turn: [{ role: "user", content: query }, {
+      role: "assistant",
+      metadata,
+      content,
+    }] as HistoryItem[],
+  };
+}
+
+async function chat(args: string[], stdin?: string) {
+  const p = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", CLI, "chat", ...args, "--max-new-tokens", String(N)],
+    stdin: stdin === undefined ? "null" : "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  if (stdin !== undefined) {
+    const w = p.stdin.getWriter();
+    await w.write(new TextEncoder().encode(stdin));
+    await w.close();
+  }
+  const o = await p.output();
+  return {
+    code: o.code,
+    out: new TextDecoder().decode(o.stdout),
+    err: new TextDecoder().decode(o.stderr),
+  };
+}
+
+Deno.test("chat --prompt: the tiny base model answers as the reference model does", async () => {
+  const want = expected(await cpu(), [], "你好");
+  const r = await chat([TINY, "--prompt", "你好"]);
+  assert.strictEqual(r.code, 0, r.err);
+  assert.strictEqual(r.out, want.text + "\n");
+});
+
+Deno.test("chat --prompt: an adapter dir loads its base model and applies the adapter", async () => {
+  const want = expected(await cpu(PEFT), [], "hello");
+  const base = expected(await cpu(), [], "hello");
+  assert.notStrictEqual(want.text, base.text, "the adapter changes the reply");
+  const r = await chat([PEFT, "--prompt", "hello"]);
+  assert.strictEqual(r.code, 0, r.err);
+  assert.strictEqual(r.out, want.text + "\n");
+});
+
+Deno.test("chat: an adapter whose base path is wrong says what to edit", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const cfg = JSON.parse(await Deno.readTextFile(join(PEFT, "adapter_config.json")));
+    cfg.base_model_name_or_path = "/nonexistent/chatglm3-6b";
+    await Deno.writeTextFile(join(dir, "adapter_config.json"), JSON.stringify(cfg));
+    await Deno.copyFile(
+      join(PEFT, "adapter_model.safetensors"),
+      join(dir, "adapter_model.safetensors"),
+    );
+    const r = await chat([dir, "--prompt", "hello"]);
+    assert.strictEqual(r.code, 1);
+    assert.match(r.err, /\/nonexistent\/chatglm3-6b/);
+    assert.match(r.err, /base_model_name_or_path/);
+    assert.ok(r.err.includes(join(dir, "adapter_config.json")), r.err);
+    assert.match(r.err, /--model/);
+    assert.doesNotMatch(r.err, /\n\s+at /);
+    assert.strictEqual(r.out, "");
+    // --model points it at the base instead.
+    const ok = await chat([dir, "--model", TINY, "--prompt", "hello"]);
+    assert.strictEqual(ok.code, 0, ok.err);
+    assert.strictEqual(ok.out, expected(await cpu(PEFT), [], "hello").text + "\n");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("chat: an interactive session keeps history; /reset clears it; /exit ends", async () => {
+  const m = await cpu();
+  const first = expected(m, [], "hi");
+  const second = expected(m, first.turn, "你好");
+  const fresh = expected(m, [], "你好");
+  assert.notStrictEqual(second.text, fresh.text, "history changes the reply");
+  const r = await chat([TINY], "hi\n你好\n/reset\n你好\n/exit\nnever read\n");
+  assert.strictEqual(r.code, 0, r.err);
+  assert.strictEqual(r.out, [first.text, second.text, fresh.text].map((t) => t + "\n").join(""));
+  assert.match(r.err, /history cleared/);
+});
+
+Deno.test("chat: replies are split into metadata and content; tool calls become JSON", () => {
+  const call = parseReply("get_weather\n```python\ntool_call(city='北京', days=3)\n```");
+  assert.deepStrictEqual(call.reply, {
+    kind: "tool_call",
+    name: "get_weather",
+    parameters: { city: "北京", days: 3 },
+  });
+  assert.strictEqual(
+    formatReply(call.reply),
+    '{"name":"get_weather","parameters":{"city":"北京","days":3}}',
+  );
+  assert.deepStrictEqual(parseReply("\n 你好！ \n").reply, { kind: "text", content: "你好！" });
+  assert.deepStrictEqual(parseReply("no break").reply, { kind: "text", content: "no break" });
+  assert.deepStrictEqual(parseReply("search\nnot a call").reply, {
+    kind: "tagged",
+    name: "search",
+    content: "not a call",
+  });
+});
