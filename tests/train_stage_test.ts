@@ -371,3 +371,30 @@ Deno.test("Ctrl-C: the CLI saves a checkpoint, says how to resume and exits 130"
   assert(/resume with the same command and --resume \d+/.test(stderr), stderr);
   await Deno.remove(out, { recursive: true });
 });
+
+Deno.test("--init-adapter: any safetensors with the prefix embedding; mismatches are UserErrors", async () => {
+  const dir = await Deno.makeTempDir();
+  await Deno.copyFile(join(TRAJ, "prefix_init.safetensors"), join(dir, "weights.safetensors"));
+  const spec: AdapterSpec = { kind: "prefix", preSeqLen: 4, prefixProjection: false };
+  const t = await readInitAdapter(dir, spec);
+  const emb = t.get("transformer.prefix_encoder.embedding.weight");
+  // [pre_seq_len, num_layers · 2 · groups · kv_channels] = [4, 2·2·2·16]
+  assert(emb && emb.length === 4 * 128);
+  await rejects(
+    () => readInitAdapter(join(FIX, "tiny-lora-peft"), { ...spec }),
+    /no prefix_encoder.safetensors nor any .safetensors file|holds transformer.prefix_encoder/,
+  );
+  await rejects(
+    () =>
+      readInitAdapter(join(FIX, "tiny-lora-peft"), {
+        kind: "lora",
+        r: 8,
+        alpha: 32,
+        dropout: 0,
+        targetModules: ["query_key_value"],
+      }),
+    /r is 4, the config's peft_config.r is 8/,
+  );
+  await rejects(() => readInitAdapter(join(dir, "nope"), spec), /no such directory/);
+  await Deno.remove(dir, { recursive: true });
+});
