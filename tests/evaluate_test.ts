@@ -288,3 +288,28 @@ Deno.test("evaluate: bad records are reported with file, line and field", async 
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("evaluate: --adapter with a P-Tuning v2 dir follows the reference model", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const adapter = join(dir, "prefix");
+    await Deno.mkdir(adapter);
+    await Deno.copyFile(
+      join(FIX, "tiny-train/prefix_proj_init.safetensors"),
+      join(adapter, "prefix_encoder.safetensors"),
+    );
+    await Deno.writeTextFile(
+      join(adapter, "prefix_config.json"),
+      JSON.stringify({ pre_seq_len: 4, prefix_projection: true, base_model_name_or_path: TINY }),
+    );
+    const input = join(dir, "eval.jsonl");
+    const prompts: number[][] = forward.greedy.map((g: { prompt: number[] }) => g.prompt);
+    await writeJsonl(input, prompts.map((p) => ({ input_ids: p, output_ids: [2] })));
+    await evaluate(opts(dir, input, { frozenF16: false, adapterDir: adapter }));
+    const got = await readJsonl(join(dir, "out/predictions.jsonl"));
+    const cpu = (await cpuModel(adapter)).generate(prompts, { maxNewTokens: 32, stopIds: STOP });
+    prompts.forEach((_, i) => assert.deepStrictEqual(got[i].prediction_ids, cpu[i], `record ${i}`));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -17,7 +17,7 @@
  */
 import { isAbsolute, join, resolve } from "node:path";
 import { UserError } from "../errors.ts";
-import { type DType, isDType, toF32 } from "../safetensors/dtype.ts";
+import { SafetensorsFile } from "../safetensors/read.ts";
 import {
   type AdapterSpec,
   LINEAR_PATH,
@@ -51,39 +51,10 @@ interface FileTensor {
 
 /** Every tensor of a (small) safetensors file as f32; adapters are a few MB at most. */
 async function readTensorFile(path: string): Promise<Map<string, FileTensor>> {
-  let bytes: Uint8Array;
-  try {
-    bytes = await Deno.readFile(path);
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) throw new UserError(`${path}: no such file`);
-    throw e;
-  }
-  const bad = (msg: string) => new UserError(`${path}: not a valid safetensors file: ${msg}`);
-  if (bytes.length < 8) throw bad("shorter than its 8-byte header length");
-  const hlen = Number(new DataView(bytes.buffer, bytes.byteOffset).getBigUint64(0, true));
-  if (8 + hlen > bytes.length) throw bad("the header runs past the end of the file");
-  let header: Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>;
-  try {
-    header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + hlen)));
-  } catch {
-    throw bad("the header is not JSON");
-  }
+  const f = await SafetensorsFile.open(path);
   const out = new Map<string, FileTensor>();
-  for (const [name, info] of Object.entries(header)) {
-    if (name === "__metadata__") continue;
-    if (!isDType(info.dtype)) {
-      throw bad(`${name}: dtype ${info.dtype} (F32, F16 and BF16 are supported)`);
-    }
-    const [a, b] = info.data_offsets;
-    const n = info.shape.reduce((x, y) => x * y, 1);
-    const width = info.dtype === "F32" ? 4 : 2;
-    if (!(a >= 0 && b - a === n * width && 8 + hlen + b <= bytes.length)) {
-      throw bad(`${name}: data_offsets [${a}, ${b}] do not fit shape [${info.shape}]`);
-    }
-    out.set(name, {
-      shape: info.shape,
-      data: toF32(bytes.slice(8 + hlen + a, 8 + hlen + b), info.dtype as DType),
-    });
+  for (const name of f.names()) {
+    out.set(name, { shape: f.info(name).shape, data: await f.f32(name) });
   }
   return out;
 }
