@@ -9,7 +9,8 @@ import { readLines } from "../lib/jsonl.ts";
 import { type ChatOptions, ChatSession, formatReply } from "../lib/eval/chat.ts";
 import { getGpu } from "../lib/gpu/device.ts";
 import { adapterTensorsFor, resolveModelOrAdapter } from "../lib/model/adapter_dir.ts";
-import { loadGlmModel, readModelConfig } from "../lib/model/load.ts";
+import { loadGlmConfig } from "../lib/model/config.ts";
+import { loadGlmModel } from "../lib/model/load.ts";
 import { ChatGLMTokenizer } from "../lib/tokenizer/chatglm.ts";
 
 const USAGE =
@@ -79,7 +80,7 @@ export async function main(args: string[]): Promise<number> {
     values.model as string | undefined,
   );
   const tokenizer = await ChatGLMTokenizer.load(modelDir);
-  const config = await readModelConfig(modelDir);
+  const config = await loadGlmConfig(modelDir);
   const context = Math.min(config.seq_length ?? MAX_CONTEXT, MAX_CONTEXT);
   // Unset: up to 512 new tokens, at most half the context.
   if (!opts.maxNewTokens) opts.maxNewTokens = Math.min(512, Math.floor(context / 2));

@@ -9,7 +9,8 @@ import { join } from "node:path";
 import { formatReply, parseReply } from "../lib/eval/chat.ts";
 import { readAdapterDir } from "../lib/model/adapter_dir.ts";
 import { CpuGlm, type CpuGlmConfig } from "../lib/model/cpu/glm.ts";
-import { openModelWeights, readModelConfig } from "../lib/model/load.ts";
+import { loadGlmConfig } from "../lib/model/config.ts";
+import { openWeights } from "../lib/model/weights.ts";
 import { ChatGLMTokenizer, type HistoryItem } from "../lib/tokenizer/chatglm.ts";
 
 const FIX = new URL("./fixtures/", import.meta.url).pathname;
@@ -19,8 +20,8 @@ const CLI = new URL("../cli.ts", import.meta.url).pathname;
 const N = 12;
 
 async function cpu(adapterDir?: string): Promise<CpuGlm> {
-  const c = await readModelConfig(TINY);
-  const w = await openModelWeights(TINY);
+  const c = await loadGlmConfig(TINY);
+  const w = await openWeights(TINY, c);
   const weights = new Map<string, Float32Array>();
   for (const n of w.names()) weights.set(n, await w.f32(n));
   const config: CpuGlmConfig = {

@@ -10,7 +10,8 @@ import { join } from "node:path";
 import { evaluate, type EvaluateOptions } from "../lib/eval/evaluate.ts";
 import { readAdapterDir } from "../lib/model/adapter_dir.ts";
 import { CpuGlm, type CpuGlmConfig } from "../lib/model/cpu/glm.ts";
-import { openModelWeights, readModelConfig } from "../lib/model/load.ts";
+import { loadGlmConfig } from "../lib/model/config.ts";
+import { openWeights } from "../lib/model/weights.ts";
 import { UserError } from "../lib/errors.ts";
 
 const FIX = new URL("./fixtures/", import.meta.url).pathname;
@@ -56,8 +57,8 @@ function untilStop(tokens: number[]): number[] {
 }
 
 async function cpuModel(adapterDir?: string): Promise<CpuGlm> {
-  const cfg = await readModelConfig(TINY);
-  const w = await openModelWeights(TINY);
+  const cfg = await loadGlmConfig(TINY);
+  const w = await openWeights(TINY, cfg);
   const weights = new Map<string, Float32Array>();
   for (const n of w.names()) weights.set(n, await w.f32(n));
   const config: CpuGlmConfig = {
