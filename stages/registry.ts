@@ -12,6 +12,7 @@ export const STAGES: Record<string, string> = {
   train: "./train.ts",
   evaluate: "./evaluate.ts",
   "merge-adapter": "./merge_adapter.ts",
+  report: "./report.ts",
 };
 
 export interface StageModule {

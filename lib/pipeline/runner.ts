@@ -344,8 +344,12 @@ export async function runPipeline(path: string, opts: RunOptions = {}): Promise<
         }`,
       );
     }
-    await writeJsonAtomic(manifestPath, await manifestOf(step, ref!, hasher, code));
-    log(`  done ${step.name} in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+    const seconds = (performance.now() - t0) / 1000;
+    await writeJsonAtomic(manifestPath, {
+      ...await manifestOf(step, ref!, hasher, code),
+      seconds, // read by the report stage; not compared when deciding to skip
+    });
+    log(`  done ${step.name} in ${seconds.toFixed(1)} s`);
     ran++;
   }
   if (!opts.dryRun) log(`pipeline ${file.name}: ${ran} run, ${skipped} skipped`);
