@@ -11,6 +11,10 @@
  * BLEU after training are far above their values before it.
  *
  *   deno run -A data/make_demo.ts [--out data/demo] [--seed 42] [--train 2000] [--dev 100]
+ *        [--pretrain]
+ *
+ * --pretrain writes the demo base model's pretraining corpus instead
+ * (`makePretrain`; `data/make_demo_model.ts` uses it).
  *
  * Output depends only on the flags: the same seed writes the same bytes.
  */
@@ -184,6 +188,31 @@ export function summaryFor(content: string, variant: 0 | 1): string {
   return `${TYPES[type].opening}${phrases.join("，")}，${CLOSINGS[style][variant]}。`;
 }
 
+/**
+ * The demo base model's pretraining text: the same contents and the same
+ * attribute phrases, written another way. The opening names the type as the
+ * content does ("这款" + type), the phrases come in a random order, and the
+ * closing is drawn from all styles' closings. A model trained on it knows the
+ * words and phrases but not the demo's templates (type openings, content
+ * order, style closings), which is what the demo fine-tune then has to teach.
+ */
+export function pretrainSummaryFor(content: string, r: () => number): string {
+  const pairs = content.split("*").map((kv) => kv.split("#"));
+  const [[typeKey, type], ...rest] = pairs;
+  if (typeKey !== "类型" || !(type in TYPES)) throw new Error(`not a demo content: ${content}`);
+  const phrases = rest.map(([a, v]) => {
+    const phrase = PHRASES[a]?.[v];
+    if (phrase === undefined) throw new Error(`not a demo attribute: ${a}#${v}`);
+    return phrase;
+  });
+  for (let i = phrases.length - 1; i > 0; i--) {
+    const j = Math.floor(r() * (i + 1));
+    [phrases[i], phrases[j]] = [phrases[j], phrases[i]];
+  }
+  const closing = pick(r, Object.values(CLOSINGS).flat());
+  return `这款${type}${phrases.join("，")}，${closing}。`;
+}
+
 /** Train and dev sets with no content in common. */
 export function makeDemo(
   seed: number,
@@ -209,6 +238,22 @@ export function makeDemo(
   return { train, dev };
 }
 
+/**
+ * The pretraining corpus (see `pretrainSummaryFor`), drawn from its own seed:
+ * contents may repeat those of the demo set, summaries never follow its templates.
+ */
+export function makePretrain(
+  seed: number,
+  nTrain: number,
+  nDev: number,
+): { train: DemoRecord[]; dev: DemoRecord[] } {
+  const { train, dev } = makeDemo(seed, nTrain, nDev);
+  const r = rng(seed ^ 0x5eed);
+  const rewrite = (xs: DemoRecord[]) =>
+    xs.map((x) => ({ content: x.content, summary: pretrainSummaryFor(x.content, r) }));
+  return { train: rewrite(train), dev: rewrite(dev) };
+}
+
 /** JSON lines, as AdvertiseGen's train.json: one object per line, non-ASCII kept. */
 export function toJsonLines(records: DemoRecord[]): string {
   return records.map((r) => JSON.stringify({ content: r.content, summary: r.summary }) + "\n").join(
@@ -216,13 +261,27 @@ export function toJsonLines(records: DemoRecord[]): string {
   );
 }
 
-function parseArgs(args: string[]): { out: string; seed: number; train: number; dev: number } {
-  const opts = { out: "data/demo", seed: 42, train: 2000, dev: 100 };
+interface Options {
+  out: string;
+  seed: number;
+  train: number;
+  dev: number;
+  pretrain: boolean;
+}
+
+function parseArgs(args: string[]): Options {
+  const opts: Options = { out: "data/demo", seed: 42, train: 2000, dev: 100, pretrain: false };
   for (let i = 0; i < args.length; i++) {
     const flag = args[i];
+    if (flag === "--pretrain") {
+      opts.pretrain = true;
+      continue;
+    }
     const value = args[i + 1];
     if (!["--out", "--seed", "--train", "--dev"].includes(flag)) {
-      throw new UserError(`unknown flag ${flag}; expected --out DIR, --seed N, --train N, --dev N`);
+      throw new UserError(
+        `unknown flag ${flag}; expected --out DIR, --seed N, --train N, --dev N, --pretrain`,
+      );
     }
     if (value === undefined) throw new UserError(`${flag} needs a value`);
     i++;
@@ -241,7 +300,7 @@ function parseArgs(args: string[]): { out: string; seed: number; train: number; 
 
 export async function main(args: string[]): Promise<void> {
   const opts = parseArgs(args);
-  const { train, dev } = makeDemo(opts.seed, opts.train, opts.dev);
+  const { train, dev } = (opts.pretrain ? makePretrain : makeDemo)(opts.seed, opts.train, opts.dev);
   await Deno.mkdir(opts.out, { recursive: true });
   await writeFileAtomic(`${opts.out}/train.json`, toJsonLines(train));
   await writeFileAtomic(`${opts.out}/dev.json`, toJsonLines(dev));

@@ -1,0 +1,213 @@
+/**
+ * Makes the demo base model's weights, `data/demo-model/model.safetensors`,
+ * from scratch with the project's own trainer:
+ *
+ *   1. the pretraining corpus (`makePretrain` in make_demo.ts: the demo's
+ *      contents and phrases, written without the demo's templates) → WORK/corpus/;
+ *   2. a deterministic random start (seeded) of the model in
+ *      data/demo-model/config.json → WORK/init/;
+ *   3. `pipelines/demo-base.yaml` (convert → validate → tokenize → mask → full
+ *      SFT → evaluate) on them → WORK/train/;
+ *   4. the trained weights stored as f16 in data/demo-model/model.safetensors
+ *      (config.json's torch_dtype becomes float16).
+ *
+ *   deno run -A data/make_demo_model.ts [--work runs/demo-base] [--out data/demo-model]
+ *        [--seed 1234] [--train 6000] [--set key=value ...]
+ *
+ * `--set` is passed to the pipeline (`--set training_args.max_steps=50`).
+ * The pipeline skips unchanged steps, so a rerun after an interruption only
+ * redoes what is missing.
+ */
+import { join } from "node:path";
+import { writeFileAtomic, writeJsonAtomic } from "../lib/atomic.ts";
+import { runCli, UserError } from "../lib/errors.ts";
+import { runPipeline } from "../lib/pipeline/runner.ts";
+import { f32ToF16Bits } from "../lib/safetensors/dtype.ts";
+import { encodeSafetensors, readSafetensorsF32, type Tensor } from "../lib/train/tensorfile.ts";
+import { makePretrain, rng, toJsonLines } from "./make_demo.ts";
+
+/** The chatglm config fields the weight shapes depend on. */
+export interface GlmShapeConfig {
+  num_layers: number;
+  hidden_size: number;
+  ffn_hidden_size: number;
+  kv_channels: number;
+  num_attention_heads: number;
+  multi_query_attention: boolean;
+  multi_query_group_num: number;
+  padded_vocab_size: number;
+  add_qkv_bias: boolean;
+}
+
+/** Every tensor of a chatglm3 checkpoint (HF names), with its shape. */
+export function weightShapes(c: GlmShapeConfig): Map<string, number[]> {
+  const h = c.hidden_size;
+  const groups = c.multi_query_attention ? c.multi_query_group_num : c.num_attention_heads;
+  const qkv = (c.num_attention_heads + 2 * groups) * c.kv_channels;
+  const out = new Map<string, number[]>();
+  out.set("transformer.embedding.word_embeddings.weight", [c.padded_vocab_size, h]);
+  for (let i = 0; i < c.num_layers; i++) {
+    const p = `transformer.encoder.layers.${i}`;
+    out.set(`${p}.input_layernorm.weight`, [h]);
+    out.set(`${p}.self_attention.query_key_value.weight`, [qkv, h]);
+    if (c.add_qkv_bias) out.set(`${p}.self_attention.query_key_value.bias`, [qkv]);
+    out.set(`${p}.self_attention.dense.weight`, [h, c.num_attention_heads * c.kv_channels]);
+    out.set(`${p}.post_attention_layernorm.weight`, [h]);
+    out.set(`${p}.mlp.dense_h_to_4h.weight`, [2 * c.ffn_hidden_size, h]);
+    out.set(`${p}.mlp.dense_4h_to_h.weight`, [h, c.ffn_hidden_size]);
+  }
+  out.set("transformer.encoder.final_layernorm.weight", [h]);
+  out.set("transformer.output_layer.weight", [c.padded_vocab_size, h]);
+  return out;
+}
+
+/**
+ * A random start as tools/make_demo_tokenizer.py's learnability check makes
+ * it (matrices N(0, 0.02), RMSNorm weights 1), with zero biases; a function
+ * of the seed only.
+ */
+export function initWeights(c: GlmShapeConfig, seed: number): Map<string, Tensor> {
+  const u = rng(seed);
+  let spare: number | undefined;
+  const normal = (): number => {
+    if (spare !== undefined) {
+      const s = spare;
+      spare = undefined;
+      return s;
+    }
+    // Box–Muller; 1 - u() keeps the logarithm finite.
+    const r = Math.sqrt(-2 * Math.log(1 - u()));
+    const t = 2 * Math.PI * u();
+    spare = r * Math.sin(t);
+    return r * Math.cos(t);
+  };
+  const out = new Map<string, Tensor>();
+  for (const [name, shape] of weightShapes(c)) {
+    const data = new Float32Array(shape.reduce((a, b) => a * b, 1));
+    if (name.endsWith("layernorm.weight")) data.fill(1);
+    else if (!name.endsWith(".bias")) for (let i = 0; i < data.length; i++) data[i] = 0.02 * normal();
+    out.set(name, { shape, data });
+  }
+  return out;
+}
+
+/** A safetensors file of F16 tensors (names sorted, as torch's save_file writes them). */
+export function encodeSafetensorsF16(tensors: ReadonlyMap<string, Tensor>): Uint8Array {
+  const names = [...tensors.keys()].sort();
+  const header: Record<string, unknown> = { __metadata__: { format: "pt" } };
+  let off = 0;
+  for (const name of names) {
+    const t = tensors.get(name)!;
+    header[name] = { dtype: "F16", shape: t.shape, data_offsets: [off, off + t.data.length * 2] };
+    off += t.data.length * 2;
+  }
+  let json = JSON.stringify(header);
+  json += " ".repeat((8 - ((8 + new TextEncoder().encode(json).length) % 8)) % 8);
+  const hbytes = new TextEncoder().encode(json);
+  const out = new Uint8Array(8 + hbytes.length + off);
+  const dv = new DataView(out.buffer);
+  dv.setBigUint64(0, BigInt(hbytes.length), true);
+  out.set(hbytes, 8);
+  let pos = 8 + hbytes.length;
+  for (const name of names) {
+    for (const x of tensors.get(name)!.data) {
+      dv.setUint16(pos, f32ToF16Bits(x), true);
+      pos += 2;
+    }
+  }
+  return out;
+}
+
+interface Options {
+  work: string;
+  out: string;
+  seed: number;
+  train: number;
+  sets: string[];
+}
+
+function parseArgs(args: string[]): Options {
+  const o: Options = { work: "runs/demo-base", out: "data/demo-model", seed: 1234, train: 6000, sets: [] };
+  for (let i = 0; i < args.length; i++) {
+    const flag = args[i];
+    const value = args[++i];
+    if (value === undefined) throw new UserError(`${flag} needs a value`);
+    switch (flag) {
+      case "--work":
+        o.work = value;
+        break;
+      case "--out":
+        o.out = value;
+        break;
+      case "--set":
+        o.sets.push(value);
+        break;
+      case "--seed":
+      case "--train": {
+        const n = Number(value);
+        if (!Number.isInteger(n) || n <= 0) {
+          throw new UserError(`${flag}: expected a positive integer, got ${value}`);
+        }
+        o[flag === "--seed" ? "seed" : "train"] = n;
+        break;
+      }
+      default:
+        throw new UserError(
+          `unknown flag ${flag}; expected --work DIR, --out DIR, --seed N, --train N, --set K=V`,
+        );
+    }
+  }
+  return o;
+}
+
+/** Write `bytes` unless the file already holds exactly them (keeps the pipeline's hashes stable). */
+async function writeIfChanged(path: string, bytes: Uint8Array): Promise<void> {
+  try {
+    const old = await Deno.readFile(path);
+    if (old.length === bytes.length && old.every((b, i) => b === bytes[i])) return;
+  } catch { /* absent */ }
+  await writeFileAtomic(path, bytes);
+}
+
+export async function main(args: string[]): Promise<void> {
+  const o = parseArgs(args);
+  const cfgPath = join(o.out, "config.json");
+  const config = JSON.parse(await Deno.readTextFile(cfgPath));
+  const enc = new TextEncoder();
+
+  const corpus = join(o.work, "corpus");
+  await Deno.mkdir(corpus, { recursive: true });
+  const { train, dev } = makePretrain(o.seed, o.train, 100);
+  await writeIfChanged(join(corpus, "train.json"), enc.encode(toJsonLines(train)));
+  await writeIfChanged(join(corpus, "dev.json"), enc.encode(toJsonLines(dev)));
+
+  const init = join(o.work, "init");
+  await Deno.mkdir(init, { recursive: true });
+  await writeIfChanged(
+    join(init, "config.json"),
+    enc.encode(JSON.stringify({ ...config, torch_dtype: "float32" }, null, 2) + "\n"),
+  );
+  await writeIfChanged(join(init, "tokenizer.model"), await Deno.readFile(join(o.out, "tokenizer.model")));
+  await writeIfChanged(join(init, "model.safetensors"), encodeSafetensors(initWeights(config, o.seed)));
+  console.log(`random start (seed ${o.seed}) in ${init}; pretraining corpus of ${train.length} records in ${corpus}`);
+
+  const run = await runPipeline("pipelines/demo-base.yaml", {
+    sets: [`model=${init}`, `data=${corpus}`, ...o.sets],
+    out: o.work,
+  });
+  const trained = join(run.runDir, "train", "model.safetensors");
+  const weights = await readSafetensorsF32(trained);
+  const expected = weightShapes(config);
+  for (const [name, shape] of expected) {
+    const t = weights.get(name);
+    if (!t || t.shape.join() !== shape.join()) {
+      throw new UserError(`${trained}: ${name} missing or of another shape than [${shape}]`);
+    }
+  }
+  const kept = new Map([...expected.keys()].map((n) => [n, weights.get(n)!]));
+  await writeFileAtomic(join(o.out, "model.safetensors"), encodeSafetensorsF16(kept));
+  await writeJsonAtomic(cfgPath, { ...config, torch_dtype: "float16" });
+  console.log(`wrote ${join(o.out, "model.safetensors")} (f16) from ${trained}`);
+}
+
+if (import.meta.main) runCli(() => main(Deno.args));
