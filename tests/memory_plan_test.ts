@@ -1,26 +1,27 @@
 /** The memory plan: parameter counts of the real chatglm3-6b, and the LoRA job PyTorch runs in 14,082 MiB. */
 import assert from "node:assert";
-import {
-  formatMemoryPlan,
-  largestRowsPerPass,
-  memoryPlan,
-  type PlanAdapter,
-  type PlanConfig,
-} from "../lib/model/memory_plan.ts";
-import { baseWeightShapes, type CpuGlmConfig, trainableShapes } from "../lib/model/cpu/glm.ts";
+import type { AdapterSpec } from "../lib/model/adapter.ts";
+import { glmParameterCount, parseGlmConfig } from "../lib/model/config.ts";
+import { trainableShapes } from "../lib/model/cpu/glm.ts";
+import { formatMemoryPlan, largestRowsPerPass, memoryPlan } from "../lib/model/memory_plan.ts";
+import { glmWeightShapes } from "../lib/model/weights.ts";
 
 const fixture = (p: string) => new URL(`./fixtures/${p}`, import.meta.url);
-const glm6b: PlanConfig & CpuGlmConfig = JSON.parse(
-  await Deno.readTextFile(fixture("chatglm3-6b-config.json")),
-);
-const tiny: PlanConfig & CpuGlmConfig = JSON.parse(
-  await Deno.readTextFile(fixture("tiny/config.json")),
-);
+const readConfig = async (p: string) =>
+  parseGlmConfig(JSON.parse(await Deno.readTextFile(fixture(p))), p);
+const glm6b = await readConfig("chatglm3-6b-config.json");
+const tiny = await readConfig("tiny/config.json");
 const MiB = 2 ** 20;
 /** What ChatGLM3's finetune_demo reports for LoRA r=8 with its lora.yaml (batch 4, 256+512 tokens). */
 const PYTORCH_LORA_MIB = 14082;
 
-const lora8: PlanAdapter = { kind: "lora", r: 8, targetModules: ["query_key_value"] };
+const lora8: AdapterSpec = {
+  kind: "lora",
+  r: 8,
+  alpha: 32,
+  dropout: 0.1,
+  targetModules: ["query_key_value"],
+};
 const job = { adapter: lora8, batch: 4, seq: 768, frozenF16: true, gradientCheckpointing: true };
 
 Deno.test("chatglm3-6b: 6,243,584,000 base parameters, 1,949,696 LoRA r=8 parameters", () => {
@@ -71,38 +72,24 @@ Deno.test("gradient checkpointing keeps one layer's activations instead of every
 });
 
 Deno.test("trainable sizes agree with the model's own tensor lists", () => {
-  const adapters: [PlanAdapter, Parameters<typeof trainableShapes>[1]][] = [
-    [
-      {
-        kind: "lora",
-        r: 4,
-        targetModules: ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
-      },
-      {
-        kind: "lora",
-        r: 4,
-        alpha: 8,
-        dropout: 0,
-        targetModules: ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
-      },
-    ],
-    [
-      { kind: "prefix", preSeqLen: 4, prefixProjection: true },
-      { kind: "prefix", preSeqLen: 4, prefixProjection: true },
-    ],
-    [{ kind: "prefix", preSeqLen: 4, prefixProjection: false }, {
-      kind: "prefix",
-      preSeqLen: 4,
-      prefixProjection: false,
-    }],
-    [{ kind: "full" }, { kind: "full" }],
+  const adapters: AdapterSpec[] = [
+    {
+      kind: "lora",
+      r: 4,
+      alpha: 8,
+      dropout: 0,
+      targetModules: ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+    },
+    { kind: "prefix", preSeqLen: 4, prefixProjection: true },
+    { kind: "prefix", preSeqLen: 4, prefixProjection: false, prefixHiddenSize: 32 },
+    { kind: "full" },
   ];
   const count = (m: Map<string, number[]>) =>
     [...m.values()].reduce((s, sh) => s + sh.reduce((a, b) => a * b, 1), 0);
   for (const cfg of [tiny, glm6b]) {
-    for (const [plan, spec] of adapters) {
-      const p = memoryPlan(cfg, { adapter: plan, batch: 2, seq: 16, gradientCheckpointing: false });
-      assert.equal(p.trainableWeights / 4, count(trainableShapes(cfg, spec)), `${plan.kind}`);
+    for (const adapter of adapters) {
+      const p = memoryPlan(cfg, { adapter, batch: 2, seq: 16, gradientCheckpointing: false });
+      assert.equal(p.trainableWeights / 4, count(trainableShapes(cfg, adapter)), adapter.kind);
       assert.equal(p.gradients, p.trainableWeights);
       assert.equal(p.optimizerMoments, 2 * p.trainableWeights);
     }
@@ -113,7 +100,8 @@ Deno.test("trainable sizes agree with the model's own tensor lists", () => {
       frozenF16: false,
       gradientCheckpointing: false,
     });
-    assert.equal(none.frozenWeights / 4, count(baseWeightShapes(cfg)));
+    assert.equal(none.frozenWeights / 4, count(glmWeightShapes(cfg)));
+    assert.equal(none.frozenWeights / 4, glmParameterCount(cfg));
     assert.equal(none.gradients + none.optimizerMoments, 0);
   }
 });

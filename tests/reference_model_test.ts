@@ -5,7 +5,9 @@
  * against transformers' GlmForCausalLM).
  */
 import assert from "node:assert";
-import { type CpuAdapter, CpuGlm, type CpuGlmConfig } from "../lib/model/cpu/glm.ts";
+import type { AdapterSpec } from "../lib/model/adapter.ts";
+import { CpuGlm, loadCpuGlm } from "../lib/model/cpu/glm.ts";
+import { SafetensorsFile } from "../lib/safetensors/mod.ts";
 
 const FIX = new URL("./fixtures/", import.meta.url);
 const fixturePath = (p: string) => new URL(p, FIX);
@@ -45,58 +47,15 @@ const expected: Expected = JSON.parse(
   await Deno.readTextFile(fixturePath("tiny-expected/forward.json")),
 );
 
-// --- minimal safetensors reading for the fixtures (f32/f16/bf16, shards) ---
-
-function halfToF32(h: number, bf16: boolean): number {
-  if (bf16) return new Float32Array(new Uint32Array([h << 16]).buffer)[0];
-  const sign = h & 0x8000 ? -1 : 1, exp = (h >> 10) & 0x1f, frac = h & 0x3ff;
-  if (exp === 0) return sign * frac * 2 ** -24;
-  if (exp === 31) return frac ? NaN : sign * Infinity;
-  return sign * (1 + frac / 1024) * 2 ** (exp - 15);
-}
-
 async function readSafetensors(path: URL): Promise<Map<string, Float32Array>> {
-  const bytes = await Deno.readFile(path);
-  const n = Number(new DataView(bytes.buffer).getBigUint64(0, true));
-  const header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + n)));
+  const f = await SafetensorsFile.open(path.pathname);
   const out = new Map<string, Float32Array>();
-  for (const [name, info] of Object.entries(header)) {
-    if (name === "__metadata__") continue;
-    const { dtype, data_offsets: [a, b] } = info as {
-      dtype: string;
-      data_offsets: [number, number];
-    };
-    const raw = bytes.slice(8 + n + a, 8 + n + b);
-    if (dtype === "F32") out.set(name, new Float32Array(raw.buffer));
-    else {
-      const u16 = new Uint16Array(raw.buffer);
-      out.set(name, Float32Array.from(u16, (h) => halfToF32(h, dtype === "BF16")));
-    }
-  }
+  for (const name of f.names()) out.set(name, await f.f32(name));
   return out;
 }
 
-async function loadDir(
-  dir: string,
-): Promise<{ config: CpuGlmConfig; weights: Map<string, Float32Array> }> {
-  const raw = JSON.parse(await Deno.readTextFile(fixturePath(`${dir}/config.json`)));
-  const config: CpuGlmConfig = { ...raw, rope_ratio: raw.rope_ratio ?? 1 };
-  let weights = new Map<string, Float32Array>();
-  try {
-    const index = JSON.parse(
-      await Deno.readTextFile(fixturePath(`${dir}/model.safetensors.index.json`)),
-    );
-    for (const shard of new Set(Object.values(index.weight_map) as string[])) {
-      for (const [k, v] of await readSafetensors(fixturePath(`${dir}/${shard}`))) weights.set(k, v);
-    }
-  } catch (e) {
-    if (!(e instanceof Deno.errors.NotFound)) throw e;
-    weights = await readSafetensors(fixturePath(`${dir}/model.safetensors`));
-  }
-  return { config, weights };
-}
-
-const tiny = await loadDir("tiny");
+const tinyModel = await loadCpuGlm(fixturePath("tiny").pathname, { kind: "none" });
+const tiny = { config: tinyModel.config, weights: tinyModel.weights };
 const cloneWeights = () => new Map([...tiny.weights].map(([k, v]) => [k, v.slice()]));
 
 function flat(rows: number[][]): Int32Array {
@@ -196,7 +155,7 @@ Deno.test("greedy generation gives PyTorch's 32 tokens", () => {
 for (const [kind, meta] of Object.entries(expected.grads.kinds)) {
   Deno.test(`gradients match PyTorch: ${kind}`, async () => {
     const file = await readSafetensors(fixturePath(`tiny-expected/grads_${kind}.safetensors`));
-    let adapter: CpuAdapter;
+    let adapter: AdapterSpec;
     if (kind.startsWith("lora")) {
       adapter = {
         kind: "lora",
@@ -253,7 +212,7 @@ Deno.test("f16, bf16 and sharded checkpoints load and match the f32 twin", async
       2 ** -8,
     ]] as const
   ) {
-    const v = await loadDir(dir);
+    const v = await loadCpuGlm(fixturePath(dir).pathname, { kind: "none" });
     assert.deepEqual([...v.weights.keys()].sort(), [...tiny.weights.keys()].sort(), dir);
     for (const [name, w] of tiny.weights) {
       const got = v.weights.get(name)!;
@@ -264,7 +223,7 @@ Deno.test("f16, bf16 and sharded checkpoints load and match the f32 twin", async
         );
       }
     }
-    const logits = new CpuGlm(v.config, v.weights, { kind: "none" }).logits(
+    const logits = v.logits(
       flat(c.input_ids),
       c.batch,
       c.seq,
@@ -321,7 +280,7 @@ for (const [name, run] of Object.entries(trajectories.runs)) {
   if (run.max_steps > 5) continue;
   Deno.test(`AdamW on the CPU model follows PyTorch's trajectory: ${name}`, async () => {
     const a = run.adapter;
-    const adapter: CpuAdapter = a.kind === "lora"
+    const adapter: AdapterSpec = a.kind === "lora"
       ? {
         kind: "lora",
         r: a.r!,

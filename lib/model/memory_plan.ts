@@ -22,28 +22,25 @@
  *    (gradients add up, the loss scale covers the whole micro-batch), so the
  *    activation buffers are sized for rowsPerPass·seq tokens.
  */
+import type { AdapterSpec } from "./adapter.ts";
+import type { GlmConfig } from "./config.ts";
 
-/** The config.json fields the plan reads (HF chatglm3 spelling). */
-export interface PlanConfig {
-  num_layers: number;
-  hidden_size: number;
-  ffn_hidden_size: number;
-  kv_channels: number;
-  num_attention_heads: number;
-  multi_query_attention?: boolean;
-  multi_query_group_num: number;
-  padded_vocab_size: number;
-  add_qkv_bias?: boolean;
-}
-
-export type PlanAdapter =
-  | { kind: "lora"; r: number; targetModules: string[] }
-  | { kind: "prefix"; preSeqLen: number; prefixProjection: boolean; prefixHiddenSize?: number }
-  | { kind: "full" }
-  | { kind: "none" };
+/** The fields of a GlmConfig the plan reads. */
+export type PlanConfig = Pick<
+  GlmConfig,
+  | "num_layers"
+  | "hidden_size"
+  | "ffn_hidden_size"
+  | "kv_channels"
+  | "num_attention_heads"
+  | "multi_query_attention"
+  | "multi_query_group_num"
+  | "padded_vocab_size"
+  | "add_qkv_bias"
+>;
 
 export interface PlanOptions {
-  adapter: PlanAdapter;
+  adapter: AdapterSpec;
   /** Records per optimizer micro-batch (per_device_train_batch_size). */
   batch: number;
   /** Padded sequence length. */
@@ -84,7 +81,7 @@ const F32 = 4, F16 = 2;
 export function memoryPlan(config: PlanConfig, opts: PlanOptions): MemoryPlan {
   const L = config.num_layers, h = config.hidden_size, F = config.ffn_hidden_size;
   const D = config.kv_channels, H = config.num_attention_heads;
-  const G = config.multi_query_attention === false ? H : config.multi_query_group_num;
+  const G = config.multi_query_attention ? config.multi_query_group_num : H;
   const V = config.padded_vocab_size, W = (H + 2 * G) * D, A = H * D;
   const a = opts.adapter;
   const rows = opts.rowsPerPass ?? opts.batch;
@@ -97,7 +94,7 @@ export function memoryPlan(config: PlanConfig, opts: PlanOptions): MemoryPlan {
   // Base weights: matrices and vectors.
   const layerMatrices = W * h + h * A + 2 * F * h + h * F;
   const matrices = 2 * V * h + L * layerMatrices;
-  const vectors = L * (2 * h + (config.add_qkv_bias === false ? 0 : W)) + h;
+  const vectors = L * (2 * h + (config.add_qkv_bias ? W : 0)) + h;
   const baseParams = matrices + vectors;
 
   let trainable = 0;

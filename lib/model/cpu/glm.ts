@@ -12,88 +12,34 @@
  * Pad tokens sit after every real token: causality alone keeps real tokens
  * from seeing them, and their labels are -100.
  */
+import { UserError } from "../../errors.ts";
+import {
+  type AdapterSpec,
+  layerPrefix,
+  LINEAR_PATH,
+  LORA_TARGETS,
+  loraName,
+  type LoraTarget,
+  PREFIX_EMBEDDING,
+  PREFIX_TRANS,
+} from "../adapter.ts";
+import {
+  glmAttentionWidth,
+  type GlmConfig,
+  glmGroups,
+  glmQkvWidth,
+  loadGlmConfig,
+} from "../config.ts";
+import { glmWeightShapes, openWeights } from "../weights.ts";
 import * as ops from "./ops.ts";
 
-/** The config.json fields the model needs (HF chatglm3 spelling). */
-export interface CpuGlmConfig {
-  num_layers: number;
-  hidden_size: number;
-  ffn_hidden_size: number;
-  kv_channels: number;
-  num_attention_heads: number;
-  multi_query_group_num: number;
-  padded_vocab_size: number;
-  layernorm_epsilon: number;
-  rope_ratio: number;
-  add_qkv_bias: boolean;
-}
-
-/** The adapter kinds, with the semantics of lib/model/adapter.ts's AdapterSpec. */
-export type CpuAdapter =
-  | { kind: "lora"; r: number; alpha: number; dropout: number; targetModules: string[] }
-  | {
-    kind: "prefix";
-    preSeqLen: number;
-    prefixProjection: boolean;
-    prefixHiddenSize?: number;
-    dropout?: number;
-  }
-  | { kind: "full" }
-  | { kind: "none" };
-
-export const LORA_TARGETS = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"] as const;
-type LinearKind = typeof LORA_TARGETS[number];
-
-const layerPrefix = (i: number) => `transformer.encoder.layers.${i}.`;
-const linearPath: Record<LinearKind, string> = {
-  query_key_value: "self_attention.query_key_value",
-  dense: "self_attention.dense",
-  dense_h_to_4h: "mlp.dense_h_to_4h",
-  dense_4h_to_h: "mlp.dense_4h_to_h",
-};
-/** PEFT's saved key for a LoRA factor. */
-export function loraName(layer: number, kind: LinearKind, factor: "A" | "B"): string {
-  return `base_model.model.${layerPrefix(layer)}${linearPath[kind]}.lora_${factor}.weight`;
-}
-export const PREFIX_EMBEDDING = "transformer.prefix_encoder.embedding.weight";
-const PREFIX_TRANS = [
-  "transformer.prefix_encoder.trans.0.weight",
-  "transformer.prefix_encoder.trans.0.bias",
-  "transformer.prefix_encoder.trans.2.weight",
-  "transformer.prefix_encoder.trans.2.bias",
-];
-
-/** HF chatglm3 base weight names and shapes for a config. */
-export function baseWeightShapes(c: CpuGlmConfig): Map<string, number[]> {
-  const H = c.hidden_size, Q = qkvWidth(c);
-  const m = new Map<string, number[]>();
-  m.set("transformer.embedding.word_embeddings.weight", [c.padded_vocab_size, H]);
-  for (let i = 0; i < c.num_layers; i++) {
-    const p = layerPrefix(i);
-    m.set(p + "input_layernorm.weight", [H]);
-    m.set(p + "self_attention.query_key_value.weight", [Q, H]);
-    if (c.add_qkv_bias) m.set(p + "self_attention.query_key_value.bias", [Q]);
-    m.set(p + "self_attention.dense.weight", [H, c.num_attention_heads * c.kv_channels]);
-    m.set(p + "post_attention_layernorm.weight", [H]);
-    m.set(p + "mlp.dense_h_to_4h.weight", [2 * c.ffn_hidden_size, H]);
-    m.set(p + "mlp.dense_4h_to_h.weight", [H, c.ffn_hidden_size]);
-  }
-  m.set("transformer.encoder.final_layernorm.weight", [H]);
-  m.set("transformer.output_layer.weight", [c.padded_vocab_size, H]);
-  return m;
-}
-
-function qkvWidth(c: CpuGlmConfig): number {
-  return (c.num_attention_heads + 2 * c.multi_query_group_num) * c.kv_channels;
-}
-
-function linearDims(c: CpuGlmConfig, kind: LinearKind): [number, number] {
+function linearDims(c: GlmConfig, kind: LoraTarget): [number, number] {
   const H = c.hidden_size;
   switch (kind) {
     case "query_key_value":
-      return [H, qkvWidth(c)];
+      return [H, glmQkvWidth(c)];
     case "dense":
-      return [c.num_attention_heads * c.kv_channels, H];
+      return [glmAttentionWidth(c), H];
     case "dense_h_to_4h":
       return [H, 2 * c.ffn_hidden_size];
     case "dense_4h_to_h":
@@ -102,12 +48,14 @@ function linearDims(c: CpuGlmConfig, kind: LinearKind): [number, number] {
 }
 
 /** Names and shapes of the trainable tensors of an adapter, in a stable order. */
-export function trainableShapes(c: CpuGlmConfig, adapter: CpuAdapter): Map<string, number[]> {
+export function trainableShapes(c: GlmConfig, adapter: AdapterSpec): Map<string, number[]> {
   const m = new Map<string, number[]>();
   if (adapter.kind === "lora") {
     for (const t of adapter.targetModules) {
       if (!(LORA_TARGETS as readonly string[]).includes(t)) {
-        throw new Error(`unknown LoRA target module "${t}" (expected ${LORA_TARGETS.join(", ")})`);
+        throw new UserError(
+          `unknown LoRA target module "${t}" (expected ${LORA_TARGETS.join(", ")})`,
+        );
       }
     }
     for (let i = 0; i < c.num_layers; i++) {
@@ -129,13 +77,13 @@ export function trainableShapes(c: CpuGlmConfig, adapter: CpuAdapter): Map<strin
       m.set(PREFIX_TRANS[3], [kv]);
     }
   } else if (adapter.kind === "full") {
-    return baseWeightShapes(c);
+    return glmWeightShapes(c);
   }
   return m;
 }
 
-function prefixWidth(c: CpuGlmConfig): number {
-  return c.num_layers * 2 * c.multi_query_group_num * c.kv_channels;
+function prefixWidth(c: GlmConfig): number {
+  return c.num_layers * 2 * glmGroups(c) * c.kv_channels;
 }
 
 const numel = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
@@ -159,8 +107,8 @@ function uniform(seed: number): () => number {
  * from torch's, so tests that compare with PyTorch pass the tensors explicitly.
  */
 export function initAdapter(
-  c: CpuGlmConfig,
-  adapter: CpuAdapter,
+  c: GlmConfig,
+  adapter: AdapterSpec,
   seed: number,
 ): Map<string, Float32Array> {
   const u = uniform(seed);
@@ -228,8 +176,8 @@ export interface CpuLossResult {
 }
 
 export class CpuGlm {
-  readonly config: CpuGlmConfig;
-  readonly adapter: CpuAdapter;
+  readonly config: GlmConfig;
+  readonly adapter: AdapterSpec;
   /** Base weights by HF name (shared, never modified except under full SFT). */
   readonly weights: Map<string, Float32Array>;
   /** Trainable tensors by saved name. */
@@ -237,17 +185,22 @@ export class CpuGlm {
   readonly shapes: Map<string, number[]>;
 
   constructor(
-    config: CpuGlmConfig,
+    config: GlmConfig,
     weights: Map<string, Float32Array>,
-    adapter: CpuAdapter,
+    adapter: AdapterSpec,
     seed = 42,
   ) {
     this.config = config;
     this.adapter = adapter;
     this.weights = weights;
-    for (const [name, shape] of baseWeightShapes(config)) {
+    if (!config.rmsnorm || config.add_bias_linear || !config.post_layer_norm) {
+      throw new UserError(
+        "config.json: only the chatglm3 layout is supported (rmsnorm, no linear biases, final norm)",
+      );
+    }
+    for (const [name, shape] of glmWeightShapes(config)) {
       const w = weights.get(name);
-      if (!w) throw new Error(`missing weight ${name}`);
+      if (!w) throw new UserError(`missing weight ${name}`);
       if (w.length !== numel(shape)) {
         throw new Error(`weight ${name} has ${w.length} elements, expected [${shape}]`);
       }
@@ -260,9 +213,9 @@ export class CpuGlm {
   setParams(tensors: Map<string, Float32Array>): void {
     for (const [name, t] of tensors) {
       const shape = this.shapes.get(name);
-      if (!shape) throw new Error(`"${name}" is not a trainable tensor of this model`);
+      if (!shape) throw new UserError(`"${name}" is not a trainable tensor of this model`);
       if (t.length !== numel(shape)) {
-        throw new Error(`"${name}" has ${t.length} elements, expected [${shape}]`);
+        throw new UserError(`"${name}" has ${t.length} elements, expected [${shape}]`);
       }
       this.params.get(name)!.set(t);
     }
@@ -272,7 +225,7 @@ export class CpuGlm {
     return this.params.get(name) ?? this.weights.get(name)!;
   }
 
-  private loraOf(layer: number, kind: LinearKind): { A: Float32Array; B: Float32Array } | null {
+  private loraOf(layer: number, kind: LoraTarget): { A: Float32Array; B: Float32Array } | null {
     if (this.adapter.kind !== "lora" || !this.adapter.targetModules.includes(kind)) return null;
     return {
       A: this.params.get(loraName(layer, kind, "A"))!,
@@ -286,12 +239,12 @@ export class CpuGlm {
 
   private linearFwd(
     layer: number,
-    kind: LinearKind,
+    kind: LoraTarget,
     x: Float32Array,
     rows: number,
   ): { y: Float32Array; saved: LinearSaved } {
     const [K, N] = linearDims(this.config, kind);
-    const p = layerPrefix(layer) + linearPath[kind];
+    const p = layerPrefix(layer) + LINEAR_PATH[kind];
     const y = ops.linear(
       x,
       this.w(p + ".weight"),
@@ -311,14 +264,14 @@ export class CpuGlm {
 
   private linearBwd(
     layer: number,
-    kind: LinearKind,
+    kind: LoraTarget,
     saved: LinearSaved,
     dy: Float32Array,
     rows: number,
     grads: Map<string, Float32Array>,
   ): Float32Array {
     const [K, N] = linearDims(this.config, kind);
-    const p = layerPrefix(layer) + linearPath[kind];
+    const p = layerPrefix(layer) + LINEAR_PATH[kind];
     const { dx, dw, db } = ops.linearBackward(saved.x, this.w(p + ".weight"), dy, rows, K, N);
     accumulate(grads, p + ".weight", dw);
     if (this.weights.has(p + ".bias")) accumulate(grads, p + ".bias", db);
@@ -353,7 +306,7 @@ export class CpuGlm {
   /** Layer l's prefix keys or values [P, G, D]: chunk 2l (keys) or 2l+1 (values) of the table. */
   private prefixSlice(table: Float32Array, layer: number, which: 0 | 1): Float32Array {
     const c = this.config, P = (this.adapter as { preSeqLen: number }).preSeqLen;
-    const GD = c.multi_query_group_num * c.kv_channels, row = prefixWidth(c);
+    const GD = glmGroups(c) * c.kv_channels, row = prefixWidth(c);
     const out = new Float32Array(P * GD);
     for (let p = 0; p < P; p++) {
       const o = p * row + (2 * layer + which) * GD;
@@ -365,7 +318,7 @@ export class CpuGlm {
   private forward(ids: Int32Array, batch: number, seq: number): ForwardState {
     const c = this.config;
     const Hd = c.hidden_size, T = batch * seq, H = c.num_attention_heads;
-    const G = c.multi_query_group_num, D = c.kv_channels, F = c.ffn_hidden_size;
+    const G = glmGroups(c), D = c.kv_channels, F = c.ffn_hidden_size;
     const base = 10000 * c.rope_ratio;
     const positions = new Int32Array(T);
     for (let t = 0; t < T; t++) positions[t] = t % seq;
@@ -483,7 +436,7 @@ export class CpuGlm {
     checkIds(inputIds, batch, seq, this.config.padded_vocab_size);
     const c = this.config;
     const Hd = c.hidden_size, T = batch * seq, H = c.num_attention_heads, V = c.padded_vocab_size;
-    const G = c.multi_query_group_num, D = c.kv_channels, F = c.ffn_hidden_size;
+    const G = glmGroups(c), D = c.kv_channels, F = c.ffn_hidden_size;
     const st = this.forward(inputIds, batch, seq);
     const targets = ops.shiftLabels(labels, batch, seq);
     let count = 0;
@@ -583,7 +536,7 @@ export class CpuGlm {
     dTable: Float32Array,
     grads: Map<string, Float32Array>,
   ): void {
-    const a = this.adapter as Extract<CpuAdapter, { kind: "prefix" }>;
+    const a = this.adapter as Extract<AdapterSpec, { kind: "prefix" }>;
     if (!a.prefixProjection || !prefix.hid) {
       accumulate(grads, PREFIX_EMBEDDING, dTable);
       return;
@@ -625,13 +578,22 @@ export class CpuGlm {
   }
 }
 
+/** A CpuGlm for a model directory (config.json + safetensors, any of f32/f16/bf16, sharded or not). */
+export async function loadCpuGlm(dir: string, adapter: AdapterSpec, seed = 42): Promise<CpuGlm> {
+  const config = await loadGlmConfig(dir);
+  const source = await openWeights(dir, config);
+  const weights = new Map<string, Float32Array>();
+  for (const name of source.expected().keys()) weights.set(name, await source.f32(name));
+  return new CpuGlm(config, weights, adapter, seed);
+}
+
 function checkIds(ids: Int32Array, batch: number, seq: number, vocab: number): void {
   if (ids.length !== batch * seq) {
     throw new Error(`expected ${batch}×${seq} ids, got ${ids.length}`);
   }
   for (const id of ids) {
     if (id < 0 || id >= vocab) {
-      throw new Error(`token id ${id} outside the vocabulary [0, ${vocab})`);
+      throw new UserError(`token id ${id} outside the vocabulary [0, ${vocab})`);
     }
   }
 }
