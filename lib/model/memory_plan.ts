@@ -37,6 +37,7 @@ export type PlanConfig = Pick<
   | "multi_query_group_num"
   | "padded_vocab_size"
   | "add_qkv_bias"
+  | "seq_length"
 >;
 
 export interface PlanOptions {
@@ -98,7 +99,7 @@ export function memoryPlan(config: PlanConfig, opts: PlanOptions): MemoryPlan {
   const baseParams = matrices + vectors;
 
   let trainable = 0;
-  const loraIn: number[] = [];
+  let loraTargets = 0;
   if (a.kind === "lora") {
     const dims: Record<string, [number, number]> = {
       query_key_value: [h, W],
@@ -110,7 +111,7 @@ export function memoryPlan(config: PlanConfig, opts: PlanOptions): MemoryPlan {
       const d = dims[t];
       if (!d) throw new Error(`unknown LoRA target module "${t}"`);
       trainable += L * a.r * (d[0] + d[1]);
-      loraIn.push(d[0]);
+      loraTargets++;
     }
   }
   const C = L * 2 * G * D;
@@ -129,14 +130,20 @@ export function memoryPlan(config: PlanConfig, opts: PlanOptions): MemoryPlan {
   const optimizerMoments = trains ? 2 * trainable * F32 : 0;
 
   const loraR = a.kind === "lora" ? a.r : 0;
-  const perLayer = T * (h + 1 + W + A + 2 * H + h + h + 1 + 2 * F + F + loraR * loraIn.length);
+  const perLayer = T * (h + 1 + W + A + 2 * H + h + h + 1 + 2 * F + F + loraR * loraTargets);
   const layerSets = trains ? (opts.gradientCheckpointing ? 1 : L) : 1;
-  const maxIn = loraR ? Math.max(...loraIn) : 0;
+  // The LoRA input scratch is sized for the widest linear input of any kind, targeted or not.
+  const maxIn = loraR ? Math.max(h, A, F) : 0;
   const parts: Record<string, number> = {
     "residual stream (L+1 layer inputs)": (L + 1) * T * h * F32,
     [`per-layer activations × ${layerSets}`]: layerSets * perLayer * F32,
-    "backward scratch": trains ? T * (h + h + A + W + F + 2 * F + 2 * maxIn + loraR) * F32 : 0,
+    // Without training, 1-element placeholders stand in for the scratch buffers.
+    "backward scratch": trains
+      ? (T * (h + h + A + W + F + 2 * F + 2 * maxIn + loraR) +
+        (loraR ? 0 : 3)) * F32
+      : 6 * F32,
     "ids, targets, positions, final norm, row losses": (3 * T + 3 * T + 1 + T * h + T + T) * F32,
+    "rotary table": Math.max(config.seq_length, opts.seq) * (D / 2) * F32,
     "prefix keys/values": P ? (2 * rows * P * C + P * C + 2 * P * prefixHidden) * F32 : 0,
   };
   const activations = Object.values(parts).reduce((x, y) => x + y, 0);
