@@ -1,0 +1,166 @@
+/**
+ * Merging a LoRA adapter into its base model, as PEFT's `merge_and_unload`
+ * followed by `save_pretrained` does: each target weight becomes
+ * W' = W + (alpha/r)·B·A, computed in f32 and cast once to the base dtype;
+ * every other tensor is copied byte for byte. Tensors are read, merged and
+ * written one at a time (the model is never in memory whole), into a full
+ * HF model dir: config.json and the tokenizer and other files of the base
+ * dir, and safetensors sharded at `shardSize` (one model.safetensors when it
+ * fits). The dir is built under a temporary name and renamed when complete.
+ */
+import { basename, join, resolve } from "node:path";
+import { writeDirAtomic } from "../atomic.ts";
+import { UserError } from "../errors.ts";
+import { isDType } from "../safetensors/dtype.ts";
+import { parseSize, type TensorToWrite, writeShardedSafetensors } from "../safetensors/write.ts";
+import { layerPrefix, LINEAR_PATH, LORA_TARGETS, loraName, type LoraTarget } from "./adapter.ts";
+import { adapterTensorsFor, readAdapterDir } from "./adapter_dir.ts";
+import { loadGlmConfig } from "./config.ts";
+import { openWeights } from "./weights.ts";
+
+export interface MergeOptions {
+  modelDir: string;
+  adapterDir: string;
+  outDir: string;
+  /** Largest shard, as transformers' max_shard_size ("2GB", "500MB", bytes). Default 2GB. */
+  shardSize?: string | number;
+  /** Called after each tensor is written. */
+  onTensor?: (done: number, total: number, name: string) => void;
+}
+
+export interface MergeResult {
+  /** Files written to the out dir. */
+  files: string[];
+  /** Weights that received a LoRA update. */
+  merged: string[];
+  tensors: number;
+}
+
+/** Weight files of a model dir: not copied, the merged safetensors replace them. */
+const WEIGHT_FILE = /^(model.*\.safetensors(\.index\.json)?|pytorch_model.*\.bin(\.index\.json)?)$/;
+
+/**
+ * W += scale · B·A in place, with W [out, in], A [r, in], B [out, r]. Each
+ * row of B·A is summed in f64 and rounded to f32 before scaling, as an f32
+ * matmul followed by an f32 multiply gives it (PEFT's get_delta_weight).
+ */
+export function addLoraDelta(
+  W: Float32Array,
+  A: Float32Array,
+  B: Float32Array,
+  out: number,
+  inDim: number,
+  r: number,
+  scale: number,
+): void {
+  const row = new Float64Array(inDim);
+  const f = Math.fround;
+  const s = f(scale);
+  for (let o = 0; o < out; o++) {
+    row.fill(0);
+    for (let k = 0; k < r; k++) {
+      const b = B[o * r + k];
+      if (b === 0) continue;
+      const a = k * inDim;
+      for (let j = 0; j < inDim; j++) row[j] += b * A[a + j];
+    }
+    const w = o * inDim;
+    for (let j = 0; j < inDim; j++) W[w + j] = f(W[w + j] + f(f(row[j]) * s));
+  }
+}
+
+async function sameDir(a: string, b: string): Promise<boolean> {
+  try {
+    return (await Deno.realPath(a)) === (await Deno.realPath(b));
+  } catch {
+    return resolve(a) === resolve(b);
+  }
+}
+
+export async function mergeAdapter(o: MergeOptions): Promise<MergeResult> {
+  const shardSize = (() => {
+    try {
+      return parseSize(o.shardSize ?? "2GB");
+    } catch (e) {
+      throw new UserError(`--shard-size: ${(e as Error).message}`);
+    }
+  })();
+  if (!(shardSize > 0)) throw new UserError(`--shard-size: must be positive`);
+  for (const [dir, flag] of [[o.modelDir, "--model"], [o.adapterDir, "--adapter"]]) {
+    if (await sameDir(o.outDir, dir)) {
+      throw new UserError(`--out ${o.outDir} is the ${flag} dir; write the merged model elsewhere`);
+    }
+  }
+
+  const adapter = await readAdapterDir(o.adapterDir);
+  if (adapter.spec.kind === "prefix") {
+    throw new UserError(
+      `${o.adapterDir} is a P-Tuning v2 prefix, which cannot be merged into the weights: it adds ` +
+        `${adapter.spec.preSeqLen} virtual key/value positions to every layer rather than changing ` +
+        `a weight. Use the adapter as it is: deno task stage evaluate --model ${o.modelDir} ` +
+        `--adapter ${o.adapterDir} ..., or deno task chat ${o.adapterDir} --model ${o.modelDir}`,
+    );
+  }
+  const spec = adapter.spec;
+  const config = await loadGlmConfig(o.modelDir);
+  const weights = await openWeights(o.modelDir, config);
+
+  // Every target of every layer needs its factors, shaped by the base weight they update.
+  const targets = new Map<string, { A: string; B: string; out: number; in: number }>();
+  const params: { name: string; shape: number[] }[] = [];
+  for (let i = 0; i < config.num_layers; i++) {
+    for (const t of spec.targetModules as LoraTarget[]) {
+      if (!(LORA_TARGETS as readonly string[]).includes(t)) continue;
+      const w = `${layerPrefix(i)}${LINEAR_PATH[t]}.weight`;
+      const [out, inDim] = weights.shape(w);
+      const A = loraName(i, t, "A"), B = loraName(i, t, "B");
+      params.push({ name: A, shape: [spec.r, inDim] }, { name: B, shape: [out, spec.r] });
+      targets.set(w, { A, B, out, in: inDim });
+    }
+  }
+  const factors = adapterTensorsFor(params, adapter);
+  const scale = spec.alpha / spec.r;
+
+  const names = weights.names();
+  const merged: string[] = [];
+  let done = 0;
+  const tensors: TensorToWrite[] = names.map((name) => {
+    const dtype = weights.dtype(name);
+    if (!isDType(dtype)) throw new UserError(`${weights.source}: ${name} has dtype ${dtype}`);
+    const t = targets.get(name);
+    const finish = <T>(x: T): T => {
+      o.onTensor?.(++done, names.length, name);
+      return x;
+    };
+    if (!t) {
+      return {
+        name,
+        dtype,
+        shape: weights.shape(name),
+        data: async () => finish(await weights.raw(name)),
+      };
+    }
+    merged.push(name);
+    return {
+      name,
+      dtype,
+      shape: weights.shape(name),
+      data: async () => {
+        const W = await weights.f32(name);
+        addLoraDelta(W, factors.get(t.A)!, factors.get(t.B)!, t.out, t.in, spec.r, scale);
+        return finish(W);
+      },
+    };
+  });
+
+  let files: string[] = [];
+  await writeDirAtomic(o.outDir, async (tmp) => {
+    files = await writeShardedSafetensors(tmp, tensors, { shardSize });
+    for await (const e of Deno.readDir(o.modelDir)) {
+      if (!e.isFile || WEIGHT_FILE.test(e.name) || e.name.startsWith(".")) continue;
+      await Deno.copyFile(join(o.modelDir, e.name), join(tmp, e.name));
+      files.push(e.name);
+    }
+  });
+  return { files: files.map((f) => basename(f)).sort(), merged, tensors: names.length };
+}
