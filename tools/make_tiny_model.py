@@ -29,7 +29,6 @@ import random
 import shutil
 import sys
 
-import numpy as np
 import sentencepiece as spm
 import torch
 from peft import LoraConfig, get_peft_model
