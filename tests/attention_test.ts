@@ -5,6 +5,9 @@ import {
   type AttentionLayout,
   encodeAttention,
   encodeAttentionBackward,
+  encodeAttentionBackwardMaterialized,
+  encodeAttentionMaterialized,
+  scoreBytes,
 } from "../lib/gpu/kernels/attention.ts";
 import { attention, attentionBackward } from "../lib/model/cpu/ops.ts";
 
@@ -54,7 +57,7 @@ interface Case {
   perBatchPrefix: boolean;
 }
 
-async function check(c: Case, seed: number) {
+async function check(c: Case, seed: number, materialized: boolean) {
   const gpu = await getGpu();
   const { B, S, H, G, D, P } = c;
   const W = (H + 2 * G) * D;
@@ -144,8 +147,11 @@ async function check(c: Case, seed: number) {
   gpu.device.pushErrorScope("validation");
   const enc = gpu.device.createCommandEncoder();
   const pass = enc.beginComputePass();
-  encodeAttention(gpu, pass, l, { buffer: out, off: 0, row: H * D });
-  encodeAttentionBackward(gpu, pass, l, {
+  const sc = createBuffer(gpu, scoreBytes(l)), dsc = createBuffer(gpu, scoreBytes(l));
+  if (materialized) {
+    encodeAttentionMaterialized(gpu, pass, l, { buffer: out, off: 0, row: H * D }, sc);
+  } else encodeAttention(gpu, pass, l, { buffer: out, off: 0, row: H * D });
+  const grads = {
     out,
     dOut: bdout,
     oOff: 0,
@@ -160,7 +166,9 @@ async function check(c: Case, seed: number) {
     dpvOff: 3 + G * D,
     dpRow: pRow,
     dpBatch: c.perBatchPrefix ? P * pRow : 0,
-  });
+  };
+  if (materialized) encodeAttentionBackwardMaterialized(gpu, pass, l, grads, sc, dsc);
+  else encodeAttentionBackward(gpu, pass, l, grads);
   pass.end();
   const e0 = await gpu.device.popErrorScope();
   if (e0) throw new Error(e0.message);
@@ -175,15 +183,17 @@ async function check(c: Case, seed: number) {
     P > 0 ? relErr(await readF32(gpu, dpkv), want.dp) : 0,
   ];
   console.log(
-    `attention ${JSON.stringify(c)}: rel err out/dqkv/dprefix ${
-      errs.map((e) => e.toExponential(1)).join(" ")
-    }`,
+    `attention ${materialized ? "(matmul)" : "(rows)"} ${
+      JSON.stringify(c)
+    }: rel err out/dqkv/dprefix ${errs.map((e) => e.toExponential(1)).join(" ")}`,
   );
   for (const e of errs) assert(e < 1e-5, `error ${e}`);
 }
 
 Deno.test("attention forward and backward match the reference", async () => {
-  await check({ B: 2, S: 7, H: 4, G: 2, D: 8, P: 0, perBatchPrefix: false }, 1);
-  await check({ B: 3, S: 13, H: 6, G: 3, D: 8, P: 5, perBatchPrefix: false }, 2);
-  await check({ B: 2, S: 9, H: 2, G: 1, D: 16, P: 3, perBatchPrefix: true }, 3);
+  for (const m of [false, true]) {
+    await check({ B: 2, S: 7, H: 4, G: 2, D: 8, P: 0, perBatchPrefix: false }, 1, m);
+    await check({ B: 3, S: 13, H: 6, G: 3, D: 8, P: 5, perBatchPrefix: false }, 2, m);
+    await check({ B: 2, S: 9, H: 2, G: 1, D: 16, P: 3, perBatchPrefix: true }, 3, m);
+  }
 });

@@ -22,6 +22,9 @@ import {
   type AttentionLayout,
   encodeAttention,
   encodeAttentionBackward,
+  encodeAttentionBackwardMaterialized,
+  encodeAttentionMaterialized,
+  scoreBytes,
 } from "../gpu/kernels/attention.ts";
 import { encodeSwiglu, encodeSwigluBackward } from "../gpu/kernels/swiglu.ts";
 import {
@@ -297,6 +300,9 @@ export class GlmModel implements TrainableModel {
     logits: GPUBuffer;
     logitRows: number;
     rowLoss: GPUBuffer;
+    /** Score blocks for the matmul attention path (absent: the per-row flash kernels). */
+    scores?: GPUBuffer;
+    dscores?: GPUBuffer;
     pkv?: GPUBuffer;
     dpkv?: GPUBuffer;
     kvSum?: GPUBuffer;
@@ -596,6 +602,14 @@ export class GlmModel implements TrainableModel {
       logitRows,
       rowLoss: this.buf(f32Bytes(T), "row-loss"),
     };
+    // Attention through matmuls when the score blocks fit (see lib/gpu/kernels/attention.ts);
+    // GLM_ATTENTION=rows forces the per-row kernels.
+    const sb = scoreBytes({ batch: this.maxBatch, heads: d.H, seq: this.maxSeq, prefix: this.P });
+    const budget = Math.min(limit, 256 * 2 ** 20);
+    if (sb <= budget && Deno.env.get("GLM_ATTENTION") !== "rows") {
+      this.s.scores = this.buf(sb, "attention-scores");
+      if (trains) this.s.dscores = this.buf(sb, "attention-dscores");
+    }
     if (this.P > 0) {
       this.s.pkv = this.buf(f32Bytes(this.maxBatch * this.P * this.C), "prefix-kv");
       this.s.dpkv = this.buf(f32Bytes(this.maxBatch * this.P * this.C), "prefix-dkv");
@@ -990,11 +1004,10 @@ export class GlmModel implements TrainableModel {
       table: this.rope.table,
       positions: this.s.pos,
     });
-    encodeAttention(this.gpu, pass, this.attnLayout(st, i, a), {
-      buffer: a.attn,
-      off: 0,
-      row: d.A,
-    });
+    const out = { buffer: a.attn, off: 0, row: d.A };
+    if (this.s.scores) {
+      encodeAttentionMaterialized(this.gpu, pass, this.attnLayout(st, i, a), out, this.s.scores);
+    } else encodeAttention(this.gpu, pass, this.attnLayout(st, i, a), out);
     encodeCopy2d(this.gpu, pass, { rows: 1, width: T * d.hidden, src: x, dst: a.h1 });
     this.linearFwd(pass, st, i, ly.lin.dense, a.attn, a.h1, true, a.lora.dense);
     encodeRmsnorm(this.gpu, pass, {
@@ -1034,7 +1047,7 @@ export class GlmModel implements TrainableModel {
     this.linearBwd(pass, st, i, ly.lin.dense, a.attn, s.dres, s.dattn, a.lora.dense);
     const layout = this.attnLayout(st, i, a);
     const GD = d.G * d.D;
-    encodeAttentionBackward(this.gpu, pass, layout, {
+    const grads = {
       out: a.attn,
       dOut: s.dattn,
       oOff: 0,
@@ -1049,7 +1062,10 @@ export class GlmModel implements TrainableModel {
       dpvOff: (2 * i + 1) * GD,
       dpRow: this.C,
       dpBatch: st.prefixPerBatch ? this.P * this.C : 0,
-    });
+    };
+    if (s.scores && s.dscores) {
+      encodeAttentionBackwardMaterialized(this.gpu, pass, layout, grads, s.scores, s.dscores);
+    } else encodeAttentionBackward(this.gpu, pass, layout, grads);
     encodeRope(this.gpu, pass, {
       x: s.dqkv,
       rows: T,
@@ -1257,6 +1273,23 @@ export class GlmModel implements TrainableModel {
   }
 
   forwardBackward(batch: TrainBatch, opts: ForwardBackwardOptions): void {
+    const enc = this.gpu.device.createCommandEncoder();
+    const pass = enc.beginComputePass();
+    this.encodeForwardBackward(pass, batch, opts);
+    pass.end();
+    this.gpu.device.queue.submit([enc.finish()]);
+    uniforms(this.gpu).reset();
+  }
+
+  /**
+   * Upload the batch and encode forward + backward into `pass`; the caller
+   * submits (forwardBackward, or a profiler replaying the dispatches).
+   */
+  encodeForwardBackward(
+    pass: GPUComputePassEncoder,
+    batch: TrainBatch,
+    opts: ForwardBackwardOptions,
+  ): void {
     if (this.adapter.kind === "none") {
       throw new Error("forwardBackward needs an adapter (lora, prefix or full)");
     }
@@ -1267,27 +1300,32 @@ export class GlmModel implements TrainableModel {
       writeBuffer(this.gpu, this.s.plan, 0, p.plan);
       plan = { unique: p.unique };
     }
-    const enc = this.gpu.device.createCommandEncoder();
-    const pass = enc.beginComputePass();
     this.encodeForward(pass, st);
     this.encodeHead(pass, st, opts.gradScale);
     encodeSum(this.gpu, pass, this.s.rowLoss, st.T, opts.lossBuffer, opts.lossSlot);
     this.encodeBackward(pass, st, plan);
+  }
+
+  forwardLoss(batch: TrainBatch, lossBuffer: GPUBuffer, lossSlot: number): void {
+    const enc = this.gpu.device.createCommandEncoder();
+    const pass = enc.beginComputePass();
+    this.encodeForwardLoss(pass, batch, lossBuffer, lossSlot);
     pass.end();
     this.gpu.device.queue.submit([enc.finish()]);
     uniforms(this.gpu).reset();
   }
 
-  forwardLoss(batch: TrainBatch, lossBuffer: GPUBuffer, lossSlot: number): void {
+  /** Upload the batch and encode the forward and its loss into `pass`; the caller submits. */
+  encodeForwardLoss(
+    pass: GPUComputePassEncoder,
+    batch: TrainBatch,
+    lossBuffer: GPUBuffer,
+    lossSlot: number,
+  ): void {
     const st = this.prepare(batch, false, 0);
-    const enc = this.gpu.device.createCommandEncoder();
-    const pass = enc.beginComputePass();
     this.encodeForward(pass, st);
     this.encodeHead(pass, st);
     encodeSum(this.gpu, pass, this.s.rowLoss, st.T, lossBuffer, lossSlot);
-    pass.end();
-    this.gpu.device.queue.submit([enc.finish()]);
-    uniforms(this.gpu).reset();
   }
 
   /** Logits [batch·seq, padded_vocab] (f32) for a batch. */

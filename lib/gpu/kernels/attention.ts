@@ -26,6 +26,7 @@
 import type { Gpu } from "../device.ts";
 import { dispatch, getPipeline, packUniforms, uniforms } from "../runtime.ts";
 import { entry, grid, rowWorkgroup } from "./grid.ts";
+import { encodeMatmul } from "./matmul.ts";
 
 export interface AttentionLayout {
   batch: number;
@@ -419,5 +420,360 @@ export function encodeAttentionBackward(
       l.stats,
       gr.dpkv,
     ], grid(gpu, pk, wg));
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Materialised scores: the same attention through the matmul kernels.
+//
+// On llvmpipe the per-row loops above run far below the tiled matmul (each
+// invocation walks its own keys with per-lane private arrays), so when the
+// [batch, heads, seq, prefix + seq] score block fits a scratch budget the
+// training/scoring path computes QKᵀ, PV and the backward products with
+// strided batched matmuls (batch over the batch rows, one product per head)
+// and keeps only a row softmax and a row softmax-backward as custom kernels.
+// The causal upper triangle is computed and masked (2× the useful FLOPs, at
+// ~10× the speed). Scores are recomputed in backward from q and k rather
+// than stored per layer. Reference: the same `attention` / `attentionBackward`.
+
+function softmaxShader(wg: number): string {
+  return `struct U { rows: u32, S: u32, H: u32, L: u32, P: u32 }
+@group(0) @binding(0) var<uniform> u: U;
+@group(0) @binding(1) var<storage, read_write> sc: array<f32>;
+@group(0) @binding(2) var<storage, read> pos: array<i32>;
+@group(0) @binding(3) var<storage, read_write> stats: array<f32>;
+${entry(wg)}
+  if (idx >= u.rows) { return; }
+  let s = idx % u.S;
+  let b = idx / (u.S * u.H);
+  let n = u.P + u32(pos[b * u.S + s]) + 1u;
+  let o = idx * u.L;
+  var m = -3.0e38;
+  for (var j = 0u; j < n; j++) { m = max(m, sc[o + j]); }
+  var z = 0.0;
+  for (var j = 0u; j < n; j++) { z += exp(sc[o + j] - m); }
+  let inv = 1.0 / z;
+  for (var j = 0u; j < n; j++) { sc[o + j] = exp(sc[o + j] - m) * inv; }
+  for (var j = n; j < u.L; j++) { sc[o + j] = 0.0; }
+  stats[idx] = m + log(z);
+}`;
+}
+
+function softmaxBackwardShader(wg: number): string {
+  return `struct U { rows: u32, L: u32, scale: f32 }
+@group(0) @binding(0) var<uniform> u: U;
+@group(0) @binding(1) var<storage, read> p: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dp: array<f32>;
+${entry(wg)}
+  if (idx >= u.rows) { return; }
+  let o = idx * u.L;
+  var dot = 0.0;
+  for (var j = 0u; j < u.L; j++) { dot = fma(p[o + j], dp[o + j], dot); }
+  for (var j = 0u; j < u.L; j++) { dp[o + j] = p[o + j] * (dp[o + j] - dot) * u.scale; }
+}`;
+}
+
+/** Bytes of one score block [batch, heads, seq, prefix + seq] (f32). */
+export function scoreBytes(
+  l: { batch: number; heads: number; seq: number; prefix: number },
+): number {
+  return l.batch * l.heads * l.seq * (l.prefix + l.seq) * 4;
+}
+
+/** Q·Kᵀ·scale into sc and the masked row softmax (probabilities in place, lse into stats). */
+function encodeScores(
+  gpu: Gpu,
+  pass: GPUComputePassEncoder,
+  l: AttentionLayout,
+  sc: GPUBuffer,
+): void {
+  const { batch: B, seq: S, heads: H, groups: G, headDim: D, prefix: P } = l;
+  const L = P + S, hpg = H / G;
+  for (let h = 0; h < H; h++) {
+    const g = Math.floor(h / hpg);
+    const common = {
+      M: S,
+      K: D,
+      a: l.q,
+      aOffset: l.qOff + h * D,
+      lda: l.qRow,
+      transB: true,
+      c: sc,
+      ldc: L,
+      alpha: l.scale,
+    };
+    if (P > 0) {
+      encodeMatmul(gpu, pass, {
+        ...common,
+        N: P,
+        b: l.pkv!,
+        bOffset: (l.pkOff ?? 0) + g * D,
+        ldb: l.pRow,
+        cOffset: h * S * L,
+        batch: { count: B, strideA: S * l.qRow, strideB: l.pBatch ?? 0, strideC: H * S * L },
+      });
+    }
+    encodeMatmul(gpu, pass, {
+      ...common,
+      N: S,
+      b: l.kv,
+      bOffset: l.kOff + g * D,
+      ldb: l.kvRow,
+      cOffset: h * S * L + P,
+      batch: { count: B, strideA: S * l.qRow, strideB: l.kvBatch, strideC: H * S * L },
+    });
+  }
+  const wg = rowWorkgroup(gpu);
+  const rows = B * H * S;
+  const u = uniforms(gpu).alloc(
+    packUniforms([{ u: rows }, { u: S }, { u: H }, { u: L }, { u: P }]),
+  );
+  dispatch(
+    gpu,
+    pass,
+    getPipeline(gpu, softmaxShader(wg)),
+    [u, sc, l.pos, l.stats],
+    grid(gpu, rows, wg),
+  );
+}
+
+/**
+ * encodeAttention through matmuls; `scores` is scratch of scoreBytes(l).
+ * Requires the training layout (keys are the query tokens: kvBatch = seq·kvRow).
+ */
+export function encodeAttentionMaterialized(
+  gpu: Gpu,
+  pass: GPUComputePassEncoder,
+  l: AttentionLayout,
+  out: { buffer: GPUBuffer; off: number; row: number },
+  scores: GPUBuffer,
+): void {
+  const { batch: B, seq: S, heads: H, groups: G, headDim: D, prefix: P } = l;
+  if (B * H * S === 0) return;
+  const L = P + S, hpg = H / G;
+  encodeScores(gpu, pass, l, scores);
+  for (let h = 0; h < H; h++) {
+    const g = Math.floor(h / hpg);
+    const common = {
+      M: S,
+      N: D,
+      a: scores,
+      lda: L,
+      c: out.buffer,
+      cOffset: out.off + h * D,
+      ldc: out.row,
+    };
+    if (P > 0) {
+      encodeMatmul(gpu, pass, {
+        ...common,
+        K: P,
+        aOffset: h * S * L,
+        b: l.pkv!,
+        bOffset: (l.pvOff ?? 0) + g * D,
+        ldb: l.pRow,
+        batch: { count: B, strideA: H * S * L, strideB: l.pBatch ?? 0, strideC: S * out.row },
+      });
+    }
+    encodeMatmul(gpu, pass, {
+      ...common,
+      K: S,
+      aOffset: h * S * L + P,
+      b: l.kv,
+      bOffset: l.vOff + g * D,
+      ldb: l.kvRow,
+      accumulate: P > 0,
+      batch: { count: B, strideA: H * S * L, strideB: l.kvBatch, strideC: S * out.row },
+    });
+  }
+}
+
+/**
+ * Backward of encodeAttentionMaterialized (recomputing the probabilities
+ * into `scores`; `dscores` is a second scratch of the same size).
+ */
+export function encodeAttentionBackwardMaterialized(
+  gpu: Gpu,
+  pass: GPUComputePassEncoder,
+  l: AttentionLayout,
+  gr: AttentionGrads,
+  scores: GPUBuffer,
+  dscores: GPUBuffer,
+): void {
+  const { batch: B, seq: S, heads: H, groups: G, headDim: D, prefix: P } = l;
+  if (B * H * S === 0) return;
+  const L = P + S, hpg = H / G;
+  const HSL = H * S * L;
+  encodeScores(gpu, pass, l, scores);
+  // dP = dO·Vᵀ
+  for (let h = 0; h < H; h++) {
+    const g = Math.floor(h / hpg);
+    const common = {
+      M: S,
+      K: D,
+      a: gr.dOut,
+      aOffset: gr.oOff + h * D,
+      lda: gr.oRow,
+      transB: true,
+      c: dscores,
+      ldc: L,
+    };
+    if (P > 0) {
+      encodeMatmul(gpu, pass, {
+        ...common,
+        N: P,
+        b: l.pkv!,
+        bOffset: (l.pvOff ?? 0) + g * D,
+        ldb: l.pRow,
+        cOffset: h * S * L,
+        batch: { count: B, strideA: S * gr.oRow, strideB: l.pBatch ?? 0, strideC: HSL },
+      });
+    }
+    encodeMatmul(gpu, pass, {
+      ...common,
+      N: S,
+      b: l.kv,
+      bOffset: l.vOff + g * D,
+      ldb: l.kvRow,
+      cOffset: h * S * L + P,
+      batch: { count: B, strideA: S * gr.oRow, strideB: l.kvBatch, strideC: HSL },
+    });
+  }
+  // dS = P ⊙ (dP − Σ P·dP)·scale, in place.
+  const wg = rowWorkgroup(gpu);
+  const rows = B * H * S;
+  const u = uniforms(gpu).alloc(packUniforms([{ u: rows }, { u: L }, { f: l.scale }]));
+  dispatch(
+    gpu,
+    pass,
+    getPipeline(gpu, softmaxBackwardShader(wg)),
+    [u, scores, dscores],
+    grid(gpu, rows, wg),
+  );
+  const dRowsBatch = S * gr.dRow;
+  for (let h = 0; h < H; h++) {
+    const g = Math.floor(h / hpg), first = h % hpg === 0;
+    // dQ = dS·K (prefix keys, then real keys)
+    if (P > 0) {
+      encodeMatmul(gpu, pass, {
+        M: S,
+        N: D,
+        K: P,
+        a: dscores,
+        aOffset: h * S * L,
+        lda: L,
+        b: l.pkv!,
+        bOffset: (l.pkOff ?? 0) + g * D,
+        ldb: l.pRow,
+        c: gr.dqkv,
+        cOffset: gr.dqOff + h * D,
+        ldc: gr.dRow,
+        batch: { count: B, strideA: HSL, strideB: l.pBatch ?? 0, strideC: dRowsBatch },
+      });
+    }
+    encodeMatmul(gpu, pass, {
+      M: S,
+      N: D,
+      K: S,
+      a: dscores,
+      aOffset: h * S * L + P,
+      lda: L,
+      b: l.kv,
+      bOffset: l.kOff + g * D,
+      ldb: l.kvRow,
+      c: gr.dqkv,
+      cOffset: gr.dqOff + h * D,
+      ldc: gr.dRow,
+      accumulate: P > 0,
+      batch: { count: B, strideA: HSL, strideB: l.kvBatch, strideC: dRowsBatch },
+    });
+    // dK += dSᵀ·Q, dV += Pᵀ·dO over the heads of the group.
+    encodeMatmul(gpu, pass, {
+      M: S,
+      N: D,
+      K: S,
+      a: dscores,
+      aOffset: h * S * L + P,
+      lda: L,
+      transA: true,
+      b: l.q,
+      bOffset: l.qOff + h * D,
+      ldb: l.qRow,
+      c: gr.dqkv,
+      cOffset: gr.dkOff + g * D,
+      ldc: gr.dRow,
+      accumulate: !first,
+      batch: { count: B, strideA: HSL, strideB: S * l.qRow, strideC: dRowsBatch },
+    });
+    encodeMatmul(gpu, pass, {
+      M: S,
+      N: D,
+      K: S,
+      a: scores,
+      aOffset: h * S * L + P,
+      lda: L,
+      transA: true,
+      b: gr.dOut,
+      bOffset: gr.oOff + h * D,
+      ldb: gr.oRow,
+      c: gr.dqkv,
+      cOffset: gr.dvOff + g * D,
+      ldc: gr.dRow,
+      accumulate: !first,
+      batch: { count: B, strideA: HSL, strideB: S * gr.oRow, strideC: dRowsBatch },
+    });
+  }
+  if (P === 0) return;
+  if (!gr.dpkv) throw new Error("attention backward: prefix gradients need dpkv");
+  // Prefix keys/values: per batch row when they differ per row, else summed over the batch in order.
+  const perBatch = (l.pBatch ?? 0) > 0;
+  for (let g = 0; g < G; g++) {
+    for (let hh = 0; hh < hpg; hh++) {
+      const h = g * hpg + hh;
+      const bs = perBatch ? [0] : Array.from({ length: B }, (_, b) => b);
+      for (const b of bs) {
+        const acc = hh > 0 || b > 0;
+        const count = perBatch ? B : 1;
+        const batchOf = (strideA: number, strideB: number) => ({
+          count,
+          strideA,
+          strideB,
+          strideC: gr.dpBatch ?? 0,
+        });
+        encodeMatmul(gpu, pass, {
+          M: P,
+          N: D,
+          K: S,
+          a: dscores,
+          aOffset: b * HSL + h * S * L,
+          lda: L,
+          transA: true,
+          b: l.q,
+          bOffset: l.qOff + b * S * l.qRow + h * D,
+          ldb: l.qRow,
+          c: gr.dpkv,
+          cOffset: (gr.dpkOff ?? 0) + g * D,
+          ldc: gr.dpRow,
+          accumulate: acc,
+          batch: batchOf(HSL, S * l.qRow),
+        });
+        encodeMatmul(gpu, pass, {
+          M: P,
+          N: D,
+          K: S,
+          a: scores,
+          aOffset: b * HSL + h * S * L,
+          lda: L,
+          transA: true,
+          b: gr.dOut,
+          bOffset: gr.oOff + b * S * gr.oRow + h * D,
+          ldb: gr.oRow,
+          c: gr.dpkv,
+          cOffset: (gr.dpvOff ?? 0) + g * D,
+          ldc: gr.dpRow,
+          accumulate: acc,
+          batch: batchOf(HSL, S * gr.oRow),
+        });
+      }
+    }
   }
 }

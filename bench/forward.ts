@@ -1,0 +1,277 @@
+/**
+ * Forward throughput: tokens/s of a scoring forward (logits + loss) of the
+ * bench model (hidden 512, 8 layers, 8 heads, kv_channels 64, 2 groups, ffn
+ * 1368, vocab 8192; batch 4 × seq 256, random weights built in memory)
+ * against the same math in PyTorch on the CPU with 2 threads
+ * (tools/peers/forward_peer.py), as a ratio. Then where the time goes: the
+ * dispatches of one forward (and of one LoRA training step) are recorded,
+ * grouped by kernel file, and each group is replayed alone and timed (the
+ * cost of the wait itself is measured and subtracted).
+ */
+import { getGpu, type Gpu } from "../lib/gpu/device.ts";
+import { createBuffer, uniforms } from "../lib/gpu/runtime.ts";
+import type { AdapterSpec } from "../lib/model/adapter.ts";
+import {
+  createGlmModel,
+  type GlmConfigFields,
+  type GlmModel,
+  memoryWeights,
+} from "../lib/model/glm.ts";
+import type { TrainBatch } from "../lib/model/types.ts";
+import { runPeer } from "./peer.ts";
+
+export const FORWARD_BENCH_CONFIG: GlmConfigFields = {
+  num_layers: 8,
+  hidden_size: 512,
+  num_attention_heads: 8,
+  kv_channels: 64,
+  multi_query_attention: true,
+  multi_query_group_num: 2,
+  ffn_hidden_size: 1368,
+  padded_vocab_size: 8192,
+  seq_length: 512,
+  layernorm_epsilon: 1e-5,
+  rmsnorm: true,
+  add_qkv_bias: true,
+  add_bias_linear: false,
+  post_layer_norm: true,
+  rope_ratio: 1,
+};
+const BATCH = 4;
+const SEQ = 256;
+
+/** Seeded N(0, 0.02) weights (norm weights 1) for a config, by HF name. */
+export function randomWeights(
+  c: GlmConfigFields,
+  seed = 12345,
+): Map<string, { shape: number[]; data: Float32Array }> {
+  const h = c.hidden_size;
+  const qkv = (c.num_attention_heads + 2 * c.multi_query_group_num) * c.kv_channels;
+  let s = seed >>> 0;
+  const normal = (n: number) => {
+    const out = new Float32Array(n);
+    for (let i = 0; i < n; i += 2) {
+      s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+      const u1 = (s + 1) / 2 ** 32;
+      s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+      const r = Math.sqrt(-2 * Math.log(u1)) * 0.02;
+      out[i] = r * Math.cos(2 * Math.PI * (s / 2 ** 32));
+      if (i + 1 < n) out[i + 1] = r * Math.sin(2 * Math.PI * (s / 2 ** 32));
+    }
+    return out;
+  };
+  const t = new Map<string, { shape: number[]; data: Float32Array }>();
+  const add = (name: string, shape: number[], ones = false) => {
+    const n = shape.reduce((a, b) => a * b, 1);
+    t.set(name, { shape, data: ones ? new Float32Array(n).fill(1) : normal(n) });
+  };
+  add("transformer.embedding.word_embeddings.weight", [c.padded_vocab_size, h]);
+  for (let i = 0; i < c.num_layers; i++) {
+    const p = `transformer.encoder.layers.${i}.`;
+    add(p + "input_layernorm.weight", [h], true);
+    add(p + "self_attention.query_key_value.weight", [qkv, h]);
+    if (c.add_qkv_bias) add(p + "self_attention.query_key_value.bias", [qkv]);
+    add(p + "self_attention.dense.weight", [h, c.num_attention_heads * c.kv_channels]);
+    add(p + "post_attention_layernorm.weight", [h], true);
+    add(p + "mlp.dense_h_to_4h.weight", [2 * c.ffn_hidden_size, h]);
+    add(p + "mlp.dense_4h_to_h.weight", [h, c.ffn_hidden_size]);
+  }
+  add("transformer.encoder.final_layernorm.weight", [h], true);
+  add("transformer.output_layer.weight", [c.padded_vocab_size, h]);
+  return t;
+}
+
+function benchBatch(): TrainBatch {
+  let s = 1;
+  const ids = new Int32Array(BATCH * SEQ).map(() => {
+    s = (Math.imul(s, 1103515245) + 12345) >>> 0;
+    return s % FORWARD_BENCH_CONFIG.padded_vocab_size;
+  });
+  return { batch: BATCH, seq: SEQ, inputIds: ids, labels: Int32Array.from(ids) };
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+const wait = (gpu: Gpu) => gpu.device.queue.onSubmittedWorkDone();
+
+interface Recorded {
+  kind: string;
+  pipeline: GPUComputePipeline;
+  group: GPUBindGroup;
+  wg: [number, number, number];
+}
+
+/** A stand-in compute pass that records dispatches with the kernel file that encoded them. */
+function recordingPass(out: Recorded[]): GPUComputePassEncoder {
+  let pipeline: GPUComputePipeline | undefined;
+  let group: GPUBindGroup | undefined;
+  const rec = {
+    setPipeline(p: GPUComputePipeline) {
+      pipeline = p;
+    },
+    setBindGroup(_i: number, g: GPUBindGroup) {
+      group = g;
+    },
+    dispatchWorkgroups(x: number, y = 1, z = 1) {
+      const stack = new Error().stack ?? "";
+      const m = stack.match(/lib\/gpu\/kernels\/([a-z_0-9]+)\.ts/);
+      out.push({ kind: m ? m[1] : "other", pipeline: pipeline!, group: group!, wg: [x, y, z] });
+    },
+    end() {},
+  };
+  return rec as unknown as GPUComputePassEncoder;
+}
+
+/** Replay each kernel kind's dispatches alone; seconds per kind (the bare wait subtracted). */
+async function timeByKind(
+  gpu: Gpu,
+  recorded: Recorded[],
+): Promise<Map<string, { s: number; n: number }>> {
+  const kinds = [...new Set(recorded.map((r) => r.kind))];
+  const bare: number[] = [];
+  for (let i = 0; i < 5; i++) {
+    const t0 = performance.now();
+    gpu.device.queue.submit([gpu.device.createCommandEncoder().finish()]);
+    await wait(gpu);
+    bare.push(performance.now() - t0);
+  }
+  const waitMs = median(bare);
+  const out = new Map<string, { s: number; n: number }>();
+  for (const kind of kinds) {
+    const mine = recorded.filter((r) => r.kind === kind);
+    const times: number[] = [];
+    for (let rep = 0; rep < 3; rep++) {
+      const t0 = performance.now();
+      const enc = gpu.device.createCommandEncoder();
+      const pass = enc.beginComputePass();
+      for (const r of mine) {
+        pass.setPipeline(r.pipeline);
+        pass.setBindGroup(0, r.group);
+        pass.dispatchWorkgroups(...r.wg);
+      }
+      pass.end();
+      gpu.device.queue.submit([enc.finish()]);
+      await wait(gpu);
+      times.push(performance.now() - t0);
+    }
+    out.set(kind, { s: Math.max(0, median(times) - waitMs) / 1000, n: mine.length });
+  }
+  return out;
+}
+
+function printKinds(title: string, kinds: Map<string, { s: number; n: number }>): void {
+  const total = [...kinds.values()].reduce((a, b) => a + b.s, 0);
+  console.log(
+    `  ${title}: ${[...kinds.values()].reduce((a, b) => a + b.n, 0)} dispatches, ${
+      total.toFixed(3)
+    } s replayed`,
+  );
+  for (const [k, v] of [...kinds].sort((a, b) => b[1].s - a[1].s)) {
+    console.log(
+      `    ${k.padEnd(14)} ${v.s.toFixed(3)} s  ${
+        (100 * v.s / total).toFixed(1).padStart(5)
+      }%  (${v.n} dispatches)`,
+    );
+  }
+}
+
+async function forwardSeconds(gpu: Gpu, model: GlmModel, runs: number): Promise<number> {
+  const b = benchBatch();
+  const loss = createBuffer(gpu, 16);
+  const times: number[] = [];
+  for (let k = 0; k <= runs; k++) {
+    const t0 = performance.now();
+    model.forwardLoss(b, loss, 0);
+    await wait(gpu);
+    if (k > 0) times.push(performance.now() - t0);
+  }
+  loss.destroy();
+  return median(times) / 1000;
+}
+
+async function profile(
+  gpu: Gpu,
+  model: GlmModel,
+  training: boolean,
+): Promise<Map<string, { s: number; n: number }>> {
+  const recorded: Recorded[] = [];
+  const pass = recordingPass(recorded);
+  const loss = createBuffer(gpu, 16);
+  const b = benchBatch();
+  const t0 = performance.now();
+  if (training) {
+    model.encodeForwardBackward(pass, b, {
+      gradScale: 1 / (BATCH * (SEQ - 1)),
+      lossBuffer: loss,
+      lossSlot: 0,
+      training: true,
+      dropoutSeed: 1,
+    });
+  } else model.encodeForwardLoss(pass, b, loss, 0);
+  const encodeS = (performance.now() - t0) / 1000;
+  const kinds = await timeByKind(gpu, recorded);
+  kinds.set("(encoding, CPU)", { s: encodeS, n: 0 });
+  uniforms(gpu).reset();
+  loss.destroy();
+  return kinds;
+}
+
+export async function run(): Promise<void> {
+  const gpu = await getGpu();
+  const weights = randomWeights(FORWARD_BENCH_CONFIG);
+  const tokens = BATCH * SEQ;
+  const results: Record<string, number> = {};
+  for (const f16 of (Deno.env.get("FWD_F32") ? [true, false] : [true])) {
+    const model = await createGlmModel(gpu, FORWARD_BENCH_CONFIG, memoryWeights(weights), {
+      adapter: { kind: "none" },
+      frozenF16: f16,
+      maxBatch: BATCH,
+      maxSeq: SEQ,
+      seed: 1,
+    });
+    const s = await forwardSeconds(gpu, model, 3);
+    results[f16 ? "f16" : "f32"] = s;
+    console.log(
+      `  forward ${BATCH}×${SEQ} (${f16 ? "f16" : "f32"} weights): ${s.toFixed(3)} s, ${
+        (tokens / s).toFixed(0)
+      } tokens/s`,
+    );
+    if (f16) printKinds("forward by kernel", await profile(gpu, model, false));
+    model.destroy();
+  }
+  const lora: AdapterSpec = {
+    kind: "lora",
+    r: 8,
+    alpha: 32,
+    dropout: 0.1,
+    targetModules: ["query_key_value"],
+  };
+  const lm = await createGlmModel(gpu, FORWARD_BENCH_CONFIG, memoryWeights(weights), {
+    adapter: lora,
+    maxBatch: BATCH,
+    maxSeq: SEQ,
+    seed: 1,
+  });
+  printKinds("LoRA training step (forward + backward) by kernel", await profile(gpu, lm, true));
+  lm.destroy();
+  const peer = await runPeer("forward_peer.py", {
+    config: FORWARD_BENCH_CONFIG,
+    batch: BATCH,
+    seq: SEQ,
+    runs: 3,
+  });
+  if (peer) {
+    const ps = peer.forward_s as number;
+    console.log(
+      `  PyTorch CPU (${peer.threads} threads): ${ps.toFixed(3)} s, ${
+        (tokens / ps).toFixed(0)
+      } tokens/s`,
+    );
+    console.log(
+      `  ratio (ours / PyTorch tokens/s): f16 ${(ps / results.f16).toFixed(2)}×, f32 ${
+        (ps / results.f32).toFixed(2)
+      }×`,
+    );
+  }
+}
+
+if (import.meta.main) await run();
