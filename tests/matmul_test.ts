@@ -5,6 +5,7 @@ import {
   encodeMatmul,
   f32ToF16Packed,
   type MatmulArgs,
+  matmulKernelKind,
   matmulRef,
 } from "../lib/gpu/kernels/matmul.ts";
 import {
@@ -141,13 +142,21 @@ Deno.test("matmul: every layout on awkward shapes matches the reference", async 
     [17, 33, 9], // just past the cpu tile (16x32... per invocation)
     [40, 70, 65],
     [130, 260, 3],
+    // Multiples of 4 take the vec4 kernel, still not multiples of its tiles.
+    [4, 4, 4],
+    [1, 8, 12],
+    [20, 36, 12],
+    [68, 136, 40],
   ];
   let seed = 1;
   const report: string[] = [];
   for (const [name, transA, transB] of layouts) {
     for (const [M, N, K] of shapes) {
       const err = await runCase({ M, N, K, transA, transB }, seed++);
-      report.push(`${name} ${M}x${N}x${K}: ${err.toExponential(1)}`);
+      const kind = matmulKernelKind({ M, N, K, transA, transB });
+      const aligned = N % 4 === 0 && K % 4 === 0 && (M % 4 === 0 || !transA);
+      assertEquals(kind, aligned ? "vec4" : "scalar");
+      report.push(`${name} ${M}x${N}x${K} ${kind}: ${err.toExponential(1)}`);
       assert(err < 1e-6, `${name} ${M}x${N}x${K}: relative error ${err}`);
     }
   }
@@ -165,6 +174,11 @@ Deno.test("matmul: alpha, accumulate with beta, bias, offsets, leading dimension
     { M: 5, N: 6, K: 7, lda: 10, ldb: 9, ldc: 8, aOffset: 1 },
     { M: 5, N: 6, K: 7, lda: 12, ldb: 9, ldc: 8, transA: true, transB: true },
     { M: 4, N: 4, K: 0, accumulate: true, bias: true }, // K = 0: C = beta·C + bias
+    // The same on the vec4 kernel.
+    { M: 9, N: 12, K: 8, accumulate: true, beta: 0.5, alpha: -1.5 },
+    { M: 21, N: 36, K: 8, bias: true, biasOffset: 8, accumulate: true, transB: true },
+    { M: 8, N: 8, K: 12, aOffset: 4, bOffset: 12, cOffset: 68, transA: true },
+    { M: 5, N: 8, K: 4, lda: 12, ldb: 16, ldc: 20, aOffset: 4 },
   ];
   let seed = 100;
   for (const c of cases) {
@@ -179,6 +193,10 @@ Deno.test("matmul: f16 B (packed) in nt and nn layouts, odd offsets", async () =
     { M: 3, N: 7, K: 5, bF16: true, transB: true, bOffset: 1 },
     { M: 18, N: 35, K: 13, bF16: true, bias: true },
     { M: 1, N: 64, K: 33, bF16: true, transB: true, accumulate: true },
+    // vec4 kernel: four halves per vec2<u32> load.
+    { M: 19, N: 36, K: 24, bF16: true, transB: true, bias: true },
+    { M: 1, N: 40, K: 16, bF16: true, transB: true, bOffset: 8 },
+    { M: 5, N: 40, K: 16, bF16: true },
   ];
   let seed = 200;
   for (const c of cases) {
@@ -201,6 +219,15 @@ Deno.test("matmul: strided batches", async () => {
       alpha: 0.35,
       batch: { count: 4, strideA: 136, strideB: 136, strideC: 289 },
     },
+    // vec4 kernel, with a C stride leaving gaps between the products.
+    {
+      M: 9,
+      N: 12,
+      K: 8,
+      transB: true,
+      batch: { count: 3, strideA: 72, strideB: 96, strideC: 120 },
+    },
+    { M: 8, N: 16, K: 4, transA: true, batch: { count: 2, strideA: 32, strideB: 0, strideC: 128 } },
   ];
   let seed = 300;
   for (const c of cases) {
@@ -211,12 +238,15 @@ Deno.test("matmul: strided batches", async () => {
 
 Deno.test("matmul: other tile profiles give the same results", async () => {
   try {
-    for (const p of [DEFAULT_PROFILES.gpu, { tm: 3, tn: 8, wgM: 2, wgN: 2 }]) {
+    const odd = { tm: 4, tn: 8, wgM: 2, wgN: 2, scalar: { tm: 3, tn: 4, wgM: 2, wgN: 3 } };
+    for (const p of [DEFAULT_PROFILES.gpu, odd]) {
       setMatmulProfile(p);
       let seed = 400;
       for (const [, transA, transB] of layouts) {
-        const err = await runCase({ M: 37, N: 29, K: 23, transA, transB, bias: true }, seed++);
-        assert(err < 1e-6, `${JSON.stringify(p)}: relative error ${err}`);
+        for (const [M, N, K] of [[37, 29, 23], [36, 44, 24]]) {
+          const err = await runCase({ M, N, K, transA, transB, bias: true }, seed++);
+          assert(err < 1e-6, `${JSON.stringify(p)} ${M}x${N}x${K}: relative error ${err}`);
+        }
       }
     }
   } finally {
@@ -226,6 +256,7 @@ Deno.test("matmul: other tile profiles give the same results", async () => {
 
 Deno.test("matmul: profile parsing", () => {
   assertEquals(parseMatmulProfile("tm=8, tn=16,wgn=4", DEFAULT_PROFILES.cpu), {
+    ...DEFAULT_PROFILES.cpu,
     tm: 8,
     tn: 16,
     wgM: 1,

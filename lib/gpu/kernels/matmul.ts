@@ -18,6 +18,7 @@
 import type { Gpu } from "../device.ts";
 import { type Binding, dispatch, getPipeline, packUniforms, uniforms } from "../runtime.ts";
 import { type MatmulProfile, matmulProfile } from "./matmul_profile.ts";
+import { matmulVec4Shader } from "./matmul_vec4.ts";
 
 export { bf16ToF16Packed, f32ToF16Packed, rawToF16Packed } from "../../safetensors/dtype.ts";
 export type { MatmulProfile } from "./matmul_profile.ts";
@@ -121,13 +122,20 @@ export function encodeMatmul(gpu: Gpu, pass: GPUComputePassEncoder, args: Matmul
     useBias: !!args.bias,
   };
   const profile = matmulProfile(gpu);
-  const pipeline = getPipeline(gpu, matmulShader(profile, transA, transB, bF16));
   const limit = gpu.limits.maxStorageBufferBindingSize;
   const align = gpu.limits.minStorageBufferOffsetAlignment;
   const alpha = args.alpha ?? 1;
 
   const pieces = splitToFit(piece, transA, transB, bF16, limit);
   for (const p of pieces) {
+    const vec4 = vec4Eligible(p, transA);
+    const prof = vec4 ? profile : profile.scalar ?? profile;
+    const pipeline = getPipeline(
+      gpu,
+      vec4
+        ? matmulVec4Shader(prof, transA, transB, bF16)
+        : matmulShader(prof, transA, transB, bF16),
+    );
     const [aStart, aEnd] = rangeA(p, transA);
     const [bStart, bEnd] = rangeB(p, transB);
     const [cStart, cEnd] = rangeC(p);
@@ -141,7 +149,7 @@ export function encodeMatmul(gpu: Gpu, pass: GPUComputePassEncoder, args: Matmul
       biasBind = bb.binding;
       biasRel = bb.rel;
     }
-    const tileM = profile.tm * profile.wgM, tileN = profile.tn * profile.wgN;
+    const tileM = prof.tm * prof.wgM, tileN = prof.tn * prof.wgN;
     const tilesN = Math.ceil(p.N / tileN);
     const tilesMN = Math.ceil(p.M / tileM) * tilesN;
     const total = tilesMN * p.count;
@@ -178,6 +186,44 @@ export function encodeMatmul(gpu: Gpu, pass: GPUComputePassEncoder, args: Matmul
       z,
     ]);
   }
+}
+
+/**
+ * Whether a piece can take the vec4 kernel: every dimension that is read or
+ * written contiguously, every leading dimension, offset and batch stride a
+ * multiple of 4 (K always: the kernel walks it four steps at a time).
+ */
+function vec4Eligible(p: Piece, transA: boolean): boolean {
+  const m4 = (x: number) => x % 4 === 0;
+  return p.K > 0 && m4(p.K) && m4(p.N) && (!transA || m4(p.M)) &&
+    [p.lda, p.ldb, p.ldc, p.aOff, p.bOff, p.cOff, p.biasOff].every(m4) &&
+    (p.count === 1 || [p.sA, p.sB, p.sC].every(m4));
+}
+
+/** Which kernel `args` would run (for tests and benchmarks). */
+export function matmulKernelKind(args: Omit<MatmulArgs, "a" | "b" | "c">): "vec4" | "scalar" {
+  const transA = !!args.transA, transB = !!args.transB;
+  return vec4Eligible({
+      count: args.batch?.count ?? 1,
+      M: args.M,
+      N: args.N,
+      K: args.K,
+      lda: args.lda ?? (transA ? args.M : args.K),
+      ldb: args.ldb ?? (transB ? args.K : args.N),
+      ldc: args.ldc ?? args.N,
+      aOff: args.aOffset ?? 0,
+      bOff: args.bOffset ?? 0,
+      cOff: args.cOffset ?? 0,
+      biasOff: args.biasOffset ?? 0,
+      sA: args.batch?.strideA ?? 0,
+      sB: args.batch?.strideB ?? 0,
+      sC: args.batch?.strideC ?? 0,
+      accumulate: false,
+      beta: 1,
+      useBias: false,
+    }, transA)
+    ? "vec4"
+    : "scalar";
 }
 
 function rangeA(p: Piece, transA: boolean): [number, number] {
@@ -338,9 +384,11 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   let bat = t / u.tilesMN;
   let r = t - bat * u.tilesMN;
   let tmi = r / u.tilesN;
-  let m0 = tmi * ${tm * wgM}u + (lid / ${wgN}u) * ${tm}u;
-  let n0 = (r - tmi * u.tilesN) * ${tn * wgN}u + (lid % ${wgN}u) * ${tn}u;
-  if (m0 >= u.M || n0 >= u.N) { return; }
+  let m0 = tmi * ${tm * wgM}u${wgM > 1 ? ` + (lid / ${wgN}u) * ${tm}u` : ""};
+  let n0 = (r - tmi * u.tilesN) * ${tn * wgN}u${wgN > 1 ? ` + (lid % ${wgN}u) * ${tn}u` : ""};
+  // No early return on a per-invocation condition: on a CPU adapter, code after a
+  // divergent branch runs masked and every load in it becomes a gather.
+  ${wgM > 1 ? "" : "if (m0 >= u.M) { return; }"}
   let aBase = u.aOff + bat * u.sA;
   let bBase = u.bOff + bat * u.sB;
   let cBase = u.cOff + bat * u.sC;

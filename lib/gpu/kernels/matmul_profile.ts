@@ -18,10 +18,12 @@ export interface MatmulProfile {
   /** Invocations per workgroup along M and along N. */
   wgM: number;
   wgN: number;
+  /** Tiles of the fallback kernel for operands not aligned to 4 (default: these). */
+  scalar?: MatmulProfile;
 }
 
 export const DEFAULT_PROFILES: Record<DeviceClass, MatmulProfile> = {
-  cpu: { tm: 4, tn: 8, wgM: 1, wgN: 8 },
+  cpu: { tm: 16, tn: 16, wgM: 1, wgN: 8, scalar: { tm: 4, tn: 8, wgM: 1, wgN: 8 } },
   gpu: { tm: 4, tn: 4, wgM: 16, wgN: 16 },
 };
 
@@ -39,7 +41,10 @@ export function parseMatmulProfile(s: string, base: MatmulProfile): MatmulProfil
     const [k, v] = part.split("=");
     const n = Number(v);
     const key = { tm: "tm", tn: "tn", wgm: "wgM", wgn: "wgN" }[k.toLowerCase()] as
-      | keyof MatmulProfile
+      | "tm"
+      | "tn"
+      | "wgM"
+      | "wgN"
       | undefined;
     if (!key || !Number.isInteger(n) || n <= 0) {
       throw new Error(

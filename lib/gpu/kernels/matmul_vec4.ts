@@ -1,0 +1,146 @@
+/**
+ * The fast matmul kernel, for operands whose contiguous dimensions, leading
+ * dimensions, offsets and batch strides are all multiples of 4 (every shape
+ * of the model's linears): everything is read and written as vec4 (an f16 B
+ * as vec2<u32>, four halves), K is walked four steps at a time.
+ *
+ * Why this shape on llvmpipe: each invocation is one SIMD lane, so a vec4 in
+ * the shader is four scalar registers and costs nothing to transpose, while
+ * each load instruction costs far more than an FMA. Per four K steps an
+ * invocation loads tm vec4 of A and tn vec4 of B and does 4·tm·tn FMAs: with
+ * 16×32 that is 48 loads for 2048 FMAs. A values are uniform across the
+ * workgroup (all lanes share the rows), B values are per lane (its columns).
+ *
+ * Operand layouts, all read with vec4 loads:
+ *   A row-major [M,K]: row i, k..k+3         A transposed [K,M]: row k+q, m..m+3
+ *   B row-major [K,N]: row k+q, n..n+3       B transposed [N,K]: row n, k..k+3
+ * Reference: `matmulRef` in ./matmul.ts.
+ */
+import type { MatmulProfile } from "./matmul_profile.ts";
+
+export function matmulVec4Shader(
+  prof: MatmulProfile,
+  transA: boolean,
+  transB: boolean,
+  bF16: boolean,
+): string {
+  const { tm, tn, wgM, wgN } = prof;
+  if (tm % 4 !== 0 && transA) throw new Error("matmul vec4: tm must be a multiple of 4 for transA");
+  const tn4 = tn / 4;
+  const L: string[] = [];
+  L.push(`struct U {
+  M: u32, N: u32, K: u32, lda: u32, ldb: u32, ldc: u32,
+  aOff: u32, bOff: u32, cOff: u32, biasOff: u32, flags: u32,
+  alpha: f32, beta: f32, count: u32, sA: u32, sB: u32, sC: u32, tilesN: u32, tilesMN: u32,
+}
+@group(0) @binding(0) var<uniform> u: U;
+@group(0) @binding(1) var<storage, read> A: array<vec4f>;
+@group(0) @binding(2) var<storage, read> B: array<${bF16 ? "vec2u" : "vec4f"}>;
+@group(0) @binding(3) var<storage, read_write> C: array<vec4f>;
+@group(0) @binding(4) var<storage, read> bias: array<vec4f>;
+${
+    bF16
+      ? "fn ldB(i: u32) -> vec4f { let w = B[i]; return vec4f(unpack2x16float(w.x), unpack2x16float(w.y)); }"
+      : "fn ldB(i: u32) -> vec4f { return B[i]; }"
+  }
+
+@compute @workgroup_size(${wgM * wgN})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lid: u32) {
+  let t = wid.x + nwg.x * (wid.y + nwg.y * wid.z);
+  if (t >= u.count * u.tilesMN) { return; }
+  let bat = t / u.tilesMN;
+  let r = t - bat * u.tilesMN;
+  let tmi = r / u.tilesN;
+  let m0 = tmi * ${tm * wgM}u${wgM > 1 ? ` + (lid / ${wgN}u) * ${tm}u` : ""};
+  let n0 = (r - tmi * u.tilesN) * ${tn * wgN}u${wgN > 1 ? ` + (lid % ${wgN}u) * ${tn}u` : ""};
+  // No early return on a per-lane condition: code after a divergent branch runs
+  // masked on a CPU adapter, and every load in it becomes a gather.
+  ${wgM > 1 ? "" : "if (m0 >= u.M) { return; }"}
+  let aBase = (u.aOff + bat * u.sA) / 4u;
+  let bBase = (u.bOff + bat * u.sB) / 4u;
+  let cBase = (u.cOff + bat * u.sC) / 4u;
+  let lda4 = u.lda / 4u;
+  let ldb4 = u.ldb / 4u;
+  let ldc4 = u.ldc / 4u;
+  let lastM = u.M - 1u;
+  let lastN = u.N - 1u;`);
+  // Per-row / per-column base indices (in vec4 units), clamped so edge lanes
+  // read valid (duplicate) data; their results are dropped at the store.
+  if (!transA) {
+    for (let i = 0; i < tm; i++) L.push(`  let ra${i} = aBase + min(m0 + ${i}u, lastM) * lda4;`);
+  } else {
+    for (let p = 0; p < tm / 4; p++) {
+      L.push(`  let ra${p} = aBase + min(m0 / 4u + ${p}u, lastM / 4u);`);
+    }
+  }
+  if (transB) {
+    for (let j = 0; j < tn; j++) L.push(`  let rb${j} = bBase + min(n0 + ${j}u, lastN) * ldb4;`);
+  } else {
+    for (let p = 0; p < tn4; p++) {
+      L.push(`  let rb${p} = bBase + min(n0 / 4u + ${p}u, lastN / 4u);`);
+    }
+  }
+  for (let i = 0; i < tm; i++) {
+    for (let j = 0; j < tn4; j++) L.push(`  var acc${i}_${j} = vec4f(0.0);`);
+  }
+  L.push(`  for (var k4 = 0u; k4 < u.K / 4u; k4++) {`);
+  // A(i, q): the A value of row i at k = 4·k4 + q.
+  let aVal: (i: number, q: number) => string;
+  if (!transA) {
+    for (let i = 0; i < tm; i++) L.push(`    let a${i} = A[ra${i} + k4];`);
+    aVal = (i, q) => `a${i}.${"xyzw"[q]}`;
+  } else {
+    for (let q = 0; q < 4; q++) {
+      L.push(`    let ka${q} = (k4 * 4u + ${q}u) * lda4;`);
+      for (let p = 0; p < tm / 4; p++) L.push(`    let a${q}_${p} = A[ra${p} + ka${q}];`);
+    }
+    aVal = (i, q) => `a${q}_${i >> 2}.${"xyzw"[i & 3]}`;
+  }
+  // Bv(q, j): the vec4 of B at k = 4·k4 + q, columns n0 + 4j .. n0 + 4j + 3.
+  let bVec: (q: number, j: number) => string;
+  if (transB) {
+    for (let j = 0; j < tn; j++) L.push(`    let b${j} = ldB(rb${j} + k4);`);
+    bVec = (q, j) => {
+      const c = "xyzw"[q];
+      return `vec4f(b${4 * j}.${c}, b${4 * j + 1}.${c}, b${4 * j + 2}.${c}, b${4 * j + 3}.${c})`;
+    };
+  } else {
+    for (let q = 0; q < 4; q++) {
+      L.push(`    let kb${q} = (k4 * 4u + ${q}u) * ldb4;`);
+      for (let p = 0; p < tn4; p++) L.push(`    let b${q}_${p} = ldB(rb${p} + kb${q});`);
+    }
+    bVec = (q, j) => `b${q}_${j}`;
+  }
+  for (let q = 0; q < 4; q++) {
+    if (transB) {
+      for (let j = 0; j < tn4; j++) L.push(`    let bv${q}_${j} = ${bVec(q, j)};`);
+    }
+    for (let i = 0; i < tm; i++) {
+      for (let j = 0; j < tn4; j++) {
+        const bv = transB ? `bv${q}_${j}` : bVec(q, j);
+        L.push(`    acc${i}_${j} = fma(vec4f(${aVal(i, q)}), ${bv}, acc${i}_${j});`);
+      }
+    }
+  }
+  L.push(`  }
+  let accumulate = (u.flags & 1u) != 0u;
+  let useBias = (u.flags & 2u) != 0u;
+  let biasBase = u.biasOff / 4u + n0 / 4u;`);
+  for (let j = 0; j < tn4; j++) L.push(`  let okN${j} = n0 + ${4 * j}u < u.N;`);
+  for (let i = 0; i < tm; i++) {
+    L.push(`  if (m0 + ${i}u < u.M) {
+    let row = cBase + (m0 + ${i}u) * ldc4 + n0 / 4u;`);
+    for (let j = 0; j < tn4; j++) {
+      L.push(`    if (okN${j}) {
+      var v = u.alpha * acc${i}_${j};
+      if (accumulate) { v += u.beta * C[row + ${j}u]; }
+      if (useBias) { v += bias[biasBase + ${j}u]; }
+      C[row + ${j}u] = v;
+    }`);
+    }
+    L.push(`  }`);
+  }
+  L.push(`}`);
+  return L.join("\n");
+}
