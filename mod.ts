@@ -79,7 +79,7 @@ export type {
 } from "./lib/data/masks.ts";
 export { train } from "./lib/train/trainer.ts";
 export type { TrainerModel, TrainOptions, TrainResult } from "./lib/train/trainer.ts";
-export { adapterSpec, openGlmModel, readInitAdapter, runTraining } from "./lib/train/run.ts";
+export { adapterSpec, readInitAdapter, runTraining } from "./lib/train/run.ts";
 export type { RunOptions as TrainRunOptions } from "./lib/train/run.ts";
 export { DEFAULT_TRAIN_ARGS, trainArgsFromConfig } from "./lib/train/args.ts";
 export type { TrainArgs } from "./lib/train/args.ts";

@@ -1,6 +1,7 @@
 import { deepStrictEqual, ok as assert, rejects } from "node:assert";
 import { main } from "../stages/train.ts";
-import { openGlmModel, readInitAdapter } from "../lib/train/run.ts";
+import { readInitAdapter } from "../lib/train/run.ts";
+import { loadGlmModel } from "../lib/model/load.ts";
 import { UserError } from "../lib/errors.ts";
 import { join } from "node:path";
 import { getGpu } from "../lib/gpu/device.ts";
@@ -155,7 +156,7 @@ async function compareWithPeft(adapterDir: string, checkFile: string) {
   };
   const gpu = await getGpu();
   // f32 base weights: PEFT ran the f32 model (f16 storage alone moves logits by ~1e-3).
-  const model = await openGlmModel(gpu, TINY, {
+  const model = await loadGlmModel(gpu, TINY, {
     adapter: spec,
     maxBatch: 1,
     maxSeq: 16,

@@ -13,7 +13,8 @@ import {
 import { UserError } from "../errors.ts";
 import { describeGpu, getGpu } from "../gpu/device.ts";
 import type { AdapterSpec } from "../model/adapter.ts";
-import { createGlmModel, type GlmModel, type GlmModelOptions } from "../model/glm.ts";
+import type { GlmModel } from "../model/glm.ts";
+import { loadGlmModel } from "../model/load.ts";
 import { trainArgsFromConfig } from "./args.ts";
 import {
   fullFiles,
@@ -24,8 +25,7 @@ import {
   prefixFiles,
 } from "./checkpoint.ts";
 import { maxLength, readMaskedJsonl } from "./data.ts";
-import { readSafetensorsF32, SafetensorsDir } from "./tensorfile.ts";
-import type { Gpu } from "../gpu/device.ts";
+import { readSafetensorsF32 } from "./tensorfile.ts";
 import { train, type TrainResult } from "./trainer.ts";
 
 export interface RunOptions {
@@ -176,25 +176,6 @@ export async function readInitAdapter(
   return out;
 }
 
-/** A GLM model from a model dir (config.json + safetensors), weights read lazily. */
-export async function openGlmModel(
-  gpu: Gpu,
-  modelDir: string,
-  opts: GlmModelOptions,
-): Promise<GlmModel> {
-  const cfgPath = join(modelDir, "config.json");
-  let config;
-  try {
-    config = JSON.parse(await Deno.readTextFile(cfgPath));
-  } catch (e) {
-    if (e instanceof Deno.errors.NotFound) {
-      throw new UserError(`${modelDir}: no config.json (expected a chatglm3 model directory)`);
-    }
-    throw new UserError(`${cfgPath}: ${(e as Error).message}`);
-  }
-  return await createGlmModel(gpu, config, await SafetensorsDir.open(modelDir), opts);
-}
-
 export async function runTraining(o: RunOptions): Promise<TrainResult> {
   const cfg = await loadConfig(o.configPath, o.overrides ?? []);
   reportNotApplicable(cfg);
@@ -211,7 +192,7 @@ export async function runTraining(o: RunOptions): Promise<TrainResult> {
   }
   const gpu = await getGpu();
   const maxSeq = Math.max(maxLength(trainRecs), evalRecs ? maxLength(evalRecs) : 1);
-  const model = await openGlmModel(gpu, o.modelDir, {
+  const model = await loadGlmModel(gpu, o.modelDir, {
     adapter: spec,
     maxBatch: Math.max(args.batchSize, evalRecs ? args.evalBatchSize : 1),
     maxSeq,
