@@ -8,9 +8,7 @@ import assert from "node:assert";
 import { join } from "node:path";
 import { formatReply, parseReply } from "../lib/eval/chat.ts";
 import { readAdapterDir } from "../lib/model/adapter_dir.ts";
-import { CpuGlm, type CpuGlmConfig } from "../lib/model/cpu/glm.ts";
-import { loadGlmConfig } from "../lib/model/config.ts";
-import { openWeights } from "../lib/model/weights.ts";
+import { type CpuGlm, loadCpuGlm } from "../lib/model/cpu/glm.ts";
 import { ChatGLMTokenizer, type HistoryItem } from "../lib/tokenizer/chatglm.ts";
 
 const FIX = new URL("./fixtures/", import.meta.url).pathname;
@@ -20,25 +18,9 @@ const CLI = new URL("../cli.ts", import.meta.url).pathname;
 const N = 12;
 
 async function cpu(adapterDir?: string): Promise<CpuGlm> {
-  const c = await loadGlmConfig(TINY);
-  const w = await openWeights(TINY, c);
-  const weights = new Map<string, Float32Array>();
-  for (const n of w.names()) weights.set(n, await w.f32(n));
-  const config: CpuGlmConfig = {
-    num_layers: c.num_layers,
-    hidden_size: c.hidden_size,
-    ffn_hidden_size: c.ffn_hidden_size,
-    kv_channels: c.kv_channels,
-    num_attention_heads: c.num_attention_heads,
-    multi_query_group_num: c.multi_query_group_num,
-    padded_vocab_size: c.padded_vocab_size,
-    layernorm_epsilon: c.layernorm_epsilon,
-    rope_ratio: c.rope_ratio ?? 1,
-    add_qkv_bias: c.add_qkv_bias ?? true,
-  };
-  if (!adapterDir) return new CpuGlm(config, weights, { kind: "none" });
+  if (!adapterDir) return await loadCpuGlm(TINY, { kind: "none" });
   const a = await readAdapterDir(adapterDir);
-  const m = new CpuGlm(config, weights, a.spec);
+  const m = await loadCpuGlm(TINY, a.spec);
   m.setParams(a.tensors);
   return m;
 }

@@ -9,9 +9,7 @@ import assert from "node:assert";
 import { join } from "node:path";
 import { evaluate, type EvaluateOptions } from "../lib/eval/evaluate.ts";
 import { readAdapterDir } from "../lib/model/adapter_dir.ts";
-import { CpuGlm, type CpuGlmConfig } from "../lib/model/cpu/glm.ts";
-import { loadGlmConfig } from "../lib/model/config.ts";
-import { openWeights } from "../lib/model/weights.ts";
+import { type CpuGlm, loadCpuGlm } from "../lib/model/cpu/glm.ts";
 import { UserError } from "../lib/errors.ts";
 
 const FIX = new URL("./fixtures/", import.meta.url).pathname;
@@ -57,25 +55,9 @@ function untilStop(tokens: number[]): number[] {
 }
 
 async function cpuModel(adapterDir?: string): Promise<CpuGlm> {
-  const cfg = await loadGlmConfig(TINY);
-  const w = await openWeights(TINY, cfg);
-  const weights = new Map<string, Float32Array>();
-  for (const n of w.names()) weights.set(n, await w.f32(n));
-  const config: CpuGlmConfig = {
-    num_layers: cfg.num_layers,
-    hidden_size: cfg.hidden_size,
-    ffn_hidden_size: cfg.ffn_hidden_size,
-    kv_channels: cfg.kv_channels,
-    num_attention_heads: cfg.num_attention_heads,
-    multi_query_group_num: cfg.multi_query_group_num,
-    padded_vocab_size: cfg.padded_vocab_size,
-    layernorm_epsilon: cfg.layernorm_epsilon,
-    rope_ratio: cfg.rope_ratio ?? 1,
-    add_qkv_bias: cfg.add_qkv_bias ?? true,
-  };
-  if (!adapterDir) return new CpuGlm(config, weights, { kind: "none" });
+  if (!adapterDir) return await loadCpuGlm(TINY, { kind: "none" });
   const a = await readAdapterDir(adapterDir);
-  const m = new CpuGlm(config, weights, a.spec);
+  const m = await loadCpuGlm(TINY, a.spec);
   m.setParams(a.tensors);
   return m;
 }
@@ -219,6 +201,35 @@ Deno.test("evaluate --metrics-only: the reference scores of the demo pairs", asy
       limit: 3,
     });
     assert.strictEqual(lim.examples, 3);
+
+    // From standard input, through the CLI.
+    const cli = new URL("../cli.ts", import.meta.url).pathname;
+    const p = new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        cli,
+        "stage",
+        "evaluate",
+        "--metrics-only",
+        "--in",
+        "-",
+        "--out",
+        join(dir, "stdin"),
+      ],
+      stdin: "piped",
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const w = p.stdin.getWriter();
+    await w.write(new TextEncoder().encode(await Deno.readTextFile(input)));
+    await w.close();
+    const o = await p.output();
+    assert.strictEqual(o.code, 0, new TextDecoder().decode(o.stderr));
+    const fromStdin = JSON.parse(await Deno.readTextFile(join(dir, "stdin/metrics.json")));
+    for (const k of ["rouge-1", "rouge-2", "rouge-l", "bleu-4", "count"]) {
+      assert.strictEqual(fromStdin[k], m[k], k);
+    }
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

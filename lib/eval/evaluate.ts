@@ -143,21 +143,28 @@ function toItem(
   );
 }
 
-async function* readItems(o: EvaluateOptions): AsyncGenerator<Item> {
+/** Where records come from: `path` is read (twice); `name` is shown in messages. */
+interface Source {
+  path: string;
+  name: string;
+}
+
+async function* readItems(o: EvaluateOptions, src: Source): AsyncGenerator<Item> {
   let index = 0;
-  for await (const r of readJsonl(o.input)) {
+  for await (const r of readJsonl(src.path)) {
     if (o.limit !== undefined && index >= o.limit) return;
-    if (r.error !== undefined) throw new UserError(located(o.input, r.line, undefined, r.error));
-    yield toItem(r.value, index++, r.line, o.input, !!o.metricsOnly);
+    if (r.error !== undefined) throw new UserError(located(src.name, r.line, undefined, r.error));
+    yield toItem(r.value, index++, r.line, src.name, !!o.metricsOnly);
   }
 }
 
 /** A first pass for the totals the progress line and the model's buffer sizes need. */
 async function survey(
   o: EvaluateOptions,
+  src: Source,
 ): Promise<{ count: number; maxLen: number; maxPrompt: number }> {
   let count = 0, maxLen = 0, maxPrompt = 0;
-  for await (const it of readItems(o)) {
+  for await (const it of readItems(o, src)) {
     count++;
     if (it.kind === "score") maxLen = Math.max(maxLen, it.inputIds!.length);
     if (it.kind === "generate") maxPrompt = Math.max(maxPrompt, it.inputIds!.length);
@@ -173,8 +180,21 @@ function stripStop(ids: number[], stop: Set<number>): number[] {
 }
 
 export async function evaluate(o: EvaluateOptions): Promise<EvaluateResult> {
+  if (o.input !== "-") return await evaluateFrom(o, { path: o.input, name: o.input });
+  // Records are read twice (sizes first), so standard input is kept in a temporary file.
+  const tmp = await Deno.makeTempFile({ prefix: "evaluate-stdin-", suffix: ".jsonl" });
+  try {
+    const f = await Deno.open(tmp, { write: true, truncate: true });
+    await Deno.stdin.readable.pipeTo(f.writable);
+    return await evaluateFrom(o, { path: tmp, name: "<stdin>" });
+  } finally {
+    await Deno.remove(tmp).catch(() => {});
+  }
+}
+
+async function evaluateFrom(o: EvaluateOptions, src: Source): Promise<EvaluateResult> {
   const started = performance.now();
-  const { count, maxLen, maxPrompt } = await survey(o);
+  const { count, maxLen, maxPrompt } = await survey(o, src);
   const status = new StatusLine(
     o.quiet ? { writeSync: (b) => b.length, isTerminal: () => false } : Deno.stderr,
   );
@@ -260,7 +280,7 @@ export async function evaluate(o: EvaluateOptions): Promise<EvaluateResult> {
       if (bad >= 0) {
         throw new UserError(
           located(
-            o.input,
+            src.name,
             it.line,
             `${field}[${bad}]`,
             `token id ${ids![bad]} is outside the model's vocabulary (0..${V - 1}); ` +
@@ -339,7 +359,7 @@ export async function evaluate(o: EvaluateOptions): Promise<EvaluateResult> {
 
   try {
     let gen: Item[] = [], sc: Item[] = [];
-    for await (const it of readItems(o)) {
+    for await (const it of readItems(o, src)) {
       if (it.kind === "text") {
         await scoreText(it, pyStrip(it.prediction!), pyStrip(it.label!), {});
         done++;
