@@ -17,7 +17,7 @@ export class StatusLine {
   private enc = new TextEncoder();
   private tty: boolean;
   private shown = false;
-  private lastPrint = 0;
+  private lastPrint = -Infinity;
   constructor(
     private out: { writeSync(b: Uint8Array): number; isTerminal(): boolean } = Deno.stderr,
     /** Least interval between lines when not on a terminal. */
