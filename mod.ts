@@ -88,7 +88,7 @@ export { adamwRef, gradNormRef } from "./lib/train/adamw.ts";
 export { DataPlan, readMaskedJsonl } from "./lib/train/data.ts";
 export { findCheckpoint, fullFiles, loraFiles, prefixFiles } from "./lib/train/checkpoint.ts";
 export type { LogEntry, ModelFiles } from "./lib/train/checkpoint.ts";
-export { evaluate } from "./lib/eval/evaluate.ts";
+export { evaluate, evaluateRecords } from "./lib/eval/evaluate.ts";
 export type { EvaluateOptions, EvaluateResult, GenerationSettings } from "./lib/eval/evaluate.ts";
 export { ChatSession, formatReply, parseReply } from "./lib/eval/chat.ts";
 export type { ChatOptions, Reply } from "./lib/eval/chat.ts";

@@ -7,7 +7,10 @@
  */
 import assert from "node:assert";
 import { join } from "node:path";
-import { evaluate, type EvaluateOptions } from "../lib/eval/evaluate.ts";
+import { evaluate, type EvaluateOptions, evaluateRecords } from "../lib/eval/evaluate.ts";
+import { getGpu } from "../lib/gpu/device.ts";
+import { loadGlmModel } from "../lib/model/load.ts";
+import { ChatGLMTokenizer } from "../lib/tokenizer/chatglm.ts";
 import { readAdapterDir } from "../lib/model/adapter_dir.ts";
 import { type CpuGlm, loadCpuGlm } from "../lib/model/cpu/glm.ts";
 import { UserError } from "../lib/errors.ts";
@@ -348,4 +351,57 @@ Deno.test("progress: durations and a status line that is throttled off a termina
   tty.update("b");
   tty.end();
   assert.deepStrictEqual(written, ["\r\x1b[2Ka", "\r\x1b[2Kb", "\n"]);
+});
+
+Deno.test("evaluateRecords: mixed records stream out in input order, as the file form gives them", async () => {
+  const c = forward.cases[2];
+  const records = [
+    { input_ids: forward.greedy[0].prompt, output_ids: [2] },
+    { input_ids: c.input_ids[0], labels: c.labels[0] },
+    { input_ids: forward.greedy[1].prompt, output_ids: [2] },
+    { input_ids: forward.greedy[0].prompt, output_ids: [2] },
+  ];
+  const model = await loadGlmModel(await getGpu(), TINY, {
+    adapter: { kind: "none" },
+    frozenF16: false,
+    maxBatch: 2,
+    maxSeq: 32,
+    seed: 1,
+  });
+  try {
+    const predictor = {
+      model,
+      tokenizer: await ChatGLMTokenizer.load(TINY),
+      generation: GREEDY,
+      batchSize: 2,
+    };
+    const stream = (async function* () {
+      yield* records;
+    })();
+    const out = [];
+    for await (const r of evaluateRecords(stream, { predictor, segmenter: "char" })) out.push(r);
+    assert.deepStrictEqual(out.map((r) => r.index), [0, 1, 2, 3]);
+    assert.deepStrictEqual(out[0].prediction_ids, untilStop(forward.greedy[0].tokens));
+    assert.deepStrictEqual(out[2].prediction_ids, untilStop(forward.greedy[1].tokens));
+    assert.deepStrictEqual(out[3].prediction_ids, out[0].prediction_ids);
+    assert.ok(Math.abs((out[1].loss as number) - c.loss) <= 1e-4 * c.loss);
+
+    await assert.rejects(async () => {
+      for await (const _ of evaluateRecords([{ input_ids: [1], labels: [1, 2] }], { predictor })) {
+        // drain
+      }
+    }, /records:1: labels: has 2 entries/);
+  } finally {
+    model.destroy();
+  }
+  // Texts need no model.
+  const texts = [];
+  for await (
+    const r of evaluateRecords([{ prediction: "a b c", label: "a b d" }], {
+      metricsOnly: true,
+      segmenter: "space",
+    })
+  ) texts.push(r);
+  assert.strictEqual(texts.length, 1);
+  assert.ok((texts[0].scores as Record<string, number>)["rouge-1"] > 0);
 });

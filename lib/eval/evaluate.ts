@@ -192,6 +192,184 @@ export async function evaluate(o: EvaluateOptions): Promise<EvaluateResult> {
   }
 }
 
+/** What a model-backed evaluation needs. */
+export interface Predictor {
+  model: GlmModel;
+  tokenizer: ChatGLMTokenizer;
+  generation: GenerationSettings;
+  /** Generated records per generate call. */
+  batchSize: number;
+}
+
+/** One output record and what it adds to the totals. */
+interface Produced {
+  record: Record<string, unknown>;
+  scores?: PairScores;
+  lossSum?: number;
+  lossTokens?: number;
+  generated?: number;
+}
+
+/**
+ * The core loop: items in, output records out, in input order. Generation
+ * records are batched `batchSize` at a time, label records grouped so that
+ * one readback serves SCORE_GROUP forwards; a change of kind flushes.
+ */
+async function* produce(
+  items: AsyncIterable<Item>,
+  p: Predictor | undefined,
+  score: (prediction: string, label: string) => PairScores,
+  sourceName: string,
+): AsyncGenerator<Produced> {
+  const stopIds = p?.tokenizer.stopIds ?? [];
+  const stopSet = new Set([...stopIds, 2]);
+  const text = (it: Item, prediction: string, label: string, extra: Record<string, unknown>) => {
+    const scores = score(prediction, label);
+    return { record: { index: it.index, ...extra, prediction, label, scores }, scores };
+  };
+  const checkVocab = (it: Item) => {
+    const V = p!.model.dims.V;
+    for (const [field, ids] of [["input_ids", it.inputIds], ["labels", it.labels]] as const) {
+      const bad = (ids ?? []).findIndex((id) =>
+        id >= V || (id < 0 && !(field === "labels" && id === -100))
+      );
+      if (bad >= 0) {
+        throw new UserError(
+          located(
+            sourceName,
+            it.line,
+            `${field}[${bad}]`,
+            `token id ${ids![bad]} is outside the model's vocabulary (0..${V - 1}); ` +
+              `was the data tokenized for another model?`,
+          ),
+        );
+      }
+    }
+  };
+  const generate = async (batch: Item[]): Promise<Produced[]> => {
+    if (!batch.length) return [];
+    const g = p!.generation, tok = p!.tokenizer;
+    const outs = await p!.model.generate(batch.map((b) => b.inputIds!), {
+      maxNewTokens: g.maxNewTokens,
+      stopIds,
+      doSample: g.doSample,
+      temperature: g.temperature,
+      topP: g.topP,
+      topK: g.topK,
+      seed: g.seed + batch[0].index,
+    });
+    return batch.map((it, i) => {
+      const predIds = outs[i];
+      const labelIds = stripStop(it.outputIds!, stopSet);
+      return {
+        ...text(it, pyStrip(tok.decode(predIds)), pyStrip(tok.decode(labelIds)), {
+          prompt: tok.decode(it.inputIds!),
+          prediction_ids: predIds,
+          n_prompt_tokens: it.inputIds!.length,
+          n_prediction_tokens: predIds.length,
+          n_label_tokens: labelIds.length,
+        }),
+        generated: predIds.length,
+      };
+    });
+  };
+  let gpuLoss: GPUBuffer | undefined;
+  const scoreLoss = async (batch: Item[]): Promise<Produced[]> => {
+    if (!batch.length) return [];
+    const m = p!.model;
+    gpuLoss ??= createBuffer(m.gpu, 4 * SCORE_GROUP, "eval-loss");
+    // One record per forward so each gets its own loss; one readback per group.
+    const counts = batch.map((it) => it.labels!.slice(1).filter((x) => x !== -100).length);
+    batch.forEach((it, slot) => {
+      m.forwardLoss(
+        {
+          batch: 1,
+          seq: it.inputIds!.length,
+          inputIds: Int32Array.from(it.inputIds!),
+          labels: Int32Array.from(it.labels!),
+        },
+        gpuLoss!,
+        slot,
+      );
+    });
+    const sums = await readF32(m.gpu, gpuLoss, batch.length);
+    return batch.map((it, i) => {
+      const n = counts[i];
+      return {
+        record: { index: it.index, loss: n ? sums[i] / n : null, n_tokens: n },
+        lossSum: n ? sums[i] : 0,
+        lossTokens: n,
+      };
+    });
+  };
+
+  try {
+    let gen: Item[] = [], sc: Item[] = [];
+    for await (const it of items) {
+      if (it.kind === "text") {
+        yield text(it, pyStrip(it.prediction!), pyStrip(it.label!), {});
+        continue;
+      }
+      if (!p) throw new Error("a model is needed for token-id records");
+      checkVocab(it);
+      if (it.kind === "generate") {
+        if (sc.length) {
+          yield* await scoreLoss(sc);
+          sc = [];
+        }
+        gen.push(it);
+        if (gen.length === p.batchSize) {
+          yield* await generate(gen);
+          gen = [];
+        }
+      } else {
+        if (gen.length) {
+          yield* await generate(gen);
+          gen = [];
+        }
+        sc.push(it);
+        if (sc.length === SCORE_GROUP) {
+          yield* await scoreLoss(sc);
+          sc = [];
+        }
+      }
+    }
+    yield* await generate(gen);
+    yield* await scoreLoss(sc);
+  } finally {
+    gpuLoss?.destroy();
+  }
+}
+
+/**
+ * The library form of evaluate over records in memory or streamed: each
+ * input record (`{input_ids, output_ids}`, `{input_ids, labels}`, or with
+ * `metricsOnly` `{prediction, label}`) gives one output record, in order, as
+ * soon as its batch is done. Problems are reported against `sourceName` and
+ * the record's position (1-based).
+ */
+export async function* evaluateRecords(
+  records: AsyncIterable<unknown> | Iterable<unknown>,
+  opts: {
+    predictor?: Predictor;
+    segmenter?: SegmenterName;
+    metricsOnly?: boolean;
+    sourceName?: string;
+  },
+): AsyncGenerator<Record<string, unknown>> {
+  const name = opts.sourceName ?? "records";
+  const metricsOnly = !!opts.metricsOnly;
+  if (!metricsOnly && !opts.predictor) {
+    throw new UserError("evaluate: a model is needed unless metricsOnly is set");
+  }
+  const score = createScorer(await loadSegmenter(opts.segmenter ?? "jieba"));
+  async function* items(): AsyncGenerator<Item> {
+    let i = 0;
+    for await (const r of records) yield toItem(r, i, i + 1, name, metricsOnly), i++;
+  }
+  for await (const p of produce(items(), opts.predictor, score, name)) yield p.record;
+}
+
 async function evaluateFrom(o: EvaluateOptions, src: Source): Promise<EvaluateResult> {
   const started = performance.now();
   const { count, maxLen, maxPrompt } = await survey(o, src);
@@ -201,16 +379,14 @@ async function evaluateFrom(o: EvaluateOptions, src: Source): Promise<EvaluateRe
   const scorer = createScorer(await loadSegmenter(o.segmenter));
   const acc = new MetricsAccumulator();
 
-  let model: GlmModel | undefined;
-  let tokenizer: ChatGLMTokenizer | undefined;
-  const needsModel = !o.metricsOnly && count > 0;
-  if (needsModel) {
+  let predictor: Predictor | undefined;
+  if (!o.metricsOnly && count > 0) {
     if (!o.modelDir) {
       throw new UserError(
         "evaluate: --model is required (or --metrics-only for {prediction, label} records)",
       );
     }
-    tokenizer = await ChatGLMTokenizer.load(o.modelDir);
+    const tokenizer = await ChatGLMTokenizer.load(o.modelDir);
     let spec: AdapterSpec = { kind: "none" };
     let adapter: AdapterDir | undefined;
     if (o.adapterDir) {
@@ -218,29 +394,23 @@ async function evaluateFrom(o: EvaluateOptions, src: Source): Promise<EvaluateRe
       spec = adapter.spec;
     }
     // Generation keeps its own KV cache; the model's buffers serve prefill and scoring.
-    const maxSeq = Math.max(maxLen, maxPrompt, 1);
-    model = await loadGlmModel(await getGpu(), o.modelDir, {
+    const model = await loadGlmModel(await getGpu(), o.modelDir, {
       adapter: spec,
       maxBatch: o.batchSize,
-      maxSeq,
+      maxSeq: Math.max(maxLen, maxPrompt, 1),
       seed: o.generation.seed,
       // Inference keeps no per-layer activations for a backward pass.
       gradientCheckpointing: true,
       ...(o.frozenF16 === undefined ? {} : { frozenF16: o.frozenF16 }),
     });
-    if (adapter) model.setParams(adapterTensorsFor(model.params, adapter));
+    predictor = { model, tokenizer, generation: o.generation, batchSize: o.batchSize };
+    try {
+      if (adapter) model.setParams(adapterTensorsFor(model.params, adapter));
+    } catch (e) {
+      model.destroy();
+      throw e;
+    }
   }
-
-  await Deno.mkdir(o.outDir, { recursive: true });
-  const finalPath = join(o.outDir, "predictions.jsonl");
-  const partialPath = join(o.outDir, "predictions.partial.jsonl");
-  const out = await Deno.open(partialPath, { write: true, create: true, truncate: true });
-  const enc = new TextEncoder();
-  const write = async (rec: unknown) => {
-    const b = enc.encode(JSON.stringify(rec) + "\n");
-    let off = 0;
-    while (off < b.length) off += await out.write(b.subarray(off));
-  };
 
   let done = 0, lossSum = 0, lossTokens = 0, generatedTokens = 0;
   const show = (force = false) => {
@@ -258,139 +428,34 @@ async function evaluateFrom(o: EvaluateOptions, src: Source): Promise<EvaluateRe
     );
   };
 
-  const stopIds = tokenizer?.stopIds ?? [];
-  const stopSet = new Set([...stopIds, 2]);
-  const scoreText = async (
-    it: Item,
-    prediction: string,
-    label: string,
-    extra: Record<string, unknown>,
-  ) => {
-    const scores: PairScores = scorer(prediction, label);
-    acc.add(scores);
-    await write({ index: it.index, ...extra, prediction, label, scores });
-  };
-
-  const checkVocab = (it: Item) => {
-    const V = model!.dims.V;
-    for (const [field, ids] of [["input_ids", it.inputIds], ["labels", it.labels]] as const) {
-      const bad = (ids ?? []).findIndex((id) =>
-        id >= V || (id < 0 && !(field === "labels" && id === -100))
-      );
-      if (bad >= 0) {
-        throw new UserError(
-          located(
-            src.name,
-            it.line,
-            `${field}[${bad}]`,
-            `token id ${ids![bad]} is outside the model's vocabulary (0..${V - 1}); ` +
-              `was the data tokenized for another model?`,
-          ),
-        );
-      }
-    }
-  };
-
-  const flushGenerate = async (batch: Item[]) => {
-    if (!batch.length) return;
-    const outs = await model!.generate(batch.map((b) => b.inputIds!), {
-      maxNewTokens: o.generation.maxNewTokens,
-      stopIds,
-      doSample: o.generation.doSample,
-      temperature: o.generation.temperature,
-      topP: o.generation.topP,
-      topK: o.generation.topK,
-      seed: o.generation.seed + batch[0].index,
-    });
-    for (let i = 0; i < batch.length; i++) {
-      const it = batch[i];
-      const predIds = outs[i];
-      generatedTokens += predIds.length;
-      const labelIds = stripStop(it.outputIds!, stopSet);
-      await scoreText(
-        it,
-        pyStrip(tokenizer!.decode(predIds)),
-        pyStrip(tokenizer!.decode(labelIds)),
-        {
-          prompt: tokenizer!.decode(it.inputIds!),
-          prediction_ids: predIds,
-          n_prompt_tokens: it.inputIds!.length,
-          n_prediction_tokens: predIds.length,
-          n_label_tokens: labelIds.length,
-        },
-      );
-      done++;
-    }
-    show();
-  };
-
-  const gpuLoss = needsModel
-    ? createBuffer(await getGpu(), 4 * SCORE_GROUP, "eval-loss")
-    : undefined;
-  const flushScore = async (batch: Item[]) => {
-    if (!batch.length) return;
-    // One record per forward so each gets its own loss; one readback per group.
-    const counts = batch.map((it) => it.labels!.slice(1).filter((x) => x !== -100).length);
-    batch.forEach((it, slot) => {
-      model!.forwardLoss(
-        {
-          batch: 1,
-          seq: it.inputIds!.length,
-          inputIds: Int32Array.from(it.inputIds!),
-          labels: Int32Array.from(it.labels!),
-        },
-        gpuLoss!,
-        slot,
-      );
-    });
-    const sums = await readF32(await getGpu(), gpuLoss!, batch.length);
-    for (let i = 0; i < batch.length; i++) {
-      const n = counts[i];
-      const loss = n ? sums[i] / n : null;
-      if (n) {
-        lossSum += sums[i];
-        lossTokens += n;
-      }
-      await write({ index: batch[i].index, loss, n_tokens: n });
-      done++;
-    }
-    show();
-  };
-
+  let out: Deno.FsFile | undefined;
   try {
-    let gen: Item[] = [], sc: Item[] = [];
-    for await (const it of readItems(o, src)) {
-      if (it.kind === "text") {
-        await scoreText(it, pyStrip(it.prediction!), pyStrip(it.label!), {});
-        done++;
-        show();
-      } else if (it.kind === "generate") {
-        checkVocab(it);
-        // Records are written in input order: a change of kind flushes the other batch.
-        if (sc.length) await flushScore(sc), sc = [];
-        gen.push(it);
-        if (gen.length === o.batchSize) await flushGenerate(gen), gen = [];
-      } else {
-        checkVocab(it);
-        if (gen.length) await flushGenerate(gen), gen = [];
-        sc.push(it);
-        if (sc.length === SCORE_GROUP) await flushScore(sc), sc = [];
-      }
+    await Deno.mkdir(o.outDir, { recursive: true });
+    const finalPath = join(o.outDir, "predictions.jsonl");
+    const partialPath = join(o.outDir, "predictions.partial.jsonl");
+    out = await Deno.open(partialPath, { write: true, create: true, truncate: true });
+    const enc = new TextEncoder();
+    for await (const r of produce(readItems(o, src), predictor, scorer, src.name)) {
+      const b = enc.encode(JSON.stringify(r.record) + "\n");
+      let off = 0;
+      while (off < b.length) off += await out.write(b.subarray(off));
+      if (r.scores) acc.add(r.scores);
+      lossSum += r.lossSum ?? 0;
+      lossTokens += r.lossTokens ?? 0;
+      generatedTokens += r.generated ?? 0;
+      done++;
+      show();
     }
-    await flushGenerate(gen);
-    await flushScore(sc);
     out.close();
+    out = undefined;
     await Deno.rename(partialPath, finalPath);
     show(true);
-  } catch (e) {
-    try {
-      out.close();
-    } catch { /* closed */ }
-    throw e;
   } finally {
+    try {
+      out?.close();
+    } catch { /* closed */ }
     status.end();
-    gpuLoss?.destroy();
-    model?.destroy();
+    predictor?.model.destroy();
   }
 
   const wall = (performance.now() - started) / 1000;
