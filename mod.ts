@@ -89,7 +89,12 @@ export { DataPlan, readMaskedJsonl } from "./lib/train/data.ts";
 export { findCheckpoint, fullFiles, loraFiles, prefixFiles } from "./lib/train/checkpoint.ts";
 export type { LogEntry, ModelFiles } from "./lib/train/checkpoint.ts";
 export { evaluate, evaluateRecords } from "./lib/eval/evaluate.ts";
-export type { EvaluateOptions, EvaluateResult, GenerationSettings } from "./lib/eval/evaluate.ts";
+export type {
+  EvaluateOptions,
+  EvaluateResult,
+  GenerationSettings,
+  Predictor,
+} from "./lib/eval/evaluate.ts";
 export { ChatSession, formatReply, parseReply } from "./lib/eval/chat.ts";
 export type { ChatOptions, Reply } from "./lib/eval/chat.ts";
 export { loadGlmModel } from "./lib/model/load.ts";
