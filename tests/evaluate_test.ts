@@ -11,7 +11,7 @@ import { evaluate, type EvaluateOptions, evaluateRecords } from "../lib/eval/eva
 import { getGpu } from "../lib/gpu/device.ts";
 import { loadGlmModel } from "../lib/model/load.ts";
 import { ChatGLMTokenizer } from "../lib/tokenizer/chatglm.ts";
-import { readAdapterDir } from "../lib/model/adapter_dir.ts";
+import { adapterTensorsFor, readAdapterDir } from "../lib/model/adapter_dir.ts";
 import { type CpuGlm, loadCpuGlm } from "../lib/model/cpu/glm.ts";
 import { UserError } from "../lib/errors.ts";
 
@@ -154,6 +154,29 @@ Deno.test("evaluate: --adapter (PEFT LoRA) changes predictions and follows base 
     prompts.forEach((_, i) => {
       assert.deepStrictEqual(lp[i].prediction_ids, cpu[i], `record ${i}: base + adapter`);
     });
+    // The logits behind them: the adapter as evaluate loads it, against the reference with it.
+    const a = await readAdapterDir(PEFT);
+    const gpuModel = await loadGlmModel(await getGpu(), TINY, {
+      adapter: a.spec,
+      frozenF16: false,
+      maxBatch: 1,
+      maxSeq: 64,
+      seed: 1,
+    });
+    try {
+      gpuModel.setParams(adapterTensorsFor(gpuModel.params, a));
+      const ids = Int32Array.from(prompts[1]);
+      const got = await gpuModel.logits(ids, 1, ids.length);
+      const want = (await cpuModel(PEFT)).logits(ids, 1, ids.length);
+      let max = 0, diff = 0;
+      for (let i = 0; i < want.length; i++) {
+        max = Math.max(max, Math.abs(want[i]));
+        diff = Math.max(diff, Math.abs(got[i] - want[i]));
+      }
+      assert.ok(diff <= 1e-4 * max, `logits: max |Δ| ${diff}, max |logit| ${max}`);
+    } finally {
+      gpuModel.destroy();
+    }
     assert.notDeepStrictEqual(
       lp.map((p) => p.prediction_ids),
       bp.map((p) => p.prediction_ids),
