@@ -139,7 +139,7 @@ async function timeByKind(
   for (const kind of kinds) {
     const mine = recorded.filter((r) => r.kind === kind);
     const times: number[] = [];
-    for (let rep = 0; rep < 3; rep++) {
+    for (let rep = 0; rep < 2; rep++) {
       const t0 = performance.now();
       const enc = gpu.device.createCommandEncoder();
       const pass = enc.beginComputePass();
@@ -228,7 +228,7 @@ export async function run(): Promise<void> {
       maxSeq: SEQ,
       seed: 1,
     });
-    const s = await forwardSeconds(gpu, model, 3);
+    const s = await forwardSeconds(gpu, model, 2);
     results[f16 ? "f16" : "f32"] = s;
     console.log(
       `  forward ${BATCH}×${SEQ} (${f16 ? "f16" : "f32"} weights): ${s.toFixed(3)} s, ${

@@ -7,13 +7,12 @@
 import assert from "node:assert";
 import { getGpu } from "../lib/gpu/device.ts";
 import { createBuffer, readF32 } from "../lib/gpu/runtime.ts";
-import {
-  type AdapterSpec,
-  createGlmModel,
-  type GlmConfigFields,
-  type GlmModel,
-  memoryWeights,
-} from "../lib/model/glm.ts";
+import type { AdapterSpec } from "../lib/model/adapter.ts";
+import { loadGlmConfig } from "../lib/model/config.ts";
+import { createGlmModel, type GlmModel } from "../lib/model/glm.ts";
+import { loadGlmModel } from "../lib/model/load.ts";
+import { openWeights } from "../lib/model/weights.ts";
+import { SafetensorsFile } from "../lib/safetensors/mod.ts";
 
 const FIX = new URL("./fixtures/", import.meta.url);
 
@@ -48,31 +47,16 @@ const expected = JSON.parse(
   };
 };
 
-/** The fixtures are f32 safetensors: header length, JSON header, data. */
-async function readF32Safetensors(
-  path: URL,
-): Promise<Map<string, { shape: number[]; data: Float32Array }>> {
-  const bytes = await Deno.readFile(path);
-  const n = Number(new DataView(bytes.buffer).getBigUint64(0, true));
-  const header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + n)));
-  const out = new Map<string, { shape: number[]; data: Float32Array }>();
-  for (const [name, info] of Object.entries(header)) {
-    if (name === "__metadata__") continue;
-    const { dtype, shape, data_offsets: [a, b] } = info as {
-      dtype: string;
-      shape: number[];
-      data_offsets: [number, number];
-    };
-    assert.equal(dtype, "F32");
-    out.set(name, { shape, data: new Float32Array(bytes.slice(8 + n + a, 8 + n + b).buffer) });
-  }
+/** name → f32 tensor of a safetensors file. */
+async function readTensors(path: URL): Promise<Map<string, Float32Array>> {
+  const f = await SafetensorsFile.open(path.pathname);
+  const out = new Map<string, Float32Array>();
+  for (const name of f.names()) out.set(name, await f.f32(name));
   return out;
 }
 
-const config: GlmConfigFields = JSON.parse(
-  await Deno.readTextFile(new URL("tiny/config.json", FIX)),
-);
-const tensors = await readF32Safetensors(new URL("tiny/model.safetensors", FIX));
+const TINY = new URL("tiny", FIX).pathname;
+const config = await loadGlmConfig(TINY);
 const V = config.padded_vocab_size;
 
 async function model(
@@ -80,15 +64,17 @@ async function model(
   extra: Partial<{ frozenF16: boolean; gradientCheckpointing: boolean; rope: number }> = {},
 ): Promise<GlmModel> {
   const gpu = await getGpu();
-  const cfg = extra.rope ? { ...config, rope_ratio: extra.rope } : config;
-  return await createGlmModel(gpu, cfg, memoryWeights(tensors), {
+  const opts = {
     adapter,
     frozenF16: extra.frozenF16 ?? false,
     gradientCheckpointing: extra.gradientCheckpointing,
     maxBatch: 2,
     maxSeq: 68,
     seed: 1,
-  });
+  };
+  if (!extra.rope) return await loadGlmModel(gpu, TINY, opts);
+  const cfg = { ...config, rope_ratio: extra.rope };
+  return await createGlmModel(gpu, cfg, await openWeights(TINY, cfg), opts);
 }
 
 const flat = (rows: number[][]) => Int32Array.from(rows.flat());
@@ -253,37 +239,46 @@ async function gradients(
 }
 
 for (const [kind, meta] of Object.entries(expected.grads.kinds)) {
-  Deno.test(`GPU model: gradients match PyTorch: ${kind}`, async () => {
-    const file = await readF32Safetensors(new URL(`tiny-expected/grads_${kind}.safetensors`, FIX));
-    const m = await model(adapterFor(kind, meta));
-    assert.deepEqual(m.params.map((p) => p.name).sort(), [...meta.params].sort());
-    const init = new Map<string, Float32Array>();
-    for (const [k, v] of file) if (k.startsWith("init/")) init.set(k.slice(5), v.data);
-    const { loss, grads } = await gradients(m, init);
-    assert(Math.abs(loss - meta.loss) <= 1e-4 * meta.loss, `loss ${loss} vs ${meta.loss}`);
-    let worstRel = 0;
-    for (const name of meta.params) {
-      const want = file.get("grad/" + name)!.data, got = grads.get(name)!;
-      const scale = maxAbs(want);
-      let worst = 0;
-      for (let i = 0; i < want.length; i++) worst = Math.max(worst, Math.abs(want[i] - got[i]));
-      assert(worst <= 1e-4 * scale, `${kind} ${name}: max diff ${worst} vs max |grad| ${scale}`);
-      worstRel = Math.max(worstRel, worst / scale);
-    }
-    console.log(
-      `${kind}: loss ${loss} (PyTorch ${meta.loss}), worst gradient error ${
-        worstRel.toExponential(1)
-      } relative`,
-    );
-    m.destroy();
-  });
+  // Prefix kinds also run the per-batch dropout path with a vanishing rate
+  // (every element kept, scale 1): its copies, masks and batch sums must be exact.
+  const variants = kind.startsWith("prefix") ? [0, 1e-9] : [0];
+  for (const dropout of variants) {
+    Deno.test(`GPU model: gradients match PyTorch: ${kind}${dropout ? " (per-batch dropout path)" : ""}`, async () => {
+      const file = await readTensors(
+        new URL(`tiny-expected/grads_${kind}.safetensors`, FIX),
+      );
+      const spec = adapterFor(kind, meta);
+      if (spec.kind === "prefix") spec.dropout = dropout;
+      const m = await model(spec);
+      assert.deepEqual(m.params.map((p) => p.name).sort(), [...meta.params].sort());
+      const init = new Map<string, Float32Array>();
+      for (const [k, v] of file) if (k.startsWith("init/")) init.set(k.slice(5), v);
+      const { loss, grads } = await gradients(m, init);
+      assert(Math.abs(loss - meta.loss) <= 1e-4 * meta.loss, `loss ${loss} vs ${meta.loss}`);
+      let worstRel = 0;
+      for (const name of meta.params) {
+        const want = file.get("grad/" + name)!, got = grads.get(name)!;
+        const scale = maxAbs(want);
+        let worst = 0;
+        for (let i = 0; i < want.length; i++) worst = Math.max(worst, Math.abs(want[i] - got[i]));
+        assert(worst <= 1e-4 * scale, `${kind} ${name}: max diff ${worst} vs max |grad| ${scale}`);
+        worstRel = Math.max(worstRel, worst / scale);
+      }
+      console.log(
+        `${kind}: loss ${loss} (PyTorch ${meta.loss}), worst gradient error ${
+          worstRel.toExponential(1)
+        } relative`,
+      );
+      m.destroy();
+    });
+  }
 }
 
 Deno.test("GPU model: gradient checkpointing gives the same gradients; dropout is seeded", async () => {
   const meta = expected.grads.kinds["lora_all"];
-  const file = await readF32Safetensors(new URL(`tiny-expected/grads_lora_all.safetensors`, FIX));
+  const file = await readTensors(new URL(`tiny-expected/grads_lora_all.safetensors`, FIX));
   const init = new Map<string, Float32Array>();
-  for (const [k, v] of file) if (k.startsWith("init/")) init.set(k.slice(5), v.data);
+  for (const [k, v] of file) if (k.startsWith("init/")) init.set(k.slice(5), v);
   const a = await gradients(await model(adapterFor("lora_all", meta)), init);
   const b = await gradients(
     await model(adapterFor("lora_all", meta), { gradientCheckpointing: true }),

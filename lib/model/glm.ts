@@ -43,6 +43,7 @@ import {
 } from "../gpu/kernels/elementwise.ts";
 import { UserError } from "../errors.ts";
 import type { DType } from "../safetensors/dtype.ts";
+import type { GlmConfig } from "./config.ts";
 import type {
   ForwardBackwardOptions,
   TrainableModel,
@@ -256,7 +257,8 @@ function decays(name: string): boolean {
 }
 
 export class GlmModel implements TrainableModel {
-  readonly config: GlmConfigFields;
+  /** The config as given (a full GlmConfig from lib/model/config.ts when loaded from a dir). */
+  readonly config: GlmConfigFields & Partial<GlmConfig>;
   readonly dims: Dims;
   readonly adapter: AdapterSpec;
   readonly params: TrainableParam[] = [];
@@ -310,7 +312,7 @@ export class GlmModel implements TrainableModel {
     dph?: GPUBuffer;
   };
 
-  constructor(gpu: Gpu, config: GlmConfigFields, opts: GlmModelOptions) {
+  constructor(gpu: Gpu, config: GlmConfigFields & Partial<GlmConfig>, opts: GlmModelOptions) {
     this.gpu = gpu;
     this.config = config;
     this.dims = dimsOf(config);
