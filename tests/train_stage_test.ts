@@ -6,7 +6,6 @@ import { UserError } from "../lib/errors.ts";
 import { join } from "node:path";
 import { getGpu } from "../lib/gpu/device.ts";
 import type { AdapterSpec } from "../lib/model/adapter.ts";
-import { createGlmModel, memoryWeights } from "../lib/model/glm.ts";
 import { DEFAULT_TRAIN_ARGS } from "../lib/train/args.ts";
 import { loraFiles } from "../lib/train/checkpoint.ts";
 import { readMaskedJsonl } from "../lib/train/data.ts";
@@ -58,51 +57,73 @@ function specOf(r: Run): AdapterSpec {
   return { kind: "full" };
 }
 
-async function golden(name: string) {
+/** Train `name` from its initial tensors; with `stopAt`, stop there (as Ctrl-C does) and resume in a fresh model. */
+async function golden(name: string, stopAt?: number) {
   const doc = JSON.parse(await Deno.readTextFile(join(TRAJ, "trajectories.json")));
   const run: Run = doc.runs[name];
   const gpu = await getGpu();
-  const config = JSON.parse(await Deno.readTextFile(join(TINY, "config.json")));
-  const weights = await readSafetensorsF32(join(TINY, "model.safetensors"));
   const records = await readMaskedJsonl(join(TRAJ, "data.jsonl"));
-  const model = await createGlmModel(gpu, config, memoryWeights(weights), {
-    adapter: specOf(run),
-    maxBatch: run.per_device_train_batch_size,
-    maxSeq: Math.max(...records.map((r) => r.inputIds.length)),
-    seed: 42,
-  });
-  const out = await Deno.makeTempDir({ prefix: "golden-" });
-  try {
-    const init = await readSafetensorsF32(join(TRAJ, run.init));
-    const wanted = new Set(model.params.map((p) => p.name));
-    model.setParams(new Map([...init].filter(([k]) => wanted.has(k)).map(([k, t]) => [k, t.data])));
-    const res = await train({
-      gpu,
-      model,
-      files: loraFiles({
-        shapes: new Map(model.params.map((p) => [p.name, p.shape])),
-        r: 4,
-        alpha: 32,
-        dropout: 0,
-        targetModules: ["query_key_value"],
-        baseModel: TINY,
-      }),
-      train: records,
-      args: {
-        ...DEFAULT_TRAIN_ARGS,
-        learningRate: run.learning_rate,
-        weightDecay: run.weight_decay,
-        batchSize: run.per_device_train_batch_size,
-        accumulation: run.gradient_accumulation_steps,
-        maxSteps: run.max_steps,
-        loggingSteps: 1,
-        saveStrategy: "no",
-        shuffle: false,
-      },
-      outDir: out,
-      progress: null,
+  const init = await readSafetensorsF32(join(TRAJ, run.init));
+  const makeModel = async () => {
+    const m = await loadGlmModel(gpu, TINY, {
+      adapter: specOf(run),
+      maxBatch: run.per_device_train_batch_size,
+      maxSeq: Math.max(...records.map((r) => r.inputIds.length)),
+      seed: 42,
     });
+    const wanted = new Set(m.params.map((p) => p.name));
+    m.setParams(new Map([...init].filter(([k]) => wanted.has(k)).map(([k, t]) => [k, t.data])));
+    return m;
+  };
+  const out = await Deno.makeTempDir({ prefix: "golden-" });
+  const session = async (resume: boolean) => {
+    const model = await makeModel();
+    const stop = { requested: false };
+    try {
+      const res = await train({
+        gpu,
+        model,
+        files: loraFiles({
+          shapes: new Map(model.params.map((p) => [p.name, p.shape])),
+          r: 4,
+          alpha: 32,
+          dropout: 0,
+          targetModules: ["query_key_value"],
+          baseModel: TINY,
+        }),
+        train: records,
+        args: {
+          ...DEFAULT_TRAIN_ARGS,
+          learningRate: run.learning_rate,
+          weightDecay: run.weight_decay,
+          batchSize: run.per_device_train_batch_size,
+          accumulation: run.gradient_accumulation_steps,
+          maxSteps: run.max_steps,
+          loggingSteps: 1,
+          saveStrategy: "no",
+          shuffle: false,
+        },
+        outDir: out,
+        progress: null,
+        stop,
+        onStep: (k) => {
+          if (!resume && k === stopAt) stop.requested = true;
+        },
+        ...(resume ? { resume: "yes" as const } : {}),
+      });
+      return { res, params: await model.readParams() };
+    } finally {
+      model.destroy();
+    }
+  };
+  try {
+    let { res, params } = await session(false);
+    if (stopAt !== undefined) {
+      assert(res.interrupted && res.globalStep === stopAt);
+      ({ res, params } = await session(true));
+    }
     const logs = res.logHistory.filter((e) => e.loss !== undefined);
+    assert(logs.length === run.steps.length);
     const rel = (a: number, b: number) => Math.abs(a - b) / Math.abs(b);
     let worst = 0;
     run.steps.forEach((s, k) => {
@@ -116,7 +137,6 @@ async function golden(name: string) {
       assert(Math.abs(e.learning_rate! - s.learning_rate) < 1e-9, `${name} step ${s.step}: lr`);
     });
     // Final tensors: sum of squares per tensor (weight decay only where HF applies it).
-    const params = await model.readParams();
     for (const [k, want] of Object.entries(run.final)) {
       const t = params.get(k);
       assert(t, `${name}: no trainable tensor ${k}`);
@@ -126,7 +146,6 @@ async function golden(name: string) {
     }
     console.log(`${name}: worst per-step loss relative difference ${worst.toExponential(2)}`);
   } finally {
-    model.destroy();
     await Deno.remove(out, { recursive: true });
   }
 }
@@ -134,6 +153,9 @@ async function golden(name: string) {
 for (const name of ["lora_5", "lora_5_ga2", "prefix_5", "prefix_proj_5", "full_5", "full_5_wd"]) {
   Deno.test(`5 AdamW steps on the tiny model follow PyTorch: ${name}`, () => golden(name));
 }
+
+Deno.test("20 LoRA steps stopped at 10 and resumed follow PyTorch's uninterrupted run", () =>
+  golden("lora_20", 10));
 
 // ---- the train stage on the tiny model ----
 
