@@ -1,5 +1,5 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert";
-import { getGpu } from "../lib/gpu/device.ts";
+import { getGpu, type Gpu } from "../lib/gpu/device.ts";
 import { readF32, uniforms, upload } from "../lib/gpu/runtime.ts";
 import {
   encodeMatmul,
@@ -62,8 +62,14 @@ function extent(
 }
 
 /** Run one case on the GPU and the reference; return the max error relative to magnitude. */
-async function runCase(c: Case, seed: number): Promise<number> {
-  const gpu = await getGpu();
+async function runCase(
+  c: Case,
+  seed: number,
+  limits?: Partial<GPUSupportedLimits>,
+): Promise<number> {
+  const real = await getGpu();
+  // A copy of the context with smaller limits exercises the splitting paths.
+  const gpu: Gpu = limits ? { ...real, limits: { ...plainLimits(real), ...limits } } : real;
   const count = c.batch?.count ?? 1;
   const lda = c.lda ?? (c.transA ? c.M : c.K);
   const ldb = c.ldb ?? (c.transB ? c.K : c.N);
@@ -109,6 +115,14 @@ async function runCase(c: Case, seed: number): Promise<number> {
   const enc = gpu.device.createCommandEncoder();
   const pass = enc.beginComputePass();
   encodeMatmul(gpu, pass, args);
+  if (limits) {
+    const sizes = pieces(gpu);
+    // Several dispatches, each with its three operands bound.
+    assert(sizes.length > 3, `expected the product to be split, saw ${sizes.length} bindings`);
+    for (const r of sizes) {
+      assert(r <= limits.maxStorageBufferBindingSize!, `bound ${r} bytes`);
+    }
+  }
   pass.end();
   gpu.device.queue.submit([enc.finish()]);
   uniforms(gpu).reset();
@@ -125,6 +139,35 @@ async function runCase(c: Case, seed: number): Promise<number> {
   }
   for (const x of [aBuf, bBuf, cBuf, biasBuf]) x?.destroy();
   return maxErr / scale;
+}
+
+function plainLimits(g: Gpu): GPUSupportedLimits {
+  const l = g.limits;
+  return {
+    maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
+    minStorageBufferOffsetAlignment: l.minStorageBufferOffsetAlignment,
+    maxComputeWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
+    maxBufferSize: l.maxBufferSize,
+  } as GPUSupportedLimits;
+}
+
+/** Sizes of the storage ranges bound since the last call (recorded through createBindGroup). */
+const bound: number[] = [];
+function pieces(_g: Gpu): number[] {
+  return bound.splice(0);
+}
+{
+  const g = await getGpu();
+  const orig = g.device.createBindGroup.bind(g.device);
+  g.device.createBindGroup = (d: GPUBindGroupDescriptor) => {
+    for (const e of d.entries) {
+      const r = e.resource as GPUBufferBinding;
+      if (r.buffer && r.buffer.usage & GPUBufferUsage.STORAGE && r.size !== undefined) {
+        bound.push(r.size);
+      }
+    }
+    return orig(d);
+  };
 }
 
 const layouts: Array<[string, boolean, boolean]> = [
@@ -269,4 +312,25 @@ Deno.test("matmul: profile parsing", () => {
     threw = true;
   }
   assert(threw);
+});
+
+Deno.test("matmul: operands beyond maxStorageBufferBindingSize are split, never truncated", async () => {
+  // 4 KiB bindings: every operand below is larger, so each product runs in pieces
+  // (rows of C / A, rows of a transposed B, K slices that accumulate), and a
+  // 3-workgroup limit per dimension spreads the grid over y and z.
+  const limits = { maxStorageBufferBindingSize: 4096, maxComputeWorkgroupsPerDimension: 3 };
+  const cases: Case[] = [
+    { M: 40, N: 36, K: 24 },
+    { M: 9, N: 100, K: 16, transB: true, bias: true },
+    { M: 32, N: 12, K: 64, transA: true, accumulate: true, beta: 0.5 },
+    { M: 8, N: 80, K: 40, bF16: true },
+    { M: 30, N: 30, K: 30, transA: true, transB: true, bias: true },
+    { M: 8, N: 8, K: 8, batch: { count: 20, strideA: 64, strideB: 64, strideC: 64 } },
+  ];
+  bound.splice(0);
+  let seed = 500;
+  for (const c of cases) {
+    const err = await runCase(c, seed++, limits);
+    assert(err < 1e-6, `${JSON.stringify(c)}: relative error ${err}`);
+  }
 });

@@ -1,0 +1,146 @@
+/**
+ * Matmul throughput on the shapes of one training step of the bench model
+ * (hidden 512, 8 layers, 8 heads, kv_channels 64, 2 groups, ffn 1368, vocab
+ * 8192; batch 4 × seq 256 = 1024 rows): the forward products against the
+ * weights [N,K] (nt), the input gradients (nn with the weight) and the weight
+ * gradients (tn), in GFLOP/s, against PyTorch on the CPU with 2 threads
+ * (tools/peers/matmul_peer.py) measured in the same run.
+ *
+ * Each shape is timed as 20 dispatches in one submission with one wait (a
+ * wait costs ~11.5 ms on llvmpipe whatever the work), after a warm-up that
+ * compiles the pipeline. The process CPU time is printed beside the wall time:
+ * on a shared machine, GFLOP per CPU-second shows the kernel's efficiency
+ * when other work takes the cores.
+ */
+import process from "node:process";
+import { describeGpu, getGpu } from "../lib/gpu/device.ts";
+import { createBuffer, uniforms } from "../lib/gpu/runtime.ts";
+import { encodeMatmul, matmulKernelKind } from "../lib/gpu/kernels/matmul.ts";
+import { matmulProfile } from "../lib/gpu/kernels/matmul_profile.ts";
+import { runPeer } from "./peer.ts";
+
+interface Shape {
+  name: string;
+  M: number;
+  N: number;
+  K: number;
+  transA?: boolean;
+  transB?: boolean;
+  bF16?: boolean;
+}
+
+const ROWS = 1024;
+/** [K, N] of each linear: qkv, dense, h_to_4h, 4h_to_h, output layer. */
+const LINEARS: [string, number, number][] = [
+  ["qkv", 512, 768],
+  ["dense", 512, 512],
+  ["h_to_4h", 512, 2736],
+  ["4h_to_h", 1368, 512],
+  ["output", 512, 8192],
+];
+
+export function benchShapes(): Shape[] {
+  const out: Shape[] = [];
+  for (const [n, K, N] of LINEARS) {
+    // forward: X[rows,K] · Wᵀ with W [N,K]
+    out.push({ name: `${n} fwd nt`, M: ROWS, N, K, transB: true });
+  }
+  for (const [n, K, N] of LINEARS) {
+    // dX[rows,K] = dY[rows,N] · W[N,K]
+    out.push({ name: `${n} dX nn`, M: ROWS, N: K, K: N });
+  }
+  for (const [n, K, N] of LINEARS) {
+    // dW[N,K] = dYᵀ · X: A = dY [rows,N] read transposed
+    out.push({ name: `${n} dW tn`, M: N, N: K, K: ROWS, transA: true });
+  }
+  // Frozen f16 weights (LoRA / P-Tuning): the forward with B as packed halves.
+  out.push({ name: "h_to_4h fwd nt f16", M: ROWS, N: 2736, K: 512, transB: true, bF16: true });
+  return out;
+}
+
+export async function run(): Promise<void> {
+  const gpu = await getGpu();
+  const reps = Number(Deno.env.get("MATMUL_BENCH_REPS") ?? 20);
+  const only = Deno.env.get("MATMUL_BENCH_ONLY");
+  const shapes = benchShapes().filter((s) => !only || s.name.includes(only));
+  const prof = matmulProfile(gpu);
+  console.log(
+    `  ${
+      describeGpu(gpu)
+    }; profile tm=${prof.tm} tn=${prof.tn} wg=${prof.wgM}x${prof.wgN}; ${reps} dispatches per wait`,
+  );
+  const peer = await runPeer("matmul_peer.py", {
+    shapes: shapes.filter((s) => !s.bF16),
+    reps: 5,
+  });
+  const peerBy = new Map<string, number>();
+  for (const r of (peer?.results ?? []) as { name: string; gflops: number }[]) {
+    peerBy.set(r.name, r.gflops);
+  }
+  const rows: string[][] = [[
+    "shape",
+    "M×N×K",
+    "kernel",
+    "ours GFLOP/s",
+    "per CPU-s",
+    "torch (2 thr)",
+    "ours/torch",
+  ]];
+  let sumOurs = 0, sumPeer = 0, flopsAll = 0;
+  for (const s of shapes) {
+    const aElems = s.M * s.K, bElems = s.K * s.N;
+    const a = createBuffer(gpu, aElems * 4, "bench-a");
+    const b = createBuffer(gpu, s.bF16 ? Math.ceil(bElems / 2) * 4 : bElems * 4, "bench-b");
+    const c = createBuffer(gpu, s.M * s.N * 4, "bench-c");
+    const batch = async (n: number) => {
+      const enc = gpu.device.createCommandEncoder();
+      const pass = enc.beginComputePass();
+      for (let i = 0; i < n; i++) encodeMatmul(gpu, pass, { ...s, a, b, c });
+      pass.end();
+      gpu.device.queue.submit([enc.finish()]);
+      await gpu.device.queue.onSubmittedWorkDone();
+      uniforms(gpu).reset();
+    };
+    await batch(1); // compile + warm
+    const cpu0 = process.cpuUsage();
+    const t0 = performance.now();
+    await batch(reps);
+    const ms = (performance.now() - t0) / reps;
+    const cpu = process.cpuUsage(cpu0);
+    const cpuMs = (cpu.user + cpu.system) / 1000 / reps;
+    const flops = 2 * s.M * s.N * s.K;
+    const ours = flops / ms / 1e6;
+    const theirs = peerBy.get(s.name);
+    if (theirs !== undefined) {
+      sumOurs += ms;
+      sumPeer += flops / theirs / 1e6;
+      flopsAll += flops;
+    }
+    rows.push([
+      s.name,
+      `${s.M}×${s.N}×${s.K}`,
+      matmulKernelKind(s),
+      ours.toFixed(1),
+      (flops / cpuMs / 1e6).toFixed(1),
+      theirs === undefined ? "-" : theirs.toFixed(1),
+      theirs === undefined ? "-" : (ours / theirs).toFixed(2),
+    ]);
+    for (const x of [a, b, c]) x.destroy();
+  }
+  if (flopsAll) {
+    rows.push([
+      "all (time-weighted)",
+      "",
+      "",
+      (flopsAll / sumOurs / 1e6).toFixed(1),
+      "",
+      (flopsAll / sumPeer / 1e6).toFixed(1),
+      (sumPeer / sumOurs).toFixed(2),
+    ]);
+  }
+  const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
+  for (const r of rows) console.log("  " + r.map((x, i) => x.padEnd(widths[i])).join("  "));
+  if (!peer) console.log("  (no peer figures: PyTorch unavailable)");
+}
+
+if (import.meta.main) await run();
