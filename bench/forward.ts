@@ -113,8 +113,10 @@ function recordingPass(out: Recorded[]): GPUComputePassEncoder {
     },
     dispatchWorkgroups(x: number, y = 1, z = 1) {
       const stack = new Error().stack ?? "";
-      const m = stack.match(/lib\/gpu\/kernels\/([a-z_0-9]+)\.ts/);
-      out.push({ kind: m ? m[1] : "other", pipeline: pipeline!, group: group!, wg: [x, y, z] });
+      // The outermost kernel file on the stack: attention's own matmuls count as attention.
+      const files = [...stack.matchAll(/lib\/gpu\/kernels\/([a-z_0-9]+)\.ts/g)].map((x) => x[1]);
+      const kind = files.length ? files[files.length - 1] : "other";
+      out.push({ kind, pipeline: pipeline!, group: group!, wg: [x, y, z] });
     },
     end() {},
   };

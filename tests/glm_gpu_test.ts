@@ -298,3 +298,47 @@ Deno.test("GPU model: gradient checkpointing gives the same gradients; dropout i
   assert.equal(d1.loss, d2.loss);
   for (const [name, g] of d1.grads) assert.deepEqual(d2.grads.get(name), g, name);
 });
+
+Deno.test("GPU model: tables split by rows and chunked logits (a tiny binding limit) give the same results", async () => {
+  const gpu = await getGpu();
+  // Pretend the adapter binds at most 16 KiB per buffer: the 384-row tables split into
+  // slices, the logits run in 10-row chunks and attention takes the per-row kernels.
+  const limits = new Proxy(gpu.limits, {
+    get: (t, k) =>
+      k === "maxStorageBufferBindingSize"
+        ? 16384
+        : (t as unknown as Record<string | symbol, unknown>)[k],
+  });
+  const small = { ...gpu, limits };
+  const c = expected.cases[0];
+  const batch = { batch: c.batch, seq: c.seq, inputIds: flat(c.input_ids), labels: flat(c.labels) };
+  for (const frozenF16 of [false, true]) {
+    const opts = {
+      adapter: { kind: "none" as const },
+      frozenF16,
+      maxBatch: 2,
+      maxSeq: 68,
+      seed: 1,
+    };
+    const ref = await loadGlmModel(gpu, TINY, opts);
+    const split = await loadGlmModel(small, TINY, opts);
+    assert(
+      split.decoderParts().embed.slices.length > 1 && split.decoderParts().output.slices.length > 1,
+    );
+    const a = await ref.logits(batch.inputIds, c.batch, c.seq);
+    const b = await split.logits(batch.inputIds, c.batch, c.seq);
+    assert(
+      maxAbs(a.map((v, i) => v - b[i])) <= 1e-5 * maxAbs(a),
+      `logits differ (f16 ${frozenF16})`,
+    );
+    const la = await loss(ref, c), lb = await loss(split, c);
+    assert(Math.abs(la - lb) <= 1e-6 * la, `loss ${lb} vs ${la}`);
+    const p = expected.greedy.map((g) => g.prompt);
+    assert.deepEqual(
+      await split.generate(p, { maxNewTokens: 8, stopIds: [] }),
+      await ref.generate(p, { maxNewTokens: 8, stopIds: [] }),
+    );
+    ref.destroy();
+    split.destroy();
+  }
+});
