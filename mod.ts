@@ -106,3 +106,23 @@ export {
 export type { AdapterDir, ResolvedModel } from "./lib/model/adapter_dir.ts";
 export { addLoraDelta, mergeAdapter } from "./lib/model/merge.ts";
 export type { MergeOptions, MergeResult } from "./lib/model/merge.ts";
+export {
+  Checkpoint,
+  parseSize,
+  SafetensorsFile,
+  writeSafetensors,
+  writeShardedSafetensors,
+} from "./lib/safetensors/mod.ts";
+export type { DType, TensorInfo, TensorToWrite } from "./lib/safetensors/mod.ts";
+export {
+  glmGroups,
+  glmParameterCount,
+  glmQkvWidth,
+  loadGlmConfig,
+  parseGlmConfig,
+} from "./lib/model/config.ts";
+export type { GlmConfig } from "./lib/model/config.ts";
+export { glmWeightShapes, openWeights } from "./lib/model/weights.ts";
+export type { GlmWeights } from "./lib/model/weights.ts";
+export { encodeMatmul, f32ToF16Packed, matmulRef } from "./lib/gpu/kernels/matmul.ts";
+export type { MatmulArgs } from "./lib/gpu/kernels/matmul.ts";
