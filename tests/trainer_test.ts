@@ -374,6 +374,8 @@ Deno.test("a resumed run continues the uninterrupted trajectory exactly", async 
   const from4 = await run(over, data, { resume: 4 }, part.out);
   for (const [k, v] of full.params) assert(sameArray(from4.params.get(k)!, v), k);
   await rejects(() => run(over, data, { resume: 5 }, part.out), /checkpoint-5 does not exist/);
+  // A fresh run into a dir with an earlier run's checkpoints refuses, unless told to overwrite.
+  await rejects(() => run(over, data, {}, part.out), /already holds checkpoints of an earlier run/);
   await rejects(
     () => run({ ...over, batchSize: 2 }, data, { resume: "yes" }, part.out),
     /train_batch_size was 3/,

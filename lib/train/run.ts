@@ -231,6 +231,7 @@ export async function runTraining(o: RunOptions): Promise<TrainResult> {
       args,
       outDir: o.outDir,
       resume: o.resume,
+      overwrite: cfg.training_args.overwrite_output_dir,
       handleSigint: o.handleSigint,
       configEcho: {
         config_file: o.configPath,

@@ -27,6 +27,7 @@ import { makeSchedule, warmupStepsFor } from "./schedule.ts";
 import {
   type CheckpointState,
   findCheckpoint,
+  listCheckpoints,
   type LogEntry,
   type ModelFiles,
   readCheckpoint,
@@ -53,6 +54,8 @@ export interface TrainOptions {
   outDir: string;
   /** "yes": the newest complete checkpoint; a number: checkpoint-N. */
   resume?: "yes" | number;
+  /** A fresh run may delete checkpoints an earlier run left in outDir (HF overwrite_output_dir). */
+  overwrite?: boolean;
   /** Extra keys written to training_args.json (the config as given). */
   configEcho?: Record<string, unknown>;
   /** Install a SIGINT listener that finishes the step, saves and stops (the CLI). */
@@ -128,6 +131,17 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
 
   await Deno.mkdir(o.outDir, { recursive: true });
   await removeStaleTemps(o.outDir);
+  if (o.resume === undefined) {
+    const old = await listCheckpoints(o.outDir);
+    if (old.length > 0 && !o.overwrite) {
+      throw new UserError(
+        `${o.outDir} already holds checkpoints of an earlier run (${
+          old.map((c) => `checkpoint-${c.step}`).join(", ")
+        }); continue it with --resume yes, choose another output dir, or set training_args.overwrite_output_dir=true to delete them`,
+      );
+    }
+    for (const c of old) await Deno.remove(c.dir, { recursive: true });
+  }
 
   const dataInfo = {
     num_records: o.train.length,
