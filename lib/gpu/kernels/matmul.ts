@@ -91,6 +91,37 @@ function dummyBuffer(gpu: Gpu): GPUBuffer {
   return d;
 }
 
+const pipelineMemo = new WeakMap<GPUDevice, Map<string, GPUComputePipeline>>();
+
+/**
+ * The pipeline for a kernel variant, memoised by its parameters: generating
+ * the (large, unrolled) source on every call would cost more host time than
+ * encoding the dispatch.
+ */
+function matmulPipeline(
+  gpu: Gpu,
+  prof: MatmulProfile,
+  vec4: boolean,
+  transA: boolean,
+  transB: boolean,
+  bF16: boolean,
+): GPUComputePipeline {
+  let memo = pipelineMemo.get(gpu.device);
+  if (!memo) pipelineMemo.set(gpu.device, memo = new Map());
+  const key = [prof.tm, prof.tn, prof.wgM, prof.wgN, vec4, transA, transB, bF16].join(",");
+  let p = memo.get(key);
+  if (!p) {
+    p = getPipeline(
+      gpu,
+      vec4
+        ? matmulVec4Shader(prof, transA, transB, bF16)
+        : matmulShader(prof, transA, transB, bF16),
+    );
+    memo.set(key, p);
+  }
+  return p;
+}
+
 /** Encode C = alpha·op(A)·op(B) (+ beta·C) (+ bias) into `pass`. */
 export function encodeMatmul(gpu: Gpu, pass: GPUComputePassEncoder, args: MatmulArgs): void {
   const { M, N, K } = args;
@@ -130,12 +161,7 @@ export function encodeMatmul(gpu: Gpu, pass: GPUComputePassEncoder, args: Matmul
   for (const p of pieces) {
     const vec4 = vec4Eligible(p, transA);
     const prof = vec4 ? profile : profile.scalar ?? profile;
-    const pipeline = getPipeline(
-      gpu,
-      vec4
-        ? matmulVec4Shader(prof, transA, transB, bF16)
-        : matmulShader(prof, transA, transB, bF16),
-    );
+    const pipeline = matmulPipeline(gpu, prof, vec4, transA, transB, bF16);
     const [aStart, aEnd] = rangeA(p, transA);
     const [bStart, bEnd] = rangeB(p, transB);
     const [cStart, cEnd] = rangeC(p);
