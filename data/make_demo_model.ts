@@ -22,8 +22,8 @@ import { join } from "node:path";
 import { writeFileAtomic, writeJsonAtomic } from "../lib/atomic.ts";
 import { runCli, UserError } from "../lib/errors.ts";
 import { runPipeline } from "../lib/pipeline/runner.ts";
-import { f32ToF16Bits } from "../lib/safetensors/dtype.ts";
-import { encodeSafetensors, readSafetensorsF32, type Tensor } from "../lib/train/tensorfile.ts";
+import { type DType, writeSafetensors } from "../lib/safetensors/mod.ts";
+import { readSafetensorsF32, type Tensor } from "../lib/train/tensorfile.ts";
 import { makePretrain, rng, toJsonLines } from "./make_demo.ts";
 
 /** The chatglm config fields the weight shapes depend on. */
@@ -91,31 +91,16 @@ export function initWeights(c: GlmShapeConfig, seed: number): Map<string, Tensor
   return out;
 }
 
-/** A safetensors file of F16 tensors (names sorted, as torch's save_file writes them). */
-export function encodeSafetensorsF16(tensors: ReadonlyMap<string, Tensor>): Uint8Array {
-  const names = [...tensors.keys()].sort();
-  const header: Record<string, unknown> = { __metadata__: { format: "pt" } };
-  let off = 0;
-  for (const name of names) {
-    const t = tensors.get(name)!;
-    header[name] = { dtype: "F16", shape: t.shape, data_offsets: [off, off + t.data.length * 2] };
-    off += t.data.length * 2;
-  }
-  let json = JSON.stringify(header);
-  json += " ".repeat((8 - ((8 + new TextEncoder().encode(json).length) % 8)) % 8);
-  const hbytes = new TextEncoder().encode(json);
-  const out = new Uint8Array(8 + hbytes.length + off);
-  const dv = new DataView(out.buffer);
-  dv.setBigUint64(0, BigInt(hbytes.length), true);
-  out.set(hbytes, 8);
-  let pos = 8 + hbytes.length;
-  for (const name of names) {
-    for (const x of tensors.get(name)!.data) {
-      dv.setUint16(pos, f32ToF16Bits(x), true);
-      pos += 2;
-    }
-  }
-  return out;
+/** Tensors as a safetensors file of `dtype`, names sorted (as torch's save_file writes them). */
+export function writeWeights(
+  path: string,
+  tensors: ReadonlyMap<string, Tensor>,
+  dtype: DType,
+): Promise<void> {
+  return writeSafetensors(
+    path,
+    [...tensors.keys()].sort().map((name) => ({ name, dtype, ...tensors.get(name)! })),
+  );
 }
 
 interface Options {
@@ -188,7 +173,8 @@ export async function main(args: string[]): Promise<void> {
     enc.encode(JSON.stringify({ ...config, torch_dtype: "float32" }, null, 2) + "\n"),
   );
   await writeIfChanged(join(init, "tokenizer.model"), await Deno.readFile(join(o.out, "tokenizer.model")));
-  await writeIfChanged(join(init, "model.safetensors"), encodeSafetensors(initWeights(config, o.seed)));
+  // the same seed writes the same bytes, so the pipeline's input hashes stay put
+  await writeWeights(join(init, "model.safetensors"), initWeights(config, o.seed), "F32");
   console.log(`random start (seed ${o.seed}) in ${init}; pretraining corpus of ${train.length} records in ${corpus}`);
 
   const run = await runPipeline("pipelines/demo-base.yaml", {
@@ -205,7 +191,7 @@ export async function main(args: string[]): Promise<void> {
     }
   }
   const kept = new Map([...expected.keys()].map((n) => [n, weights.get(n)!]));
-  await writeFileAtomic(join(o.out, "model.safetensors"), encodeSafetensorsF16(kept));
+  await writeWeights(join(o.out, "model.safetensors"), kept, "F16");
   await writeJsonAtomic(cfgPath, { ...config, torch_dtype: "float16" });
   console.log(`wrote ${join(o.out, "model.safetensors")} (f16) from ${trained}`);
 }

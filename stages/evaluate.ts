@@ -95,6 +95,8 @@ export async function main(args: string[]): Promise<number> {
       const o = parseOverride(text);
       const key = o.path[0] === "generation_config" ? o.path.slice(1).join(".") : o.path.join(".");
       const v = o.value;
+      // a config's unset (null) value, as a pipeline passes it: keep the default
+      if (v === null) continue;
       switch (key as typeof GENERATION_KEYS[number]) {
         case "max_new_tokens":
         case "top_k":

@@ -359,9 +359,9 @@ Deno.test("the shipped pipelines resolve, with config overrides in an effective 
       });
       const names = r.result.steps.map((s) => s.name);
       assertEquals(names.slice(0, 7), [
+        "validate",
         "convert-train",
         "convert-dev",
-        "validate",
         "tokenize-train",
         "tokenize-dev",
         "mask-train",
@@ -374,7 +374,11 @@ Deno.test("the shipped pipelines resolve, with config overrides in an effective 
       assertEquals(cfg, join(t.out, "config.yaml"));
       const ev = r.result.steps.find((s) => s.name === "evaluate-before")!;
       assertEquals(ev.argv.slice(-2), ["--limit", "5"]);
-      assertEquals(r.result.steps[0].argv.slice(0, 2), ["--in", "data/demo/train.json"]);
+      assertEquals(r.result.steps[0].argv.slice(0, 2), [
+        "data/demo/train.json",
+        "data/demo/dev.json",
+      ]);
+      assertEquals(r.result.steps[1].argv.slice(0, 2), ["--in", "data/demo/train.json"]);
     } finally {
       await t.cleanup();
     }
