@@ -160,7 +160,7 @@ async function timeByKind(
   return out;
 }
 
-function printKinds(title: string, kinds: Map<string, { s: number; n: number }>): void {
+export function printKinds(title: string, kinds: Map<string, { s: number; n: number }>): void {
   const total = [...kinds.values()].reduce((a, b) => a + b.s, 0);
   console.log(
     `  ${title}: ${[...kinds.values()].reduce((a, b) => a + b.n, 0)} dispatches, ${
@@ -190,7 +190,7 @@ async function forwardSeconds(gpu: Gpu, model: GlmModel, runs: number): Promise<
   return median(times) / 1000;
 }
 
-async function profile(
+export async function profile(
   gpu: Gpu,
   model: GlmModel,
   training: boolean,

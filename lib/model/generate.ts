@@ -59,9 +59,12 @@ export async function generate(
   if (opts.maxNewTokens === 0) return out;
   const lens = prompts.map((p) => p.length);
   const maxPrompt = Math.max(...lens);
-  if (model.adapter.kind === "lora" && maxPrompt > model.maxBatch * model.maxSeq) {
+  // LoRA's low-rank products use the model's training scratch, sized maxBatch × maxSeq rows.
+  if (model.adapter.kind === "lora" && Math.max(maxPrompt, B) > model.maxBatch * model.maxSeq) {
     throw new UserError(
-      `prompt of ${maxPrompt} tokens exceeds the model's buffers (${model.maxBatch}×${model.maxSeq} tokens)`,
+      `${
+        maxPrompt > B ? `a prompt of ${maxPrompt} tokens` : `${B} prompts`
+      } exceed the model's buffers (${model.maxBatch}×${model.maxSeq} tokens)`,
     );
   }
   const maxLen = maxPrompt + opts.maxNewTokens;

@@ -1131,6 +1131,9 @@ export class GlmModel implements TrainableModel {
     for (let t = 0; t < T; t++) pos[t] = t % S;
     writeBuffer(this.gpu, this.s.ids, 0, batch.inputIds);
     writeBuffer(this.gpu, this.s.pos, 0, pos);
+    if (batch.labels.length !== 0 && batch.labels.length !== T) {
+      throw new UserError(`labels has ${batch.labels.length} values, expected ${T}`);
+    }
     if (batch.labels.length) {
       const targets = new Int32Array(T).fill(-100);
       for (let b = 0; b < B; b++) {
