@@ -22,6 +22,7 @@ import { basename, join } from "node:path";
 import { writeDirAtomic, writeFileAtomic, writeJsonAtomic } from "../atomic.ts";
 import { UserError } from "../errors.ts";
 import type { TrainArgs } from "./args.ts";
+import { writeSafetensors } from "../safetensors/write.ts";
 import { readSafetensorsF32, type Tensor, writeSafetensorsF32 } from "./tensorfile.ts";
 
 /** One log_history entry: `{step, epoch, loss, learning_rate, grad_norm}`, `{step, epoch, eval_loss}`, or the run summary. */
@@ -128,23 +129,34 @@ async function writeStateFiles(dir: string, s: CheckpointState): Promise<void> {
   await writeJsonAtomic(join(dir, "training_args.json"), { ...s.args, ...s.configEcho });
 }
 
+/** One tensor's AdamW moments, fetched on demand. */
+export interface LazyMoments {
+  name: string;
+  size: number;
+  m: () => Promise<Float32Array>;
+  v: () => Promise<Float32Array>;
+}
+
 /** Write OUT/checkpoint-{step}/ atomically; returns its path. */
 export async function writeCheckpoint(
   outDir: string,
   s: CheckpointState,
   params: Map<string, Float32Array>,
-  moments: Map<string, { m: Float32Array; v: Float32Array }>,
+  moments: readonly LazyMoments[],
   files: ModelFiles,
 ): Promise<string> {
   const dir = join(outDir, `checkpoint-${s.globalStep}`);
   await writeDirAtomic(dir, async (tmp) => {
     await files.write(tmp, params);
-    const opt = new Map<string, Tensor>();
-    for (const [name, { m, v }] of moments) {
-      opt.set(`${name}.exp_avg`, { shape: [m.length], data: m });
-      opt.set(`${name}.exp_avg_sq`, { shape: [v.length], data: v });
-    }
-    await writeSafetensorsF32(join(tmp, "optimizer.safetensors"), opt);
+    // Each moment is read back from the device when its turn comes, so a full
+    // model's optimizer state never sits in host memory whole.
+    await writeSafetensors(
+      join(tmp, "optimizer.safetensors"),
+      moments.flatMap((mo) => [
+        { name: `${mo.name}.exp_avg`, dtype: "F32" as const, shape: [mo.size], data: mo.m },
+        { name: `${mo.name}.exp_avg_sq`, dtype: "F32" as const, shape: [mo.size], data: mo.v },
+      ]),
+    );
     await writeJsonAtomic(join(tmp, "scheduler.json"), {
       lr_scheduler_type: s.lr.type,
       base_lrs: [s.lr.base],

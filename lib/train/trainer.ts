@@ -302,13 +302,12 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   const save = async (): Promise<string> => {
     await flushIfPending();
     const tensors = await model.readParams();
-    const moments = new Map<string, { m: Float32Array; v: Float32Array }>();
-    for (let k = 0; k < params.length; k++) {
-      moments.set(params[k].name, {
-        m: await readF32(gpu, adam.m[k], params[k].size),
-        v: await readF32(gpu, adam.v[k], params[k].size),
-      });
-    }
+    const moments = params.map((p, k) => ({
+      name: p.name,
+      size: p.size,
+      m: () => readF32(gpu, adam.m[k], p.size),
+      v: () => readF32(gpu, adam.v[k], p.size),
+    }));
     const dir = await writeCheckpoint(o.outDir, stateNow(), tensors, moments, o.files);
     if (args.saveTotalLimit !== null && args.saveTotalLimit > 0) {
       await rotateCheckpoints(o.outDir, args.saveTotalLimit);
