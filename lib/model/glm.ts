@@ -555,6 +555,18 @@ export class GlmModel implements TrainableModel {
     const nActs = this.opts.gradientCheckpointing ? 1 : d.L;
     const trains = this.adapter.kind !== "none";
     const loraR = this.adapter.kind === "lora" ? this.adapter.r : 0;
+    // Row and element kernels bind whole activation buffers: the widest one must fit a binding.
+    const widest = f32Bytes(T * Math.max(2 * d.ffn, d.W, d.hidden, d.A));
+    const bindLimit = this.gpu.limits.maxStorageBufferBindingSize;
+    if (widest > bindLimit) {
+      throw new UserError(
+        `a micro-batch of ${this.maxBatch}×${this.maxSeq} tokens needs ${widest}-byte activation buffers, ` +
+          `but this adapter binds at most ${bindLimit} bytes: lower the batch size or the maximum length ` +
+          `(at most ${
+            Math.floor(bindLimit / f32Bytes(Math.max(2 * d.ffn, d.W, d.hidden, d.A)))
+          } tokens per micro-batch)`,
+      );
+    }
     for (let i = 0; i <= d.L; i++) this.xs.push(this.buf(f32Bytes(T * d.hidden), `x${i}`));
     for (let i = 0; i < (trains ? nActs : 1); i++) {
       const lora: Acts["lora"] = {};
