@@ -51,6 +51,12 @@ Deno.test("chatglm3-6b LoRA r=8, batch 4 × 768, f16 base: below PyTorch's 14,08
   const tokenSized = (p: typeof one) => p.activations - p.activationParts["rotary table"];
   assert(Math.abs(tokenSized(two) - 2 * tokenSized(one)) < 64, "activations scale with tokens");
   assert.equal(two.logits, 2 * one.logits);
+  // Attention's score block and its gradient (rows × heads × seq² f32 each) fit 256 MiB for
+  // passes of 1 and 2 and are counted; for one pass of 4 it does not, and the per-row kernels run.
+  const block = "attention score block and its gradient";
+  assert.equal(one.activationParts[block], 2 * 32 * 768 * 768 * 4);
+  assert.equal(two.activationParts[block], 2 * 2 * 32 * 768 * 768 * 4);
+  assert.equal(onePass.activationParts[block], 0);
 });
 
 Deno.test("gradient checkpointing keeps one layer's activations instead of every layer's", () => {

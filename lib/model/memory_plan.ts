@@ -16,6 +16,10 @@
  *    LoRA's x·Aᵀ) are kept for every layer, or, with gradient checkpointing,
  *    for one layer that is recomputed in backward;
  *  - one set of backward scratch buffers shared by all layers;
+ *  - attention goes through batched matmuls with a score block (rows × heads
+ *    × seq × (prefix + seq) f32, and its gradient when training) shared by
+ *    all layers, when that block fits min(binding, 256 MiB); otherwise the
+ *    per-row kernels need no block;
  *  - logits are computed a chunk of rows at a time, as many rows as fit one
  *    storage binding, and their gradient overwrites them in place;
  *  - a micro-batch may be fed to the model `rowsPerPass` records at a time
@@ -24,6 +28,7 @@
  */
 import type { AdapterSpec } from "./adapter.ts";
 import type { GlmConfig } from "./config.ts";
+import { scoreBytes } from "../gpu/kernels/attention.ts";
 
 /** The fields of a GlmConfig the plan reads. */
 export type PlanConfig = Pick<
@@ -55,6 +60,11 @@ export interface PlanOptions {
   maxBindingBytes?: number;
   /** Tokens per generated sequence (prompt + new tokens) for the KV cache line. Default: seq. */
   generateLength?: number;
+  /**
+   * Attention through the per-row kernels, without a score block (the model's
+   * GLM_ATTENTION=rows). Default: what that environment variable says.
+   */
+  rowAttention?: boolean;
 }
 
 export interface MemoryPlan {
@@ -77,7 +87,7 @@ export interface MemoryPlan {
   activationParts: Record<string, number>;
 }
 
-const F32 = 4, F16 = 2;
+const F32 = 4, F16 = 2, MiB = 2 ** 20;
 
 export function memoryPlan(config: PlanConfig, opts: PlanOptions): MemoryPlan {
   const L = config.num_layers, h = config.hidden_size, F = config.ffn_hidden_size;
@@ -146,9 +156,14 @@ export function memoryPlan(config: PlanConfig, opts: PlanOptions): MemoryPlan {
     "rotary table": Math.max(config.seq_length, opts.seq) * (D / 2) * F32,
     "prefix keys/values": P ? (2 * rows * P * C + P * C + 2 * P * prefixHidden) * F32 : 0,
   };
+  const binding = opts.maxBindingBytes ?? 2 ** 30;
+  // The block budget is the one lib/model/glm.ts applies when it allocates.
+  const scores = scoreBytes({ batch: rows, heads: H, seq: opts.seq, prefix: P });
+  const rowAttention = opts.rowAttention ?? envRowAttention();
+  parts["attention score block" + (trains ? " and its gradient" : "")] =
+    !rowAttention && scores <= Math.min(binding, 256 * MiB) ? (trains ? 2 : 1) * scores : 0;
   const activations = Object.values(parts).reduce((x, y) => x + y, 0);
 
-  const binding = opts.maxBindingBytes ?? 2 ** 30;
   const logitRows = Math.max(1, Math.min(T, Math.floor(binding / (V * F32))));
   const logits = logitRows * V * F32;
   const kvCache = L * 2 * opts.batch * (opts.generateLength ?? opts.seq) * G * D * F32;
@@ -169,7 +184,13 @@ export function memoryPlan(config: PlanConfig, opts: PlanOptions): MemoryPlan {
   };
 }
 
-const MiB = 2 ** 20;
+function envRowAttention(): boolean {
+  try {
+    return Deno.env.get("GLM_ATTENTION") === "rows";
+  } catch {
+    return false; // no permission to read the environment: the default, matmul attention
+  }
+}
 
 /** The plan as a fixed-width table in MiB. */
 export function formatMemoryPlan(plan: MemoryPlan, title = "memory plan"): string {
