@@ -1,5 +1,5 @@
 import { ok as assert, throws } from "node:assert";
-import { makeSchedule, warmupStepsFor } from "../lib/train/schedule.ts";
+import { makeSchedule } from "../lib/train/schedule.ts";
 import { UserError } from "../lib/errors.ts";
 
 const close = (a: number, b: number) => Math.abs(a - b) <= 1e-12 * Math.max(1, Math.abs(b));
@@ -35,9 +35,7 @@ Deno.test("polynomial and inverse_sqrt", () => {
   check("inverse_sqrt", 2, 10, [0, 0.5, 1, Math.sqrt(2 / 3)]);
 });
 
-Deno.test("warmup_ratio rounds up, unknown schedule is a UserError", () => {
-  assert(warmupStepsFor(0, 0.1, 25) === 3);
-  assert(warmupStepsFor(4, 0.5, 25) === 4);
+Deno.test("unknown schedule is a UserError (warmup steps: tests/config_test.ts)", () => {
   throws(
     () => makeSchedule({ type: "reduce_lr_on_plateau", baseLr: 1, totalSteps: 1, warmupSteps: 0 }),
     UserError,

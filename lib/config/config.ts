@@ -187,37 +187,72 @@ export function intervalSteps(value: number, maxSteps: number): number {
   return value < 1 ? Math.ceil(maxSteps * value) : Math.floor(value);
 }
 
+/** Step arithmetic of a run over `numExamples` records, in plain numbers (see stepCounts). */
+export interface StepCounts {
+  /** Micro-batches per epoch: ⌈n / batch⌉, or ⌊n / batch⌋ with drop-last. */
+  microPerEpoch: number;
+  /** Optimizer steps per epoch: ⌈micro-batches / accumulation⌉, at least 1. */
+  updatesPerEpoch: number;
+  maxSteps: number;
+  numEpochs: number;
+}
+
 /**
- * Optimizer steps of a run over `numExamples` training records (HF Trainer):
- * max_steps when > 0, else ceil(epochs × updates per epoch), where an epoch is
- * ⌈n / batch⌉ batches (⌊n / batch⌋ with dataloader_drop_last) and an update
- * takes gradient_accumulation_steps of them (at least one update per epoch).
+ * HF Trainer's (transformers 5.x) step arithmetic, the one rule the trainer
+ * and the config tools share: an epoch has ⌈n / batch⌉ micro-batches
+ * (⌊n / batch⌋ with dataloader_drop_last); an optimizer step takes
+ * gradient_accumulation_steps of them, the last step of an epoch the
+ * remainder, so an epoch has ⌈micro-batches / accumulation⌉ steps (at least
+ * one); max_steps > 0 wins, else ⌈epochs × steps per epoch⌉.
  */
+export function stepCounts(o: {
+  numExamples: number;
+  batchSize: number;
+  accumulation: number;
+  dropLast: boolean;
+  maxSteps: number;
+  numTrainEpochs: number;
+}): StepCounts {
+  const microPerEpoch = o.dropLast
+    ? Math.floor(o.numExamples / o.batchSize)
+    : Math.ceil(o.numExamples / o.batchSize);
+  const updatesPerEpoch = Math.max(1, Math.ceil(microPerEpoch / o.accumulation));
+  return o.maxSteps > 0
+    ? {
+      microPerEpoch,
+      updatesPerEpoch,
+      maxSteps: o.maxSteps,
+      numEpochs: Math.ceil(o.maxSteps / updatesPerEpoch),
+    }
+    : {
+      microPerEpoch,
+      updatesPerEpoch,
+      maxSteps: Math.ceil(o.numTrainEpochs * updatesPerEpoch),
+      numEpochs: Math.ceil(o.numTrainEpochs),
+    };
+}
+
+/** Optimizer steps of a run over `numExamples` training records, by stepCounts. */
 export function trainingSteps(
   args: TrainingArgs,
   numExamples: number,
 ): { maxSteps: number; updatesPerEpoch: number; numEpochs: number } {
-  const b = args.per_device_train_batch_size;
-  const batches = args.dataloader_drop_last
-    ? Math.floor(numExamples / b)
-    : Math.ceil(numExamples / b);
-  const updatesPerEpoch = Math.max(Math.floor(batches / args.gradient_accumulation_steps), 1);
-  if (args.max_steps > 0) {
-    return {
-      maxSteps: args.max_steps,
-      updatesPerEpoch,
-      numEpochs: Math.ceil(args.max_steps / updatesPerEpoch),
-    };
-  }
-  return {
-    maxSteps: Math.ceil(args.num_train_epochs * updatesPerEpoch),
-    updatesPerEpoch,
-    numEpochs: Math.ceil(args.num_train_epochs),
-  };
+  const { maxSteps, updatesPerEpoch, numEpochs } = stepCounts({
+    numExamples,
+    batchSize: args.per_device_train_batch_size,
+    accumulation: args.gradient_accumulation_steps,
+    dropLast: args.dataloader_drop_last,
+    maxSteps: args.max_steps,
+    numTrainEpochs: args.num_train_epochs,
+  });
+  return { maxSteps, updatesPerEpoch, numEpochs };
 }
 
 /** HF `get_warmup_steps`: warmup_steps if > 0, else ⌈total × warmup_ratio⌉. */
-export function warmupSteps(args: TrainingArgs, totalSteps: number): number {
+export function warmupSteps(
+  args: Pick<TrainingArgs, "warmup_steps" | "warmup_ratio">,
+  totalSteps: number,
+): number {
   return args.warmup_steps > 0 ? args.warmup_steps : Math.ceil(totalSteps * args.warmup_ratio);
 }
 

@@ -117,8 +117,3 @@ export function trainArgsFromConfig(t: TrainingArgs, opts: { shuffle: boolean })
     shuffle: opts.shuffle,
   };
 }
-
-/** HF: logging/save/eval steps below 1 are a fraction of the run. */
-export function intervalOf(value: number, maxSteps: number): number {
-  return value < 1 ? Math.ceil(maxSteps * value) : Math.floor(value);
-}

@@ -20,6 +20,7 @@
  */
 import { basename, join } from "node:path";
 import { writeDirAtomic, writeFileAtomic, writeJsonAtomic } from "../atomic.ts";
+import { stepCounts } from "../config/config.ts";
 import { UserError } from "../errors.ts";
 import type { TrainArgs } from "./args.ts";
 import { writeSafetensors } from "../safetensors/write.ts";
@@ -117,11 +118,14 @@ export function trainerStateJson(s: CheckpointState): Record<string, unknown> {
 }
 
 function stepsPerEpoch(s: CheckpointState): number {
-  const n = s.data.num_records as number;
-  const micro = s.args.dropLast
-    ? Math.floor(n / s.args.batchSize)
-    : Math.ceil(n / s.args.batchSize);
-  return Math.max(1, Math.ceil(micro / s.args.accumulation));
+  return stepCounts({
+    numExamples: s.data.num_records as number,
+    batchSize: s.args.batchSize,
+    accumulation: s.args.accumulation,
+    dropLast: s.args.dropLast,
+    maxSteps: s.args.maxSteps,
+    numTrainEpochs: s.args.numTrainEpochs,
+  }).updatesPerEpoch;
 }
 
 async function writeStateFiles(dir: string, s: CheckpointState): Promise<void> {

@@ -10,6 +10,7 @@
  * pure function of the two: runs are reproducible and a resumed run re-creates
  * the order without saving it. `shuffle: false` keeps file order.
  */
+import { stepCounts } from "../config/config.ts";
 import { readJsonlStrict } from "../jsonl.ts";
 import { located, UserError } from "../errors.ts";
 import type { TrainBatch } from "../model/types.ts";
@@ -222,10 +223,9 @@ export interface StepPlan {
 }
 
 /**
- * HF Trainer (transformers 5.x) step arithmetic: an epoch has ⌈n/batch⌉
- * micro-batches (⌊n/batch⌋ with dataloader_drop_last); an optimizer step takes
- * gradient_accumulation_steps of them, the last step of an epoch the
- * remainder; max_steps > 0 wins, else ⌈epochs × updates per epoch⌉.
+ * Which micro-batches each optimizer step takes, by HF Trainer's (transformers
+ * 5.x) step arithmetic (stepCounts in lib/config/config.ts): the last step of
+ * an epoch takes the remainder.
  */
 export class DataPlan {
   readonly microPerEpoch: number;
@@ -236,24 +236,18 @@ export class DataPlan {
 
   constructor(readonly records: readonly MaskedRecord[], readonly opts: PlanOptions) {
     const n = records.length;
-    this.microPerEpoch = opts.dropLast
-      ? Math.floor(n / opts.batchSize)
-      : Math.ceil(n / opts.batchSize);
-    if (this.microPerEpoch === 0) {
+    const counts = stepCounts({ numExamples: n, ...opts });
+    if (counts.microPerEpoch === 0) {
       throw new UserError(
         n === 0
           ? "the training file holds no records"
           : `${n} training records make no full batch of ${opts.batchSize} with dataloader_drop_last`,
       );
     }
-    this.updatesPerEpoch = Math.max(1, Math.ceil(this.microPerEpoch / opts.accumulation));
-    if (opts.maxSteps > 0) {
-      this.maxSteps = opts.maxSteps;
-      this.numEpochs = Math.ceil(opts.maxSteps / this.updatesPerEpoch);
-    } else {
-      this.maxSteps = Math.ceil(opts.numTrainEpochs * this.updatesPerEpoch);
-      this.numEpochs = Math.ceil(opts.numTrainEpochs);
-    }
+    this.microPerEpoch = counts.microPerEpoch;
+    this.updatesPerEpoch = counts.updatesPerEpoch;
+    this.maxSteps = counts.maxSteps;
+    this.numEpochs = counts.numEpochs;
   }
 
   step(step: number): StepPlan {

@@ -102,8 +102,3 @@ export function makeSchedule(spec: ScheduleSpec): (step: number) => number {
   const lambda = lrLambda(spec);
   return (step) => spec.baseLr * lambda(step);
 }
-
-/** HF `get_warmup_steps`: warmup_steps when > 0, else ⌈total × warmup_ratio⌉. */
-export function warmupStepsFor(warmupSteps: number, warmupRatio: number, total: number): number {
-  return warmupSteps > 0 ? warmupSteps : Math.ceil(total * warmupRatio);
-}

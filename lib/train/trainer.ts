@@ -21,9 +21,10 @@ import { GradNorm } from "../gpu/kernels/grad_norm.ts";
 import type { TrainableModel } from "../model/types.ts";
 import { UserError } from "../errors.ts";
 import { adamwScalars } from "./adamw.ts";
-import { intervalOf, type TrainArgs } from "./args.ts";
+import { intervalSteps, warmupSteps } from "../config/config.ts";
+import type { TrainArgs } from "./args.ts";
 import { DataPlan, evalBatches, type MaskedRecord } from "./data.ts";
-import { makeSchedule, warmupStepsFor } from "./schedule.ts";
+import { makeSchedule } from "./schedule.ts";
 import {
   type CheckpointState,
   findCheckpoint,
@@ -102,10 +103,12 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     seed: args.seed,
   });
   const maxSteps = plan.maxSteps;
-  const logEvery = args.loggingStrategy === "steps" ? intervalOf(args.loggingSteps, maxSteps) : 0;
-  const saveEvery = args.saveStrategy === "steps" ? intervalOf(args.saveSteps, maxSteps) : 0;
+  const logEvery = args.loggingStrategy === "steps"
+    ? intervalSteps(args.loggingSteps, maxSteps)
+    : 0;
+  const saveEvery = args.saveStrategy === "steps" ? intervalSteps(args.saveSteps, maxSteps) : 0;
   const evalEvery = args.evalStrategy === "steps"
-    ? intervalOf(args.evalSteps ?? args.loggingSteps, maxSteps)
+    ? intervalSteps(args.evalSteps ?? args.loggingSteps, maxSteps)
     : 0;
   if (args.evalStrategy !== "no" && !(o.eval && o.eval.length > 0)) {
     throw new UserError(
@@ -119,7 +122,10 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     type: args.lrSchedulerType,
     baseLr: args.learningRate,
     totalSteps: maxSteps,
-    warmupSteps: warmupStepsFor(args.warmupSteps, args.warmupRatio, maxSteps),
+    warmupSteps: warmupSteps(
+      { warmup_steps: args.warmupSteps, warmup_ratio: args.warmupRatio },
+      maxSteps,
+    ),
     kwargs: args.lrSchedulerKwargs,
   });
 
