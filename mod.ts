@@ -109,11 +109,13 @@ export type { MergeOptions, MergeResult } from "./lib/model/merge.ts";
 export {
   Checkpoint,
   parseSize,
+  readSafetensorsF32,
   SafetensorsFile,
   writeSafetensors,
+  writeSafetensorsF32,
   writeShardedSafetensors,
 } from "./lib/safetensors/mod.ts";
-export type { DType, TensorInfo, TensorToWrite } from "./lib/safetensors/mod.ts";
+export type { DType, F32Tensor, TensorInfo, TensorToWrite } from "./lib/safetensors/mod.ts";
 export {
   glmGroups,
   glmParameterCount,

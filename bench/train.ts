@@ -13,7 +13,7 @@ import { GradNorm } from "../lib/gpu/kernels/grad_norm.ts";
 import type { AdapterSpec } from "../lib/model/adapter.ts";
 import { createGlmModel, type GlmModel, memoryWeights } from "../lib/model/glm.ts";
 import { adamwScalars } from "../lib/train/adamw.ts";
-import type { Tensor } from "../lib/train/tensorfile.ts";
+import type { F32Tensor } from "../lib/safetensors/read.ts";
 import type { TrainBatch } from "../lib/model/types.ts";
 import { runPeer } from "./peer.ts";
 
@@ -32,7 +32,7 @@ const BATCH = 4;
 const SEQ = 256;
 
 /** The bench config's weights, seeded N(0, 0.02) (norms 1), in memory. */
-function makeWeights(): Map<string, Tensor> {
+function makeWeights(): Map<string, F32Tensor> {
   const c = BENCH_CONFIG;
   const h = c.hidden_size;
   const qkv = (c.num_attention_heads + 2 * c.multi_query_group_num) * c.kv_channels;
@@ -50,7 +50,7 @@ function makeWeights(): Map<string, Tensor> {
     }
     return out;
   };
-  const t = new Map<string, Tensor>();
+  const t = new Map<string, F32Tensor>();
   const add = (name: string, shape: number[], ones = false) => {
     const n = shape.reduce((a, b) => a * b, 1);
     t.set(name, { shape, data: ones ? new Float32Array(n).fill(1) : normal(n, 0.02) });
@@ -154,7 +154,7 @@ async function measure(gpu: Gpu, model: GlmModel): Promise<Timing> {
 
 async function one(
   gpu: Gpu,
-  weights: Map<string, Tensor>,
+  weights: Map<string, F32Tensor>,
   label: string,
   adapter: AdapterSpec,
 ): Promise<void> {

@@ -10,7 +10,8 @@ import {
   removeStaleTemps,
   rotateCheckpoints,
 } from "../lib/train/checkpoint.ts";
-import { readSafetensorsF32, writeSafetensorsF32 } from "../lib/train/tensorfile.ts";
+import { readSafetensorsF32 } from "../lib/safetensors/read.ts";
+import { writeSafetensorsF32 } from "../lib/safetensors/write.ts";
 import { UserError } from "../lib/errors.ts";
 
 const LORA_A =

@@ -9,7 +9,7 @@ import type { AdapterSpec } from "../lib/model/adapter.ts";
 import { DEFAULT_TRAIN_ARGS } from "../lib/train/args.ts";
 import { loraFiles } from "../lib/train/checkpoint.ts";
 import { readMaskedJsonl } from "../lib/train/data.ts";
-import { readSafetensorsF32 } from "../lib/train/tensorfile.ts";
+import { readSafetensorsF32 } from "../lib/safetensors/read.ts";
 import { train } from "../lib/train/trainer.ts";
 
 const FIX = new URL("./fixtures/", import.meta.url).pathname;

@@ -17,7 +17,7 @@
  */
 import { isAbsolute, join, resolve } from "node:path";
 import { UserError } from "../errors.ts";
-import { SafetensorsFile } from "../safetensors/read.ts";
+import { readSafetensorsF32 } from "../safetensors/read.ts";
 import {
   type AdapterSpec,
   LINEAR_PATH,
@@ -42,21 +42,6 @@ export interface AdapterDir {
   baseModel: string | null;
   /** The config file the spec and base model were read from. */
   configPath: string | null;
-}
-
-interface FileTensor {
-  shape: number[];
-  data: Float32Array;
-}
-
-/** Every tensor of a (small) safetensors file as f32; adapters are a few MB at most. */
-async function readTensorFile(path: string): Promise<Map<string, FileTensor>> {
-  const f = await SafetensorsFile.open(path);
-  const out = new Map<string, FileTensor>();
-  for (const name of f.names()) {
-    out.set(name, { shape: f.info(name).shape, data: await f.f32(name) });
-  }
-  return out;
 }
 
 async function exists(path: string): Promise<boolean> {
@@ -206,7 +191,7 @@ async function readLora(dir: string, cfgPath: string, cfg: Record<string, unknow
   }
   const tensors = new Map<string, Float32Array>();
   const shapes = new Map<string, number[]>();
-  for (const [key, t] of await readTensorFile(wpath)) {
+  for (const [key, t] of await readSafetensorsF32(wpath)) {
     const name = stripAdapterName(key);
     const m = name.match(/\.lora_([AB])\.weight$/);
     if (!m) {
@@ -260,7 +245,7 @@ function prefixSpec(
 async function readPrefixFile(path: string) {
   const tensors = new Map<string, Float32Array>();
   const shapes = new Map<string, number[]>();
-  for (const [key, t] of await readTensorFile(path)) {
+  for (const [key, t] of await readSafetensorsF32(path)) {
     // ChatGLM saves the whole model's state; a prefix checkpoint keeps only the encoder.
     if (!key.startsWith("transformer.prefix_encoder.")) continue;
     tensors.set(key, t.data);
@@ -272,7 +257,7 @@ async function readPrefixFile(path: string) {
 async function readPeftPrefix(dir: string, cfgPath: string, cfg: Record<string, unknown>) {
   const wpath = join(dir, PEFT_WEIGHTS);
   if (!(await exists(wpath))) throw new UserError(`${wpath}: no such file`);
-  const file = await readTensorFile(wpath);
+  const file = await readSafetensorsF32(wpath);
   const t = file.get("prompt_embeddings") ?? file.get("prompt_embeddings.default");
   if (!t) {
     throw new UserError(`${wpath}: no prompt_embeddings tensor (PEFT's prefix-tuning weights)`);

@@ -135,6 +135,26 @@ export class SafetensorsFile {
   }
 }
 
+/** A tensor decoded to f32, with its shape. */
+export interface F32Tensor {
+  shape: number[];
+  data: Float32Array;
+}
+
+/**
+ * Every tensor of a file as f32 (F32, F16 and BF16 accepted), in file order.
+ * For small files only (adapters, prefixes, optimizer moments): a base model
+ * is read tensor by tensor through `SafetensorsFile` or `Checkpoint` instead.
+ */
+export async function readSafetensorsF32(path: string): Promise<Map<string, F32Tensor>> {
+  const f = await SafetensorsFile.open(path);
+  const out = new Map<string, F32Tensor>();
+  for (const name of f.names()) {
+    out.set(name, { shape: f.info(name).shape, data: await f.f32(name) });
+  }
+  return out;
+}
+
 /** The tensor's dtype if we can decode it, else a clear error. */
 export function decodable(path: string, i: TensorInfo): DType {
   if (!isDType(i.dtype)) {

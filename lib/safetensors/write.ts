@@ -7,7 +7,7 @@
 import { join } from "node:path";
 import { AtomicFile, writeJsonAtomic } from "../atomic.ts";
 import { type DType, DTYPE_BYTES, fromF32 } from "./dtype.ts";
-import { numel } from "./read.ts";
+import { type F32Tensor, numel } from "./read.ts";
 
 export type TensorData = Float32Array | Uint8Array;
 
@@ -95,6 +95,22 @@ export async function writeSafetensors(
     await f.abort();
     throw e;
   }
+}
+
+/** Write f32 tensors by name, as F32, atomically, in the map's order. */
+export function writeSafetensorsF32(
+  path: string,
+  tensors: ReadonlyMap<string, F32Tensor>,
+): Promise<void> {
+  return writeSafetensors(
+    path,
+    [...tensors].map(([name, t]) => ({
+      name,
+      dtype: "F32" as const,
+      shape: t.shape,
+      data: t.data,
+    })),
+  );
 }
 
 export const INDEX_NAME = "model.safetensors.index.json";

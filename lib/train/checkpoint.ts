@@ -23,8 +23,8 @@ import { writeDirAtomic, writeFileAtomic, writeJsonAtomic } from "../atomic.ts";
 import { stepCounts } from "../config/config.ts";
 import { UserError } from "../errors.ts";
 import type { TrainArgs } from "./args.ts";
-import { writeSafetensors } from "../safetensors/write.ts";
-import { readSafetensorsF32, type Tensor, writeSafetensorsF32 } from "./tensorfile.ts";
+import { type F32Tensor, readSafetensorsF32 } from "../safetensors/read.ts";
+import { writeSafetensors, writeSafetensorsF32 } from "../safetensors/write.ts";
 
 /** One log_history entry: `{step, epoch, loss, learning_rate, grad_norm}`, `{step, epoch, eval_loss}`, or the run summary. */
 export interface LogEntry {
@@ -303,8 +303,8 @@ export async function removeStaleTemps(outDir: string): Promise<void> {
 function tensorsOf(
   params: Map<string, Float32Array>,
   shapes: ReadonlyMap<string, number[]>,
-): Map<string, Tensor> {
-  const out = new Map<string, Tensor>();
+): Map<string, F32Tensor> {
+  const out = new Map<string, F32Tensor>();
   for (const [name, shape] of shapes) {
     const data = params.get(name);
     if (!data) throw new Error(`tensor ${name} was not read back from the model`);

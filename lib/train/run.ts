@@ -25,7 +25,7 @@ import {
   prefixFiles,
 } from "./checkpoint.ts";
 import { maxLength, readMaskedJsonl } from "./data.ts";
-import { readSafetensorsF32 } from "./tensorfile.ts";
+import { readSafetensorsF32 } from "../safetensors/read.ts";
 import { train, type TrainResult } from "./trainer.ts";
 
 export interface RunOptions {
