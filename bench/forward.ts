@@ -268,11 +268,8 @@ export async function run(): Promise<void> {
         (tokens / ps).toFixed(0)
       } tokens/s`,
     );
-    console.log(
-      `  ratio (ours / PyTorch tokens/s): f16 ${(ps / results.f16).toFixed(2)}×, f32 ${
-        (ps / results.f32).toFixed(2)
-      }×`,
-    );
+    const ratios = Object.entries(results).map(([k, v]) => `${k} ${(ps / v).toFixed(2)}×`);
+    console.log(`  ratio (ours / PyTorch tokens/s): ${ratios.join(", ")}`);
   }
 }
 
