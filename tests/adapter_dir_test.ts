@@ -6,6 +6,7 @@
 import assert from "node:assert";
 import { join } from "node:path";
 import { UserError } from "../lib/errors.ts";
+import type { AdapterSpec } from "../lib/model/adapter.ts";
 import {
   adapterTensorsFor,
   readAdapterDir,
@@ -54,6 +55,36 @@ Deno.test("adapter dir: the PEFT-written LoRA fixture", async () => {
   const name = "base_model.model.transformer.encoder.layers.1.self_attention.query_key_value";
   assert.deepStrictEqual(a.shapes.get(`${name}.lora_A.weight`), [4, 64]);
   assert.deepStrictEqual(a.shapes.get(`${name}.lora_B.weight`), [128, 4]);
+});
+
+Deno.test("adapter dir: LoRA weights without adapter_config.json read with a fallback spec", async () => {
+  await withDir(async (dir) => {
+    await Deno.copyFile(
+      join(PEFT, "adapter_model.safetensors"),
+      join(dir, "adapter_model.safetensors"),
+    );
+    // Without a config there is nothing to say what the weights are.
+    await assert.rejects(() => readAdapterDir(dir), /not an adapter directory/);
+    const spec: AdapterSpec = {
+      kind: "lora",
+      r: 4,
+      alpha: 16,
+      dropout: 0.1,
+      targetModules: ["query_key_value"],
+    };
+    const a = await readAdapterDir(dir, spec);
+    assert.deepStrictEqual(a.spec, spec);
+    assert.strictEqual(a.configPath, null);
+    assert.strictEqual(a.baseModel, null);
+    const ref = await readAdapterDir(PEFT);
+    assert.deepStrictEqual([...a.tensors.keys()], [...ref.tensors.keys()]);
+    for (const [k, v] of ref.tensors) assert.deepStrictEqual(a.tensors.get(k), v, k);
+    // The fallback's r must fit the tensors.
+    await assert.rejects(() => readAdapterDir(dir, { ...spec, r: 8 }), /does not fit r = 8/);
+    // A config, when present, wins over the fallback.
+    const withConfig = await readAdapterDir(PEFT, { ...spec, r: 8 });
+    assert.strictEqual(withConfig.spec.kind === "lora" && withConfig.spec.r, 4);
+  });
 });
 
 Deno.test("adapter dir: keys with the adapter name, f16 tensors, rsLoRA scaling", async () => {

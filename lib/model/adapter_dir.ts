@@ -272,8 +272,14 @@ async function readPeftPrefix(dir: string, cfgPath: string, cfg: Record<string, 
   return { spec, tensors, shapes };
 }
 
-/** Read an adapter dir (LoRA or P-Tuning v2; see the module comment for the layouts). */
-export async function readAdapterDir(dir: string): Promise<AdapterDir> {
+/**
+ * Read an adapter dir (LoRA or P-Tuning v2; see the module comment for the
+ * layouts). `fallback`, a LoRA spec, stands in for a missing
+ * adapter_config.json: a dir holding only adapter_model.safetensors is then
+ * read with the fallback's r, alpha, dropout and target modules (the trainer's
+ * --init-adapter takes them from the training config).
+ */
+export async function readAdapterDir(dir: string, fallback?: AdapterSpec): Promise<AdapterDir> {
   let st: Deno.FileInfo;
   try {
     st = await Deno.stat(dir);
@@ -308,6 +314,17 @@ export async function readAdapterDir(dir: string): Promise<AdapterDir> {
         JSON.stringify(type)
       }; LORA and PREFIX_TUNING adapters are supported`,
     );
+  }
+
+  if (fallback?.kind === "lora" && !(await exists(join(dir, PREFIX_WEIGHTS)))) {
+    const cfg = {
+      r: fallback.r,
+      lora_alpha: fallback.alpha,
+      lora_dropout: fallback.dropout,
+      target_modules: fallback.targetModules,
+    };
+    const from = `${dir} (no ${PEFT_CONFIG}: the training config's LoRA settings)`;
+    return { dir, ...(await readLora(dir, from, cfg)), baseModel: null, configPath: null };
   }
 
   // P-Tuning v2: our own files, or any safetensors with the prefix encoder.

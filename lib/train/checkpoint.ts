@@ -21,6 +21,7 @@
 import { basename, join } from "node:path";
 import { writeDirAtomic, writeFileAtomic, writeJsonAtomic } from "../atomic.ts";
 import { stepCounts } from "../config/config.ts";
+import { PEFT_CONFIG, PEFT_WEIGHTS, PREFIX_CONFIG, PREFIX_WEIGHTS } from "../model/adapter_dir.ts";
 import { UserError } from "../errors.ts";
 import type { TrainArgs } from "./args.ts";
 import { type F32Tensor, readSafetensorsF32 } from "../safetensors/read.ts";
@@ -387,24 +388,21 @@ export function loraFiles(o: LoraFilesOptions): ModelFiles {
     kind: "lora",
     async write(dir, params) {
       await writeSafetensorsF32(
-        join(dir, "adapter_model.safetensors"),
+        join(dir, PEFT_WEIGHTS),
         tensorsOf(params, o.shapes),
       );
-      await writeJsonAtomic(join(dir, "adapter_config.json"), peftLoraConfig(o));
+      await writeJsonAtomic(join(dir, PEFT_CONFIG), peftLoraConfig(o));
     },
     read(dir) {
       // PEFT saves without the adapter name; names with ".default." (a raw state_dict) are accepted too.
       return readChecked(
-        join(dir, "adapter_model.safetensors"),
+        join(dir, PEFT_WEIGHTS),
         o.shapes,
         (k) => k.replace(/\.default\.weight$/, ".weight"),
       );
     },
   };
 }
-
-export const PREFIX_WEIGHTS = "prefix_encoder.safetensors";
-export const PREFIX_CONFIG = "prefix_config.json";
 
 export interface PrefixFilesOptions {
   shapes: ReadonlyMap<string, number[]>;

@@ -3,7 +3,6 @@
  * start it: config → arguments, masked data, the GLM model on the device with
  * its adapter, an optional initial adapter, then the trainer.
  */
-import { join } from "node:path";
 import {
   type FinetuneConfig,
   finetuneMode,
@@ -15,17 +14,11 @@ import { describeGpu, getGpu } from "../gpu/device.ts";
 import type { AdapterSpec } from "../model/adapter.ts";
 import type { GlmModel } from "../model/glm.ts";
 import { loadGlmModel } from "../model/load.ts";
+import { PEFT_CONFIG, PEFT_WEIGHTS, PREFIX_WEIGHTS, readAdapterDir } from "../model/adapter_dir.ts";
+import { PREFIX_EMBEDDING } from "../model/adapter.ts";
 import { trainArgsFromConfig } from "./args.ts";
-import {
-  fullFiles,
-  loraFiles,
-  type ModelFiles,
-  PREFIX_CONFIG,
-  PREFIX_WEIGHTS,
-  prefixFiles,
-} from "./checkpoint.ts";
+import { fullFiles, loraFiles, type ModelFiles, prefixFiles } from "./checkpoint.ts";
 import { maxLength, readMaskedJsonl } from "./data.ts";
-import { readSafetensorsF32 } from "../safetensors/read.ts";
 import { train, type TrainResult } from "./trainer.ts";
 
 export interface RunOptions {
@@ -95,85 +88,48 @@ export function modelFilesFor(model: GlmModel, spec: AdapterSpec, modelDir: stri
   }
 }
 
-async function exists(path: string): Promise<boolean> {
-  try {
-    await Deno.stat(path);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 /**
- * Tensors of an initial adapter dir: a PEFT LoRA dir (adapter_config.json +
- * adapter_model.safetensors), our prefix dir, or any dir with a safetensors
- * file holding `transformer.prefix_encoder.embedding.weight`.
+ * Tensors of an initial adapter dir (any layout readAdapterDir reads; a LoRA
+ * dir may lack adapter_config.json, the training config then gives r, alpha
+ * and the targets), checked against the adapter the config trains.
  */
 export async function readInitAdapter(
   dir: string,
   spec: AdapterSpec,
 ): Promise<Map<string, Float32Array>> {
-  if (!(await exists(dir))) throw new UserError(`--init-adapter ${dir}: no such directory`);
-  const files: string[] = [];
-  if (spec.kind === "lora") {
-    if (!(await exists(join(dir, "adapter_model.safetensors")))) {
-      throw new UserError(
-        `--init-adapter ${dir}: no adapter_model.safetensors (a PEFT LoRA adapter dir is expected${
-          (await exists(join(dir, "adapter_model.bin")))
-            ? "; adapter_model.bin must be converted to safetensors first"
-            : ""
-        })`,
-      );
-    }
-    const cfgPath = join(dir, "adapter_config.json");
-    if (await exists(cfgPath)) {
-      const cfg = JSON.parse(await Deno.readTextFile(cfgPath));
-      if (cfg.peft_type && cfg.peft_type !== "LORA") {
-        throw new UserError(`${cfgPath}: peft_type is ${cfg.peft_type}, the config trains LORA`);
-      }
-      if (cfg.r !== undefined && cfg.r !== spec.r) {
-        throw new UserError(`${cfgPath}: r is ${cfg.r}, the config's peft_config.r is ${spec.r}`);
-      }
-    }
-    files.push(join(dir, "adapter_model.safetensors"));
-  } else if (spec.kind === "prefix") {
-    if (await exists(join(dir, PREFIX_WEIGHTS))) files.push(join(dir, PREFIX_WEIGHTS));
-    else {
-      for await (const e of Deno.readDir(dir)) {
-        if (e.isFile && e.name.endsWith(".safetensors")) files.push(join(dir, e.name));
-      }
-    }
-    if (files.length === 0) {
-      throw new UserError(
-        `--init-adapter ${dir}: no ${PREFIX_WEIGHTS} nor any .safetensors file with transformer.prefix_encoder.embedding.weight`,
-      );
-    }
-  } else {
+  if (spec.kind !== "lora" && spec.kind !== "prefix") {
     throw new UserError("--init-adapter applies to LoRA and P-Tuning v2 configs only");
   }
-  const out = new Map<string, Float32Array>();
-  for (const f of files) {
-    for (const [k, t] of await readSafetensorsF32(f)) {
-      if (spec.kind === "prefix" && !k.startsWith("transformer.prefix_encoder.")) continue;
-      out.set(k.replace(/\.default\.weight$/, ".weight"), t.data);
+  try {
+    if (!(await Deno.stat(dir)).isDirectory) {
+      throw new UserError(`--init-adapter ${dir}: not a directory`);
     }
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) {
+      throw new UserError(`--init-adapter ${dir}: no such directory`);
+    }
+    throw e;
   }
-  if (spec.kind === "prefix" && !out.has("transformer.prefix_encoder.embedding.weight")) {
+  const a = await readAdapterDir(dir, spec);
+  const where = a.configPath ?? dir;
+  if (a.spec.kind !== spec.kind) {
     throw new UserError(
-      `--init-adapter ${dir}: no safetensors file holds transformer.prefix_encoder.embedding.weight`,
+      spec.kind === "prefix"
+        ? `--init-adapter ${dir}: ${where} is a LoRA adapter, the config trains P-Tuning v2 ` +
+          `(${PREFIX_WEIGHTS}, or a .safetensors file that holds ${PREFIX_EMBEDDING})`
+        : `--init-adapter ${dir}: ${where} is a P-Tuning v2 adapter, the config trains LoRA ` +
+          `(${PEFT_CONFIG} + ${PEFT_WEIGHTS})`,
     );
   }
-  if (spec.kind === "prefix" && (await exists(join(dir, PREFIX_CONFIG)))) {
-    const pc = JSON.parse(await Deno.readTextFile(join(dir, PREFIX_CONFIG)));
-    if (pc.pre_seq_len !== undefined && pc.pre_seq_len !== spec.preSeqLen) {
-      throw new UserError(
-        `${
-          join(dir, PREFIX_CONFIG)
-        }: pre_seq_len is ${pc.pre_seq_len}, the config's num_virtual_tokens is ${spec.preSeqLen}`,
-      );
-    }
+  if (a.spec.kind === "lora" && spec.kind === "lora" && a.spec.r !== spec.r) {
+    throw new UserError(`${where}: r is ${a.spec.r}, the config's peft_config.r is ${spec.r}`);
   }
-  return out;
+  if (a.spec.kind === "prefix" && spec.kind === "prefix" && a.spec.preSeqLen !== spec.preSeqLen) {
+    throw new UserError(
+      `${where}: pre_seq_len is ${a.spec.preSeqLen}, the config's num_virtual_tokens is ${spec.preSeqLen}`,
+    );
+  }
+  return a.tensors;
 }
 
 export async function runTraining(o: RunOptions): Promise<TrainResult> {
