@@ -102,3 +102,22 @@ Deno.test("generate: sampling options, zero tokens, bad prompts", async () => {
   );
   m.destroy();
 });
+
+Deno.test("generate: positions past the model's rotary table (seq_length) grow it", async () => {
+  const gpu = await getGpu();
+  const m = await loadGlmModel(gpu, TINY, {
+    adapter: { kind: "none" },
+    frozenF16: false,
+    maxBatch: 1,
+    maxSeq: 16,
+    seed: 1,
+  });
+  const n = config.seq_length - prompts[0].length + 6;
+  const got = await m.generate([prompts[0]], { maxNewTokens: n, stopIds: [] });
+  const want = new CpuGlm(config, plain, { kind: "none" }).generate([prompts[0]], {
+    maxNewTokens: n,
+    stopIds: [],
+  });
+  assert.deepEqual(got, want);
+  m.destroy();
+});

@@ -1432,13 +1432,16 @@ export class GlmModel implements TrainableModel {
     }
   }
 
+  /** The rotary table, grown (to at least twice its size) when generation runs past it. */
   private ropeFor(maxPos: number): GPUBuffer {
     if (maxPos > this.rope.maxPos) {
+      const n = Math.max(maxPos, 2 * this.rope.maxPos);
+      // Work already submitted keeps the old table alive until it has run.
       this.rope.table.destroy();
-      this.rope = { table: createBuffer(this.gpu, 4, "rope"), maxPos };
-      const t = ropeTable(maxPos, this.dims.D, this.dims.ropeBase);
-      this.rope.table = createBuffer(this.gpu, t.byteLength, "rope");
-      writeBuffer(this.gpu, this.rope.table, 0, t);
+      this.rope = {
+        table: this.up(ropeTable(n, this.dims.D, this.dims.ropeBase), "rope"),
+        maxPos: n,
+      };
     }
     return this.rope.table;
   }
