@@ -3,7 +3,7 @@
  * model), as the ChatGLM3 finetune demo's inference_hf.py does. With
  * --prompt, one answer; otherwise an interactive session on stdin.
  */
-import { parseFlags } from "../lib/data/args.ts";
+import { numberFlag, parseFlags } from "../lib/args.ts";
 import { UserError } from "../lib/errors.ts";
 import { readLines } from "../lib/jsonl.ts";
 import { type ChatOptions, ChatSession, formatReply } from "../lib/eval/chat.ts";
@@ -23,17 +23,6 @@ call, /exit leaves (as does end of input).`;
 
 /** Largest context the session keeps; older turns are dropped to fit. */
 const MAX_CONTEXT = 2048;
-
-function number(v: unknown, flag: string, integer: boolean, min: number): number | undefined {
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (!Number.isFinite(n) || (integer && !Number.isInteger(n)) || n < min) {
-    throw new UserError(
-      `${flag}: expected ${integer ? "an integer" : "a number"} ≥ ${min}, got "${v}"`,
-    );
-  }
-  return n;
-}
 
 export async function main(args: string[]): Promise<number> {
   const { values, positionals } = parseFlags(
@@ -60,19 +49,20 @@ export async function main(args: string[]): Promise<number> {
   if (positionals.length !== 1) {
     throw new UserError(`chat: expected one MODEL_OR_ADAPTER_DIR\n${USAGE}`);
   }
-  const temperature = number(values.temperature, "--temperature", false, 0);
-  const topP = number(values["top-p"], "--top-p", false, 0);
-  const topK = number(values["top-k"], "--top-k", true, 0);
+  const temperature = numberFlag(values.temperature, "--temperature", { integer: false, min: 0 });
+  const topP = numberFlag(values["top-p"], "--top-p", { integer: false, min: 0 });
+  const topK = numberFlag(values["top-k"], "--top-k", { integer: true, min: 0 });
   // Sampling settings imply sampling; upstream's chat samples with 0.8 / 0.8.
   const doSample = !!values["do-sample"] || temperature !== undefined || topP !== undefined ||
     topK !== undefined;
   const opts: ChatOptions = {
-    maxNewTokens: number(values["max-new-tokens"], "--max-new-tokens", true, 1) ?? 0,
+    maxNewTokens:
+      numberFlag(values["max-new-tokens"], "--max-new-tokens", { integer: true, min: 1 }) ?? 0,
     doSample,
     temperature: temperature ?? 0.8,
     topP: topP ?? 0.8,
     topK: topK ?? 0,
-    seed: number(values.seed, "--seed", true, 0) ?? 42,
+    seed: numberFlag(values.seed, "--seed", { integer: true, min: 0 }) ?? 42,
   };
 
   const { modelDir, adapter } = await resolveModelOrAdapter(

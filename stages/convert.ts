@@ -7,7 +7,7 @@
  * conversation records, streamed and written atomically.
  */
 import { UserError } from "../lib/errors.ts";
-import { parseFlags } from "../lib/data/args.ts";
+import { parseFlags } from "../lib/args.ts";
 import { convertFile, parseSplit, validateFile } from "../lib/data/convert.ts";
 import { FORMAT_NAMES, parseFormatName } from "../lib/data/formats/mod.ts";
 import { formatProblem } from "../lib/data/convert.ts";

@@ -9,7 +9,7 @@
  */
 import { loadConfig } from "../lib/config/mod.ts";
 import { parseOverride } from "../lib/config/overrides.ts";
-import { parseFlags } from "../lib/data/args.ts";
+import { type FlagValues, parseFlags, positiveIntFlag } from "../lib/args.ts";
 import { UserError } from "../lib/errors.ts";
 import { evaluate, type GenerationSettings } from "../lib/eval/evaluate.ts";
 import { type SegmenterName, SEGMENTERS } from "../lib/metrics/index.ts";
@@ -30,13 +30,9 @@ const GENERATION_KEYS = [
   "seed",
 ] as const;
 
-function positiveInt(v: string | boolean | undefined, flag: string): number | undefined {
-  if (v === undefined || v === "null" || v === "") return undefined;
-  const n = Number(v);
-  if (!Number.isInteger(n) || n <= 0) {
-    throw new UserError(`${flag}: expected a positive integer, got "${v}"`);
-  }
-  return n;
+/** A positive integer flag; "null" or "" (a pipeline's unset param) means not given. */
+function positiveInt(v: FlagValues[string], flag: string): number | undefined {
+  return v === "null" || v === "" ? undefined : positiveIntFlag(v, flag);
 }
 
 export async function main(args: string[]): Promise<number> {
@@ -78,7 +74,7 @@ export async function main(args: string[]): Promise<number> {
     topK: 50,
     seed: 42,
   };
-  const sets = (values.set ?? []) as unknown as string[];
+  const sets = (values.set as string[] | undefined) ?? [];
   if (values.config) {
     const cfg = await loadConfig(values.config as string, sets);
     const g = cfg.training_args.generation_config;

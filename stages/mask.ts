@@ -9,7 +9,7 @@
  * show each token's text; special tokens are named without it).
  */
 import { loadConfig } from "../lib/config/mod.ts";
-import { parseFlags } from "../lib/data/args.ts";
+import { type FlagValues, parseFlags, positiveIntFlag } from "../lib/args.ts";
 import {
   type EvalRecord,
   IGNORE_INDEX,
@@ -29,22 +29,10 @@ const USAGE = `usage: deno task stage mask --in tok.jsonl|- --out masked.jsonl|-
        (--config CFG [--set key=value ...] | --max-input-length N --max-output-length M)
        [--mask-history] [--sanity N [--model MODEL_DIR]]`;
 
-function positiveInt(v: string, flag: string): number {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n <= 0) {
-    throw new UserError(`${flag}: expected a positive integer, found "${v}"`);
-  }
-  return n;
-}
-
 /** max_input_length / max_output_length from the flags, else from the config file. */
-async function limitsOf(values: Record<string, unknown>): Promise<Limits> {
-  let maxIn = values["max-input-length"] !== undefined
-    ? positiveInt(values["max-input-length"] as string, "--max-input-length")
-    : undefined;
-  let maxOut = values["max-output-length"] !== undefined
-    ? positiveInt(values["max-output-length"] as string, "--max-output-length")
-    : undefined;
+async function limitsOf(values: FlagValues): Promise<Limits> {
+  let maxIn = positiveIntFlag(values["max-input-length"], "--max-input-length");
+  let maxOut = positiveIntFlag(values["max-output-length"], "--max-output-length");
   if ((maxIn === undefined || maxOut === undefined) && values.config) {
     const cfg = await loadConfig(
       values.config as string,
@@ -87,7 +75,7 @@ export async function main(args: string[]): Promise<number> {
     throw new UserError(`--mode: expected train or eval, found "${mode}"`);
   }
   const limits = await limitsOf(values);
-  const sanity = values.sanity !== undefined ? positiveInt(values.sanity as string, "--sanity") : 0;
+  const sanity = positiveIntFlag(values.sanity, "--sanity") ?? 0;
   const tok = values.model ? await ChatGLMTokenizer.load(values.model as string) : undefined;
   const input = values.in as string;
   const name = input === "-" ? "<stdin>" : input;

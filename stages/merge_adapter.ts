@@ -4,7 +4,7 @@
  *
  *   deno task stage merge-adapter --model MODEL_DIR --adapter ADAPTER_DIR --out OUT_DIR [--shard-size 2GB]
  */
-import { parseFlags } from "../lib/data/args.ts";
+import { parseFlags } from "../lib/args.ts";
 import { UserError } from "../lib/errors.ts";
 import { mergeAdapter } from "../lib/model/merge.ts";
 import { StatusLine } from "../lib/progress.ts";

@@ -4,7 +4,7 @@
  * Canonical conversation records → per-message ChatGLM3 token ids with role
  * and loss flag, streamed and written atomically.
  */
-import { parseFlags } from "../lib/data/args.ts";
+import { parseFlags } from "../lib/args.ts";
 import { UserError } from "../lib/errors.ts";
 import { readJsonlStrict, writeJsonl } from "../lib/jsonl.ts";
 import { ChatGLMTokenizer } from "../lib/tokenizer/chatglm.ts";

@@ -9,7 +9,7 @@
  */
 import { join } from "node:path";
 import { loadConfig } from "../lib/config/mod.ts";
-import { parseFlags } from "../lib/data/args.ts";
+import { parseFlags } from "../lib/args.ts";
 import { UserError } from "../lib/errors.ts";
 import { runTraining } from "../lib/train/run.ts";
 
@@ -54,7 +54,7 @@ export async function main(argv: string[]): Promise<number> {
     console.log(USAGE);
     return 0;
   }
-  const sets = (values.set as unknown as string[] | undefined) ?? [];
+  const sets = (values.set as string[] | undefined) ?? [];
   let modelDir = values.model as string | undefined;
   let configPath = values.config as string | undefined;
   let trainFile = values.train as string | undefined;

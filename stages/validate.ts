@@ -5,7 +5,7 @@
  * line and field, then a summary; exit 1 if any record is bad. Writes nothing.
  */
 import { UserError } from "../lib/errors.ts";
-import { parseFlags } from "../lib/data/args.ts";
+import { parseFlags } from "../lib/args.ts";
 import { validateFile } from "../lib/data/convert.ts";
 import { FORMAT_NAMES, parseFormatName } from "../lib/data/formats/mod.ts";
 import { Reporter, type ReportFormat } from "../lib/data/report.ts";

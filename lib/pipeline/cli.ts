@@ -2,6 +2,7 @@
  * `deno task pipeline NAME|FILE [--set key=value ...] [--from STEP] [--only STEP]
  * [--dry-run] [--out DIR]`: NAME is `pipelines/NAME.yaml`.
  */
+import { parseFlags } from "../args.ts";
 import { UserError } from "../errors.ts";
 import { pipelinePath, runPipeline } from "./runner.ts";
 
@@ -17,51 +18,36 @@ export const USAGE =
   --out DIR        the run directory (default runs/<pipeline name>)`;
 
 export async function main(args: string[]): Promise<number> {
-  const sets: string[] = [];
-  let target: string | undefined;
-  let from: string | undefined;
-  let only: string | undefined;
-  let out: string | undefined;
-  let dryRun = false;
-  for (let i = 0; i < args.length; i++) {
-    const a = args[i];
-    const eq = a.startsWith("--") ? a.indexOf("=") : -1;
-    const flag = eq > 0 ? a.slice(0, eq) : a;
-    const value = (): string => {
-      if (eq > 0) return a.slice(eq + 1);
-      const v = args[++i];
-      if (v === undefined) throw new UserError(`${flag} needs a value\n${USAGE}`);
-      return v;
-    };
-    switch (flag) {
-      case "--set":
-        sets.push(value());
-        break;
-      case "--from":
-        from = value();
-        break;
-      case "--only":
-        only = value();
-        break;
-      case "--out":
-        out = value();
-        break;
-      case "--dry-run":
-        dryRun = true;
-        break;
-      case "-h":
-      case "--help":
-        console.log(USAGE);
-        return 0;
-      default:
-        if (a.startsWith("-")) throw new UserError(`unknown flag ${a}\n${USAGE}`);
-        if (target !== undefined) {
-          throw new UserError(`one pipeline at a time (got ${target} and ${a})\n${USAGE}`);
-        }
-        target = a;
-    }
+  const { values, positionals } = parseFlags(
+    args,
+    {
+      set: { type: "string", multiple: true },
+      from: { type: "string" },
+      only: { type: "string" },
+      out: { type: "string" },
+      "dry-run": { type: "boolean" },
+      help: { type: "boolean", short: "h" },
+    },
+    USAGE,
+    true,
+  );
+  if (values.help) {
+    console.log(USAGE);
+    return 0;
   }
+  if (positionals.length > 1) {
+    throw new UserError(
+      `one pipeline at a time (got ${positionals.slice(0, 2).join(" and ")})\n${USAGE}`,
+    );
+  }
+  const target = positionals[0];
   if (target === undefined) throw new UserError(`which pipeline?\n${USAGE}`);
-  await runPipeline(await pipelinePath(target), { sets, from, only, out, dryRun });
+  await runPipeline(await pipelinePath(target), {
+    sets: (values.set as string[] | undefined) ?? [],
+    from: values.from as string | undefined,
+    only: values.only as string | undefined,
+    out: values.out as string | undefined,
+    dryRun: !!values["dry-run"],
+  });
   return 0;
 }
