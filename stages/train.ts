@@ -2,6 +2,8 @@
  * `deno task stage train --model MODEL_DIR --config CFG --train masked_train.jsonl
  *    [--eval masked_eval.jsonl] --out OUT_DIR [--resume yes|N] [--init-adapter DIR]
  *    [--no-shuffle] [--set key.path=value ...]`
+ * or, to print the memory plan without weights or a device,
+ * `deno task stage train --model MODEL_DIR --config CFG --dry-run`,
  * or the finetune_demo's positional form
  * `deno task stage train DATA_DIR MODEL_DIR CONFIG [yes|N]`, where the config's
  * data_config.train_file / val_file, inside DATA_DIR, are masked JSONL and the
@@ -11,16 +13,20 @@ import { join } from "node:path";
 import { loadConfig } from "../lib/config/mod.ts";
 import { parseFlags } from "../lib/args.ts";
 import { UserError } from "../lib/errors.ts";
-import { runTraining } from "../lib/train/run.ts";
+import { dryRunPlan, runTraining } from "../lib/train/run.ts";
 
-export { runTraining } from "../lib/train/run.ts";
+export { dryRunPlan, runTraining } from "../lib/train/run.ts";
 export { train } from "../lib/train/trainer.ts";
 
 const USAGE =
   `usage: deno task stage train --model MODEL_DIR --config CFG --train masked_train.jsonl
          [--eval masked_eval.jsonl] --out OUT_DIR [--resume yes|N] [--init-adapter DIR]
          [--no-shuffle] [--set key.path=value ...]
-   or: deno task stage train DATA_DIR MODEL_DIR CONFIG [yes|N]`;
+   or: deno task stage train --model MODEL_DIR --config CFG [--set ...] --dry-run
+   or: deno task stage train DATA_DIR MODEL_DIR CONFIG [yes|N]
+
+  --dry-run   print the device memory the run needs, by kind of buffer (reads the
+              model's config.json only: no weights, no GPU), and exit`;
 
 function parseResume(v: string | undefined): "yes" | number | undefined {
   if (v === undefined || v === "no") return undefined;
@@ -44,6 +50,7 @@ export async function main(argv: string[]): Promise<number> {
       resume: { type: "string" },
       "init-adapter": { type: "string" },
       "no-shuffle": { type: "boolean" },
+      "dry-run": { type: "boolean" },
       set: { type: "string", multiple: true },
       help: { type: "boolean", short: "h" },
     },
@@ -77,6 +84,15 @@ export async function main(argv: string[]): Promise<number> {
       evalFile = join(dataDir, cfg.data_config.val_file);
     }
     outDir ??= cfg.training_args.output_dir;
+  }
+  if (values["dry-run"]) {
+    for (const [flag, v] of [["--model", modelDir], ["--config", configPath]]) {
+      if (!v) throw new UserError(`${flag} is required\n${USAGE}`);
+    }
+    console.log(
+      await dryRunPlan({ modelDir: modelDir!, configPath: configPath!, overrides: sets }),
+    );
+    return 0;
   }
   for (
     const [flag, v] of [["--model", modelDir], ["--config", configPath], ["--train", trainFile], [

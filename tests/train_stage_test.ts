@@ -421,3 +421,60 @@ Deno.test("--init-adapter: any safetensors with the prefix embedding; mismatches
   await rejects(() => readInitAdapter(join(dir, "nope"), spec), /no such directory/);
   await Deno.remove(dir, { recursive: true });
 });
+
+Deno.test("--dry-run prints the memory plan of the real chatglm3-6b config: no weights, exit 0", async () => {
+  const { parseGlmConfig } = await import("../lib/model/config.ts");
+  const { formatMemoryPlan, memoryPlan } = await import("../lib/model/memory_plan.ts");
+  const dir = await Deno.makeTempDir();
+  try {
+    // THUDM's config.json alone: the dir holds no weights.
+    await Deno.copyFile(join(FIX, "chatglm3-6b-config.json"), join(dir, "config.json"));
+    const run = (...extra: string[]) =>
+      new Deno.Command(Deno.execPath(), {
+        args: [
+          "run",
+          "-A",
+          "--no-check",
+          CLI,
+          "stage",
+          "train",
+          "--model",
+          dir,
+          "--config",
+          join(UPSTREAM, "lora.yaml"),
+          "--dry-run",
+          ...extra,
+        ],
+        stdout: "piped",
+        stderr: "piped",
+      }).output();
+    const out = await run("--set", "training_args.gradient_checkpointing=true");
+    const stdout = new TextDecoder().decode(out.stdout);
+    assert(out.code === 0, new TextDecoder().decode(out.stderr));
+    const config = parseGlmConfig(
+      JSON.parse(await Deno.readTextFile(join(FIX, "chatglm3-6b-config.json"))),
+      "config.json",
+    );
+    // upstream lora.yaml: LoRA r=8 on query_key_value, batch 4, 256 + 512 (+1) tokens.
+    const adapter: AdapterSpec = {
+      kind: "lora",
+      r: 8,
+      alpha: 32,
+      dropout: 0.1,
+      targetModules: ["query_key_value"],
+    };
+    const plan = memoryPlan(config, { adapter, batch: 4, seq: 769, gradientCheckpointing: true });
+    const table = formatMemoryPlan(plan, "x").split("\n");
+    const got = stdout.trimEnd().split("\n");
+    assert(/batch 4 × 769 tokens, gradient checkpointing on/.test(got[0]), got[0]);
+    deepStrictEqual(got.slice(1), table.slice(1));
+    assert(got.some((l) => /frozen base weights\s+11909\.4 MiB/.test(l)), stdout);
+    // Without a config.json it is a UserError, not a stack trace.
+    await Deno.remove(join(dir, "config.json"));
+    const bad = await run();
+    const err = new TextDecoder().decode(bad.stderr);
+    assert(bad.code !== 0 && /config\.json: not found/.test(err) && !/\bat /.test(err), err);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -13,7 +13,9 @@ import { UserError } from "../errors.ts";
 import { describeGpu, getGpu } from "../gpu/device.ts";
 import type { AdapterSpec } from "../model/adapter.ts";
 import type { GlmModel } from "../model/glm.ts";
+import { loadGlmConfig } from "../model/config.ts";
 import { loadGlmModel } from "../model/load.ts";
+import { formatMemoryPlan, memoryPlan } from "../model/memory_plan.ts";
 import { PEFT_CONFIG, PEFT_WEIGHTS, PREFIX_WEIGHTS, readAdapterDir } from "../model/adapter_dir.ts";
 import { PREFIX_EMBEDDING } from "../model/adapter.ts";
 import { trainArgsFromConfig } from "./args.ts";
@@ -130,6 +132,29 @@ export async function readInitAdapter(
     );
   }
   return a.tensors;
+}
+
+/**
+ * `--dry-run`: the memory plan (lib/model/memory_plan.ts) of a run, from the
+ * model's config.json and the training config alone — no weights, no device —
+ * for the config's batch and max_input_length + max_output_length + 1 tokens.
+ */
+export async function dryRunPlan(
+  o: Pick<RunOptions, "modelDir" | "configPath" | "overrides">,
+): Promise<string> {
+  const cfg = await loadConfig(o.configPath, o.overrides ?? []);
+  const config = await loadGlmConfig(o.modelDir);
+  const adapter = adapterSpec(cfg);
+  const batch = cfg.training_args.per_device_train_batch_size;
+  const seq = cfg.max_input_length + cfg.max_output_length + 1;
+  const checkpointing = cfg.training_args.gradient_checkpointing;
+  const plan = memoryPlan(config, { adapter, batch, seq, gradientCheckpointing: checkpointing });
+  return formatMemoryPlan(
+    plan,
+    `${finetuneMode(cfg)}, batch ${batch} × ${seq} tokens, gradient checkpointing ${
+      checkpointing ? "on" : "off"
+    }`,
+  );
 }
 
 export async function runTraining(o: RunOptions): Promise<TrainResult> {
