@@ -16,7 +16,7 @@ export function formatDuration(s: number): string {
 export class StatusLine {
   private enc = new TextEncoder();
   private tty: boolean;
-  private shown = false;
+  private shown = "";
   private lastPrint = -Infinity;
   constructor(
     private out: { writeSync(b: Uint8Array): number; isTerminal(): boolean } = Deno.stderr,
@@ -25,10 +25,14 @@ export class StatusLine {
   ) {
     this.tty = out.isTerminal();
   }
+  /** Whether the line is rewritten in place (a terminal). */
+  get isTerminal(): boolean {
+    return this.tty;
+  }
   update(text: string, force = false): void {
     if (this.tty) {
       this.out.writeSync(this.enc.encode(`\r\x1b[2K${text}`));
-      this.shown = true;
+      this.shown = text;
       return;
     }
     const now = performance.now();
@@ -36,8 +40,12 @@ export class StatusLine {
     this.lastPrint = now;
     this.out.writeSync(this.enc.encode(text + "\n"));
   }
+  /** A line that stays (above the status line on a terminal), never throttled. */
+  note(text: string): void {
+    this.out.writeSync(this.enc.encode(this.tty ? `\r\x1b[2K${text}\n${this.shown}` : `${text}\n`));
+  }
   end(): void {
     if (this.tty && this.shown) this.out.writeSync(this.enc.encode("\n"));
-    this.shown = false;
+    this.shown = "";
   }
 }

@@ -352,30 +352,6 @@ Deno.test("evaluate: --adapter with a P-Tuning v2 dir follows the reference mode
   }
 });
 
-Deno.test("progress: durations and a status line that is throttled off a terminal", async () => {
-  const { formatDuration, StatusLine } = await import("../lib/progress.ts");
-  assert.strictEqual(formatDuration(5), "0:05");
-  assert.strictEqual(formatDuration(3725), "1:02:05");
-  assert.strictEqual(formatDuration(Infinity), "?");
-  const written: string[] = [];
-  const sink = (tty: boolean) => ({
-    writeSync: (b: Uint8Array) => (written.push(new TextDecoder().decode(b)), b.length),
-    isTerminal: () => tty,
-  });
-  const log = new StatusLine(sink(false), 60_000);
-  log.update("a");
-  log.update("b");
-  log.update("c", true);
-  log.end();
-  assert.deepStrictEqual(written, ["a\n", "c\n"]);
-  written.length = 0;
-  const tty = new StatusLine(sink(true));
-  tty.update("a");
-  tty.update("b");
-  tty.end();
-  assert.deepStrictEqual(written, ["\r\x1b[2Ka", "\r\x1b[2Kb", "\n"]);
-});
-
 Deno.test("evaluateRecords: mixed records stream out in input order, as the file form gives them", async () => {
   const c = forward.cases[2];
   const records = [

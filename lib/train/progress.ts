@@ -5,6 +5,7 @@
  * or tailed while training.
  */
 import { join } from "node:path";
+import { formatDuration, StatusLine } from "../progress.ts";
 import type { LogEntry } from "./checkpoint.ts";
 
 export interface ProgressLog {
@@ -16,60 +17,41 @@ export interface ProgressLog {
   etaSec: number;
 }
 
-function fmtTime(s: number): string {
-  if (!Number.isFinite(s)) return "?";
-  s = Math.round(s);
-  const h = Math.floor(s / 3600);
-  const m = Math.floor((s % 3600) / 60);
-  const sec = s % 60;
-  return h > 0
-    ? `${h}:${String(m).padStart(2, "0")}:${String(sec).padStart(2, "0")}`
-    : `${m}:${String(sec).padStart(2, "0")}`;
-}
-
+/** The trainer's lines on a StatusLine: a step line per log, notes for resume and eval. */
 export class Progress {
-  private tty: boolean;
-  private enc = new TextEncoder();
+  private status: StatusLine;
   private last = "";
   constructor(
     private total: number,
-    private out: { writeSync(b: Uint8Array): number; isTerminal(): boolean } = Deno.stderr,
+    out: { writeSync(b: Uint8Array): number; isTerminal(): boolean } = Deno.stderr,
   ) {
-    this.tty = out.isTerminal();
-  }
-  private write(s: string) {
-    this.out.writeSync(this.enc.encode(s));
-  }
-  private line(s: string) {
-    if (this.tty) this.write(`\r\x1b[2K${s}`);
-    else this.write(`${s}\n`);
-    this.last = s;
+    this.status = new StatusLine(out);
   }
   start(step: number) {
     if (step > 0) this.note(`resuming at step ${step}/${this.total}`);
   }
+  /** On a terminal, the step in progress after the last logged line; off a terminal, nothing. */
   tick(step: number) {
-    if (this.tty) {
-      this.write(`\r\x1b[2K${this.last ? this.last + " | " : ""}step ${step}/${this.total}`);
+    if (this.status.isTerminal) {
+      this.status.update(`${this.last ? this.last + " | " : ""}step ${step}/${this.total}`);
     }
   }
   log(p: ProgressLog) {
-    this.line(
+    this.last =
       `step ${p.step}/${this.total}  loss ${p.loss.toFixed(4)}  lr ${p.lr.toExponential(3)}  ` +
-        `grad_norm ${p.gradNorm.toFixed(4)}  ${p.tokensPerSec.toFixed(0)} tok/s  ETA ${
-          fmtTime(p.etaSec)
-        }`,
-    );
+      `grad_norm ${p.gradNorm.toFixed(4)}  ${p.tokensPerSec.toFixed(0)} tok/s  ETA ${
+        formatDuration(p.etaSec)
+      }`;
+    this.status.update(this.last, true);
   }
   eval(step: number, loss: number) {
     this.note(`step ${step}/${this.total}  eval_loss ${loss.toFixed(4)}`);
   }
   note(s: string) {
-    if (this.tty) this.write(`\r\x1b[2K${s}\n${this.last}`);
-    else this.write(`${s}\n`);
+    this.status.note(s);
   }
   end() {
-    if (this.tty && this.last) this.write("\n");
+    this.status.end();
   }
 }
 
