@@ -3,30 +3,7 @@ import { getGpu } from "../lib/gpu/device.ts";
 import { readF32, uniforms, upload, writeBuffer } from "../lib/gpu/runtime.ts";
 import { AdamWState, chunks } from "../lib/gpu/kernels/adamw.ts";
 import { type AdamWHyper, adamwRef, adamwScalars } from "../lib/train/adamw.ts";
-
-function rand(n: number, seed: number, scale = 1): Float32Array {
-  let s = seed >>> 0 || 1;
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    out[i] = (((s >>> 0) / 2 ** 32) * 2 - 1) * scale;
-  }
-  return out;
-}
-
-/** Largest difference relative to the array's largest magnitude (values near 0 cancel). */
-function maxRelDiff(a: Float32Array, b: Float32Array): number {
-  let worst = 0;
-  let scale = 0;
-  for (let i = 0; i < b.length; i++) scale = Math.max(scale, Math.abs(b[i]));
-  for (let i = 0; i < a.length; i++) {
-    const d = Math.abs(a[i] - b[i]) / Math.max(1e-30, scale);
-    worst = Math.max(worst, d);
-  }
-  return worst;
-}
+import { rand, relErr } from "./test_util.ts";
 
 Deno.test("adamw reference matches a hand-computed torch step", () => {
   // torch.optim.AdamW([p], lr=0.1, weight_decay=0.5) on p=1, grad=2, one step:
@@ -89,14 +66,14 @@ Deno.test("adamw kernel equals the reference over several steps, with decay and 
     const p = await readF32(gpu, params[k].weight);
     const m = await readF32(gpu, state.m[k]);
     const v = await readF32(gpu, state.v[k]);
-    assert(maxRelDiff(p, hostP[k]) < 1e-5, `param ${k}: ${maxRelDiff(p, hostP[k])}`);
-    assert(maxRelDiff(m, hostM[k]) < 1e-5, `m ${k}`);
-    assert(maxRelDiff(v, hostV[k]) < 1e-5, `v ${k}`);
+    assert(relErr(p, hostP[k]) < 1e-5, `param ${k}: ${relErr(p, hostP[k])}`);
+    assert(relErr(m, hostM[k]) < 1e-5, `m ${k}`);
+    assert(relErr(v, hostV[k]) < 1e-5, `v ${k}`);
   }
   // Weight decay made a difference where it applies (the test could fail).
   const noDecay = rand(1000, 13);
   adamwRef(noDecay, rand(1000, 999), new Float32Array(1000), new Float32Array(1000), h, 1, false);
-  assert(maxRelDiff(noDecay, rand(1000, 13)) > 0);
+  assert(relErr(noDecay, rand(1000, 13)) > 0);
 });
 
 Deno.test("chunks split tensors larger than a binding into aligned pieces", async () => {

@@ -1,16 +1,7 @@
 /** The CPU reference operators' backward passes agree with central finite differences. */
 import assert from "node:assert";
 import * as ops from "../lib/model/cpu/ops.ts";
-
-function rand(n: number, seed: number, scale = 1): Float32Array {
-  const a = new Float32Array(n);
-  let s = seed >>> 0;
-  for (let i = 0; i < n; i++) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    a[i] = ((s / 2 ** 32) * 2 - 1) * scale;
-  }
-  return a;
-}
+import { rand } from "./test_util.ts";
 
 /** Checks analytic d(Σ y·w)/dx against finite differences at a few coordinates. */
 function checkGrad(

@@ -3,7 +3,7 @@ import { getGpu } from "../lib/gpu/device.ts";
 import { createBuffer, readF32, upload } from "../lib/gpu/runtime.ts";
 import { encodeCrossEntropy, encodeSum } from "../lib/gpu/kernels/cross_entropy.ts";
 import { crossEntropy } from "../lib/model/cpu/ops.ts";
-import { rand, relErr, runPass } from "./kernel_test_util.ts";
+import { rand, relErr, runPass } from "./test_util.ts";
 
 Deno.test("cross-entropy with ignore_index fuses the loss and dlogits in place", async () => {
   const gpu = await getGpu();

@@ -2,7 +2,7 @@ import { ok as assert } from "node:assert";
 import { getGpu } from "../lib/gpu/device.ts";
 import { readF32, upload } from "../lib/gpu/runtime.ts";
 import { dropoutKeepRef, encodeDropout } from "../lib/gpu/kernels/dropout.ts";
-import { rand, relErr, runPass } from "./kernel_test_util.ts";
+import { rand, relErr, runPass } from "./test_util.ts";
 
 Deno.test("dropout mask is a pure function of (seed, stream, index) and matches the host reference", async () => {
   const gpu = await getGpu();

@@ -9,7 +9,7 @@ import {
   encodeScale,
 } from "../lib/gpu/kernels/elementwise.ts";
 import { add } from "../lib/model/cpu/ops.ts";
-import { rand, relErr, runPass } from "./kernel_test_util.ts";
+import { rand, relErr, runPass } from "./test_util.ts";
 
 Deno.test("elementwise: fill, strided copy/accumulate, add, scale, column sums", async () => {
   const gpu = await getGpu();

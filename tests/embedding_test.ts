@@ -9,7 +9,7 @@ import {
 import { f32ToF16Packed } from "../lib/safetensors/dtype.ts";
 import { f16BitsToF32 } from "../lib/safetensors/dtype.ts";
 import { embedding, embeddingBackward } from "../lib/model/cpu/ops.ts";
-import { rand, relErr, runPass } from "./kernel_test_util.ts";
+import { rand, relErr, runPass } from "./test_util.ts";
 
 Deno.test("embedding gather (f32, f16, split table) and deterministic scatter-add backward", async () => {
   const gpu = await getGpu();

@@ -12,7 +12,7 @@ import { loadGlmConfig } from "../lib/model/config.ts";
 import { createGlmModel, type GlmModel } from "../lib/model/glm.ts";
 import { loadGlmModel } from "../lib/model/load.ts";
 import { openWeights } from "../lib/model/weights.ts";
-import { SafetensorsFile } from "../lib/safetensors/mod.ts";
+import { maxAbs, readTensors } from "./test_util.ts";
 
 const FIX = new URL("./fixtures/", import.meta.url);
 
@@ -47,14 +47,6 @@ const expected = JSON.parse(
   };
 };
 
-/** name → f32 tensor of a safetensors file. */
-async function readTensors(path: URL): Promise<Map<string, Float32Array>> {
-  const f = await SafetensorsFile.open(path.pathname);
-  const out = new Map<string, Float32Array>();
-  for (const name of f.names()) out.set(name, await f.f32(name));
-  return out;
-}
-
 const TINY = new URL("tiny", FIX).pathname;
 const config = await loadGlmConfig(TINY);
 const V = config.padded_vocab_size;
@@ -78,12 +70,6 @@ async function model(
 }
 
 const flat = (rows: number[][]) => Int32Array.from(rows.flat());
-
-function maxAbs(a: ArrayLike<number>): number {
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]));
-  return m;
-}
 
 function validCount(labels: number[][]): number {
   let n = 0;

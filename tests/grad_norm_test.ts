@@ -3,18 +3,7 @@ import { getGpu } from "../lib/gpu/device.ts";
 import { readF32, uniforms, upload } from "../lib/gpu/runtime.ts";
 import { GradNorm } from "../lib/gpu/kernels/grad_norm.ts";
 import { gradNormRef } from "../lib/train/adamw.ts";
-
-function rand(n: number, seed: number, scale: number): Float32Array {
-  let s = seed >>> 0 || 1;
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    out[i] = (((s >>> 0) / 2 ** 32) * 2 - 1) * scale;
-  }
-  return out;
-}
+import { rand } from "./test_util.ts";
 
 async function run(grads: Float32Array[], maxNorm: number | null): Promise<Float32Array> {
   const gpu = await getGpu();

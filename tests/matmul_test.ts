@@ -14,19 +14,7 @@ import {
   setMatmulProfile,
 } from "../lib/gpu/kernels/matmul_profile.ts";
 import { f16BitsToF32 } from "../lib/safetensors/dtype.ts";
-
-/** Deterministic uniform values in [-1, 1). */
-function rand(n: number, seed: number): Float32Array {
-  let s = seed >>> 0 || 1;
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    out[i] = ((s >>> 0) / 2 ** 32) * 2 - 1;
-  }
-  return out;
-}
+import { rand } from "./test_util.ts";
 
 interface Case {
   M: number;

@@ -7,7 +7,7 @@
 import assert from "node:assert";
 import type { AdapterSpec } from "../lib/model/adapter.ts";
 import { CpuGlm, loadCpuGlm } from "../lib/model/cpu/glm.ts";
-import { SafetensorsFile } from "../lib/safetensors/mod.ts";
+import { maxAbs, readTensors } from "./test_util.ts";
 
 const FIX = new URL("./fixtures/", import.meta.url);
 const fixturePath = (p: string) => new URL(p, FIX);
@@ -47,25 +47,12 @@ const expected: Expected = JSON.parse(
   await Deno.readTextFile(fixturePath("tiny-expected/forward.json")),
 );
 
-async function readSafetensors(path: URL): Promise<Map<string, Float32Array>> {
-  const f = await SafetensorsFile.open(path.pathname);
-  const out = new Map<string, Float32Array>();
-  for (const name of f.names()) out.set(name, await f.f32(name));
-  return out;
-}
-
 const tinyModel = await loadCpuGlm(fixturePath("tiny").pathname, { kind: "none" });
 const tiny = { config: tinyModel.config, weights: tinyModel.weights };
 const cloneWeights = () => new Map([...tiny.weights].map(([k, v]) => [k, v.slice()]));
 
 function flat(rows: number[][]): Int32Array {
   return Int32Array.from(rows.flat());
-}
-
-function maxAbs(a: ArrayLike<number>): number {
-  let m = 0;
-  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]));
-  return m;
 }
 
 /** Checks logits against the fixture's per-row statistics at 1e-4 relative. */
@@ -154,7 +141,7 @@ Deno.test("greedy generation gives PyTorch's 32 tokens", () => {
 
 for (const [kind, meta] of Object.entries(expected.grads.kinds)) {
   Deno.test(`gradients match PyTorch: ${kind}`, async () => {
-    const file = await readSafetensors(fixturePath(`tiny-expected/grads_${kind}.safetensors`));
+    const file = await readTensors(fixturePath(`tiny-expected/grads_${kind}.safetensors`));
     let adapter: AdapterSpec;
     if (kind.startsWith("lora")) {
       adapter = {
@@ -297,7 +284,7 @@ for (const [name, run] of Object.entries(trajectories.runs)) {
       adapter,
     );
     if (adapter.kind !== "full") {
-      model.setParams(await readSafetensors(fixturePath(`tiny-train/${run.init}`)));
+      model.setParams(await readTensors(fixturePath(`tiny-train/${run.init}`)));
     }
     const names = [...model.shapes.keys()];
     const m = new Map(names.map((n) => [n, new Float32Array(model.params.get(n)!.length)]));

@@ -3,27 +3,7 @@ import { getGpu } from "../lib/gpu/device.ts";
 import { createBuffer, readF32, uniforms, upload } from "../lib/gpu/runtime.ts";
 import { encodeRmsnorm, encodeRmsnormBackward } from "../lib/gpu/kernels/rmsnorm.ts";
 import { rmsnorm, rmsnormBackward } from "../lib/model/cpu/ops.ts";
-
-function rand(n: number, seed: number): Float32Array {
-  let s = seed >>> 0 || 1;
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    out[i] = ((s >>> 0) / 2 ** 32) * 2 - 1;
-  }
-  return out;
-}
-
-function relErr(got: Float32Array, want: Float32Array): number {
-  let e = 0, m = 0;
-  for (let i = 0; i < want.length; i++) {
-    e = Math.max(e, Math.abs(got[i] - want[i]));
-    m = Math.max(m, Math.abs(want[i]));
-  }
-  return e / Math.max(m, 1e-30);
-}
+import { rand, relErr } from "./test_util.ts";
 
 Deno.test("rmsnorm forward and backward match the reference", async () => {
   const gpu = await getGpu();

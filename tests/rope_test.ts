@@ -3,7 +3,7 @@ import { getGpu } from "../lib/gpu/device.ts";
 import { readF32, upload } from "../lib/gpu/runtime.ts";
 import { encodeRope, ropeTable } from "../lib/gpu/kernels/rope.ts";
 import { rope } from "../lib/model/cpu/ops.ts";
-import { rand, relErr, runPass } from "./kernel_test_util.ts";
+import { rand, relErr, runPass } from "./test_util.ts";
 
 Deno.test("rope rotates q and k heads of fused rows, and the inverse undoes it", async () => {
   const gpu = await getGpu();

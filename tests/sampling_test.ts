@@ -2,7 +2,7 @@ import { deepStrictEqual as assertEquals, ok as assert } from "node:assert";
 import { getGpu } from "../lib/gpu/device.ts";
 import { createBuffer, readBuffer, upload } from "../lib/gpu/runtime.ts";
 import { encodeArgmax, encodeSample, sampleRef } from "../lib/gpu/kernels/sampling.ts";
-import { rand, runPass } from "./kernel_test_util.ts";
+import { rand, runPass } from "./test_util.ts";
 
 Deno.test("argmax and temperature/top-k/top-p sampling match the host reference", async () => {
   const gpu = await getGpu();

@@ -3,7 +3,7 @@ import { getGpu } from "../lib/gpu/device.ts";
 import { createBuffer, readF32, upload } from "../lib/gpu/runtime.ts";
 import { encodeSwiglu, encodeSwigluBackward } from "../lib/gpu/kernels/swiglu.ts";
 import { swiglu, swigluBackward } from "../lib/model/cpu/ops.ts";
-import { rand, relErr, runPass } from "./kernel_test_util.ts";
+import { rand, relErr, runPass } from "./test_util.ts";
 
 Deno.test("swiglu forward and backward match the reference", async () => {
   const gpu = await getGpu();
