@@ -5,7 +5,7 @@
  * `[user, assistant]` pairs.
  */
 import { isObject, type Problem, typeName } from "../schema.ts";
-import type { Converted, InputFormat } from "./types.ts";
+import { type Converted, type InputFormat, notAnObject } from "./types.ts";
 
 export const alpaca: InputFormat = {
   name: "alpaca",
@@ -13,15 +13,7 @@ export const alpaca: InputFormat = {
   convert(value: unknown): Converted[] {
     const problems: Problem[] = [];
     const add = (field: string, message: string) => problems.push({ field, message });
-    if (!isObject(value)) {
-      return [{
-        at: "",
-        problems: [{
-          field: "",
-          message: `a record must be a JSON object, found ${typeName(value)}`,
-        }],
-      }];
-    }
+    if (!isObject(value)) return notAnObject(value);
     const str = (k: string, required: boolean): string => {
       if (!(k in value) || (!required && value[k] === null)) {
         if (required) add(k, "missing; expected a string");

@@ -8,9 +8,9 @@
  * assistant + observation pair. An observation message may also follow a
  * `tool` message that has no `observation` field of its own.
  */
-import { isObject, type Problem, typeName } from "../schema.ts";
+import { isObject, type Problem } from "../schema.ts";
 import { parseToolCall } from "../pyliteral.ts";
-import type { Converted, InputFormat } from "./types.ts";
+import { type Converted, type InputFormat, notAnObject } from "./types.ts";
 
 export const chatglm3: InputFormat = {
   name: "chatglm3",
@@ -21,15 +21,7 @@ export const chatglm3: InputFormat = {
     return !("from" in c[0]) && !("value" in c[0]);
   },
   convert(value: unknown): Converted[] {
-    if (!isObject(value)) {
-      return [{
-        at: "",
-        problems: [{
-          field: "",
-          message: `a record must be a JSON object, found ${typeName(value)}`,
-        }],
-      }];
-    }
+    if (!isObject(value)) return notAnObject(value);
     const problems: Problem[] = [];
     const add = (field: string, message: string) => problems.push({ field, message });
     const record: { tools?: unknown; conversations: unknown } = {

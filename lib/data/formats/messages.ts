@@ -14,7 +14,7 @@
  * 0 (OpenAI fine-tuning) becomes `"loss": false`.
  */
 import { article, isObject, type Problem, typeName } from "../schema.ts";
-import { type Converted, type InputFormat, observationFromText } from "./types.ts";
+import { type Converted, type InputFormat, notAnObject, observationFromText } from "./types.ts";
 
 const KEYS: Record<string, string[]> = {
   system: ["role", "content", "name", "tools"],
@@ -42,15 +42,7 @@ export const messages: InputFormat = {
   name: "messages",
   detect: (v) => "messages" in v,
   convert(value: unknown): Converted[] {
-    if (!isObject(value)) {
-      return [{
-        at: "",
-        problems: [{
-          field: "",
-          message: `a record must be a JSON object, found ${typeName(value)}`,
-        }],
-      }];
-    }
+    if (!isObject(value)) return notAnObject(value);
     const problems: Problem[] = [];
     const add = (field: string, message: string) => problems.push({ field, message });
     let tools: unknown[] | undefined;

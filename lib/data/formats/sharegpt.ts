@@ -7,7 +7,7 @@
  * or an array.
  */
 import { isObject, type Problem, typeName } from "../schema.ts";
-import { type Converted, type InputFormat, observationFromText } from "./types.ts";
+import { type Converted, type InputFormat, notAnObject, observationFromText } from "./types.ts";
 
 const ROLE_OF: Record<string, string> = {
   human: "user",
@@ -27,15 +27,7 @@ export const sharegpt: InputFormat = {
     return Array.isArray(c) && isObject(c[0]) && ("from" in c[0] || "value" in c[0]);
   },
   convert(value: unknown): Converted[] {
-    if (!isObject(value)) {
-      return [{
-        at: "",
-        problems: [{
-          field: "",
-          message: `a record must be a JSON object, found ${typeName(value)}`,
-        }],
-      }];
-    }
+    if (!isObject(value)) return notAnObject(value);
     const problems: Problem[] = [];
     const add = (field: string, message: string) => problems.push({ field, message });
     const conv = value.conversations;

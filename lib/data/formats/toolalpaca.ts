@@ -12,7 +12,7 @@
  * assistant message, and a missing final thought leaves the output alone.
  */
 import { isObject, type Problem, typeName } from "../schema.ts";
-import { type Converted, fieldPath, type InputFormat } from "./types.ts";
+import { type Converted, fieldPath, type InputFormat, notAnObject } from "./types.ts";
 
 function convertInstance(inst: unknown, at: string, tools: unknown[] | undefined): Converted {
   const problems: Problem[] = [];
@@ -107,15 +107,7 @@ export const toolalpaca: InputFormat = {
   name: "toolalpaca",
   detect: (v) => "Instances" in v || "NLDocumentation" in v || "Function_Description" in v,
   convert(value: unknown): Converted[] {
-    if (!isObject(value)) {
-      return [{
-        at: "",
-        problems: [{
-          field: "",
-          message: `a record must be a JSON object, found ${typeName(value)}`,
-        }],
-      }];
-    }
+    if (!isObject(value)) return notAnObject(value);
     let tools: unknown[] | undefined;
     if (typeof value.NLDocumentation === "string") tools = [value.NLDocumentation];
     else if (typeof value.Functions === "string") tools = [value.Functions];

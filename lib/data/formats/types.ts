@@ -1,5 +1,5 @@
 /** What every input format module provides: recognising a raw record and converting it. */
-import type { Problem } from "../schema.ts";
+import { type Problem, typeName } from "../schema.ts";
 
 export const FORMAT_NAMES = [
   "chatglm3",
@@ -50,4 +50,12 @@ export function observationFromText(text: string): unknown {
     } catch { /* not JSON after all: keep the text */ }
   }
   return text;
+}
+
+/** What converting a raw record that is not a JSON object gives, in every format. */
+export function notAnObject(value: unknown): Converted[] {
+  return [{
+    at: "",
+    problems: [{ field: "", message: `a record must be a JSON object, found ${typeName(value)}` }],
+  }];
 }
