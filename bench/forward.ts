@@ -11,84 +11,12 @@
 import { getGpu, type Gpu } from "../lib/gpu/device.ts";
 import { createBuffer, uniforms } from "../lib/gpu/runtime.ts";
 import type { AdapterSpec } from "../lib/model/adapter.ts";
-import {
-  createGlmModel,
-  type GlmConfigFields,
-  type GlmModel,
-  memoryWeights,
-} from "../lib/model/glm.ts";
-import type { TrainBatch } from "../lib/model/types.ts";
+import { createGlmModel, type GlmModel, memoryWeights } from "../lib/model/glm.ts";
+import { BENCH_BATCH, BENCH_CONFIG, BENCH_SEQ, benchBatch, benchWeights } from "./model.ts";
 import { runPeer } from "./peer.ts";
 
-export const FORWARD_BENCH_CONFIG: GlmConfigFields = {
-  num_layers: 8,
-  hidden_size: 512,
-  num_attention_heads: 8,
-  kv_channels: 64,
-  multi_query_attention: true,
-  multi_query_group_num: 2,
-  ffn_hidden_size: 1368,
-  padded_vocab_size: 8192,
-  seq_length: 512,
-  layernorm_epsilon: 1e-5,
-  rmsnorm: true,
-  add_qkv_bias: true,
-  add_bias_linear: false,
-  post_layer_norm: true,
-  rope_ratio: 1,
-};
-const BATCH = 4;
-const SEQ = 256;
-
-/** Seeded N(0, 0.02) weights (norm weights 1) for a config, by HF name. */
-export function randomWeights(
-  c: GlmConfigFields,
-  seed = 12345,
-): Map<string, { shape: number[]; data: Float32Array }> {
-  const h = c.hidden_size;
-  const qkv = (c.num_attention_heads + 2 * c.multi_query_group_num) * c.kv_channels;
-  let s = seed >>> 0;
-  const normal = (n: number) => {
-    const out = new Float32Array(n);
-    for (let i = 0; i < n; i += 2) {
-      s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-      const u1 = (s + 1) / 2 ** 32;
-      s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-      const r = Math.sqrt(-2 * Math.log(u1)) * 0.02;
-      out[i] = r * Math.cos(2 * Math.PI * (s / 2 ** 32));
-      if (i + 1 < n) out[i + 1] = r * Math.sin(2 * Math.PI * (s / 2 ** 32));
-    }
-    return out;
-  };
-  const t = new Map<string, { shape: number[]; data: Float32Array }>();
-  const add = (name: string, shape: number[], ones = false) => {
-    const n = shape.reduce((a, b) => a * b, 1);
-    t.set(name, { shape, data: ones ? new Float32Array(n).fill(1) : normal(n) });
-  };
-  add("transformer.embedding.word_embeddings.weight", [c.padded_vocab_size, h]);
-  for (let i = 0; i < c.num_layers; i++) {
-    const p = `transformer.encoder.layers.${i}.`;
-    add(p + "input_layernorm.weight", [h], true);
-    add(p + "self_attention.query_key_value.weight", [qkv, h]);
-    if (c.add_qkv_bias) add(p + "self_attention.query_key_value.bias", [qkv]);
-    add(p + "self_attention.dense.weight", [h, c.num_attention_heads * c.kv_channels]);
-    add(p + "post_attention_layernorm.weight", [h], true);
-    add(p + "mlp.dense_h_to_4h.weight", [2 * c.ffn_hidden_size, h]);
-    add(p + "mlp.dense_4h_to_h.weight", [h, c.ffn_hidden_size]);
-  }
-  add("transformer.encoder.final_layernorm.weight", [h], true);
-  add("transformer.output_layer.weight", [c.padded_vocab_size, h]);
-  return t;
-}
-
-function benchBatch(): TrainBatch {
-  let s = 1;
-  const ids = new Int32Array(BATCH * SEQ).map(() => {
-    s = (Math.imul(s, 1103515245) + 12345) >>> 0;
-    return s % FORWARD_BENCH_CONFIG.padded_vocab_size;
-  });
-  return { batch: BATCH, seq: SEQ, inputIds: ids, labels: Int32Array.from(ids) };
-}
+const BATCH = BENCH_BATCH;
+const SEQ = BENCH_SEQ;
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const wait = (gpu: Gpu) => gpu.device.queue.onSubmittedWorkDone();
@@ -219,11 +147,11 @@ export async function profile(
 
 export async function run(): Promise<void> {
   const gpu = await getGpu();
-  const weights = randomWeights(FORWARD_BENCH_CONFIG);
+  const weights = benchWeights();
   const tokens = BATCH * SEQ;
   const results: Record<string, number> = {};
   for (const f16 of (Deno.env.get("FWD_F32") ? [true, false] : [true])) {
-    const model = await createGlmModel(gpu, FORWARD_BENCH_CONFIG, memoryWeights(weights), {
+    const model = await createGlmModel(gpu, BENCH_CONFIG, memoryWeights(weights), {
       adapter: { kind: "none" },
       frozenF16: f16,
       maxBatch: BATCH,
@@ -247,7 +175,7 @@ export async function run(): Promise<void> {
     dropout: 0.1,
     targetModules: ["query_key_value"],
   };
-  const lm = await createGlmModel(gpu, FORWARD_BENCH_CONFIG, memoryWeights(weights), {
+  const lm = await createGlmModel(gpu, BENCH_CONFIG, memoryWeights(weights), {
     adapter: lora,
     maxBatch: BATCH,
     maxSeq: SEQ,
@@ -256,7 +184,7 @@ export async function run(): Promise<void> {
   printKinds("LoRA training step (forward + backward) by kernel", await profile(gpu, lm, true));
   lm.destroy();
   const peer = await runPeer("forward_peer.py", {
-    config: FORWARD_BENCH_CONFIG,
+    config: BENCH_CONFIG,
     batch: BATCH,
     seq: SEQ,
     runs: 3,

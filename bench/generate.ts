@@ -8,7 +8,7 @@
  */
 import { getGpu } from "../lib/gpu/device.ts";
 import { createGlmModel, memoryWeights } from "../lib/model/glm.ts";
-import { FORWARD_BENCH_CONFIG, randomWeights } from "./forward.ts";
+import { BENCH_CONFIG, benchWeights } from "./model.ts";
 import { runPeer } from "./peer.ts";
 
 const PROMPT = 64;
@@ -23,7 +23,7 @@ function prompts(batch: number, seed: number): number[][] {
   return Array.from({ length: batch }, () =>
     Array.from({ length: PROMPT }, () => {
       s = (Math.imul(s, 1103515245) + 12345) >>> 0;
-      return 3 + (s % (FORWARD_BENCH_CONFIG.padded_vocab_size - 3));
+      return 3 + (s % (BENCH_CONFIG.padded_vocab_size - 3));
     }));
 }
 
@@ -31,8 +31,8 @@ export async function run(): Promise<void> {
   const gpu = await getGpu();
   const model = await createGlmModel(
     gpu,
-    FORWARD_BENCH_CONFIG,
-    memoryWeights(randomWeights(FORWARD_BENCH_CONFIG)),
+    BENCH_CONFIG,
+    memoryWeights(benchWeights()),
     {
       adapter: { kind: "none" },
       maxBatch: Math.max(...BATCHES),
@@ -67,7 +67,7 @@ export async function run(): Promise<void> {
     model.destroy();
   }
   const peer = await runPeer("generate_peer.py", {
-    config: FORWARD_BENCH_CONFIG,
+    config: BENCH_CONFIG,
     batches: BATCHES,
     prompt: PROMPT,
     new: NEW,

@@ -17,6 +17,7 @@ import { describeGpu, getGpu } from "../lib/gpu/device.ts";
 import { createBuffer, uniforms } from "../lib/gpu/runtime.ts";
 import { encodeMatmul, matmulKernelKind } from "../lib/gpu/kernels/matmul.ts";
 import { matmulProfile } from "../lib/gpu/kernels/matmul_profile.ts";
+import { BENCH_BATCH, BENCH_CONFIG, BENCH_SEQ } from "./model.ts";
 import { runPeer } from "./peer.ts";
 
 interface Shape {
@@ -29,14 +30,15 @@ interface Shape {
   bF16?: boolean;
 }
 
-const ROWS = 1024;
+const ROWS = BENCH_BATCH * BENCH_SEQ;
+const c = BENCH_CONFIG;
 /** [K, N] of each linear: qkv, dense, h_to_4h, 4h_to_h, output layer. */
 const LINEARS: [string, number, number][] = [
-  ["qkv", 512, 768],
-  ["dense", 512, 512],
-  ["h_to_4h", 512, 2736],
-  ["4h_to_h", 1368, 512],
-  ["output", 512, 8192],
+  ["qkv", c.hidden_size, (c.num_attention_heads + 2 * c.multi_query_group_num) * c.kv_channels],
+  ["dense", c.num_attention_heads * c.kv_channels, c.hidden_size],
+  ["h_to_4h", c.hidden_size, 2 * c.ffn_hidden_size],
+  ["4h_to_h", c.ffn_hidden_size, c.hidden_size],
+  ["output", c.hidden_size, c.padded_vocab_size],
 ];
 
 export function benchShapes(): Shape[] {
@@ -54,7 +56,8 @@ export function benchShapes(): Shape[] {
     out.push({ name: `${n} dW tn`, M: N, N: K, K: ROWS, transA: true });
   }
   // Frozen f16 weights (LoRA / P-Tuning): the forward with B as packed halves.
-  out.push({ name: "h_to_4h fwd nt f16", M: ROWS, N: 2736, K: 512, transB: true, bF16: true });
+  const [, h4K, h4N] = LINEARS[2];
+  out.push({ name: "h_to_4h fwd nt f16", M: ROWS, N: h4N, K: h4K, transB: true, bF16: true });
   return out;
 }
 

@@ -14,81 +14,11 @@ import type { AdapterSpec } from "../lib/model/adapter.ts";
 import { createGlmModel, type GlmModel, memoryWeights } from "../lib/model/glm.ts";
 import { adamwScalars } from "../lib/train/adamw.ts";
 import type { F32Tensor } from "../lib/safetensors/read.ts";
-import type { TrainBatch } from "../lib/model/types.ts";
+import { BENCH_BATCH, BENCH_CONFIG, BENCH_SEQ, benchBatch, benchWeights } from "./model.ts";
 import { runPeer } from "./peer.ts";
 
-export const BENCH_CONFIG = {
-  num_layers: 8,
-  hidden_size: 512,
-  num_attention_heads: 8,
-  kv_channels: 64,
-  multi_query_attention: true,
-  multi_query_group_num: 2,
-  ffn_hidden_size: 1368,
-  padded_vocab_size: 8192,
-  seq_length: 512,
-};
-const BATCH = 4;
-const SEQ = 256;
-
-/** The bench config's weights, seeded N(0, 0.02) (norms 1), in memory. */
-function makeWeights(): Map<string, F32Tensor> {
-  const c = BENCH_CONFIG;
-  const h = c.hidden_size;
-  const qkv = (c.num_attention_heads + 2 * c.multi_query_group_num) * c.kv_channels;
-  let s = 12345;
-  const normal = (n: number, std: number) => {
-    const out = new Float32Array(n);
-    for (let i = 0; i < n; i += 2) {
-      s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-      const u1 = (s + 1) / 2 ** 32;
-      s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-      const u2 = s / 2 ** 32;
-      const r = Math.sqrt(-2 * Math.log(u1)) * std;
-      out[i] = r * Math.cos(2 * Math.PI * u2);
-      if (i + 1 < n) out[i + 1] = r * Math.sin(2 * Math.PI * u2);
-    }
-    return out;
-  };
-  const t = new Map<string, F32Tensor>();
-  const add = (name: string, shape: number[], ones = false) => {
-    const n = shape.reduce((a, b) => a * b, 1);
-    t.set(name, { shape, data: ones ? new Float32Array(n).fill(1) : normal(n, 0.02) });
-  };
-  add("transformer.embedding.word_embeddings.weight", [c.padded_vocab_size, h]);
-  for (let i = 0; i < c.num_layers; i++) {
-    const p = `transformer.encoder.layers.${i}.`;
-    add(p + "input_layernorm.weight", [h], true);
-    add(p + "self_attention.query_key_value.weight", [qkv, h]);
-    add(p + "self_attention.query_key_value.bias", [qkv]);
-    add(p + "self_attention.dense.weight", [h, c.num_attention_heads * c.kv_channels]);
-    add(p + "post_attention_layernorm.weight", [h], true);
-    add(p + "mlp.dense_h_to_4h.weight", [2 * c.ffn_hidden_size, h]);
-    add(p + "mlp.dense_4h_to_h.weight", [h, c.ffn_hidden_size]);
-  }
-  add("transformer.encoder.final_layernorm.weight", [h], true);
-  add("transformer.output_layer.weight", [c.padded_vocab_size, h]);
-  return t;
-}
-
-const GLM_CONFIG = {
-  ...BENCH_CONFIG,
-  layernorm_epsilon: 1e-5,
-  rmsnorm: true,
-  add_qkv_bias: true,
-  add_bias_linear: false,
-  post_layer_norm: true,
-  rope_ratio: 1,
-};
-
-function batch(): TrainBatch {
-  let s = 1;
-  const ids = new Int32Array(BATCH * SEQ).map(() => {
-    s = (Math.imul(s, 1103515245) + 12345) >>> 0;
-    return s % BENCH_CONFIG.padded_vocab_size;
-  });
-  return { batch: BATCH, seq: SEQ, inputIds: ids, labels: Int32Array.from(ids) };
-}
+const BATCH = BENCH_BATCH;
+const SEQ = BENCH_SEQ;
 
 interface Timing {
   stepS: number;
@@ -105,7 +35,7 @@ const wait = (gpu: Gpu) => gpu.device.queue.onSubmittedWorkDone();
  * round it is (pipeline compilation, ~20 ms a kernel, is noise at that scale).
  */
 async function measure(gpu: Gpu, model: GlmModel): Promise<Timing> {
-  const b = batch();
+  const b = benchBatch();
   const valid = BATCH * (SEQ - 1);
   const adam = new AdamWState(gpu, model.params);
   const gn = new GradNorm(gpu, model.params);
@@ -158,7 +88,7 @@ async function one(
   label: string,
   adapter: AdapterSpec,
 ): Promise<void> {
-  const model = await createGlmModel(gpu, GLM_CONFIG, memoryWeights(weights), {
+  const model = await createGlmModel(gpu, BENCH_CONFIG, memoryWeights(weights), {
     adapter,
     maxBatch: BATCH,
     maxSeq: SEQ,
@@ -199,7 +129,7 @@ async function one(
 
 export async function run(): Promise<void> {
   const gpu = await getGpu();
-  const weights = makeWeights();
+  const weights = benchWeights();
   {
     console.log(
       `  model: hidden 512, 8 layers, 8 heads, kv 64, 2 groups, ffn 1368, vocab 8192; batch ${BATCH} × seq ${SEQ}`,
