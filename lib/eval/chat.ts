@@ -8,6 +8,7 @@
  */
 import { parseToolCall, PyLiteralError } from "../data/pyliteral.ts";
 import type { GlmModel } from "../model/glm.ts";
+import type { GenerationSettings } from "./evaluate.ts";
 import type { ChatGLMTokenizer, ChatRole, HistoryItem } from "../tokenizer/chatglm.ts";
 
 export type Reply =
@@ -53,14 +54,8 @@ export function formatReply(r: Reply): string {
   }
 }
 
-export interface ChatOptions {
-  maxNewTokens: number;
-  doSample: boolean;
-  temperature: number;
-  topP: number;
-  topK: number;
-  seed: number;
-}
+/** A chat session generates with the same settings as evaluate's generation. */
+export type ChatOptions = GenerationSettings;
 
 export class ChatSession {
   history: HistoryItem[] = [];
