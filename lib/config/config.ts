@@ -3,9 +3,8 @@
  * `FinetuneConfig`: HF/PEFT defaults filled in, `--set` overrides applied
  * before validation, every problem reported as `FILE:LINE: key: message`.
  */
-import { isMap, isScalar, LineCounter, parseDocument } from "yaml";
-import type { Document, Node as YamlNode } from "yaml";
 import { located, UserError } from "../errors.ts";
+import { lineOfKey, parseYaml } from "../yaml.ts";
 import { type Override, parseOverrides, setPath } from "./overrides.ts";
 import {
   CHATGLM_LORA_TARGETS,
@@ -297,7 +296,7 @@ export async function loadConfig(path: string, overrides: string[] = []): Promis
 
 /** `loadConfig` on text already read (`path` names it in messages). */
 export function parseConfig(text: string, path: string, overrides: string[] = []): FinetuneConfig {
-  const { doc, lines } = parseYamlDoc(text, path);
+  const { doc, lines } = parseYaml(text, path);
   const tree = doc.toJS() ?? {};
   if (typeof tree !== "object" || Array.isArray(tree)) {
     throw new UserError(located(path, 1, undefined, "expected a mapping of config sections"));
@@ -317,7 +316,7 @@ export function parseConfig(text: string, path: string, overrides: string[] = []
  */
 export function renderConfig(text: string, path: string, overrides: string[]): string {
   parseConfig(text, path, overrides);
-  const { doc } = parseYamlDoc(text, path);
+  const { doc } = parseYaml(text, path);
   for (const o of parseOverrides(overrides)) {
     try {
       doc.setIn(o.path, doc.createNode(o.value));
@@ -326,29 +325,6 @@ export function renderConfig(text: string, path: string, overrides: string[]): s
     }
   }
   return doc.toString();
-}
-
-function parseYamlDoc(text: string, path: string): { doc: Document; lines: Map<string, number> } {
-  const lineCounter = new LineCounter();
-  const doc = parseDocument(text, { lineCounter, uniqueKeys: true });
-  if (doc.errors.length > 0) {
-    const e = doc.errors[0];
-    const msg = e.message.split("\n")[0].replace(/ at line \d+, column \d+:?$/, "");
-    throw new UserError(located(path, e.linePos?.[0].line, undefined, `invalid YAML: ${msg}`));
-  }
-  const lines = new Map<string, number>();
-  const walk = (node: unknown, prefix: string) => {
-    if (!isMap(node)) return;
-    for (const pair of node.items) {
-      const k = isScalar(pair.key) ? String(pair.key.value) : String(pair.key);
-      const key = prefix ? `${prefix}.${k}` : k;
-      const range = (pair.key as YamlNode | null)?.range;
-      if (range) lines.set(key, lineCounter.linePos(range[0]).line);
-      walk(pair.value, key);
-    }
-  };
-  walk(doc.contents, "");
-  return { doc, lines };
 }
 
 function describe(v: unknown): string {
@@ -402,13 +378,7 @@ class Validator {
       return key === p || key.startsWith(p + ".") || p.startsWith(key + ".");
     });
     if (set) return located(this.file, undefined, key, `${msg} (from --set ${set.text})`);
-    let k = key;
-    let line = this.lines.get(k);
-    while (line === undefined && k.includes(".")) {
-      k = k.slice(0, k.lastIndexOf("."));
-      line = this.lines.get(k);
-    }
-    return located(this.file, line, key, msg);
+    return located(this.file, lineOfKey(this.lines, key), key, msg);
   }
 
   error(key: string, msg: string): void {

@@ -10,9 +10,8 @@
  * value's type (a list param becomes a repeated flag, null drops the flag).
  */
 import { basename, extname, isAbsolute, join, resolve } from "node:path";
-import { isMap, isScalar, isSeq, LineCounter, parseDocument } from "yaml";
-import type { Node as YamlNode } from "yaml";
 import { located, UserError } from "../errors.ts";
+import { lineOfKey, parseYaml } from "../yaml.ts";
 
 export type Scalar = string | number | boolean | null;
 export type ParamValue = Scalar | Scalar[];
@@ -68,45 +67,9 @@ export async function readPipeline(path: string): Promise<PipelineFile> {
 }
 
 export function parsePipeline(text: string, path: string): PipelineFile {
-  const lineCounter = new LineCounter();
-  const doc = parseDocument(text, { lineCounter, uniqueKeys: true });
-  if (doc.errors.length > 0) {
-    const e = doc.errors[0];
-    const msg = e.message.split("\n")[0].replace(/ at line \d+, column \d+:?$/, "");
-    throw new UserError(located(path, e.linePos?.[0].line, undefined, `invalid YAML: ${msg}`));
-  }
-  const lines = new Map<string, number>();
-  const lineOf = (n: unknown) => {
-    const r = (n as YamlNode | null)?.range;
-    return r ? lineCounter.linePos(r[0]).line : undefined;
-  };
-  const walk = (node: unknown, prefix: string) => {
-    if (isMap(node)) {
-      for (const pair of node.items) {
-        const k = isScalar(pair.key) ? String(pair.key.value) : String(pair.key);
-        const key = prefix ? `${prefix}.${k}` : k;
-        const l = lineOf(pair.key);
-        if (l !== undefined) lines.set(key, l);
-        walk(pair.value, key);
-      }
-    } else if (isSeq(node)) {
-      node.items.forEach((item, i) => {
-        const key = `${prefix}.${i}`;
-        const l = lineOf(item);
-        if (l !== undefined) lines.set(key, l);
-        walk(item, key);
-      });
-    }
-  };
-  walk(doc.contents, "");
+  const { doc, lines } = parseYaml(text, path);
   const at: (key: string, msg: string) => never = (key, msg) => {
-    let k = key;
-    let line = lines.get(k);
-    while (line === undefined && k.includes(".")) {
-      k = k.slice(0, k.lastIndexOf("."));
-      line = lines.get(k);
-    }
-    throw new UserError(located(path, line, key, msg));
+    throw new UserError(located(path, lineOfKey(lines, key), key, msg));
   };
 
   const tree = doc.toJS();
