@@ -14,6 +14,7 @@ import {
 } from "../lib/model/adapter_dir.ts";
 import { SafetensorsFile } from "../lib/safetensors/read.ts";
 import { type TensorToWrite, writeSafetensors } from "../lib/safetensors/write.ts";
+import { withTempDir } from "./test_util.ts";
 
 const FIX = new URL("./fixtures/", import.meta.url).pathname;
 const TINY = join(FIX, "tiny");
@@ -27,15 +28,6 @@ async function tensors(path: string, rename = (n: string) => n): Promise<TensorT
     out.push({ name: rename(n), dtype: "F32", shape: f.info(n).shape, data: await f.f32(n) });
   }
   return out;
-}
-
-async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir();
-  try {
-    await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
 }
 
 const peftConfig = JSON.parse(await Deno.readTextFile(join(PEFT, "adapter_config.json")));
@@ -58,7 +50,7 @@ Deno.test("adapter dir: the PEFT-written LoRA fixture", async () => {
 });
 
 Deno.test("adapter dir: LoRA weights without adapter_config.json read with a fallback spec", async () => {
-  await withDir(async (dir) => {
+  await withTempDir(async (dir) => {
     await Deno.copyFile(
       join(PEFT, "adapter_model.safetensors"),
       join(dir, "adapter_model.safetensors"),
@@ -88,7 +80,7 @@ Deno.test("adapter dir: LoRA weights without adapter_config.json read with a fal
 });
 
 Deno.test("adapter dir: keys with the adapter name, f16 tensors, rsLoRA scaling", async () => {
-  await withDir(async (dir) => {
+  await withTempDir(async (dir) => {
     const ts = await tensors(
       join(PEFT, "adapter_model.safetensors"),
       (n) => n.replace(/\.weight$/, ".default.weight"),
@@ -128,7 +120,7 @@ Deno.test("adapter dir: LoRA variants this model does not compute are refused by
       [{ peft_type: "IA3" }, /peft_type is "IA3"/],
     ] as [Record<string, unknown>, RegExp][]
   ) {
-    await withDir(async (dir) => {
+    await withTempDir(async (dir) => {
       await Deno.copyFile(
         join(PEFT, "adapter_model.safetensors"),
         join(dir, "adapter_model.safetensors"),
@@ -150,7 +142,7 @@ Deno.test("adapter dir: P-Tuning v2 in the trainer's, ChatGLM's and PEFT's layou
   const proj = await tensors(join(FIX, "tiny-train/prefix_proj_init.safetensors"));
   const plain = await tensors(join(FIX, "tiny-train/prefix_init.safetensors"));
   // The trainer's files.
-  await withDir(async (dir) => {
+  await withTempDir(async (dir) => {
     await writeSafetensors(join(dir, "prefix_encoder.safetensors"), proj);
     await Deno.writeTextFile(
       join(dir, "prefix_config.json"),
@@ -169,7 +161,7 @@ Deno.test("adapter dir: P-Tuning v2 in the trainer's, ChatGLM's and PEFT's layou
     assert.strictEqual(r.modelDir, TINY);
   });
   // ChatGLM's own save: a state dict holding the prefix encoder, config.json with pre_seq_len.
-  await withDir(async (dir) => {
+  await withTempDir(async (dir) => {
     await writeSafetensors(join(dir, "pytorch_model-prefix.safetensors"), [
       ...plain,
       { name: "unrelated.weight", dtype: "F32", shape: [2], data: new Float32Array(2) },
@@ -182,7 +174,7 @@ Deno.test("adapter dir: P-Tuning v2 in the trainer's, ChatGLM's and PEFT's layou
     await assert.rejects(() => readAdapterDir(dir), /pre_seq_len is 8, but .* has 4 rows/);
   });
   // PEFT's prefix tuning: prompt_embeddings is the key/value table.
-  await withDir(async (dir) => {
+  await withTempDir(async (dir) => {
     await writeSafetensors(join(dir, "adapter_model.safetensors"), [
       { ...plain[0], name: "prompt_embeddings" },
     ]);
@@ -204,7 +196,7 @@ Deno.test("adapter dir: model or adapter, and where the base model is", async ()
   const r = await resolveModelOrAdapter(PEFT);
   assert.strictEqual(r.modelDir, "tests/fixtures/tiny");
   assert.strictEqual(r.adapter?.spec.kind, "lora");
-  await withDir(async (dir) => {
+  await withTempDir(async (dir) => {
     // A relative base path is also tried from the adapter dir.
     await Deno.copyFile(
       join(PEFT, "adapter_model.safetensors"),

@@ -10,11 +10,11 @@ import { formatReply, parseReply } from "../lib/eval/chat.ts";
 import { readAdapterDir } from "../lib/model/adapter_dir.ts";
 import { type CpuGlm, loadCpuGlm } from "../lib/model/cpu/glm.ts";
 import { ChatGLMTokenizer, type HistoryItem } from "../lib/tokenizer/chatglm.ts";
+import { runCli } from "./test_util.ts";
 
 const FIX = new URL("./fixtures/", import.meta.url).pathname;
 const TINY = join(FIX, "tiny");
 const PEFT = join(FIX, "tiny-lora-peft");
-const CLI = new URL("../cli.ts", import.meta.url).pathname;
 const N = 12;
 
 async function cpu(adapterDir?: string): Promise<CpuGlm> {
@@ -44,24 +44,8 @@ function expected(m: CpuGlm, history: HistoryItem[], query: string) {
   };
 }
 
-async function chat(args: string[], stdin?: string) {
-  const p = new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", CLI, "chat", ...args, "--max-new-tokens", String(N)],
-    stdin: stdin === undefined ? "null" : "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  if (stdin !== undefined) {
-    const w = p.stdin.getWriter();
-    await w.write(new TextEncoder().encode(stdin));
-    await w.close();
-  }
-  const o = await p.output();
-  return {
-    code: o.code,
-    out: new TextDecoder().decode(o.stdout),
-    err: new TextDecoder().decode(o.stderr),
-  };
+function chat(args: string[], stdin?: string) {
+  return runCli(["chat", ...args, "--max-new-tokens", String(N)], stdin);
 }
 
 Deno.test("chat --prompt: the tiny base model answers as the reference model does", async () => {

@@ -11,6 +11,7 @@ import { parseToolCall } from "../lib/data/pyliteral.ts";
 import { readJsonRecords } from "../lib/jsonl.ts";
 import { renderToolCall } from "../lib/tokenizer/pyformat.ts";
 import { UserError } from "../lib/errors.ts";
+import { runCli } from "./test_util.ts";
 
 const FIX = new URL("./fixtures/convert/", import.meta.url).pathname;
 const ROOT = new URL("../", import.meta.url).pathname;
@@ -433,28 +434,8 @@ Deno.test("convertFile writes nothing when a record is bad, unless --skip-invali
   }
 });
 
-async function cli(args: string[], stdin?: string) {
-  const p = new Deno.Command(DENO, {
-    args: ["run", "-A", `${ROOT}cli.ts`, ...args],
-    stdin: stdin === undefined ? "null" : "piped",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  if (stdin !== undefined) {
-    const w = p.stdin.getWriter();
-    await w.write(new TextEncoder().encode(stdin));
-    await w.close();
-  }
-  const o = await p.output();
-  return {
-    code: o.code,
-    out: new TextDecoder().decode(o.stdout),
-    err: new TextDecoder().decode(o.stderr),
-  };
-}
-
 Deno.test("CLI: stdin to stdout; bad input exits 1 with located messages and no stack trace", async () => {
-  const piped = await cli(
+  const piped = await runCli(
     ["stage", "convert", "--in", "-", "--out", "-"],
     '[{"instruction": "说你好", "output": "你好"}]',
   );
@@ -468,7 +449,7 @@ Deno.test("CLI: stdin to stdout; bad input exits 1 with located messages and no 
       `${dir}/raw.json`,
       '[\n{"messages": [{"role": "user", "content": "hi"}]},\n]',
     );
-    const bad = await cli([
+    const bad = await runCli([
       "stage",
       "convert",
       "--in",
@@ -489,9 +470,9 @@ Deno.test("CLI: stdin to stdout; bad input exits 1 with located messages and no 
     );
     assert(!/\n\s+at /.test(bad.err), `stack trace: ${bad.err}`);
     assertEquals([...Deno.readDirSync(dir)].length, 1);
-    const check = await cli(["stage", "convert", "--in", `${FIX}toolalpaca.json`, "--check"]);
+    const check = await runCli(["stage", "convert", "--in", `${FIX}toolalpaca.json`, "--check"]);
     assertEquals(check.code, 0, check.err + check.out);
-    const flag = await cli([
+    const flag = await runCli([
       "stage",
       "convert",
       "--in",

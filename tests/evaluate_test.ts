@@ -14,6 +14,7 @@ import { ChatGLMTokenizer } from "../lib/tokenizer/chatglm.ts";
 import { adapterTensorsFor, readAdapterDir } from "../lib/model/adapter_dir.ts";
 import { type CpuGlm, loadCpuGlm } from "../lib/model/cpu/glm.ts";
 import { UserError } from "../lib/errors.ts";
+import { runCli } from "./test_util.ts";
 
 const FIX = new URL("./fixtures/", import.meta.url).pathname;
 const TINY = join(FIX, "tiny");
@@ -229,29 +230,11 @@ Deno.test("evaluate --metrics-only: the reference scores of the demo pairs", asy
     assert.strictEqual(lim.examples, 3);
 
     // From standard input, through the CLI.
-    const cli = new URL("../cli.ts", import.meta.url).pathname;
-    const p = new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "-A",
-        cli,
-        "stage",
-        "evaluate",
-        "--metrics-only",
-        "--in",
-        "-",
-        "--out",
-        join(dir, "stdin"),
-      ],
-      stdin: "piped",
-      stdout: "piped",
-      stderr: "piped",
-    }).spawn();
-    const w = p.stdin.getWriter();
-    await w.write(new TextEncoder().encode(await Deno.readTextFile(input)));
-    await w.close();
-    const o = await p.output();
-    assert.strictEqual(o.code, 0, new TextDecoder().decode(o.stderr));
+    const o = await runCli(
+      ["stage", "evaluate", "--metrics-only", "--in", "-", "--out", join(dir, "stdin")],
+      await Deno.readTextFile(input),
+    );
+    assert.strictEqual(o.code, 0, o.err);
     const fromStdin = JSON.parse(await Deno.readTextFile(join(dir, "stdin/metrics.json")));
     for (const k of ["rouge-1", "rouge-2", "rouge-l", "bleu-4", "count"]) {
       assert.strictEqual(fromStdin[k], m[k], k);
@@ -300,26 +283,10 @@ Deno.test("evaluate: bad records are reported with file, line and field", async 
     // Through the CLI: exit 1, the message, no stack trace, no predictions.jsonl.
     const input = join(dir, "bad.jsonl");
     await Deno.writeTextFile(input, '{"input_ids": [1], "output_ids": "x"}\n');
-    const cli = new URL("../cli.ts", import.meta.url).pathname;
-    const out = await new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "-A",
-        cli,
-        "stage",
-        "evaluate",
-        "--model",
-        TINY,
-        "--in",
-        input,
-        "--out",
-        join(dir, "cli"),
-      ],
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    const err = new TextDecoder().decode(out.stderr);
-    assert.strictEqual(out.code, 1, err);
+    const { code, err } = await runCli(
+      ["stage", "evaluate", "--model", TINY, "--in", input, "--out", join(dir, "cli")],
+    );
+    assert.strictEqual(code, 1, err);
     assert.match(err, /bad\.jsonl:1: output_ids: expected an array of integer token ids/);
     assert.doesNotMatch(err, /\n\s+at /);
   } finally {

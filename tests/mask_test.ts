@@ -8,6 +8,7 @@ import { evalRecords, IGNORE_INDEX, type MaskIds, trainRecord } from "../lib/dat
 import { ChatGLMTokenizer } from "../lib/tokenizer/chatglm.ts";
 import { fixtureModel, fixturePath, readGzipJson, userError } from "./fixtures/tokenizer/load.ts";
 import type { ConversationCase } from "./chatglm_tokenizer_test.ts";
+import { runCli } from "./test_util.ts";
 
 interface Fixture {
   n: number;
@@ -72,14 +73,8 @@ Deno.test("mask_history learns only the last assistant turn", () => {
 });
 
 async function runMask(args: string[]): Promise<{ code: number; stderr: string; stdout: string }> {
-  const cli = new URL("../cli.ts", import.meta.url).pathname;
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", cli, "stage", ...args],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const d = new TextDecoder();
-  return { code: out.code, stdout: d.decode(out.stdout), stderr: d.decode(out.stderr) };
+  const { code, out, err } = await runCli(["stage", ...args]);
+  return { code, stdout: out, stderr: err };
 }
 
 Deno.test("tokenize and mask stages reproduce the reference records", async () => {

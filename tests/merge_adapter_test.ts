@@ -13,20 +13,12 @@ import { loadGlmModel } from "../lib/model/load.ts";
 import { addLoraDelta, mergeAdapter } from "../lib/model/merge.ts";
 import { Checkpoint } from "../lib/safetensors/checkpoint.ts";
 import { SafetensorsFile } from "../lib/safetensors/read.ts";
+import { runCli, withTempDir } from "./test_util.ts";
 
 const FIX = new URL("./fixtures/", import.meta.url).pathname;
 const TINY = join(FIX, "tiny");
 const PEFT = join(FIX, "tiny-lora-peft");
 const expected = JSON.parse(await Deno.readTextFile(join(FIX, "merge/expected.json")));
-
-async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir();
-  try {
-    await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-}
 
 async function open(dir: string): Promise<Checkpoint> {
   const c = await Checkpoint.open(dir);
@@ -53,7 +45,7 @@ async function logits(modelDir: string, adapterDir?: string): Promise<Float32Arr
 }
 
 Deno.test("merge-adapter: the merged weights equal PEFT's merge_and_unload", async () => {
-  await withDir(async (dir) => {
+  await withTempDir(async (dir) => {
     const out = join(dir, "merged");
     const r = await mergeAdapter({ modelDir: TINY, adapterDir: PEFT, outDir: out });
     assert.deepStrictEqual(r.merged.sort(), expected.changed);
@@ -87,7 +79,7 @@ Deno.test("merge-adapter: the merged weights equal PEFT's merge_and_unload", asy
 });
 
 Deno.test("merge-adapter: the merged model's logits equal base + adapter", async () => {
-  await withDir(async (dir) => {
+  await withTempDir(async (dir) => {
     const out = join(dir, "merged");
     await mergeAdapter({ modelDir: TINY, adapterDir: PEFT, outDir: out });
     const merged = await logits(out);
@@ -118,7 +110,7 @@ Deno.test("merge-adapter: the merged model's logits equal base + adapter", async
 });
 
 Deno.test("merge-adapter: shards at --shard-size, f16 stays f16, a re-run replaces the dir", async () => {
-  await withDir(async (dir) => {
+  await withTempDir(async (dir) => {
     const single = join(dir, "single"), sharded = join(dir, "sharded");
     await mergeAdapter({ modelDir: TINY, adapterDir: PEFT, outDir: single });
     const r = await mergeAdapter({
@@ -169,7 +161,7 @@ Deno.test("merge-adapter: shards at --shard-size, f16 stays f16, a re-run replac
 });
 
 Deno.test("merge-adapter: a P-Tuning prefix cannot be merged; bad arguments are UserErrors", async () => {
-  await withDir(async (dir) => {
+  await withTempDir(async (dir) => {
     const prefix = join(dir, "prefix");
     await Deno.mkdir(prefix);
     await Deno.copyFile(
@@ -213,25 +205,10 @@ Deno.test("merge-adapter: a P-Tuning prefix cannot be merged; bad arguments are 
     assert.deepStrictEqual([...Deno.readDirSync(dir)].map((e) => e.name), ["prefix"]);
 
     // Through the CLI: exit 1, the message, no stack trace.
-    const cli = new URL("../cli.ts", import.meta.url).pathname;
-    const o = await new Deno.Command(Deno.execPath(), {
-      args: [
-        "run",
-        "-A",
-        cli,
-        "stage",
-        "merge-adapter",
-        "--model",
-        TINY,
-        "--adapter",
-        prefix,
-        "--out",
-        join(dir, "o"),
-      ],
-      stdout: "piped",
-      stderr: "piped",
-    }).output();
-    const err = new TextDecoder().decode(o.stderr);
+    const o = await runCli(
+      ["stage", "merge-adapter", "--model", TINY, "--adapter", prefix, "--out", join(dir, "o")],
+    );
+    const err = o.err;
     assert.strictEqual(o.code, 1, err);
     assert.match(err, /cannot be merged/);
     assert.doesNotMatch(err, /\n\s+at /);

@@ -56,3 +56,37 @@ export async function runPass(f: (gpu: Gpu, pass: GPUComputePassEncoder) => void
   if (err) throw new Error(err.message);
   return gpu;
 }
+
+/** The command-line entry point, for tests that run the CLI as a user would. */
+export const CLI = new URL("../cli.ts", import.meta.url).pathname;
+
+/** `deno run -A cli.ts ...args` with `stdin` (text) or none: its exit code, stdout and stderr. */
+export async function runCli(
+  args: string[],
+  stdin?: string,
+): Promise<{ code: number; out: string; err: string }> {
+  const p = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", CLI, ...args],
+    stdin: stdin === undefined ? "null" : "piped",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  if (stdin !== undefined) {
+    const w = p.stdin.getWriter();
+    await w.write(new TextEncoder().encode(stdin));
+    await w.close();
+  }
+  const o = await p.output();
+  const d = new TextDecoder();
+  return { code: o.code, out: d.decode(o.stdout), err: d.decode(o.stderr) };
+}
+
+/** Run `fn` with a fresh temporary directory, removed afterwards whatever happens. */
+export async function withTempDir<T>(fn: (dir: string) => Promise<T>): Promise<T> {
+  const dir = await Deno.makeTempDir();
+  try {
+    return await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}

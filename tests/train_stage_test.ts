@@ -11,6 +11,7 @@ import { loraFiles } from "../lib/train/checkpoint.ts";
 import { readMaskedJsonl } from "../lib/train/data.ts";
 import { readSafetensorsF32 } from "../lib/safetensors/read.ts";
 import { train } from "../lib/train/trainer.ts";
+import { runCli } from "./test_util.ts";
 
 const FIX = new URL("./fixtures/", import.meta.url).pathname;
 const TINY = join(FIX, "tiny");
@@ -430,27 +431,19 @@ Deno.test("--dry-run prints the memory plan of the real chatglm3-6b config: no w
     // THUDM's config.json alone: the dir holds no weights.
     await Deno.copyFile(join(FIX, "chatglm3-6b-config.json"), join(dir, "config.json"));
     const run = (...extra: string[]) =>
-      new Deno.Command(Deno.execPath(), {
-        args: [
-          "run",
-          "-A",
-          "--no-check",
-          CLI,
-          "stage",
-          "train",
-          "--model",
-          dir,
-          "--config",
-          join(UPSTREAM, "lora.yaml"),
-          "--dry-run",
-          ...extra,
-        ],
-        stdout: "piped",
-        stderr: "piped",
-      }).output();
+      runCli([
+        "stage",
+        "train",
+        "--model",
+        dir,
+        "--config",
+        join(UPSTREAM, "lora.yaml"),
+        "--dry-run",
+        ...extra,
+      ]);
     const out = await run("--set", "training_args.gradient_checkpointing=true");
-    const stdout = new TextDecoder().decode(out.stdout);
-    assert(out.code === 0, new TextDecoder().decode(out.stderr));
+    const stdout = out.out;
+    assert(out.code === 0, out.err);
     const config = parseGlmConfig(
       JSON.parse(await Deno.readTextFile(join(FIX, "chatglm3-6b-config.json"))),
       "config.json",
@@ -472,7 +465,7 @@ Deno.test("--dry-run prints the memory plan of the real chatglm3-6b config: no w
     // Without a config.json it is a UserError, not a stack trace.
     await Deno.remove(join(dir, "config.json"));
     const bad = await run();
-    const err = new TextDecoder().decode(bad.stderr);
+    const err = bad.err;
     assert(bad.code !== 0 && /config\.json: not found/.test(err) && !/\bat /.test(err), err);
   } finally {
     await Deno.remove(dir, { recursive: true });

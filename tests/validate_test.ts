@@ -1,9 +1,9 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert";
 import { type ConvertResult, validateFile } from "../lib/data/convert.ts";
 import { checkConversation } from "../lib/data/schema.ts";
+import { runCli } from "./test_util.ts";
 
 const FIX = new URL("./fixtures/validate/", import.meta.url).pathname;
-const ROOT = new URL("../", import.meta.url).pathname;
 
 async function problemsOf(path: string) {
   const bad: ConvertResult[] = [];
@@ -135,25 +135,12 @@ Deno.test("schema: a valid record with every kind of message, and the checks tha
   );
 });
 
-async function cli(args: string[]) {
-  const o = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", `${ROOT}cli.ts`, ...args],
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  return {
-    code: o.code,
-    out: new TextDecoder().decode(o.stdout),
-    err: new TextDecoder().decode(o.stderr),
-  };
-}
-
 Deno.test("CLI: exit codes, text / github / json reports, never a stack trace", async () => {
-  const good = await cli(["validate", `${FIX}good.jsonl`]);
+  const good = await runCli(["validate", `${FIX}good.jsonl`]);
   assertEquals(good.code, 0, good.err);
   assertEquals(good.out.trim(), `${FIX}good.jsonl: 2 records, 0 bad, 0 problems — ok`);
 
-  const text = await cli(["validate", `${FIX}bad.jsonl`, `${FIX}good.jsonl`]);
+  const text = await runCli(["validate", `${FIX}bad.jsonl`, `${FIX}good.jsonl`]);
   assertEquals(text.code, 1);
   const lines = text.out.trimEnd().split("\n");
   assertEquals(lines.length, EXPECTED.length + 3);
@@ -166,14 +153,14 @@ Deno.test("CLI: exit codes, text / github / json reports, never a stack trace", 
   assertEquals(lines.at(-1), "total: 2 files, 39 records, 35 bad, 38 problems");
   assert(!/\n\s+at /.test(text.out + text.err), "no stack trace");
 
-  const gh = await cli(["validate", "--format", "github", `${FIX}trailing_comma.json`]);
+  const gh = await runCli(["validate", "--format", "github", `${FIX}trailing_comma.json`]);
   assertEquals(gh.code, 1);
   assertEquals(gh.out.split("\n").slice(0, 2), [
     `::error file=${FIX}trailing_comma.json,line=3::conversations[1].role: unknown role "assistent"; expected one of system, user, assistant, tool`,
     `::error file=${FIX}trailing_comma.json,line=9::trailing comma after the last element of the array`,
   ]);
 
-  const json = await cli(["validate", "--format", "json", `${FIX}bad.jsonl`]);
+  const json = await runCli(["validate", "--format", "json", `${FIX}bad.jsonl`]);
   assertEquals(json.code, 1);
   const doc = JSON.parse(json.out);
   assertEquals(doc.ok, false);
@@ -185,15 +172,15 @@ Deno.test("CLI: exit codes, text / github / json reports, never a stack trace", 
     EXPECTED,
   );
 
-  const missing = await cli(["validate", `${FIX}nope.jsonl`]);
+  const missing = await runCli(["validate", `${FIX}nope.jsonl`]);
   assertEquals(missing.code, 1);
   assertEquals(missing.err.trim(), `error: ${FIX}nope.jsonl: no such file`);
-  const badFlag = await cli(["validate", "--format", "xml", `${FIX}good.jsonl`]);
+  const badFlag = await runCli(["validate", "--format", "xml", `${FIX}good.jsonl`]);
   assertEquals(badFlag.code, 1);
   assert(badFlag.err.includes('--format: unknown report format "xml"'), badFlag.err);
   assert(!/\n\s+at /.test(missing.err + badFlag.err));
 
-  const check = await cli(["stage", "convert", "--in", `${FIX}bad.jsonl`, "--check"]);
+  const check = await runCli(["stage", "convert", "--in", `${FIX}bad.jsonl`, "--check"]);
   assertEquals(check.code, 1);
   assertEquals(check.out.trimEnd().split("\n").length, EXPECTED.length + 1);
 });
