@@ -12,40 +12,19 @@ import { loadGlmConfig } from "../lib/model/config.ts";
 import { createGlmModel, type GlmModel } from "../lib/model/glm.ts";
 import { loadGlmModel } from "../lib/model/load.ts";
 import { openWeights } from "../lib/model/weights.ts";
-import { maxAbs, readTensors } from "./test_util.ts";
+import {
+  flat,
+  maxAbs,
+  readTensors,
+  readTinyForward,
+  tinyAdapter,
+  type TinyCase,
+} from "./test_util.ts";
 
 const FIX = new URL("./fixtures/", import.meta.url);
 
-interface Case {
-  name: string;
-  batch: number;
-  seq: number;
-  input_ids: number[][];
-  labels: number[][];
-  loss: number;
-  max_abs: number;
-  rows: { head: number[]; sum: number; sumsq: number }[];
-}
-const expected = JSON.parse(
-  await Deno.readTextFile(new URL("tiny-expected/forward.json", FIX)),
-) as {
-  cases: Case[];
-  rope_case: Case & { rope_ratio: number };
-  greedy: { prompt: number[]; tokens: number[] }[];
-  grads: {
-    input_ids: number[][];
-    labels: number[][];
-    kinds: Record<string, {
-      loss: number;
-      params: string[];
-      r?: number;
-      alpha?: number;
-      target_modules?: string[];
-      pre_seq_len?: number;
-      prefix_projection?: boolean;
-    }>;
-  };
-};
+type Case = TinyCase;
+const expected = await readTinyForward();
 
 const TINY = new URL("tiny", FIX).pathname;
 const config = await loadGlmConfig(TINY);
@@ -68,8 +47,6 @@ async function model(
   const cfg = { ...config, rope_ratio: extra.rope };
   return await createGlmModel(gpu, cfg, await openWeights(TINY, cfg), opts);
 }
-
-const flat = (rows: number[][]) => Int32Array.from(rows.flat());
 
 function validCount(labels: number[][]): number {
   let n = 0;
@@ -179,27 +156,6 @@ Deno.test("GPU model: greedy generation with the KV cache gives PyTorch's tokens
   m.destroy();
 });
 
-function adapterFor(kind: string, meta: typeof expected.grads.kinds[string]): AdapterSpec {
-  if (kind.startsWith("lora")) {
-    return {
-      kind: "lora",
-      r: meta.r!,
-      alpha: meta.alpha!,
-      dropout: 0,
-      targetModules: meta.target_modules!,
-    };
-  }
-  if (kind.startsWith("prefix")) {
-    return {
-      kind: "prefix",
-      preSeqLen: meta.pre_seq_len!,
-      prefixProjection: meta.prefix_projection!,
-      dropout: 0,
-    };
-  }
-  return { kind: "full" };
-}
-
 async function gradients(
   m: GlmModel,
   inits: Map<string, Float32Array>,
@@ -233,7 +189,7 @@ for (const [kind, meta] of Object.entries(expected.grads.kinds)) {
       const file = await readTensors(
         new URL(`tiny-expected/grads_${kind}.safetensors`, FIX),
       );
-      const spec = adapterFor(kind, meta);
+      const spec = tinyAdapter(kind, meta);
       if (spec.kind === "prefix") spec.dropout = dropout;
       const m = await model(spec);
       assert.deepEqual(m.params.map((p) => p.name).sort(), [...meta.params].sort());
@@ -265,9 +221,9 @@ Deno.test("GPU model: gradient checkpointing gives the same gradients; dropout i
   const file = await readTensors(new URL(`tiny-expected/grads_lora_all.safetensors`, FIX));
   const init = new Map<string, Float32Array>();
   for (const [k, v] of file) if (k.startsWith("init/")) init.set(k.slice(5), v);
-  const a = await gradients(await model(adapterFor("lora_all", meta)), init);
+  const a = await gradients(await model(tinyAdapter("lora_all", meta)), init);
   const b = await gradients(
-    await model(adapterFor("lora_all", meta), { gradientCheckpointing: true }),
+    await model(tinyAdapter("lora_all", meta), { gradientCheckpointing: true }),
     init,
   );
   for (const [name, g] of a.grads) assert.deepEqual(b.grads.get(name), g, name);

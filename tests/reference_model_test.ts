@@ -7,53 +7,24 @@
 import assert from "node:assert";
 import type { AdapterSpec } from "../lib/model/adapter.ts";
 import { CpuGlm, loadCpuGlm } from "../lib/model/cpu/glm.ts";
-import { maxAbs, readTensors } from "./test_util.ts";
+import {
+  flat,
+  maxAbs,
+  readTensors,
+  readTinyForward,
+  tinyAdapter,
+  type TinyCase,
+} from "./test_util.ts";
 
 const FIX = new URL("./fixtures/", import.meta.url);
 const fixturePath = (p: string) => new URL(p, FIX);
 
-interface Expected {
-  cases: Case[];
-  rope_case: Case & { rope_ratio: number };
-  greedy: { prompt: number[]; tokens: number[] }[];
-  glm_crosscheck: { max_abs_diff: number; max_abs_diff_rope_ratio_4: number };
-  grads: {
-    input_ids: number[][];
-    labels: number[][];
-    kinds: Record<string, {
-      loss: number;
-      params: string[];
-      r?: number;
-      alpha?: number;
-      target_modules?: string[];
-      pre_seq_len?: number;
-      prefix_projection?: boolean;
-    }>;
-  };
-}
-interface Case {
-  name: string;
-  batch: number;
-  seq: number;
-  input_ids: number[][];
-  labels: number[][];
-  loss: number;
-  max_abs: number;
-  rows: { head: number[]; sum: number; sumsq: number }[];
-  logits_f32_b64?: string;
-}
-
-const expected: Expected = JSON.parse(
-  await Deno.readTextFile(fixturePath("tiny-expected/forward.json")),
-);
+type Case = TinyCase;
+const expected = await readTinyForward();
 
 const tinyModel = await loadCpuGlm(fixturePath("tiny").pathname, { kind: "none" });
 const tiny = { config: tinyModel.config, weights: tinyModel.weights };
 const cloneWeights = () => new Map([...tiny.weights].map(([k, v]) => [k, v.slice()]));
-
-function flat(rows: number[][]): Int32Array {
-  return Int32Array.from(rows.flat());
-}
 
 /** Checks logits against the fixture's per-row statistics at 1e-4 relative. */
 function checkRows(logits: Float32Array, c: Case, V: number) {
@@ -142,22 +113,7 @@ Deno.test("greedy generation gives PyTorch's 32 tokens", () => {
 for (const [kind, meta] of Object.entries(expected.grads.kinds)) {
   Deno.test(`gradients match PyTorch: ${kind}`, async () => {
     const file = await readTensors(fixturePath(`tiny-expected/grads_${kind}.safetensors`));
-    let adapter: AdapterSpec;
-    if (kind.startsWith("lora")) {
-      adapter = {
-        kind: "lora",
-        r: meta.r!,
-        alpha: meta.alpha!,
-        dropout: 0,
-        targetModules: meta.target_modules!,
-      };
-    } else if (kind.startsWith("prefix")) {
-      adapter = {
-        kind: "prefix",
-        preSeqLen: meta.pre_seq_len!,
-        prefixProjection: meta.prefix_projection!,
-      };
-    } else adapter = { kind: "full" };
+    const adapter = tinyAdapter(kind, meta);
     const model = new CpuGlm(
       tiny.config,
       adapter.kind === "full" ? cloneWeights() : tiny.weights,

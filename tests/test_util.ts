@@ -3,6 +3,7 @@
  * files as f32 maps, and a one-pass kernel runner.
  */
 import { getGpu, type Gpu } from "../lib/gpu/device.ts";
+import type { AdapterSpec } from "../lib/model/adapter.ts";
 import { uniforms } from "../lib/gpu/runtime.ts";
 import { readSafetensorsF32 } from "../lib/safetensors/read.ts";
 
@@ -90,3 +91,66 @@ export async function withTempDir<T>(fn: (dir: string) => Promise<T>): Promise<T
     await Deno.remove(dir, { recursive: true });
   }
 }
+
+/** One padded batch of tests/fixtures/tiny-expected/forward.json with PyTorch's results. */
+export interface TinyCase {
+  name: string;
+  batch: number;
+  seq: number;
+  input_ids: number[][];
+  labels: number[][];
+  loss: number;
+  max_abs: number;
+  rows: { head: number[]; sum: number; sumsq: number }[];
+  logits_f32_b64?: string;
+}
+
+/** A trainable kind of the gradient fixtures: its loss, tensors and adapter settings. */
+export interface TinyGradKind {
+  loss: number;
+  params: string[];
+  r?: number;
+  alpha?: number;
+  target_modules?: string[];
+  pre_seq_len?: number;
+  prefix_projection?: boolean;
+}
+
+/** tests/fixtures/tiny-expected/forward.json, written by tools/make_tiny_model.py. */
+export interface TinyForward {
+  cases: TinyCase[];
+  rope_case: TinyCase & { rope_ratio: number };
+  greedy: { prompt: number[]; tokens: number[] }[];
+  glm_crosscheck: { max_abs_diff: number; max_abs_diff_rope_ratio_4: number };
+  grads: { input_ids: number[][]; labels: number[][]; kinds: Record<string, TinyGradKind> };
+}
+
+export async function readTinyForward(): Promise<TinyForward> {
+  const path = new URL("./fixtures/tiny-expected/forward.json", import.meta.url);
+  return JSON.parse(await Deno.readTextFile(path));
+}
+
+/** The adapter a gradient fixture kind (`lora_qkv`, `prefix_proj`, `full`) was made with, dropout off. */
+export function tinyAdapter(kind: string, meta: TinyGradKind): AdapterSpec {
+  if (kind.startsWith("lora")) {
+    return {
+      kind: "lora",
+      r: meta.r!,
+      alpha: meta.alpha!,
+      dropout: 0,
+      targetModules: meta.target_modules!,
+    };
+  }
+  if (kind.startsWith("prefix")) {
+    return {
+      kind: "prefix",
+      preSeqLen: meta.pre_seq_len!,
+      prefixProjection: meta.prefix_projection!,
+      dropout: 0,
+    };
+  }
+  return { kind: "full" };
+}
+
+/** Rows of token ids as one flat Int32Array. */
+export const flat = (rows: number[][]): Int32Array => Int32Array.from(rows.flat());
