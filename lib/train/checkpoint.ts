@@ -63,15 +63,13 @@ export interface CheckpointState {
   configEcho: Record<string, unknown>;
 }
 
-export interface LoadedCheckpoint {
+/** What a checkpoint gives back to resume from: the run's state as saved, tensors and moments. */
+export interface LoadedCheckpoint extends
+  Pick<
+    CheckpointState,
+    "globalStep" | "epoch" | "maxSteps" | "logHistory" | "window" | "lastLoggedStep" | "data"
+  > {
   dir: string;
-  globalStep: number;
-  epoch: number;
-  maxSteps: number;
-  logHistory: LogEntry[];
-  window: { lossSum: number; steps: number; skipped: number };
-  lastLoggedStep: number;
-  data: Record<string, unknown>;
   params: Map<string, Float32Array>;
   moments: Map<string, { m: Float32Array; v: Float32Array }>;
 }
