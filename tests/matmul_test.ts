@@ -12,6 +12,7 @@ import {
   DEFAULT_PROFILES,
   parseMatmulProfile,
   setMatmulProfile,
+  vec4Tiles,
 } from "../lib/gpu/kernels/matmul_profile.ts";
 import { f16BitsToF32 } from "../lib/safetensors/dtype.ts";
 import { rand } from "./test_util.ts";
@@ -285,9 +286,46 @@ Deno.test("matmul: other tile profiles give the same results", async () => {
   }
 });
 
+Deno.test("matmul: the large tiles of the cpu profile, with every epilogue, on small shapes", async () => {
+  // The training-size tile (16×32 per invocation) is chosen only for big products; lowering its
+  // threshold runs the same pipelines here on shapes with ragged edges in M, N and K.
+  const large = DEFAULT_PROFILES.cpu.large!;
+  assertEquals(vec4Tiles(DEFAULT_PROFILES.cpu, large.minM, large.minN), large);
+  assertEquals(vec4Tiles(DEFAULT_PROFILES.cpu, large.minM - 1, large.minN), DEFAULT_PROFILES.cpu);
+  try {
+    setMatmulProfile({ ...DEFAULT_PROFILES.cpu, large: { ...large, minM: 1, minN: 1 } });
+    const cases: Case[] = [
+      // One pipeline each (LLVM takes seconds per pipeline of this size).
+      { M: 20, N: 300, K: 40, accumulate: true, beta: 0.5, alpha: 2, bias: true },
+      { M: 36, N: 260, K: 12, transA: true },
+      {
+        M: 19,
+        N: 264,
+        K: 16,
+        bF16: true,
+        transB: true,
+        bias: true,
+        biasOffset: 4,
+        accumulate: true,
+      },
+    ];
+    let seed = 600;
+    for (const c of cases) {
+      const { bias: _b, ...shape } = c;
+      assertEquals(matmulKernelKind(shape), "vec4");
+      const err = await runCase(c, seed++);
+      assert(err < 1e-6, `${JSON.stringify(c)}: relative error ${err}`);
+    }
+  } finally {
+    setMatmulProfile(undefined);
+  }
+});
+
 Deno.test("matmul: profile parsing", () => {
+  // An explicit profile applies to every size: the large tile is dropped.
+  const { large: _large, ...cpuSmall } = DEFAULT_PROFILES.cpu;
   assertEquals(parseMatmulProfile("tm=8, tn=16,wgn=4", DEFAULT_PROFILES.cpu), {
-    ...DEFAULT_PROFILES.cpu,
+    ...cpuSmall,
     tm: 8,
     tn: 16,
     wgM: 1,

@@ -17,8 +17,8 @@
  */
 import type { Gpu } from "../device.ts";
 import { type Binding, dispatch, getPipeline, packUniforms, uniforms } from "../runtime.ts";
-import { type MatmulProfile, matmulProfile } from "./matmul_profile.ts";
-import { matmulVec4Shader } from "./matmul_vec4.ts";
+import { type MatmulProfile, matmulProfile, vec4Tiles } from "./matmul_profile.ts";
+import { type MatmulEpilogue, matmulVec4Shader } from "./matmul_vec4.ts";
 
 export { bf16ToF16Packed, f32ToF16Packed, rawToF16Packed } from "../../safetensors/dtype.ts";
 export type { MatmulProfile } from "./matmul_profile.ts";
@@ -105,16 +105,28 @@ function matmulPipeline(
   transA: boolean,
   transB: boolean,
   bF16: boolean,
+  epilogue: MatmulEpilogue,
 ): GPUComputePipeline {
   let memo = pipelineMemo.get(gpu.device);
   if (!memo) pipelineMemo.set(gpu.device, memo = new Map());
-  const key = [prof.tm, prof.tn, prof.wgM, prof.wgN, vec4, transA, transB, bF16].join(",");
+  const key = [
+    prof.tm,
+    prof.tn,
+    prof.wgM,
+    prof.wgN,
+    vec4,
+    transA,
+    transB,
+    bF16,
+    vec4 && epilogue.accumulate,
+    vec4 && epilogue.bias,
+  ].join(",");
   let p = memo.get(key);
   if (!p) {
     p = getPipeline(
       gpu,
       vec4
-        ? matmulVec4Shader(prof, transA, transB, bF16)
+        ? matmulVec4Shader(prof, transA, transB, bF16, epilogue)
         : matmulShader(prof, transA, transB, bF16),
     );
     memo.set(key, p);
@@ -160,17 +172,18 @@ export function encodeMatmul(gpu: Gpu, pass: GPUComputePassEncoder, args: Matmul
   const pieces = splitToFit(piece, transA, transB, bF16, limit);
   for (const p of pieces) {
     const vec4 = vec4Eligible(p, transA);
-    const prof = vec4 ? profile : profile.scalar ?? profile;
-    const pipeline = matmulPipeline(gpu, prof, vec4, transA, transB, bF16);
+    const prof = vec4 ? vec4Tiles(profile, p.M, p.N) : profile.scalar ?? profile;
+    const epilogue = { accumulate: p.accumulate, bias: p.useBias && !!args.bias };
+    const pipeline = matmulPipeline(gpu, prof, vec4, transA, transB, bF16, epilogue);
     const [aStart, aEnd] = rangeA(p, transA);
     const [bStart, bEnd] = rangeB(p, transB);
     const [cStart, cEnd] = rangeC(p);
     const aBind = subRange(args.a, aStart, aEnd, 4, align);
     const bBind = subRange(args.b, bStart, bEnd, bF16 ? 2 : 4, align);
     const cBind = subRange(args.c, cStart, cEnd, 4, align);
-    let biasBind: Binding = dummyBuffer(gpu);
+    let biasBind: Binding | undefined = vec4 ? undefined : dummyBuffer(gpu);
     let biasRel = 0;
-    if (p.useBias && args.bias) {
+    if (epilogue.bias && args.bias) {
       const bb = subRange(args.bias, p.biasOff, p.biasOff + p.N, 4, align);
       biasBind = bb.binding;
       biasRel = bb.rel;
@@ -206,11 +219,9 @@ export function encodeMatmul(gpu: Gpu, pass: GPUComputePassEncoder, args: Matmul
       { u: tilesN },
       { u: tilesMN },
     ]));
-    dispatch(gpu, pass, pipeline, [u, aBind.binding, bBind.binding, cBind.binding, biasBind], [
-      x,
-      y,
-      z,
-    ]);
+    const bindings: Binding[] = [u, aBind.binding, bBind.binding, cBind.binding];
+    if (biasBind) bindings.push(biasBind);
+    dispatch(gpu, pass, pipeline, bindings, [x, y, z]);
   }
 }
 

@@ -6,7 +6,8 @@
  * register tile (hundreds of accumulators per invocation, few loads per FMA)
  * and small workgroups. A real GPU wants the opposite: a few outputs per
  * thread and wide workgroups. Override with GLM_MATMUL_PROFILE, e.g.
- * `GLM_MATMUL_PROFILE=tm=8,tn=16,wgm=1,wgn=8`, or `setMatmulProfile()`.
+ * `GLM_MATMUL_PROFILE=tm=8,tn=16,wgm=1,wgn=8`, or `setMatmulProfile()`; an
+ * override applies to every size (it drops the `large` tile).
  */
 import type { DeviceClass, Gpu } from "../device.ts";
 
@@ -20,10 +21,23 @@ export interface MatmulProfile {
   wgN: number;
   /** Tiles of the fallback kernel for operands not aligned to 4 (default: these). */
   scalar?: MatmulProfile;
+  /**
+   * Tiles of the vec4 kernel for products of at least minM × minN: more FMAs
+   * per load, but a pipeline LLVM takes several times longer to build, which
+   * only the big products of training and scoring pay back.
+   */
+  large?: MatmulProfile & { minM: number; minN: number };
 }
 
 export const DEFAULT_PROFILES: Record<DeviceClass, MatmulProfile> = {
-  cpu: { tm: 16, tn: 16, wgM: 1, wgN: 8, scalar: { tm: 4, tn: 8, wgM: 1, wgN: 8 } },
+  cpu: {
+    tm: 16,
+    tn: 16,
+    wgM: 1,
+    wgN: 8,
+    scalar: { tm: 4, tn: 8, wgM: 1, wgN: 8 },
+    large: { tm: 16, tn: 32, wgM: 1, wgN: 8, minM: 256, minN: 256 },
+  },
   gpu: { tm: 4, tn: 4, wgM: 16, wgN: 16 },
 };
 
@@ -36,7 +50,7 @@ export function setMatmulProfile(p: MatmulProfile | undefined): void {
 }
 
 export function parseMatmulProfile(s: string, base: MatmulProfile): MatmulProfile {
-  const p = { ...base };
+  const { large: _large, ...p } = base;
   for (const part of s.split(",").map((x) => x.trim()).filter(Boolean)) {
     const [k, v] = part.split("=");
     const n = Number(v);
@@ -60,6 +74,7 @@ export function parseMatmulProfile(s: string, base: MatmulProfile): MatmulProfil
 function validate(p: MatmulProfile, where: string): void {
   if (p.tn % 4 !== 0) throw new Error(`${where}: tn must be a multiple of 4, got ${p.tn}`);
   if (p.tm < 1 || p.wgM < 1 || p.wgN < 1) throw new Error(`${where}: sizes must be positive`);
+  if (p.large) validate(p.large, `${where} (large)`);
 }
 
 /** The profile in force for this device. */
@@ -68,4 +83,10 @@ export function matmulProfile(gpu: Gpu): MatmulProfile {
   const env = Deno.env.get("GLM_MATMUL_PROFILE");
   const base = DEFAULT_PROFILES[gpu.deviceClass];
   return env ? parseMatmulProfile(env, base) : base;
+}
+
+/** The vec4 tiles for an M × N product under profile `p`. */
+export function vec4Tiles(p: MatmulProfile, M: number, N: number): MatmulProfile {
+  const l = p.large;
+  return l && M >= l.minM && N >= l.minN ? l : p;
 }

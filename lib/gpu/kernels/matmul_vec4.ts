@@ -18,11 +18,25 @@
  */
 import type { MatmulProfile } from "./matmul_profile.ts";
 
+/**
+ * What the store does besides alpha·acc, fixed per pipeline: on llvmpipe a
+ * branch on a uniform flag still runs as a masked region, and guarding every
+ * vec4 of a 16×32 tile with two more of them made LLVM take 20–26 s per
+ * pipeline instead of 3–4 s.
+ */
+export interface MatmulEpilogue {
+  /** C = alpha·acc + beta·C. */
+  accumulate: boolean;
+  /** + bias[n] (binding 4; absent from the shader otherwise). */
+  bias: boolean;
+}
+
 export function matmulVec4Shader(
   prof: MatmulProfile,
   transA: boolean,
   transB: boolean,
   bF16: boolean,
+  epilogue: MatmulEpilogue = { accumulate: false, bias: false },
 ): string {
   const { tm, tn, wgM, wgN } = prof;
   if (tm % 4 !== 0 && transA) throw new Error("matmul vec4: tm must be a multiple of 4 for transA");
@@ -37,7 +51,7 @@ export function matmulVec4Shader(
 @group(0) @binding(1) var<storage, read> A: array<vec4f>;
 @group(0) @binding(2) var<storage, read> B: array<${bF16 ? "vec2u" : "vec4f"}>;
 @group(0) @binding(3) var<storage, read_write> C: array<vec4f>;
-@group(0) @binding(4) var<storage, read> bias: array<vec4f>;
+${epilogue.bias ? "@group(0) @binding(4) var<storage, read> bias: array<vec4f>;" : ""}
 ${
     bF16
       ? "fn ldB(i: u32) -> vec4f { let w = B[i]; return vec4f(unpack2x16float(w.x), unpack2x16float(w.y)); }"
@@ -123,21 +137,23 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
       }
     }
   }
-  L.push(`  }
-  let accumulate = (u.flags & 1u) != 0u;
-  let useBias = (u.flags & 2u) != 0u;
-  let biasBase = u.biasOff / 4u + n0 / 4u;`);
+  L.push(`  }`);
+  if (epilogue.bias) {
+    // Clamped like the loads: lanes past N read a valid vec4 and store nothing.
+    L.push(`  let biasBase = u.biasOff / 4u;`);
+    for (let j = 0; j < tn4; j++) {
+      L.push(`  let bias${j} = bias[biasBase + min(n0 / 4u + ${j}u, lastN / 4u)];`);
+    }
+  }
   for (let j = 0; j < tn4; j++) L.push(`  let okN${j} = n0 + ${4 * j}u < u.N;`);
   for (let i = 0; i < tm; i++) {
     L.push(`  if (m0 + ${i}u < u.M) {
     let row = cBase + (m0 + ${i}u) * ldc4 + n0 / 4u;`);
     for (let j = 0; j < tn4; j++) {
-      L.push(`    if (okN${j}) {
-      var v = u.alpha * acc${i}_${j};
-      if (accumulate) { v += u.beta * C[row + ${j}u]; }
-      if (useBias) { v += bias[biasBase + ${j}u]; }
-      C[row + ${j}u] = v;
-    }`);
+      let v = `u.alpha * acc${i}_${j}`;
+      if (epilogue.accumulate) v = `fma(vec4f(u.beta), C[row + ${j}u], ${v})`;
+      if (epilogue.bias) v = `${v} + bias${j}`;
+      L.push(`    if (okN${j}) { C[row + ${j}u] = ${v}; }`);
     }
     L.push(`  }`);
   }
