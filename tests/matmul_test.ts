@@ -287,7 +287,7 @@ Deno.test("matmul: other tile profiles give the same results", async () => {
 });
 
 Deno.test("matmul: the large tiles of the cpu profile, with every epilogue, on small shapes", async () => {
-  // The training-size tile (16×32 per invocation) is chosen only for big products; lowering its
+  // The training-size tile (32×32 per invocation) is chosen only for big products; lowering its
   // threshold runs the same pipelines here on shapes with ragged edges in M, N and K.
   const large = DEFAULT_PROFILES.cpu.large!;
   assertEquals(vec4Tiles(DEFAULT_PROFILES.cpu, large.minM, large.minN), large);

@@ -36,7 +36,7 @@ export const DEFAULT_PROFILES: Record<DeviceClass, MatmulProfile> = {
     wgM: 1,
     wgN: 8,
     scalar: { tm: 4, tn: 8, wgM: 1, wgN: 8 },
-    large: { tm: 16, tn: 32, wgM: 1, wgN: 8, minM: 256, minN: 256 },
+    large: { tm: 32, tn: 32, wgM: 1, wgN: 8, minM: 512, minN: 512 },
   },
   gpu: { tm: 4, tn: 4, wgM: 16, wgN: 16 },
 };
