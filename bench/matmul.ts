@@ -16,7 +16,7 @@ import process from "node:process";
 import { describeGpu, getGpu } from "../lib/gpu/device.ts";
 import { createBuffer, uniforms } from "../lib/gpu/runtime.ts";
 import { encodeMatmul, matmulKernelKind } from "../lib/gpu/kernels/matmul.ts";
-import { matmulProfile } from "../lib/gpu/kernels/matmul_profile.ts";
+import { type MatmulProfile, matmulProfile, vec4Tiles } from "../lib/gpu/kernels/matmul_profile.ts";
 import { BENCH_BATCH, BENCH_CONFIG, BENCH_SEQ } from "./model.ts";
 import { runPeer } from "./peer.ts";
 
@@ -67,10 +67,12 @@ export async function run(): Promise<void> {
   const only = Deno.env.get("MATMUL_BENCH_ONLY");
   const shapes = benchShapes().filter((s) => !only || s.name.includes(only));
   const prof = matmulProfile(gpu);
+  const large = prof.large
+    ? `, ${prof.large.tm}×${prof.large.tn} from ${prof.large.minM}×${prof.large.minN}`
+    : "";
   console.log(
-    `  ${
-      describeGpu(gpu)
-    }; profile tm=${prof.tm} tn=${prof.tn} wg=${prof.wgM}x${prof.wgN}; ${reps} dispatches per wait`,
+    `  ${describeGpu(gpu)}; vec4 tiles ${prof.tm}×${prof.tn}${large}, ${prof.wgM}×${prof.wgN} ` +
+      `invocations; ${reps} dispatches per wait; first dispatch includes the pipeline build`,
   );
   const peer = await runPeer("matmul_peer.py", {
     shapes: shapes.filter((s) => !s.bF16),
@@ -84,6 +86,7 @@ export async function run(): Promise<void> {
     "shape",
     "M×N×K",
     "kernel",
+    "first ms",
     "ours GFLOP/s",
     "per CPU-s",
     "torch (2 thr)",
@@ -104,7 +107,9 @@ export async function run(): Promise<void> {
       await gpu.device.queue.onSubmittedWorkDone();
       uniforms(gpu).reset();
     };
+    const tFirst = performance.now();
     await batch(1); // compile + warm
+    const firstMs = performance.now() - tFirst;
     const cpu0 = process.cpuUsage();
     const t0 = performance.now();
     await batch(reps);
@@ -122,7 +127,8 @@ export async function run(): Promise<void> {
     rows.push([
       s.name,
       `${s.M}×${s.N}×${s.K}`,
-      matmulKernelKind(s),
+      kernelName(s, prof),
+      firstMs.toFixed(0),
       ours.toFixed(1),
       (flops / cpuMs / 1e6).toFixed(1),
       theirs === undefined ? "-" : theirs.toFixed(1),
@@ -135,6 +141,7 @@ export async function run(): Promise<void> {
       "all (time-weighted)",
       "",
       "",
+      "",
       (flopsAll / sumOurs / 1e6).toFixed(1),
       "",
       (flopsAll / sumPeer / 1e6).toFixed(1),
@@ -144,6 +151,12 @@ export async function run(): Promise<void> {
   const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)));
   for (const r of rows) console.log("  " + r.map((x, i) => x.padEnd(widths[i])).join("  "));
   if (!peer) console.log("  (no peer figures: PyTorch unavailable)");
+}
+
+function kernelName(s: Shape, prof: MatmulProfile): string {
+  if (matmulKernelKind(s) === "scalar") return "scalar";
+  const t = vec4Tiles(prof, s.M, s.N);
+  return `vec4 ${t.tm}×${t.tn}`;
 }
 
 if (import.meta.main) await run();
