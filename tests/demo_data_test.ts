@@ -1,5 +1,6 @@
 import assert from "node:assert";
 import { makeDemo, summaryFor } from "../data/make_demo.ts";
+import { SafetensorsFile } from "../lib/safetensors/read.ts";
 
 const root = new URL("../", import.meta.url);
 const demoDir = new URL("data/demo/", root);
@@ -156,8 +157,11 @@ Deno.test("demo tokenizer.model: BPE, byte fallback, ChatGLM3's normalizer setti
     original_rope: true,
     pre_seq_len: null,
     prefix_projection: false,
-    torch_dtype: "float32",
+    // data/make_demo_model.ts stores the trained weights as f16 and says so here.
+    torch_dtype: "float16",
   };
   for (const [k, v] of Object.entries(expected)) assert.strictEqual(config[k], v, k);
+  const weights = await SafetensorsFile.open(new URL("model.safetensors", modelDir).pathname);
+  for (const n of weights.names()) assert.strictEqual(weights.info(n).dtype, "F16", n);
   assert.strictEqual(config.num_attention_heads * config.kv_channels, config.hidden_size);
 });
