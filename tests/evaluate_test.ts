@@ -14,12 +14,12 @@ import { ChatGLMTokenizer } from "../lib/tokenizer/chatglm.ts";
 import { adapterTensorsFor, readAdapterDir } from "../lib/model/adapter_dir.ts";
 import { type CpuGlm, loadCpuGlm } from "../lib/model/cpu/glm.ts";
 import { UserError } from "../lib/errors.ts";
-import { runCli } from "./test_util.ts";
+import { readTinyForward, runCli } from "./test_util.ts";
 
 const FIX = new URL("./fixtures/", import.meta.url).pathname;
 const TINY = join(FIX, "tiny");
 const PEFT = join(FIX, "tiny-lora-peft");
-const forward = JSON.parse(await Deno.readTextFile(join(FIX, "tiny-expected/forward.json")));
+const forward = await readTinyForward();
 const STOP = [2, forward.special["<|user|>"], forward.special["<|observation|>"]];
 
 const GREEDY = {

@@ -12,13 +12,14 @@ import { loadGlmConfig } from "../lib/model/config.ts";
 import { loadGlmModel } from "../lib/model/load.ts";
 import { SafetensorsFile } from "../lib/safetensors/mod.ts";
 import { CpuGlm, loadCpuGlm } from "../lib/model/cpu/glm.ts";
+import { readTinyForward } from "./test_util.ts";
 
 const FIX = new URL("./fixtures/", import.meta.url);
 
 const TINY = new URL("tiny", FIX).pathname;
 const config = await loadGlmConfig(TINY);
 const plain = (await loadCpuGlm(TINY, { kind: "none" })).weights;
-const forward = JSON.parse(await Deno.readTextFile(new URL("tiny-expected/forward.json", FIX)));
+const forward = await readTinyForward();
 const prompts: number[][] = [
   forward.greedy[0].prompt,
   forward.cases[0].input_ids[0].slice(0, 23),

@@ -97,6 +97,8 @@ export interface TinyCase {
   name: string;
   batch: number;
   seq: number;
+  /** Each record's length before right padding. */
+  lengths: number[];
   input_ids: number[][];
   labels: number[][];
   loss: number;
@@ -118,6 +120,8 @@ export interface TinyGradKind {
 
 /** tests/fixtures/tiny-expected/forward.json, written by tools/make_tiny_model.py. */
 export interface TinyForward {
+  /** The tiny tokenizer's special token ids by name. */
+  special: Record<string, number>;
   cases: TinyCase[];
   rope_case: TinyCase & { rope_ratio: number };
   greedy: { prompt: number[]; tokens: number[] }[];
