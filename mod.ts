@@ -52,6 +52,15 @@ export type {
 } from "./lib/config/config.ts";
 export { runPipeline } from "./lib/pipeline/runner.ts";
 export type { RunOptions, RunResult, StageResolver } from "./lib/pipeline/runner.ts";
+export {
+  buildSummary,
+  collectReport,
+  lossChart,
+  renderReport,
+  writeReport,
+} from "./lib/pipeline/report.ts";
+export type { ReportData, ReportOptions, Summary } from "./lib/pipeline/report.ts";
+export { lineChart } from "./lib/pipeline/svg.ts";
 export { SentencePieceModel } from "./lib/tokenizer/sentencepiece.ts";
 export { ChatGLMTokenizer, SPECIAL_TOKENS } from "./lib/tokenizer/chatglm.ts";
 export type { ChatRole, HistoryItem, SpecialToken } from "./lib/tokenizer/chatglm.ts";
