@@ -5,7 +5,6 @@
  * against transformers' GlmForCausalLM).
  */
 import assert from "node:assert";
-import type { AdapterSpec } from "../lib/model/adapter.ts";
 import { CpuGlm, loadCpuGlm } from "../lib/model/cpu/glm.ts";
 import {
   flat,
@@ -222,18 +221,7 @@ const trainRecords = (await Deno.readTextFile(fixturePath("tiny-train/data.jsonl
 for (const [name, run] of Object.entries(trajectories.runs)) {
   if (run.max_steps > 5) continue;
   Deno.test(`AdamW on the CPU model follows PyTorch's trajectory: ${name}`, async () => {
-    const a = run.adapter;
-    const adapter: AdapterSpec = a.kind === "lora"
-      ? {
-        kind: "lora",
-        r: a.r!,
-        alpha: a.lora_alpha!,
-        dropout: 0,
-        targetModules: a.target_modules!,
-      }
-      : a.kind === "prefix"
-      ? { kind: "prefix", preSeqLen: a.pre_seq_len!, prefixProjection: a.prefix_projection! }
-      : { kind: "full" };
+    const adapter = tinyAdapter(run.adapter.kind, run.adapter);
     const model = new CpuGlm(
       tiny.config,
       adapter.kind === "full" ? cloneWeights() : tiny.weights,

@@ -134,13 +134,20 @@ export async function readTinyForward(): Promise<TinyForward> {
   return JSON.parse(await Deno.readTextFile(path));
 }
 
-/** The adapter a gradient fixture kind (`lora_qkv`, `prefix_proj`, `full`) was made with, dropout off. */
-export function tinyAdapter(kind: string, meta: TinyGradKind): AdapterSpec {
+/**
+ * The adapter a fixture kind (`lora_qkv`, `prefix_proj`, `full`; or a training
+ * trajectory's `lora`, `prefix`, `full`) was made with, dropout off; LoRA's
+ * alpha as `alpha` or PEFT's `lora_alpha`.
+ */
+export function tinyAdapter(
+  kind: string,
+  meta: Omit<TinyGradKind, "loss" | "params"> & { lora_alpha?: number },
+): AdapterSpec {
   if (kind.startsWith("lora")) {
     return {
       kind: "lora",
       r: meta.r!,
-      alpha: meta.alpha!,
+      alpha: (meta.alpha ?? meta.lora_alpha)!,
       dropout: 0,
       targetModules: meta.target_modules!,
     };

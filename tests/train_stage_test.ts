@@ -11,7 +11,7 @@ import { loraFiles } from "../lib/train/checkpoint.ts";
 import { readMaskedJsonl } from "../lib/train/data.ts";
 import { readSafetensorsF32 } from "../lib/safetensors/read.ts";
 import { train } from "../lib/train/trainer.ts";
-import { runCli } from "./test_util.ts";
+import { runCli, tinyAdapter } from "./test_util.ts";
 
 const FIX = new URL("./fixtures/", import.meta.url).pathname;
 const TINY = join(FIX, "tiny");
@@ -36,27 +36,7 @@ interface Run {
   final: Record<string, { sum: number; sumsq: number }>;
 }
 
-function specOf(r: Run): AdapterSpec {
-  const a = r.adapter;
-  if (a.kind === "lora") {
-    return {
-      kind: "lora",
-      r: a.r!,
-      alpha: a.lora_alpha!,
-      dropout: 0,
-      targetModules: a.target_modules!,
-    };
-  }
-  if (a.kind === "prefix") {
-    return {
-      kind: "prefix",
-      preSeqLen: a.pre_seq_len!,
-      prefixProjection: a.prefix_projection!,
-      dropout: 0,
-    };
-  }
-  return { kind: "full" };
-}
+const specOf = (r: Run): AdapterSpec => tinyAdapter(r.adapter.kind, r.adapter);
 
 /** Train `name` from its initial tensors; with `stopAt`, stop there (as Ctrl-C does) and resume in a fresh model. */
 async function golden(name: string, stopAt?: number) {
