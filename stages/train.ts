@@ -11,7 +11,7 @@
  */
 import { join } from "node:path";
 import { loadConfig } from "../lib/config/mod.ts";
-import { parseFlags } from "../lib/args.ts";
+import { parseFlags, positiveIntFlag } from "../lib/args.ts";
 import { UserError } from "../lib/errors.ts";
 import { dryRunPlan, runTraining } from "../lib/train/run.ts";
 
@@ -21,12 +21,16 @@ export { train } from "../lib/train/trainer.ts";
 const USAGE =
   `usage: deno task stage train --model MODEL_DIR --config CFG --train masked_train.jsonl
          [--eval masked_eval.jsonl] --out OUT_DIR [--resume yes|N] [--init-adapter DIR]
-         [--no-shuffle] [--set key.path=value ...]
-   or: deno task stage train --model MODEL_DIR --config CFG [--set ...] --dry-run
+         [--no-shuffle] [--rows-per-pass N] [--set key.path=value ...]
+   or: deno task stage train --model MODEL_DIR --config CFG [--set ...] [--rows-per-pass N] --dry-run
    or: deno task stage train DATA_DIR MODEL_DIR CONFIG [yes|N]
 
   --dry-run   print the device memory the run needs, by kind of buffer (reads the
-              model's config.json only: no weights, no GPU), and exit`;
+              model's config.json only: no weights, no GPU), and exit
+  --rows-per-pass N
+              feed each micro-batch to the model N records at a time; the passes'
+              gradients add up to the same result, and activation memory is sized
+              for N records (default: the whole per_device_train_batch_size)`;
 
 function parseResume(v: string | undefined): "yes" | number | undefined {
   if (v === undefined || v === "no") return undefined;
@@ -51,6 +55,7 @@ export async function main(argv: string[]): Promise<number> {
       "init-adapter": { type: "string" },
       "no-shuffle": { type: "boolean" },
       "dry-run": { type: "boolean" },
+      "rows-per-pass": { type: "string" },
       set: { type: "string", multiple: true },
       help: { type: "boolean", short: "h" },
     },
@@ -62,6 +67,7 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const sets = (values.set as string[] | undefined) ?? [];
+  const rowsPerPass = positiveIntFlag(values["rows-per-pass"], "--rows-per-pass");
   let modelDir = values.model as string | undefined;
   let configPath = values.config as string | undefined;
   let trainFile = values.train as string | undefined;
@@ -90,7 +96,12 @@ export async function main(argv: string[]): Promise<number> {
       if (!v) throw new UserError(`${flag} is required\n${USAGE}`);
     }
     console.log(
-      await dryRunPlan({ modelDir: modelDir!, configPath: configPath!, overrides: sets }),
+      await dryRunPlan({
+        modelDir: modelDir!,
+        configPath: configPath!,
+        overrides: sets,
+        rowsPerPass,
+      }),
     );
     return 0;
   }
@@ -112,6 +123,7 @@ export async function main(argv: string[]): Promise<number> {
     resume: parseResume(resume),
     initAdapter: values["init-adapter"] as string | undefined,
     shuffle: !values["no-shuffle"],
+    rowsPerPass,
     handleSigint: true,
   });
   if (res.interrupted) {

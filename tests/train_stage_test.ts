@@ -38,8 +38,11 @@ interface Run {
 
 const specOf = (r: Run): AdapterSpec => tinyAdapter(r.adapter.kind, r.adapter);
 
-/** Train `name` from its initial tensors; with `stopAt`, stop there (as Ctrl-C does) and resume in a fresh model. */
-async function golden(name: string, stopAt?: number) {
+/**
+ * Train `name` from its initial tensors; with `stopAt`, stop there (as Ctrl-C does) and resume in a
+ * fresh model; with `rowsPerPass`, feed each micro-batch that many records at a time.
+ */
+async function golden(name: string, stopAt?: number, rowsPerPass?: number) {
   const doc = JSON.parse(await Deno.readTextFile(join(TRAJ, "trajectories.json")));
   const run: Run = doc.runs[name];
   const gpu = await getGpu();
@@ -48,7 +51,7 @@ async function golden(name: string, stopAt?: number) {
   const makeModel = async () => {
     const m = await loadGlmModel(gpu, TINY, {
       adapter: specOf(run),
-      maxBatch: run.per_device_train_batch_size,
+      maxBatch: rowsPerPass ?? run.per_device_train_batch_size,
       maxSeq: Math.max(...records.map((r) => r.inputIds.length)),
       seed: 42,
     });
@@ -87,6 +90,7 @@ async function golden(name: string, stopAt?: number) {
         outDir: out,
         progress: null,
         stop,
+        rowsPerPass,
         onStep: (k) => {
           if (!resume && k === stopAt) stop.requested = true;
         },
@@ -133,6 +137,12 @@ async function golden(name: string, stopAt?: number) {
 
 for (const name of ["lora_5", "lora_5_ga2", "prefix_5", "prefix_proj_5", "full_5", "full_5_wd"]) {
   Deno.test(`5 AdamW steps on the tiny model follow PyTorch: ${name}`, () => golden(name));
+}
+
+// A model sized for one record, fed batches of two as two passes: the same trajectory.
+for (const name of ["lora_5", "full_5"]) {
+  Deno.test(`batches run as passes of one record follow PyTorch too: ${name}`, () =>
+    golden(name, undefined, 1));
 }
 
 Deno.test("20 LoRA steps stopped at 10 and resumed follow PyTorch's uninterrupted run", () =>
@@ -442,6 +452,27 @@ Deno.test("--dry-run prints the memory plan of the real chatglm3-6b config: no w
     assert(/batch 4 × 769 tokens, gradient checkpointing on/.test(got[0]), got[0]);
     deepStrictEqual(got.slice(1), table.slice(1));
     assert(got.some((l) => /frozen base weights\s+11909\.4 MiB/.test(l)), stdout);
+    // The trainer feeds the batch of 4 one record per pass with --rows-per-pass 1: the plan is that run's.
+    const passes = await run(
+      "--set",
+      "training_args.gradient_checkpointing=true",
+      "--rows-per-pass",
+      "1",
+    );
+    assert(passes.code === 0, passes.err);
+    assert(/in passes of 1/.test(passes.out), passes.out);
+    const onePass = memoryPlan(config, {
+      adapter,
+      batch: 4,
+      seq: 769,
+      gradientCheckpointing: true,
+      rowsPerPass: 1,
+    });
+    deepStrictEqual(
+      passes.out.trimEnd().split("\n").slice(1),
+      formatMemoryPlan(onePass, "x").split("\n").slice(1),
+    );
+    assert(onePass.total < 14082 * 2 ** 20, `${onePass.total / 2 ** 20} MiB`);
     // Without a config.json it is a UserError, not a stack trace.
     await Deno.remove(join(dir, "config.json"));
     const bad = await run();

@@ -146,6 +146,38 @@ export function makeBatch(records: readonly MaskedRecord[]): HostBatch {
   return { batch, seq, inputIds, labels, validTokens: validTokens(labels, batch, seq) };
 }
 
+/**
+ * Rows [r0, r0+rows) of a batch as a batch of their own, trimmed to their longest
+ * record. The passes of one micro-batch keep its `validTokens`: each pass's
+ * gradient is seeded with 1/(valid tokens of the whole micro-batch), so the
+ * passes add up to exactly the micro-batch's gradient.
+ */
+export function splitRows(b: HostBatch, rowsPerPass: number): HostBatch[] {
+  if (rowsPerPass >= b.batch) return [b];
+  const out: HostBatch[] = [];
+  for (let r0 = 0; r0 < b.batch; r0 += rowsPerPass) {
+    const rows = Math.min(rowsPerPass, b.batch - r0);
+    let seq = 1;
+    for (let r = r0; r < r0 + rows; r++) {
+      for (let t = b.seq - 1; t >= seq; t--) {
+        if (b.inputIds[r * b.seq + t] !== PAD_ID || b.labels[r * b.seq + t] !== IGNORE) {
+          seq = t + 1;
+          break;
+        }
+      }
+    }
+    const inputIds = new Int32Array(rows * seq);
+    const labels = new Int32Array(rows * seq);
+    for (let r = 0; r < rows; r++) {
+      const from = (r0 + r) * b.seq;
+      inputIds.set(b.inputIds.subarray(from, from + seq), r * seq);
+      labels.set(b.labels.subarray(from, from + seq), r * seq);
+    }
+    out.push({ batch: rows, seq, inputIds, labels, validTokens: b.validTokens });
+  }
+  return out;
+}
+
 /** A 32-bit generator (splitmix32 seeding an xorshift128); deterministic across platforms. */
 export class Rng {
   private s: Uint32Array;

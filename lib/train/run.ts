@@ -33,6 +33,8 @@ export interface RunOptions {
   resume?: "yes" | number;
   initAdapter?: string;
   shuffle?: boolean;
+  /** Records per forward/backward pass (see TrainOptions.rowsPerPass). */
+  rowsPerPass?: number;
   /** CLI: SIGINT saves and stops */
   handleSigint?: boolean;
 }
@@ -140,7 +142,7 @@ export async function readInitAdapter(
  * for the config's batch and max_input_length + max_output_length + 1 tokens.
  */
 export async function dryRunPlan(
-  o: Pick<RunOptions, "modelDir" | "configPath" | "overrides">,
+  o: Pick<RunOptions, "modelDir" | "configPath" | "overrides" | "rowsPerPass">,
 ): Promise<string> {
   const cfg = await loadConfig(o.configPath, o.overrides ?? []);
   const config = await loadGlmConfig(o.modelDir);
@@ -148,12 +150,19 @@ export async function dryRunPlan(
   const batch = cfg.training_args.per_device_train_batch_size;
   const seq = cfg.max_input_length + cfg.max_output_length + 1;
   const checkpointing = cfg.training_args.gradient_checkpointing;
-  const plan = memoryPlan(config, { adapter, batch, seq, gradientCheckpointing: checkpointing });
+  const rowsPerPass = Math.min(o.rowsPerPass ?? batch, batch);
+  const plan = memoryPlan(config, {
+    adapter,
+    batch,
+    seq,
+    gradientCheckpointing: checkpointing,
+    rowsPerPass,
+  });
   return formatMemoryPlan(
     plan,
-    `${finetuneMode(cfg)}, batch ${batch} × ${seq} tokens, gradient checkpointing ${
-      checkpointing ? "on" : "off"
-    }`,
+    `${finetuneMode(cfg)}, batch ${batch} × ${seq} tokens${
+      rowsPerPass < batch ? ` in passes of ${rowsPerPass}` : ""
+    }, gradient checkpointing ${checkpointing ? "on" : "off"}`,
   );
 }
 
@@ -175,7 +184,10 @@ export async function runTraining(o: RunOptions): Promise<TrainResult> {
   const maxSeq = Math.max(maxLength(trainRecs), evalRecs ? maxLength(evalRecs) : 1);
   const model = await loadGlmModel(gpu, o.modelDir, {
     adapter: spec,
-    maxBatch: Math.max(args.batchSize, evalRecs ? args.evalBatchSize : 1),
+    maxBatch: Math.min(
+      Math.max(args.batchSize, evalRecs ? args.evalBatchSize : 1),
+      o.rowsPerPass ?? Infinity,
+    ),
     maxSeq,
     seed: cfg.training_args.seed,
     gradientCheckpointing: cfg.training_args.gradient_checkpointing,
@@ -214,6 +226,7 @@ export async function runTraining(o: RunOptions): Promise<TrainResult> {
       resume: o.resume,
       overwrite: cfg.training_args.overwrite_output_dir,
       handleSigint: o.handleSigint,
+      rowsPerPass: o.rowsPerPass,
       configEcho: {
         config_file: o.configPath,
         overrides: o.overrides ?? [],

@@ -23,7 +23,7 @@ import { UserError } from "../errors.ts";
 import { adamwScalars } from "./adamw.ts";
 import { intervalSteps, warmupSteps } from "../config/config.ts";
 import type { TrainArgs } from "./args.ts";
-import { DataPlan, evalBatches, type MaskedRecord } from "./data.ts";
+import { DataPlan, evalBatches, type MaskedRecord, splitRows } from "./data.ts";
 import { makeSchedule } from "./schedule.ts";
 import {
   type CheckpointState,
@@ -65,6 +65,12 @@ export interface TrainOptions {
   stop?: { requested: boolean };
   /** Progress lines (default: stderr). */
   progress?: Progress | null;
+  /**
+   * Records per forward/backward pass (default: the whole micro-batch). A
+   * larger micro-batch runs as several passes whose gradients add up to the
+   * same result, so activation memory is sized for this many records.
+   */
+  rowsPerPass?: number;
   /** Called after each optimizer step is submitted, with the new global step. */
   onStep?: (globalStep: number) => void;
 }
@@ -93,6 +99,7 @@ interface PendingLoss {
 
 export async function train(o: TrainOptions): Promise<TrainResult> {
   const { gpu, model, args } = o;
+  const rowsPerPass = o.rowsPerPass ?? Infinity;
   const plan = new DataPlan(o.train, {
     batchSize: args.batchSize,
     accumulation: args.accumulation,
@@ -265,21 +272,30 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     await flushIfPending();
     let weighted = 0;
     let rows = 0;
-    const meta: Array<{ slot: number; valid: number; rows: number }> = [];
+    // One entry per pass: its loss sum over the batch's valid tokens, weighted by the batch's rows.
+    const meta: Array<{ slot: number; valid: number; batchRows: number; firstPass: boolean }> = [];
     const read = async () => {
       const l = await readF32(gpu, evalBuf, meta.length);
       meta.forEach((m, i) => {
         if (m.valid > 0) {
-          weighted += (l[i] / m.valid) * m.rows;
-          rows += m.rows;
+          weighted += (l[i] / m.valid) * m.batchRows;
+          if (m.firstPass) rows += m.batchRows;
         }
       });
       meta.length = 0;
     };
     for (const b of evalBatches(o.eval!, args.evalBatchSize)) {
-      if (meta.length === LOSS_SLOTS) await read();
-      model.forwardLoss(b, evalBuf, meta.length);
-      meta.push({ slot: meta.length, valid: b.validTokens, rows: b.batch });
+      const passes = splitRows(b, rowsPerPass);
+      if (meta.length + passes.length > LOSS_SLOTS) await read();
+      passes.forEach((p, i) => {
+        model.forwardLoss(p, evalBuf, meta.length);
+        meta.push({
+          slot: meta.length,
+          valid: b.validTokens,
+          batchRows: b.batch,
+          firstPass: i === 0,
+        });
+      });
     }
     await read();
     return rows > 0 ? weighted / rows : NaN;
@@ -329,23 +345,28 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
       const sp = plan.step(globalStep);
       const nMicro = sp.micro.length;
       const batches = sp.micro.map((i) => plan.microBatch(sp.epoch, i));
-      if (nextSlot + nMicro > LOSS_SLOTS) await flush(false);
+      const passes = batches.map((b) => splitRows(b, rowsPerPass));
+      const nPasses = passes.reduce((a, p) => a + p.length, 0);
+      if (nextSlot + nPasses > LOSS_SLOTS) await flush(false);
       if (inflight) await inflight;
 
       const zero = gpu.device.createCommandEncoder();
       model.zeroGrads(zero);
       gpu.device.queue.submit([zero.finish()]);
-      stepLoss.set(globalStep, { sum: 0, parts: 0, expected: nMicro });
+      stepLoss.set(globalStep, { sum: 0, parts: 0, expected: nPasses });
       batches.forEach((b, i) => {
-        const slot = nextSlot++;
-        pending.push({ step: globalStep, slot, valid: b.validTokens, weight: 1 / nMicro });
         if (b.validTokens === 0) window.skipped++;
-        model.forwardBackward(b, {
-          gradScale: b.validTokens > 0 ? 1 / (b.validTokens * nMicro) : 0,
-          lossBuffer: lossBuf,
-          lossSlot: slot,
-          training: true,
-          dropoutSeed: dropoutSeed(args.seed, globalStep, i),
+        passes[i].forEach((p, k) => {
+          const slot = nextSlot++;
+          pending.push({ step: globalStep, slot, valid: b.validTokens, weight: 1 / nMicro });
+          model.forwardBackward(p, {
+            gradScale: b.validTokens > 0 ? 1 / (b.validTokens * nMicro) : 0,
+            lossBuffer: lossBuf,
+            lossSlot: slot,
+            training: true,
+            // Passes after the first draw their own dropout masks.
+            dropoutSeed: (dropoutSeed(args.seed, globalStep, i) + k * 0x9e3779b1) >>> 0,
+          });
         });
         for (let r = 0; r < b.batch; r++) {
           for (let t = 0; t < b.seq; t++) if (b.inputIds[r * b.seq + t] !== 0) windowTokens++;
