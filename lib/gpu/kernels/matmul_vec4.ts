@@ -8,7 +8,7 @@
  * the shader is four scalar registers and costs nothing to transpose, while
  * each load instruction costs far more than an FMA. Per four K steps an
  * invocation loads tm vec4 of A and tn vec4 of B and does 4·tm·tn FMAs: with
- * 16×32 that is 48 loads for 2048 FMAs. A values are uniform across the
+ * 32×32 (the large cpu tile) that is 64 loads for 4096 FMAs. A values are uniform across the
  * workgroup (all lanes share the rows), B values are per lane (its columns).
  *
  * Operand layouts, all read with vec4 loads:
