@@ -85,7 +85,9 @@ export function initWeights(c: GlmShapeConfig, seed: number): Map<string, Tensor
   for (const [name, shape] of weightShapes(c)) {
     const data = new Float32Array(shape.reduce((a, b) => a * b, 1));
     if (name.endsWith("layernorm.weight")) data.fill(1);
-    else if (!name.endsWith(".bias")) for (let i = 0; i < data.length; i++) data[i] = 0.02 * normal();
+    else if (!name.endsWith(".bias")) {
+      for (let i = 0; i < data.length; i++) data[i] = 0.02 * normal();
+    }
     out.set(name, { shape, data });
   }
   return out;
@@ -112,7 +114,13 @@ interface Options {
 }
 
 function parseArgs(args: string[]): Options {
-  const o: Options = { work: "runs/demo-base", out: "data/demo-model", seed: 1234, train: 6000, sets: [] };
+  const o: Options = {
+    work: "runs/demo-base",
+    out: "data/demo-model",
+    seed: 1234,
+    train: 6000,
+    sets: [],
+  };
   for (let i = 0; i < args.length; i++) {
     const flag = args[i];
     const value = args[++i];
@@ -172,10 +180,15 @@ export async function main(args: string[]): Promise<void> {
     join(init, "config.json"),
     enc.encode(JSON.stringify({ ...config, torch_dtype: "float32" }, null, 2) + "\n"),
   );
-  await writeIfChanged(join(init, "tokenizer.model"), await Deno.readFile(join(o.out, "tokenizer.model")));
+  await writeIfChanged(
+    join(init, "tokenizer.model"),
+    await Deno.readFile(join(o.out, "tokenizer.model")),
+  );
   // the same seed writes the same bytes, so the pipeline's input hashes stay put
   await writeWeights(join(init, "model.safetensors"), initWeights(config, o.seed), "F32");
-  console.log(`random start (seed ${o.seed}) in ${init}; pretraining corpus of ${train.length} records in ${corpus}`);
+  console.log(
+    `random start (seed ${o.seed}) in ${init}; pretraining corpus of ${train.length} records in ${corpus}`,
+  );
 
   const run = await runPipeline("pipelines/demo-base.yaml", {
     sets: [`model=${init}`, `data=${corpus}`, ...o.sets],
