@@ -23,50 +23,17 @@ import { writeFileAtomic, writeJsonAtomic } from "../lib/atomic.ts";
 import { runCli, UserError } from "../lib/errors.ts";
 import { runPipeline } from "../lib/pipeline/runner.ts";
 import { type DType, writeSafetensors } from "../lib/safetensors/mod.ts";
-import { readSafetensorsF32, type Tensor } from "../lib/train/tensorfile.ts";
+import { type F32Tensor as Tensor, readSafetensorsF32 } from "../lib/safetensors/mod.ts";
+import { type GlmConfig, parseGlmConfig } from "../lib/model/config.ts";
+import { glmWeightShapes } from "../lib/model/weights.ts";
 import { makePretrain, rng, toJsonLines } from "./make_demo.ts";
-
-/** The chatglm config fields the weight shapes depend on. */
-export interface GlmShapeConfig {
-  num_layers: number;
-  hidden_size: number;
-  ffn_hidden_size: number;
-  kv_channels: number;
-  num_attention_heads: number;
-  multi_query_attention: boolean;
-  multi_query_group_num: number;
-  padded_vocab_size: number;
-  add_qkv_bias: boolean;
-}
-
-/** Every tensor of a chatglm3 checkpoint (HF names), with its shape. */
-export function weightShapes(c: GlmShapeConfig): Map<string, number[]> {
-  const h = c.hidden_size;
-  const groups = c.multi_query_attention ? c.multi_query_group_num : c.num_attention_heads;
-  const qkv = (c.num_attention_heads + 2 * groups) * c.kv_channels;
-  const out = new Map<string, number[]>();
-  out.set("transformer.embedding.word_embeddings.weight", [c.padded_vocab_size, h]);
-  for (let i = 0; i < c.num_layers; i++) {
-    const p = `transformer.encoder.layers.${i}`;
-    out.set(`${p}.input_layernorm.weight`, [h]);
-    out.set(`${p}.self_attention.query_key_value.weight`, [qkv, h]);
-    if (c.add_qkv_bias) out.set(`${p}.self_attention.query_key_value.bias`, [qkv]);
-    out.set(`${p}.self_attention.dense.weight`, [h, c.num_attention_heads * c.kv_channels]);
-    out.set(`${p}.post_attention_layernorm.weight`, [h]);
-    out.set(`${p}.mlp.dense_h_to_4h.weight`, [2 * c.ffn_hidden_size, h]);
-    out.set(`${p}.mlp.dense_4h_to_h.weight`, [h, c.ffn_hidden_size]);
-  }
-  out.set("transformer.encoder.final_layernorm.weight", [h]);
-  out.set("transformer.output_layer.weight", [c.padded_vocab_size, h]);
-  return out;
-}
 
 /**
  * A random start as tools/make_demo_tokenizer.py's learnability check makes
  * it (matrices N(0, 0.02), RMSNorm weights 1), with zero biases; a function
  * of the seed only.
  */
-export function initWeights(c: GlmShapeConfig, seed: number): Map<string, Tensor> {
+export function initWeights(c: GlmConfig, seed: number): Map<string, Tensor> {
   const u = rng(seed);
   let spare: number | undefined;
   const normal = (): number => {
@@ -82,7 +49,7 @@ export function initWeights(c: GlmShapeConfig, seed: number): Map<string, Tensor
     return r * Math.cos(t);
   };
   const out = new Map<string, Tensor>();
-  for (const [name, shape] of weightShapes(c)) {
+  for (const [name, shape] of glmWeightShapes(c)) {
     const data = new Float32Array(shape.reduce((a, b) => a * b, 1));
     if (name.endsWith("layernorm.weight")) data.fill(1);
     else if (!name.endsWith(".bias")) {
@@ -166,6 +133,7 @@ export async function main(args: string[]): Promise<void> {
   const o = parseArgs(args);
   const cfgPath = join(o.out, "config.json");
   const config = JSON.parse(await Deno.readTextFile(cfgPath));
+  const glm = parseGlmConfig(config, cfgPath);
   const enc = new TextEncoder();
 
   const corpus = join(o.work, "corpus");
@@ -185,7 +153,7 @@ export async function main(args: string[]): Promise<void> {
     await Deno.readFile(join(o.out, "tokenizer.model")),
   );
   // the same seed writes the same bytes, so the pipeline's input hashes stay put
-  await writeWeights(join(init, "model.safetensors"), initWeights(config, o.seed), "F32");
+  await writeWeights(join(init, "model.safetensors"), initWeights(glm, o.seed), "F32");
   console.log(
     `random start (seed ${o.seed}) in ${init}; pretraining corpus of ${train.length} records in ${corpus}`,
   );
@@ -196,7 +164,7 @@ export async function main(args: string[]): Promise<void> {
   });
   const trained = join(run.runDir, "train", "model.safetensors");
   const weights = await readSafetensorsF32(trained);
-  const expected = weightShapes(config);
+  const expected = glmWeightShapes(glm);
   for (const [name, shape] of expected) {
     const t = weights.get(name);
     if (!t || t.shape.join() !== shape.join()) {

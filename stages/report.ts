@@ -7,7 +7,7 @@
  * wall time) and report.md (the same with a loss curve, sample predictions and
  * the config). See lib/pipeline/report.ts.
  */
-import { parseFlags } from "../lib/data/args.ts";
+import { parseFlags } from "../lib/args.ts";
 import { UserError } from "../lib/errors.ts";
 import { writeReport } from "../lib/pipeline/report.ts";
 

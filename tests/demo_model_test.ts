@@ -1,19 +1,24 @@
 import assert from "node:assert";
 import { join } from "node:path";
-import { initWeights, weightShapes, writeWeights } from "../data/make_demo_model.ts";
+import { initWeights, writeWeights } from "../data/make_demo_model.ts";
+import { parseGlmConfig } from "../lib/model/config.ts";
+import { glmWeightShapes } from "../lib/model/weights.ts";
 import { makePretrain, summaryFor } from "../data/make_demo.ts";
-import { readSafetensorsF32 } from "../lib/train/tensorfile.ts";
+import { readSafetensorsF32 } from "../lib/safetensors/mod.ts";
 
 const modelDir = new URL("../data/demo-model/", import.meta.url).pathname;
 
 Deno.test("demo base model: the committed weights have every tensor of the config, as F16", async () => {
-  const config = JSON.parse(await Deno.readTextFile(join(modelDir, "config.json")));
+  const config = parseGlmConfig(
+    JSON.parse(await Deno.readTextFile(join(modelDir, "config.json"))),
+    "config.json",
+  );
   const file = join(modelDir, "model.safetensors");
   const bytes = await Deno.readFile(file);
   const hlen = Number(new DataView(bytes.buffer).getBigUint64(0, true));
   const header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + hlen)));
   delete header.__metadata__;
-  const shapes = weightShapes(config);
+  const shapes = glmWeightShapes(config);
   assert.deepStrictEqual(Object.keys(header).sort(), [...shapes.keys()].sort());
   for (const [name, shape] of shapes) {
     assert.deepStrictEqual(header[name].shape, shape, name);
@@ -26,7 +31,10 @@ Deno.test("demo base model: the committed weights have every tensor of the confi
 });
 
 Deno.test("demo base model: the random start depends on the seed only, and round-trips as F16", async () => {
-  const config = JSON.parse(await Deno.readTextFile(join(modelDir, "config.json")));
+  const config = parseGlmConfig(
+    JSON.parse(await Deno.readTextFile(join(modelDir, "config.json"))),
+    "config.json",
+  );
   const a = initWeights(config, 5);
   const b = initWeights(config, 5);
   const c = initWeights(config, 6);
