@@ -19,6 +19,7 @@ import type { Gpu } from "../device.ts";
 import { type Binding, dispatch, getPipeline, packUniforms, uniforms } from "../runtime.ts";
 import { type MatmulProfile, matmulProfile, vec4Tiles } from "./matmul_profile.ts";
 import { type MatmulEpilogue, matmulVec4Shader } from "./matmul_vec4.ts";
+import { MATMUL_UNIFORMS, tileOrigin } from "./matmul_wgsl.ts";
 
 export { bf16ToF16Packed, f32ToF16Packed, rawToF16Packed } from "../../safetensors/dtype.ts";
 export type { MatmulProfile } from "./matmul_profile.ts";
@@ -397,11 +398,7 @@ export function matmulShader(
   const { tm, tn, wgM, wgN } = prof;
   const tn4 = tn / 4;
   const L: string[] = [];
-  L.push(`struct U {
-  M: u32, N: u32, K: u32, lda: u32, ldb: u32, ldc: u32,
-  aOff: u32, bOff: u32, cOff: u32, biasOff: u32, flags: u32,
-  alpha: f32, beta: f32, count: u32, sA: u32, sB: u32, sC: u32, tilesN: u32, tilesMN: u32,
-}
+  L.push(`${MATMUL_UNIFORMS}
 @group(0) @binding(0) var<uniform> u: U;
 @group(0) @binding(1) var<storage, read> A: array<f32>;
 @group(0) @binding(2) var<storage, read> B: array<${bF16 ? "u32" : "f32"}>;
@@ -416,16 +413,7 @@ ${
 @compute @workgroup_size(${wgM * wgN})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) lid: u32) {
-  let t = wid.x + nwg.x * (wid.y + nwg.y * wid.z);
-  if (t >= u.count * u.tilesMN) { return; }
-  let bat = t / u.tilesMN;
-  let r = t - bat * u.tilesMN;
-  let tmi = r / u.tilesN;
-  let m0 = tmi * ${tm * wgM}u${wgM > 1 ? ` + (lid / ${wgN}u) * ${tm}u` : ""};
-  let n0 = (r - tmi * u.tilesN) * ${tn * wgN}u${wgN > 1 ? ` + (lid % ${wgN}u) * ${tn}u` : ""};
-  // No early return on a per-invocation condition: on a CPU adapter, code after a
-  // divergent branch runs masked and every load in it becomes a gather.
-  ${wgM > 1 ? "" : "if (m0 >= u.M) { return; }"}
+${tileOrigin(prof)}
   let aBase = u.aOff + bat * u.sA;
   let bBase = u.bOff + bat * u.sB;
   let cBase = u.cOff + bat * u.sC;
