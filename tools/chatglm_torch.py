@@ -356,8 +356,12 @@ def to_glm_state_dict(sd: dict, config: ChatGLMConfig) -> dict:
     return out
 
 
-def glm_crosscheck(model: ChatGLMForConditionalGeneration, input_ids: torch.Tensor) -> float:
-    """Max |logits| difference between this model and transformers' GlmForCausalLM on the same weights."""
+def to_transformers_glm(model: ChatGLMForConditionalGeneration, max_positions: int | None = None,
+                        attn: str | None = "eager"):
+    """The same weights in transformers' GlmForCausalLM (the same math: interleaved rotary on half of each head).
+
+    attn: the attention implementation to force ("eager" for the exact cross-check), None for transformers' default.
+    """
     from transformers import GlmConfig, GlmForCausalLM
 
     c = model.config
@@ -371,17 +375,24 @@ def glm_crosscheck(model: ChatGLMForConditionalGeneration, input_ids: torch.Tens
         head_dim=c.kv_channels,
         rms_norm_eps=c.layernorm_epsilon,
         attention_bias=True,
-        max_position_embeddings=c.seq_length,
+        max_position_embeddings=max(c.seq_length, max_positions or 0),
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0 * c.rope_ratio,
                          "partial_rotary_factor": 0.5},
         pad_token_id=0,
         eos_token_id=2,
     )
-    gc._attn_implementation = "eager"
+    if attn is not None:
+        gc._attn_implementation = attn
     glm = GlmForCausalLM(gc).eval()
     missing, unexpected = glm.load_state_dict(to_glm_state_dict(model.state_dict(), c), strict=False)
     if missing or unexpected:
         raise RuntimeError(f"GLM layout mismatch: missing {missing}, unexpected {unexpected}")
+    return glm
+
+
+def glm_crosscheck(model: ChatGLMForConditionalGeneration, input_ids: torch.Tensor) -> float:
+    """Max |logits| difference between this model and transformers' GlmForCausalLM on the same weights."""
+    glm = to_transformers_glm(model)
     with torch.no_grad():
         ours = model(input_ids)["logits"]
         theirs = glm(input_ids=input_ids).logits.float()

@@ -19,7 +19,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from chatglm_torch import ChatGLMConfig, ChatGLMForConditionalGeneration, to_glm_state_dict  # noqa: E402
+from chatglm_torch import ChatGLMConfig, ChatGLMForConditionalGeneration, to_transformers_glm  # noqa: E402
 
 
 def main():
@@ -35,28 +35,7 @@ def main():
             else:
                 p.normal_(0.0, 0.02)
 
-    from transformers import GlmConfig, GlmForCausalLM
-
-    gc = GlmConfig(
-        vocab_size=c.padded_vocab_size,
-        hidden_size=c.hidden_size,
-        intermediate_size=c.ffn_hidden_size,
-        num_hidden_layers=c.num_layers,
-        num_attention_heads=c.num_attention_heads,
-        num_key_value_heads=c.multi_query_group_num,
-        head_dim=c.kv_channels,
-        rms_norm_eps=c.layernorm_epsilon,
-        attention_bias=True,
-        max_position_embeddings=max(c.seq_length, a["prompt"] + a["new"]),
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0 * c.rope_ratio,
-                         "partial_rotary_factor": 0.5},
-        pad_token_id=0,
-        eos_token_id=2,
-    )
-    model = GlmForCausalLM(gc).eval()
-    missing, unexpected = model.load_state_dict(to_glm_state_dict(src.state_dict(), c), strict=False)
-    if missing or unexpected:
-        raise RuntimeError(f"GLM layout mismatch: missing {missing}, unexpected {unexpected}")
+    model = to_transformers_glm(src, a["prompt"] + a["new"], attn=None)
 
     g = torch.Generator().manual_seed(1)
     out = {"threads": torch.get_num_threads()}
