@@ -1290,9 +1290,14 @@ export class GlmModel implements TrainableModel {
   }
 
   forwardBackward(batch: TrainBatch, opts: ForwardBackwardOptions): void {
+    this.submitPass((pass) => this.encodeForwardBackward(pass, batch, opts));
+  }
+
+  /** One compute pass encoded by `fill`, submitted without waiting. */
+  private submitPass(fill: (pass: GPUComputePassEncoder) => void): void {
     const enc = this.gpu.device.createCommandEncoder();
     const pass = enc.beginComputePass();
-    this.encodeForwardBackward(pass, batch, opts);
+    fill(pass);
     pass.end();
     this.gpu.device.queue.submit([enc.finish()]);
     uniforms(this.gpu).reset();
@@ -1324,12 +1329,7 @@ export class GlmModel implements TrainableModel {
   }
 
   forwardLoss(batch: TrainBatch, lossBuffer: GPUBuffer, lossSlot: number): void {
-    const enc = this.gpu.device.createCommandEncoder();
-    const pass = enc.beginComputePass();
-    this.encodeForwardLoss(pass, batch, lossBuffer, lossSlot);
-    pass.end();
-    this.gpu.device.queue.submit([enc.finish()]);
-    uniforms(this.gpu).reset();
+    this.submitPass((pass) => this.encodeForwardLoss(pass, batch, lossBuffer, lossSlot));
   }
 
   /** Upload the batch and encode the forward and its loss into `pass`; the caller submits. */
@@ -1350,26 +1350,23 @@ export class GlmModel implements TrainableModel {
     const st = this.prepare({ batch, seq, inputIds, labels: new Int32Array(0) }, false, 0);
     const d = this.dims;
     const out = createBuffer(this.gpu, f32Bytes(st.T * d.V), "logits-out");
-    const enc = this.gpu.device.createCommandEncoder();
-    const pass = enc.beginComputePass();
-    this.encodeForward(pass, st);
-    for (const sl of this.output.slices) {
-      this.mm(pass, {
-        M: st.T,
-        N: sl.end - sl.start,
-        K: d.hidden,
-        a: this.s.nf,
-        b: sl.buf,
-        transB: true,
-        bF16: this.output.f16,
-        c: out,
-        cOffset: sl.start,
-        ldc: d.V,
-      });
-    }
-    pass.end();
-    this.gpu.device.queue.submit([enc.finish()]);
-    uniforms(this.gpu).reset();
+    this.submitPass((pass) => {
+      this.encodeForward(pass, st);
+      for (const sl of this.output.slices) {
+        this.mm(pass, {
+          M: st.T,
+          N: sl.end - sl.start,
+          K: d.hidden,
+          a: this.s.nf,
+          b: sl.buf,
+          transB: true,
+          bF16: this.output.f16,
+          c: out,
+          cOffset: sl.start,
+          ldc: d.V,
+        });
+      }
+    });
     const r = await readF32(this.gpu, out, st.T * d.V);
     out.destroy();
     return r;

@@ -146,25 +146,7 @@ export function encodeMatmul(gpu: Gpu, pass: GPUComputePassEncoder, args: Matmul
   }
   if (M === 0 || N === 0 || count === 0) return;
   const transA = !!args.transA, transB = !!args.transB, bF16 = !!args.bF16;
-  const piece: Piece = {
-    count,
-    M,
-    N,
-    K,
-    lda: args.lda ?? (transA ? M : K),
-    ldb: args.ldb ?? (transB ? K : N),
-    ldc: args.ldc ?? N,
-    aOff: args.aOffset ?? 0,
-    bOff: args.bOffset ?? 0,
-    cOff: args.cOffset ?? 0,
-    biasOff: args.biasOffset ?? 0,
-    sA: args.batch?.strideA ?? 0,
-    sB: args.batch?.strideB ?? 0,
-    sC: args.batch?.strideC ?? 0,
-    accumulate: !!args.accumulate,
-    beta: args.beta ?? 1,
-    useBias: !!args.bias,
-  };
+  const piece = pieceOf(args);
   const profile = matmulProfile(gpu);
   const limit = gpu.limits.maxStorageBufferBindingSize;
   const align = gpu.limits.minStorageBufferOffsetAlignment;
@@ -240,28 +222,32 @@ function vec4Eligible(p: Piece, transA: boolean): boolean {
 
 /** Which kernel `args` would run (for tests and benchmarks). */
 export function matmulKernelKind(args: Omit<MatmulArgs, "a" | "b" | "c">): "vec4" | "scalar" {
+  return vec4Eligible(pieceOf(args), !!args.transA) ? "vec4" : "scalar";
+}
+
+/** The whole product as one piece, with every default filled in. */
+function pieceOf(args: Omit<MatmulArgs, "a" | "b" | "c">): Piece {
+  const { M, N, K } = args;
   const transA = !!args.transA, transB = !!args.transB;
-  return vec4Eligible({
-      count: args.batch?.count ?? 1,
-      M: args.M,
-      N: args.N,
-      K: args.K,
-      lda: args.lda ?? (transA ? args.M : args.K),
-      ldb: args.ldb ?? (transB ? args.K : args.N),
-      ldc: args.ldc ?? args.N,
-      aOff: args.aOffset ?? 0,
-      bOff: args.bOffset ?? 0,
-      cOff: args.cOffset ?? 0,
-      biasOff: args.biasOffset ?? 0,
-      sA: args.batch?.strideA ?? 0,
-      sB: args.batch?.strideB ?? 0,
-      sC: args.batch?.strideC ?? 0,
-      accumulate: false,
-      beta: 1,
-      useBias: false,
-    }, transA)
-    ? "vec4"
-    : "scalar";
+  return {
+    count: args.batch?.count ?? 1,
+    M,
+    N,
+    K,
+    lda: args.lda ?? (transA ? M : K),
+    ldb: args.ldb ?? (transB ? K : N),
+    ldc: args.ldc ?? N,
+    aOff: args.aOffset ?? 0,
+    bOff: args.bOffset ?? 0,
+    cOff: args.cOffset ?? 0,
+    biasOff: args.biasOffset ?? 0,
+    sA: args.batch?.strideA ?? 0,
+    sB: args.batch?.strideB ?? 0,
+    sC: args.batch?.strideC ?? 0,
+    accumulate: !!args.accumulate,
+    beta: args.beta ?? 1,
+    useBias: !!args.bias,
+  };
 }
 
 function rangeA(p: Piece, transA: boolean): [number, number] {
