@@ -13,6 +13,7 @@ import {
   warmupSteps,
 } from "../lib/config/mod.ts";
 import { UserError } from "../lib/errors.ts";
+import { adapterSpec } from "../lib/train/run.ts";
 
 function assertThrows(fn: () => unknown, cls: typeof UserError, includes?: string): Error {
   try {
@@ -214,6 +215,58 @@ Deno.test("wrong types and bad values are errors with file:line", () => {
     assertThrows(() => parseConfig("a: 1\na: 2\n", "d.yaml"), UserError).message,
     /^d\.yaml:2: invalid YAML: Map keys must be unique/,
   );
+});
+
+Deno.test("prefix_dropout: upstream's 0.1 unless set, range-checked with file:line", async () => {
+  const base = "data_config:\n  train_file: t.json\nmax_input_length: 8\nmax_output_length: 8\n" +
+    "peft_config:\n  peft_type: PREFIX_TUNING\n  num_virtual_tokens: 4\n";
+  const dflt = parseConfig(base, "p.yaml");
+  assert(dflt.peft_config?.peft_type === "PREFIX_TUNING");
+  assertEquals(dflt.peft_config.prefix_dropout, 0.1);
+  assertEquals(adapterSpec(dflt), {
+    kind: "prefix",
+    preSeqLen: 4,
+    prefixProjection: false,
+    dropout: 0.1,
+  });
+
+  const set = parseConfig(base + "  prefix_dropout: 0\n", "p.yaml");
+  assert(set.peft_config?.peft_type === "PREFIX_TUNING");
+  assertEquals(set.peft_config.prefix_dropout, 0);
+  assertEquals(adapterSpec(set), {
+    kind: "prefix",
+    preSeqLen: 4,
+    prefixProjection: false,
+    dropout: 0,
+  });
+
+  const over = await loadConfig(`${UP}/ptuning_v2.yaml`, ["peft_config.prefix_dropout=0.25"]);
+  assert(over.peft_config?.peft_type === "PREFIX_TUNING");
+  assertEquals(over.peft_config.prefix_dropout, 0.25);
+
+  for (
+    const [value, re] of [
+      ["1", /^p\.yaml:8: peft_config\.prefix_dropout: must be < 1/],
+      ["-0.1", /^p\.yaml:8: peft_config\.prefix_dropout: must be >= 0/],
+      ["high", /^p\.yaml:8: peft_config\.prefix_dropout: expected a number, got "high"/],
+    ] as const
+  ) {
+    const e = assertThrows(
+      () => parseConfig(base + `  prefix_dropout: ${value}\n`, "p.yaml"),
+      UserError,
+    );
+    assertMatch(e.message, re);
+  }
+  // a LoRA config has lora_dropout, not this key
+  const lora = assertThrows(
+    () =>
+      parseConfig(
+        base.replace("PREFIX_TUNING\n  num_virtual_tokens: 4", "LORA") + "  prefix_dropout: 0\n",
+        "l.yaml",
+      ),
+    UserError,
+  );
+  assertMatch(lora.message, /^l\.yaml:7: peft_config\.prefix_dropout: unknown key/);
 });
 
 Deno.test("a missing config file is a UserError", async () => {

@@ -128,6 +128,8 @@ export interface PrefixTuningConfig extends PeftCommon {
   num_layers: number | null;
   encoder_hidden_size: number | null;
   prefix_projection: boolean;
+  /** dropout on the prefix keys/values in training (ours; ChatGLM3 hard-codes 0.1) */
+  prefix_dropout: number;
 }
 
 export type PeftConfig = LoraConfig | PrefixTuningConfig;

@@ -271,6 +271,10 @@ export const PREFIX_TUNING_CONFIG: Section = {
   num_layers: f("int", null, { nullable: true, min: 1 }),
   encoder_hidden_size: f("int", null, { nullable: true, min: 1 }),
   prefix_projection: f("bool", false),
+  // Not a PEFT key: ChatGLM3's modeling code hard-codes Dropout(0.1) on the
+  // prefix's past keys/values in training; this makes that rate a setting
+  // (default: upstream's 0.1).
+  prefix_dropout: f("float", 0.1, { min: 0, below: 1 }),
 };
 
 /** Top level of a finetune config; sections are validated by the loader. */

@@ -57,6 +57,7 @@ export function adapterSpec(cfg: FinetuneConfig): AdapterSpec {
     kind: "prefix",
     preSeqLen: p.num_virtual_tokens,
     prefixProjection: p.prefix_projection,
+    dropout: p.prefix_dropout,
     ...(p.encoder_hidden_size ? { prefixHiddenSize: p.encoder_hidden_size } : {}),
   };
 }
