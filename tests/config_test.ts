@@ -133,7 +133,7 @@ Deno.test("our configs load, in the upstream schema, sized for the demo", async 
     assertEquals(cfg.max_input_length, 64);
     assertEquals(cfg.max_output_length, 64);
     assertEquals(cfg.training_args.logging_steps, 10);
-    assert(cfg.training_args.max_steps > 0 && cfg.training_args.max_steps <= 500);
+    assert(cfg.training_args.max_steps > 0 && cfg.training_args.max_steps <= 600);
     assertEquals(cfg.data_config.train_file, "train.json");
     assertEquals(cfg.data_config.val_file, "dev.json");
     // upstream's files have exactly the same top-level sections

@@ -172,7 +172,8 @@ def run(s):
     opt = torch.optim.AdamW(params, lr=s["lr"], betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     steps, warm = s["steps"], s["warmup"]
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda k: k / max(1, warm) if k < warm else max(0.0, (steps - k) / max(1, steps - warm)))
+        opt, lambda k: k / max(1, warm) if k < warm else
+        1.0 if s.get("constant") else max(0.0, (steps - k) / max(1, steps - warm)))
     t0 = time.perf_counter()
     losses = []
     it = batches(train, s["batch"], s["seed"])
@@ -195,6 +196,7 @@ def run(s):
         out["rouge_l"], out["bleu4"] = generate_scores(model, dev_eval, sp, s["max_new_tokens"], s.get("show", 0))
     out["ratio"] = out["loss_last10"] / out["loss_first"]
     print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}), flush=True)
+    return model
 
 
 def main():
