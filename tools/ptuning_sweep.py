@@ -15,7 +15,14 @@ tools/make_metrics_fixtures.py's restatement of the finetune_demo metrics.
 
 Settings: tokens (pre_seq_len), lr, steps, batch, dropout (prefix dropout,
 upstream 0.1), init_std (std of the prefix embedding, upstream 1.0 as
-nn.Embedding), projection (prefix_projection), warmup, seed, threads.
+nn.Embedding), init_from ("records" or "response": the base model's own keys
+and values of training text instead, Li & Liang's init), projection
+(prefix_projection) and hidden (its width, default hidden_size), warmup,
+constant (no decay), seed, eval_limit (0: no generation), show (print that many
+predictions to stderr), threads (1 by default: the machine's other core is
+usually busy).
+
+Findings are in docs/demo.md (the P-Tuning v2 bullet).
 """
 
 import json
