@@ -220,25 +220,18 @@ Deno.test("wrong types and bad values are errors with file:line", () => {
 Deno.test("prefix_dropout: upstream's 0.1 unless set, range-checked with file:line", async () => {
   const base = "data_config:\n  train_file: t.json\nmax_input_length: 8\nmax_output_length: 8\n" +
     "peft_config:\n  peft_type: PREFIX_TUNING\n  num_virtual_tokens: 4\n";
-  const dflt = parseConfig(base, "p.yaml");
-  assert(dflt.peft_config?.peft_type === "PREFIX_TUNING");
-  assertEquals(dflt.peft_config.prefix_dropout, 0.1);
-  assertEquals(adapterSpec(dflt), {
-    kind: "prefix",
-    preSeqLen: 4,
-    prefixProjection: false,
-    dropout: 0.1,
-  });
-
-  const set = parseConfig(base + "  prefix_dropout: 0\n", "p.yaml");
-  assert(set.peft_config?.peft_type === "PREFIX_TUNING");
-  assertEquals(set.peft_config.prefix_dropout, 0);
-  assertEquals(adapterSpec(set), {
-    kind: "prefix",
-    preSeqLen: 4,
-    prefixProjection: false,
-    dropout: 0,
-  });
+  // absent: upstream's hard-coded rate; set: the file's value, passed on to the adapter
+  for (const [extra, rate] of [["", 0.1], ["  prefix_dropout: 0\n", 0]] as const) {
+    const cfg = parseConfig(base + extra, "p.yaml");
+    assert(cfg.peft_config?.peft_type === "PREFIX_TUNING");
+    assertEquals(cfg.peft_config.prefix_dropout, rate);
+    assertEquals(adapterSpec(cfg), {
+      kind: "prefix",
+      preSeqLen: 4,
+      prefixProjection: false,
+      dropout: rate,
+    });
+  }
 
   const over = await loadConfig(`${UP}/ptuning_v2.yaml`, ["peft_config.prefix_dropout=0.25"]);
   assert(over.peft_config?.peft_type === "PREFIX_TUNING");
