@@ -36,6 +36,26 @@ interface Case {
   ldb?: number;
   ldc?: number;
   batch?: { count: number; strideA: number; strideB: number; strideC: number };
+  aBand?: { lo?: number; hi?: number };
+  cUpper?: number;
+}
+
+/** Visit every (batch, m, k) of op(A) and (batch, m, n) of C with its element index. */
+function eachA(c: Case, lda: number, f: (i: number, m: number, k: number) => void): void {
+  for (let t = 0; t < (c.batch?.count ?? 1); t++) {
+    const o = (c.aOffset ?? 0) + t * (c.batch?.strideA ?? 0);
+    for (let m = 0; m < c.M; m++) {
+      for (let k = 0; k < c.K; k++) f(o + (c.transA ? k * lda + m : m * lda + k), m, k);
+    }
+  }
+}
+function eachC(c: Case, ldc: number, f: (i: number, m: number, n: number) => void): void {
+  for (let t = 0; t < (c.batch?.count ?? 1); t++) {
+    const o = (c.cOffset ?? 0) + t * (c.batch?.strideC ?? 0);
+    for (let m = 0; m < c.M; m++) {
+      for (let n = 0; n < c.N; n++) f(o + m * ldc + n, m, n);
+    }
+  }
 }
 
 function extent(
@@ -49,6 +69,9 @@ function extent(
   // At least one element: WebGPU buffers cannot be empty (K = 0 makes A and B so).
   return Math.max(1, off + (count - 1) * stride + (rows - 1) * ld + width);
 }
+
+/** Entries beyond C's band that the last cUpper case left as they were (skipped tiles). */
+let untouchedBeyondBand = 0;
 
 /** Run one case on the GPU and the reference; return the max error relative to magnitude. */
 async function runCase(
@@ -81,6 +104,13 @@ async function runCase(
   );
   const cLen = extent(c.M, ldc, c.N, c.cOffset ?? 0, count, c.batch?.strideC ?? 0) + 3;
   const a = rand(aLen, seed);
+  if (c.aBand) {
+    // The band's promise: op(A) is zero outside it.
+    const { lo = -Infinity, hi = Infinity } = c.aBand;
+    eachA(c, lda, (i, m, k) => {
+      if (k < m + lo || k > m + hi) a[i] = 0;
+    });
+  }
   let b = rand(bLen, seed + 1);
   const c0 = rand(cLen, seed + 2);
   const biasData = c.bias ? rand((c.biasOffset ?? 0) + c.N, seed + 3) : undefined;
@@ -119,6 +149,17 @@ async function runCase(
   const want = c0.slice();
   const { bF16: _f, ...refArgs } = rest;
   matmulRef(a, b, want, refArgs, biasData);
+  if (c.cUpper !== undefined) {
+    // Entries beyond C's band are unspecified: compare the rest.
+    const upper = c.cUpper;
+    untouchedBeyondBand = 0;
+    eachC(c, ldc, (i, m, n) => {
+      if (n > m + upper) {
+        if (got[i] === c0[i]) untouchedBeyondBand++;
+        want[i] = got[i];
+      }
+    });
+  }
   // Error relative to the magnitude of the terms summed (|a|·|b| ≤ 1 each).
   const scale = Math.max(1, c.K * Math.abs(c.alpha ?? 1));
   let maxErr = 0;
@@ -331,6 +372,38 @@ Deno.test("matmul: profile parsing", () => {
   assert(threw);
 });
 
+Deno.test("matmul: a banded A walks only its band; tiles beyond C's band are skipped", async () => {
+  // Causal attention: P·V with P lower-triangular (hi 0), Pᵀ·dO (lo 0), Q·Kᵀ
+  // wanted on and below the diagonal (cUpper 0); shifted bands and both kernels.
+  const cases: Case[] = [
+    { M: 70, N: 20, K: 70, aBand: { hi: 0 } },
+    {
+      M: 64,
+      N: 32,
+      K: 64,
+      aBand: { hi: 0 },
+      lda: 80,
+      batch: { count: 2, strideA: 80 * 64, strideB: 0, strideC: 64 * 32 },
+    },
+    { M: 64, N: 32, K: 64, transA: true, aBand: { lo: 0 } },
+    { M: 37, N: 9, K: 45, transA: true, aBand: { lo: 3, hi: 20 }, accumulate: true, beta: 0.5 },
+    { M: 33, N: 13, K: 50, aBand: { lo: -5, hi: 8 } },
+    { M: 64, N: 64, K: 32, transB: true, cUpper: 0, alpha: 0.125 },
+    { M: 70, N: 81, K: 12, transB: true, cUpper: 10, cOffset: 3, ldc: 90 },
+  ];
+  let seed = 700;
+  for (const c of cases) {
+    const err = await runCase(c, seed++);
+    assert(err < 1e-6, `${JSON.stringify(c)}: relative error ${err}`);
+  }
+  // Tiles wholly beyond the band are really skipped (M 64 × N 600: 16-row tiles
+  // of 128 columns from the cpu profile, 8×64 on a gpu one).
+  assert((await runCase({ M: 64, N: 600, K: 8, transB: true, cUpper: 0 }, seed)) < 1e-6);
+  assert(untouchedBeyondBand > 0, "no tile beyond the band was skipped");
+  // The bands change nothing for the kernels' choice.
+  assertEquals(matmulKernelKind({ M: 64, N: 64, K: 64, aBand: { hi: 0 } }), "vec4");
+});
+
 Deno.test("matmul: operands beyond maxStorageBufferBindingSize are split, never truncated", async () => {
   // 4 KiB bindings: every operand below is larger, so each product runs in pieces
   // (rows of C / A, rows of a transposed B, K slices that accumulate), and a
@@ -343,6 +416,8 @@ Deno.test("matmul: operands beyond maxStorageBufferBindingSize are split, never 
     { M: 8, N: 80, K: 40, bF16: true },
     { M: 30, N: 30, K: 30, transA: true, transB: true, bias: true },
     { M: 8, N: 8, K: 8, batch: { count: 20, strideA: 64, strideB: 64, strideC: 64 } },
+    { M: 40, N: 36, K: 40, aBand: { hi: 0 }, cUpper: 0 },
+    { M: 32, N: 12, K: 64, transA: true, aBand: { lo: 0 }, accumulate: true },
   ];
   bound.splice(0);
   let seed = 500;

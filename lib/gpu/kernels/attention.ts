@@ -432,9 +432,12 @@ export function encodeAttentionBackward(
 // training/scoring path computes QKᵀ, PV and the backward products with
 // strided batched matmuls (batch over the batch rows, one product per head)
 // and keeps only a row softmax and a row softmax-backward as custom kernels.
-// The causal upper triangle is computed and masked (2× the useful FLOPs, at
-// ~10× the speed). Scores are recomputed in backward from q and k rather
-// than stored per layer. Reference: the same `attention` / `attentionBackward`.
+// The causal upper triangle is skipped where whole tiles allow: Q·Kᵀ and dO·Vᵀ
+// leave tiles above the diagonal unwritten (cUpper), and the products that
+// reduce over keys or queries walk only the triangle (aBand); the row kernels
+// read only the keys each query sees and zero the rest of its row. This needs
+// positions that never run ahead of the row (pos[s] ≤ s, the training layout).
+// Scores are recomputed in backward from q and k rather than stored per layer. Reference: the same `attention` / `attentionBackward`.
 
 function softmaxShader(wg: number): string {
   return `struct U { rows: u32, S: u32, H: u32, L: u32, P: u32 }
@@ -460,16 +463,22 @@ ${entry(wg)}
 }
 
 function softmaxBackwardShader(wg: number): string {
-  return `struct U { rows: u32, L: u32, scale: f32 }
+  return `struct U { rows: u32, S: u32, H: u32, L: u32, P: u32, scale: f32 }
 @group(0) @binding(0) var<uniform> u: U;
 @group(0) @binding(1) var<storage, read> p: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dp: array<f32>;
+@group(0) @binding(3) var<storage, read> pos: array<i32>;
 ${entry(wg)}
   if (idx >= u.rows) { return; }
+  let s = idx % u.S;
+  let b = idx / (u.S * u.H);
+  // Only the keys the row sees: dP beyond them may be unwritten (skipped tiles).
+  let n = u.P + u32(pos[b * u.S + s]) + 1u;
   let o = idx * u.L;
   var dot = 0.0;
-  for (var j = 0u; j < u.L; j++) { dot = fma(p[o + j], dp[o + j], dot); }
-  for (var j = 0u; j < u.L; j++) { dp[o + j] = p[o + j] * (dp[o + j] - dot) * u.scale; }
+  for (var j = 0u; j < n; j++) { dot = fma(p[o + j], dp[o + j], dot); }
+  for (var j = 0u; j < n; j++) { dp[o + j] = p[o + j] * (dp[o + j] - dot) * u.scale; }
+  for (var j = n; j < u.L; j++) { dp[o + j] = 0.0; }
 }`;
 }
 
@@ -521,6 +530,7 @@ function encodeScores(
       ldb: l.kvRow,
       cOffset: h * S * L + P,
       batch: { count: B, strideA: S * l.qRow, strideB: l.kvBatch, strideC: H * S * L },
+      cUpper: 0,
     });
   }
   const wg = rowWorkgroup(gpu);
@@ -578,6 +588,7 @@ export function encodeAttentionMaterialized(
       ...common,
       K: S,
       aOffset: h * S * L + P,
+      aBand: { hi: 0 },
       b: l.kv,
       bOffset: l.vOff + g * D,
       ldb: l.kvRow,
@@ -636,17 +647,20 @@ export function encodeAttentionBackwardMaterialized(
       ldb: l.kvRow,
       cOffset: h * S * L + P,
       batch: { count: B, strideA: S * gr.oRow, strideB: l.kvBatch, strideC: HSL },
+      cUpper: 0,
     });
   }
   // dS = P ⊙ (dP − Σ P·dP)·scale, in place.
   const wg = rowWorkgroup(gpu);
   const rows = B * H * S;
-  const u = uniforms(gpu).alloc(packUniforms([{ u: rows }, { u: L }, { f: l.scale }]));
+  const u = uniforms(gpu).alloc(
+    packUniforms([{ u: rows }, { u: S }, { u: H }, { u: L }, { u: P }, { f: l.scale }]),
+  );
   dispatch(
     gpu,
     pass,
     getPipeline(gpu, softmaxBackwardShader(wg)),
-    [u, scores, dscores],
+    [u, scores, dscores, l.pos],
     grid(gpu, rows, wg),
   );
   const dRowsBatch = S * gr.dRow;
@@ -677,6 +691,7 @@ export function encodeAttentionBackwardMaterialized(
       a: dscores,
       aOffset: h * S * L + P,
       lda: L,
+      aBand: { hi: 0 },
       b: l.kv,
       bOffset: l.kOff + g * D,
       ldb: l.kvRow,
@@ -695,6 +710,7 @@ export function encodeAttentionBackwardMaterialized(
       aOffset: h * S * L + P,
       lda: L,
       transA: true,
+      aBand: { lo: 0 },
       b: l.q,
       bOffset: l.qOff + h * D,
       ldb: l.qRow,
@@ -712,6 +728,7 @@ export function encodeAttentionBackwardMaterialized(
       aOffset: h * S * L + P,
       lda: L,
       transA: true,
+      aBand: { lo: 0 },
       b: gr.dOut,
       bOffset: gr.oOff + h * D,
       ldb: gr.oRow,

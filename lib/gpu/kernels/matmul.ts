@@ -55,7 +55,22 @@ export interface MatmulArgs {
   bF16?: boolean;
   /** Strided batch: `count` independent products, with element strides between consecutive A, B and C. */
   batch?: { count: number; strideA: number; strideB: number; strideC: number };
+  /**
+   * op(A) is zero outside a band: op(A)[m][k] = 0 unless m + lo ≤ k ≤ m + hi
+   * (causal attention probabilities: hi 0; their transpose: lo 0). Each tile of
+   * rows walks only the K range its band can reach; the result is the same.
+   */
+  aBand?: { lo?: number; hi?: number };
+  /**
+   * Only C[m][n] with n ≤ m + cUpper is wanted (causal scores: 0): tiles wholly
+   * beyond are skipped and left as they were; the other entries of a tile that
+   * straddles the line are computed like any other.
+   */
+  cUpper?: number;
 }
+
+/** "No band": far beyond any index, small enough that i32 sums cannot overflow. */
+const UNBOUNDED = 1 << 29;
 
 /** One dispatchable product after defaults and splitting. */
 interface Piece {
@@ -76,6 +91,9 @@ interface Piece {
   accumulate: boolean;
   beta: number;
   useBias: boolean;
+  aLo: number;
+  aHi: number;
+  cUpper: number;
 }
 
 const dummies = new WeakMap<GPUDevice, GPUBuffer>();
@@ -201,6 +219,9 @@ export function encodeMatmul(gpu: Gpu, pass: GPUComputePassEncoder, args: Matmul
       { u: p.sC },
       { u: tilesN },
       { u: tilesMN },
+      { i: clampBand(p.aLo) },
+      { i: clampBand(p.aHi) },
+      { i: clampBand(p.cUpper) },
     ]));
     const bindings: Binding[] = [u, aBind.binding, bBind.binding, cBind.binding];
     if (biasBind) bindings.push(biasBind);
@@ -247,7 +268,14 @@ function pieceOf(args: Omit<MatmulArgs, "a" | "b" | "c">): Piece {
     accumulate: !!args.accumulate,
     beta: args.beta ?? 1,
     useBias: !!args.bias,
+    aLo: args.aBand?.lo ?? -UNBOUNDED,
+    aHi: args.aBand?.hi ?? UNBOUNDED,
+    cUpper: args.cUpper ?? UNBOUNDED,
   };
+}
+
+function clampBand(x: number): number {
+  return Math.max(-UNBOUNDED, Math.min(UNBOUNDED, x));
 }
 
 function rangeA(p: Piece, transA: boolean): [number, number] {
@@ -338,6 +366,10 @@ function splitM(p: Piece, transA: boolean): [Piece, Piece] {
     M: p.M - h,
     aOff: p.aOff + (transA ? h : h * p.lda),
     cOff: p.cOff + h * p.ldc,
+    // Row m of the second half is row m + h of the whole.
+    aLo: p.aLo + h,
+    aHi: p.aHi + h,
+    cUpper: p.cUpper + h,
   }];
 }
 
@@ -350,6 +382,7 @@ function splitN(p: Piece, transB: boolean): [Piece, Piece] {
     bOff: p.bOff + (transB ? h * p.ldb : h),
     cOff: p.cOff + h,
     biasOff: p.biasOff + h,
+    cUpper: p.cUpper - h,
   }];
 }
 
@@ -365,6 +398,8 @@ function splitK(p: Piece, transA: boolean, transB: boolean): [Piece, Piece] {
     accumulate: true,
     beta: 1,
     useBias: false,
+    aLo: p.aLo - h,
+    aHi: p.aHi - h,
   }];
 }
 
@@ -418,7 +453,7 @@ ${tileOrigin(prof)}
   }
   const aStep = transA ? "u.lda" : "1u";
   const bStep = transB ? "1u" : "u.ldb";
-  L.push(`  for (var k = 0u; k < u.K; k++) {
+  L.push(`  for (var k = kLo; k < kHi; k++) {
     let ka = k * ${aStep};
     let kb = k * ${bStep};`);
   for (let j = 0; j < tn4; j++) {

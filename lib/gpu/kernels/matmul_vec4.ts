@@ -86,7 +86,8 @@ ${tileOrigin(prof)}
   for (let i = 0; i < tm; i++) {
     for (let j = 0; j < tn4; j++) L.push(`  var acc${i}_${j} = vec4f(0.0);`);
   }
-  L.push(`  for (var k4 = 0u; k4 < u.K / 4u; k4++) {`);
+  // kLo..kHi within K, a multiple of 4 here: whole vec4 steps cover the band.
+  L.push(`  for (var k4 = kLo / 4u; k4 < (kHi + 3u) / 4u; k4++) {`);
   // A(i, q): the A value of row i at k = 4·k4 + q.
   let aVal: (i: number, q: number) => string;
   if (!transA) {
