@@ -59,3 +59,46 @@ export const PREFIX_TRANS = [
 export const EMBEDDING = "transformer.embedding.word_embeddings.weight";
 export const FINAL_NORM = "transformer.encoder.final_layernorm.weight";
 export const OUTPUT_LAYER = "transformer.output_layer.weight";
+
+/**
+ * Initial adapter tensors for `shapes` (name → shape, in the model's parameter
+ * order) with the reference libraries' distributions: LoRA A kaiming-uniform
+ * (a=√5) = U(±1/√in), B = 0 (PEFT); prefix embedding N(0, 1) and projection
+ * Linear layers U(±1/√in) (torch defaults). The stream differs from torch's, so
+ * tests that compare with PyTorch pass the tensors explicitly.
+ */
+export function initAdapter(
+  shapes: Map<string, number[]>,
+  seed: number,
+): Map<string, Float32Array> {
+  const u = mulberry32(seed);
+  const out = new Map<string, Float32Array>();
+  for (const [name, shape] of shapes) {
+    const t = new Float32Array(shape.reduce((a, b) => a * b, 1));
+    if (name.endsWith("lora_A.weight") || name.startsWith("transformer.prefix_encoder.trans")) {
+      const fanIn = name.endsWith(".bias")
+        ? shapes.get(name.replace(".bias", ".weight"))![1]
+        : shape[1];
+      const bound = 1 / Math.sqrt(fanIn);
+      for (let i = 0; i < t.length; i++) t[i] = (2 * u() - 1) * bound;
+    } else if (name === PREFIX_EMBEDDING) {
+      for (let i = 0; i < t.length; i++) {
+        t[i] = Math.sqrt(-2 * Math.log(1 - u())) * Math.cos(2 * Math.PI * u());
+      }
+    }
+    out.set(name, t);
+  }
+  return out;
+}
+
+/** Seeded uniform [0, 1) stream (mulberry32). */
+function mulberry32(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
+  };
+}

@@ -54,6 +54,7 @@ import {
   type AdapterSpec,
   EMBEDDING,
   FINAL_NORM,
+  initAdapter,
   layerPrefix,
   LINEAR_PATH,
   LORA_TARGETS,
@@ -234,18 +235,6 @@ interface Step {
 }
 
 const f32Bytes = (n: number) => n * 4;
-
-/** Seeded uniform [0, 1) stream (mulberry32). */
-function uniformStream(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
 
 function numel(shape: number[]): number {
   return shape.reduce((a, b) => a * b, 1);
@@ -517,36 +506,15 @@ export class GlmModel implements TrainableModel {
         ];
       }
     }
-    if (!full) this.setParams(this.initialAdapter(this.opts.seed));
+    if (!full) {
+      const shapes = new Map(this.params.map((p) => [p.name, p.shape]));
+      this.setParams(initAdapter(shapes, this.opts.seed));
+    }
     this.rope = {
       table: this.up(ropeTable(Math.max(d.seqLength, this.maxSeq), d.D, d.ropeBase), "rope"),
       maxPos: Math.max(d.seqLength, this.maxSeq),
     };
     this.allocActivations();
-  }
-
-  /** LoRA A ~ U(±1/√in) (kaiming-uniform, a=√5), B = 0; prefix embedding N(0, 1); projection Linear layers U(±1/√in). */
-  private initialAdapter(seed: number): Map<string, Float32Array> {
-    const u = uniformStream(seed);
-    const out = new Map<string, Float32Array>();
-    for (const p of this.params) {
-      const t = new Float32Array(p.size);
-      if (
-        p.name.endsWith("lora_A.weight") || p.name.startsWith("transformer.prefix_encoder.trans")
-      ) {
-        const fanIn = p.name.endsWith(".bias")
-          ? this.byName.get(p.name.replace(".bias", ".weight"))!.shape[1]
-          : p.shape[1];
-        const bound = 1 / Math.sqrt(fanIn);
-        for (let i = 0; i < t.length; i++) t[i] = (2 * u() - 1) * bound;
-      } else if (p.name === PREFIX_EMBEDDING) {
-        for (let i = 0; i < t.length; i++) {
-          t[i] = Math.sqrt(-2 * Math.log(1 - u())) * Math.cos(2 * Math.PI * u());
-        }
-      }
-      out.set(p.name, t);
-    }
-    return out;
   }
 
   private allocActivations(): void {
@@ -678,6 +646,30 @@ export class GlmModel implements TrainableModel {
     return this.adapter.kind === "lora" && st.training ? this.adapter.dropout : 0;
   }
 
+  /**
+   * What a LoRA site's A sees: x, or dropout(x) in this.s.xd while training.
+   * Backward draws the same mask again (same seed and stream) instead of keeping it.
+   */
+  private loraInput(
+    pass: GPUComputePassEncoder,
+    st: Step,
+    layer: number,
+    l: Linear,
+    x: GPUBuffer,
+  ): GPUBuffer {
+    const p = this.loraDropout(st);
+    if (p === 0) return x;
+    encodeDropout(this.gpu, pass, {
+      x,
+      y: this.s.xd,
+      n: st.T * l.in,
+      p,
+      seed: st.seed,
+      stream: GlmModel.stream(layer, l.kind),
+    });
+    return this.s.xd;
+  }
+
   /** Dropout stream of a LoRA site: distinct per layer and linear kind. */
   private static stream(layer: number, kind: LoraTarget): number {
     return layer * 8 + LORA_TARGETS.indexOf(kind) + 1;
@@ -709,19 +701,7 @@ export class GlmModel implements TrainableModel {
     });
     if (!l.lora) return;
     const r = l.lora.A.shape[0];
-    const p = this.loraDropout(st);
-    let xin = x;
-    if (p > 0) {
-      encodeDropout(this.gpu, pass, {
-        x,
-        y: this.s.xd,
-        n: T * l.in,
-        p,
-        seed: st.seed,
-        stream: GlmModel.stream(layer, l.kind),
-      });
-      xin = this.s.xd;
-    }
+    const xin = this.loraInput(pass, st, layer, l, x);
     const a = loraSave ?? this.s.da;
     this.mm(pass, { M: T, N: r, K: l.in, a: xin, b: l.lora.A.weight, c: a, transB: true });
     this.mm(pass, {
@@ -781,18 +761,7 @@ export class GlmModel implements TrainableModel {
       accumulate: true,
     });
     this.mm(pass, { M: T, N: r, K: l.out, a: dy, b: l.lora.B.weight, c: this.s.da, alpha: s });
-    let xin = x;
-    if (p > 0) {
-      encodeDropout(this.gpu, pass, {
-        x,
-        y: this.s.xd,
-        n: T * l.in,
-        p,
-        seed: st.seed,
-        stream: GlmModel.stream(layer, l.kind),
-      });
-      xin = this.s.xd;
-    }
+    const xin = this.loraInput(pass, st, layer, l, x);
     this.mm(pass, {
       M: r,
       N: l.in,

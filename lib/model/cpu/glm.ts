@@ -15,6 +15,7 @@
 import { UserError } from "../../errors.ts";
 import {
   type AdapterSpec,
+  initAdapter,
   layerPrefix,
   LINEAR_PATH,
   LORA_TARGETS,
@@ -87,49 +88,6 @@ function prefixWidth(c: GlmConfig): number {
 }
 
 const numel = (shape: number[]) => shape.reduce((a, b) => a * b, 1);
-
-/** Seeded uniform [0, 1) stream (mulberry32): adapter initialisation for tests. */
-function uniform(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
-
-/**
- * Initial adapter tensors with the reference libraries' distributions: LoRA A
- * kaiming-uniform(a=√5) = U(±1/√in), B = 0 (PEFT); prefix embedding N(0, 1)
- * and projection Linear layers U(±1/√in) (torch defaults). The stream differs
- * from torch's, so tests that compare with PyTorch pass the tensors explicitly.
- */
-export function initAdapter(
-  c: GlmConfig,
-  adapter: AdapterSpec,
-  seed: number,
-): Map<string, Float32Array> {
-  const u = uniform(seed);
-  const out = new Map<string, Float32Array>();
-  for (const [name, shape] of trainableShapes(c, adapter)) {
-    const t = new Float32Array(numel(shape));
-    if (name.endsWith("lora_A.weight") || name.startsWith("transformer.prefix_encoder.trans")) {
-      const fanIn = name.endsWith(".bias")
-        ? trainableShapes(c, adapter).get(name.replace(".bias", ".weight"))![1]
-        : shape[1];
-      const bound = 1 / Math.sqrt(fanIn);
-      for (let i = 0; i < t.length; i++) t[i] = (2 * u() - 1) * bound;
-    } else if (name === PREFIX_EMBEDDING) {
-      for (let i = 0; i < t.length; i++) {
-        t[i] = Math.sqrt(-2 * Math.log(1 - u())) * Math.cos(2 * Math.PI * u());
-      }
-    }
-    out.set(name, t);
-  }
-  return out;
-}
 
 interface LinearSaved {
   x: Float32Array;
@@ -206,7 +164,9 @@ export class CpuGlm {
       }
     }
     this.shapes = trainableShapes(config, adapter);
-    this.params = adapter.kind === "full" ? weights : initAdapter(config, adapter, seed);
+    this.params = adapter.kind === "full"
+      ? weights
+      : initAdapter(trainableShapes(config, adapter), seed);
   }
 
   /** Replace trainable tensors by name; unknown or mis-shaped names throw. */
