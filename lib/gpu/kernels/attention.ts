@@ -437,7 +437,17 @@ export function encodeAttentionBackward(
 // reduce over keys or queries walk only the triangle (aBand); the row kernels
 // read only the keys each query sees and zero the rest of its row. This needs
 // positions that never run ahead of the row (pos[s] ≤ s, the training layout).
-// Scores are recomputed in backward from q and k rather than stored per layer. Reference: the same `attention` / `attentionBackward`.
+// Scores are recomputed in backward from q and k rather than stored per layer.
+// Reference: the same `attention` / `attentionBackward`.
+
+/**
+ * WGSL for the row kernels over a score row (idx: batch, head, query): `n`,
+ * the keys the query sees (the prefix, then real keys up to its position).
+ * Entries past n are never read, since whole tiles of them are not computed.
+ */
+const VISIBLE_KEYS = `  let s = idx % u.S;
+  let b = idx / (u.S * u.H);
+  let n = u.P + u32(pos[b * u.S + s]) + 1u;`;
 
 function softmaxShader(wg: number): string {
   return `struct U { rows: u32, S: u32, H: u32, L: u32, P: u32 }
@@ -447,9 +457,7 @@ function softmaxShader(wg: number): string {
 @group(0) @binding(3) var<storage, read_write> stats: array<f32>;
 ${entry(wg)}
   if (idx >= u.rows) { return; }
-  let s = idx % u.S;
-  let b = idx / (u.S * u.H);
-  let n = u.P + u32(pos[b * u.S + s]) + 1u;
+${VISIBLE_KEYS}
   let o = idx * u.L;
   var m = -3.0e38;
   for (var j = 0u; j < n; j++) { m = max(m, sc[o + j]); }
@@ -470,10 +478,7 @@ function softmaxBackwardShader(wg: number): string {
 @group(0) @binding(3) var<storage, read> pos: array<i32>;
 ${entry(wg)}
   if (idx >= u.rows) { return; }
-  let s = idx % u.S;
-  let b = idx / (u.S * u.H);
-  // Only the keys the row sees: dP beyond them may be unwritten (skipped tiles).
-  let n = u.P + u32(pos[b * u.S + s]) + 1u;
+${VISIBLE_KEYS}
   let o = idx * u.L;
   var dot = 0.0;
   for (var j = 0u; j < n; j++) { dot = fma(p[o + j], dp[o + j], dot); }
@@ -701,43 +706,35 @@ export function encodeAttentionBackwardMaterialized(
       accumulate: P > 0,
       batch: { count: B, strideA: HSL, strideB: l.kvBatch, strideC: dRowsBatch },
     });
-    // dK += dSᵀ·Q, dV += Pᵀ·dO over the heads of the group.
-    encodeMatmul(gpu, pass, {
-      M: S,
-      N: D,
-      K: S,
-      a: dscores,
-      aOffset: h * S * L + P,
-      lda: L,
-      transA: true,
-      aBand: { lo: 0 },
-      b: l.q,
-      bOffset: l.qOff + h * D,
-      ldb: l.qRow,
-      c: gr.dqkv,
-      cOffset: gr.dkOff + g * D,
-      ldc: gr.dRow,
-      accumulate: !first,
-      batch: { count: B, strideA: HSL, strideB: S * l.qRow, strideC: dRowsBatch },
-    });
-    encodeMatmul(gpu, pass, {
-      M: S,
-      N: D,
-      K: S,
-      a: scores,
-      aOffset: h * S * L + P,
-      lda: L,
-      transA: true,
-      aBand: { lo: 0 },
-      b: gr.dOut,
-      bOffset: gr.oOff + h * D,
-      ldb: gr.oRow,
-      c: gr.dqkv,
-      cOffset: gr.dvOff + g * D,
-      ldc: gr.dRow,
-      accumulate: !first,
-      batch: { count: B, strideA: HSL, strideB: S * gr.oRow, strideC: dRowsBatch },
-    });
+    // dK += dSᵀ·Q, dV += Pᵀ·dO over the heads of the group: both reduce over the
+    // queries that see a key (aBand lo 0) of a score-shaped A read transposed.
+    const keyGrad = (
+      a: GPUBuffer,
+      b: GPUBuffer,
+      bOffset: number,
+      ldb: number,
+      cOffset: number,
+    ) =>
+      encodeMatmul(gpu, pass, {
+        M: S,
+        N: D,
+        K: S,
+        a,
+        aOffset: h * S * L + P,
+        lda: L,
+        transA: true,
+        aBand: { lo: 0 },
+        b,
+        bOffset,
+        ldb,
+        c: gr.dqkv,
+        cOffset,
+        ldc: gr.dRow,
+        accumulate: !first,
+        batch: { count: B, strideA: HSL, strideB: S * ldb, strideC: dRowsBatch },
+      });
+    keyGrad(dscores, l.q, l.qOff + h * D, l.qRow, gr.dkOff + g * D);
+    keyGrad(scores, gr.dOut, gr.oOff + h * D, gr.oRow, gr.dvOff + g * D);
   }
   if (P === 0) return;
   if (!gr.dpkv) throw new Error("attention backward: prefix gradients need dpkv");
