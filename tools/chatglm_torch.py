@@ -307,6 +307,19 @@ class ChatGLMForConditionalGeneration(PreTrainedModel, GenerationMixin):
         return out
 
 
+def seeded_bench_model(config: dict, seed: int) -> "ChatGLMForConditionalGeneration":
+    """A model with random weights as the benchmarks use: seeded N(0, 0.02), norm weights 1."""
+    torch.manual_seed(seed)
+    model = ChatGLMForConditionalGeneration(ChatGLMConfig(**config))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "norm" in n:
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, 0.02)
+    return model
+
+
 def tiny_config(**overrides) -> ChatGLMConfig:
     """The tiny test model: the chatglm3-6b config with every dimension shrunk."""
     kw = dict(

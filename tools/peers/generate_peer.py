@@ -19,28 +19,20 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from chatglm_torch import ChatGLMConfig, ChatGLMForConditionalGeneration, to_transformers_glm  # noqa: E402
+from chatglm_torch import seeded_bench_model, to_transformers_glm  # noqa: E402
 
 
 def main():
     a = json.loads(sys.argv[1])
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-    torch.manual_seed(a.get("seed", 0))
-    c = ChatGLMConfig(**a["config"])
-    src = ChatGLMForConditionalGeneration(c).eval()
-    with torch.no_grad():
-        for n, p in src.named_parameters():
-            if "norm" in n:
-                p.fill_(1.0)
-            else:
-                p.normal_(0.0, 0.02)
+    src = seeded_bench_model(a["config"], a.get("seed", 0)).eval()
 
     model = to_transformers_glm(src, a["prompt"] + a["new"], attn=None)
 
     g = torch.Generator().manual_seed(1)
     out = {"threads": torch.get_num_threads()}
     for B in a["batches"]:
-        ids = torch.randint(3, c.padded_vocab_size, (B, a["prompt"]), generator=g)
+        ids = torch.randint(3, src.config.padded_vocab_size, (B, a["prompt"]), generator=g)
         mask = torch.ones_like(ids)
         times = []
         with torch.no_grad():

@@ -18,20 +18,13 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from chatglm_torch import ChatGLMConfig, ChatGLMForConditionalGeneration  # noqa: E402
+from chatglm_torch import seeded_bench_model  # noqa: E402
 
 
 def main():
     a = json.loads(sys.argv[1])
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-    torch.manual_seed(a.get("seed", 0))
-    model = ChatGLMForConditionalGeneration(ChatGLMConfig(**a["config"]))
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if "norm" in n:
-                p.fill_(1.0)
-            else:
-                p.normal_(0.0, 0.02)
+    model = seeded_bench_model(a["config"], a.get("seed", 0))
     if a["mode"] == "lora":
         from peft import LoraConfig, get_peft_model
 
