@@ -312,7 +312,12 @@ Deno.test("matmul: strided batches", async () => {
 Deno.test("matmul: other tile profiles give the same results", async () => {
   try {
     const odd = { tm: 4, tn: 8, wgM: 2, wgN: 2, scalar: { tm: 3, tn: 4, wgM: 2, wgN: 3 } };
-    for (const p of [DEFAULT_PROFILES.gpu, odd]) {
+    // The shared-memory kernel of the gpu profile, in workgroups small enough for
+    // llvmpipe to build quickly (its build time grows with the workgroup: ~14 s
+    // at 16×16); bk 16 does not divide K = 24, so a partial K tile is covered.
+    const { bk: _bk, ...gpuRegisters } = DEFAULT_PROFILES.gpu;
+    const shared = { tm: 4, tn: 8, wgM: 2, wgN: 3, bk: 16, stageAll: true };
+    for (const p of [gpuRegisters, shared, odd]) {
       setMatmulProfile(p);
       let seed = 400;
       for (const [, transA, transB] of layouts) {
@@ -363,13 +368,18 @@ Deno.test("matmul: profile parsing", () => {
     wgM: 1,
     wgN: 4,
   });
-  let threw = false;
-  try {
-    parseMatmulProfile("tn=6", DEFAULT_PROFILES.cpu);
-  } catch {
-    threw = true;
+  // bk sets the K steps staged per shared-memory tile; bk=0 turns staging off.
+  assertEquals(parseMatmulProfile("tm=8,tn=8,bk=8", DEFAULT_PROFILES.gpu).bk, 8);
+  assertEquals(parseMatmulProfile("bk=0", DEFAULT_PROFILES.gpu).bk, undefined);
+  for (const bad of ["tn=6", "bk=6", "tm=3,wgm=1,bk=8"]) {
+    let threw = false;
+    try {
+      parseMatmulProfile(bad, DEFAULT_PROFILES.gpu);
+    } catch {
+      threw = true;
+    }
+    assert(threw, bad);
   }
-  assert(threw);
 });
 
 Deno.test("matmul: a banded A walks only its band; tiles beyond C's band are skipped", async () => {
@@ -424,5 +434,43 @@ Deno.test("matmul: operands beyond maxStorageBufferBindingSize are split, never 
   for (const c of cases) {
     const err = await runCase(c, seed++, limits);
     assert(err < 1e-6, `${JSON.stringify(c)}: relative error ${err}`);
+  }
+});
+
+Deno.test("matmul: the shared-memory kernel on bands, f16 B, batches, offsets and splits", async () => {
+  // The gpu profile's kernel in llvmpipe-sized workgroups (8×24 tiles, 16 K
+  // steps staged per tile), on the vec4-eligible cases of the tests above.
+  const cases: [Case, Partial<GPUSupportedLimits>?][] = [
+    [{ M: 64, N: 32, K: 64, aBand: { hi: 0 } }],
+    [{ M: 64, N: 32, K: 64, transA: true, aBand: { lo: 0 } }],
+    [{ M: 36, N: 12, K: 44, transA: true, aBand: { lo: 3, hi: 20 }, accumulate: true, beta: 0.5 }],
+    [{ M: 32, N: 12, K: 52, aBand: { lo: -5, hi: 8 } }],
+    [{ M: 64, N: 64, K: 32, transB: true, cUpper: 0, alpha: 0.125 }],
+    [{ M: 19, N: 36, K: 24, bF16: true, transB: true, bias: true }],
+    [{ M: 5, N: 40, K: 20, bF16: true }],
+    [{
+      M: 8,
+      N: 12,
+      K: 4,
+      transA: true,
+      batch: { count: 3, strideA: 32, strideB: 0, strideC: 96 },
+    }],
+    [{ M: 20, N: 36, K: 12, transA: true, transB: true, bias: true, lda: 24, aOffset: 8 }],
+    [{ M: 40, N: 36, K: 24 }, { maxStorageBufferBindingSize: 4096 }],
+    [{ M: 32, N: 12, K: 64, transA: true, accumulate: true, beta: 0.5 }, {
+      maxStorageBufferBindingSize: 4096,
+    }],
+  ];
+  try {
+    setMatmulProfile({ tm: 4, tn: 8, wgM: 2, wgN: 3, bk: 16, stageAll: true });
+    let seed = 800;
+    for (const [c, limits] of cases) {
+      assertEquals(matmulKernelKind({ ...c, bias: undefined }), "vec4");
+      bound.splice(0);
+      const err = await runCase(c, seed++, limits);
+      assert(err < 1e-6, `${JSON.stringify(c)}: relative error ${err}`);
+    }
+  } finally {
+    setMatmulProfile(undefined);
   }
 });

@@ -17,7 +17,8 @@
  */
 import type { Gpu } from "../device.ts";
 import { type Binding, dispatch, getPipeline, packUniforms, uniforms } from "../runtime.ts";
-import { type MatmulProfile, matmulProfile, vec4Tiles } from "./matmul_profile.ts";
+import { type MatmulProfile, matmulProfile, stagesTiles, vec4Tiles } from "./matmul_profile.ts";
+import { matmulSharedShader } from "./matmul_shared.ts";
 import { type MatmulEpilogue, matmulVec4Shader } from "./matmul_vec4.ts";
 import { MATMUL_UNIFORMS, tileOrigin } from "./matmul_wgsl.ts";
 
@@ -128,11 +129,13 @@ function matmulPipeline(
 ): GPUComputePipeline {
   let memo = pipelineMemo.get(gpu.device);
   if (!memo) pipelineMemo.set(gpu.device, memo = new Map());
+  const shared = vec4 && stagesTiles(prof, transB);
   const key = [
     prof.tm,
     prof.tn,
     prof.wgM,
     prof.wgN,
+    shared && prof.bk,
     vec4,
     transA,
     transB,
@@ -144,9 +147,11 @@ function matmulPipeline(
   if (!p) {
     p = getPipeline(
       gpu,
-      vec4
-        ? matmulVec4Shader(prof, transA, transB, bF16, epilogue)
-        : matmulShader(prof, transA, transB, bF16),
+      !vec4
+        ? matmulShader(prof, transA, transB, bF16)
+        : shared
+        ? matmulSharedShader(prof, transA, transB, bF16, epilogue)
+        : matmulVec4Shader(prof, transA, transB, bF16, epilogue),
     );
     memo.set(key, p);
   }

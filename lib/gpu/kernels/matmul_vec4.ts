@@ -43,30 +43,12 @@ export function matmulVec4Shader(
   if (tm % 4 !== 0 && transA) throw new Error("matmul vec4: tm must be a multiple of 4 for transA");
   const tn4 = tn / 4;
   const L: string[] = [];
-  L.push(`${MATMUL_UNIFORMS}
-@group(0) @binding(0) var<uniform> u: U;
-@group(0) @binding(1) var<storage, read> A: array<vec4f>;
-@group(0) @binding(2) var<storage, read> B: array<${bF16 ? "vec2u" : "vec4f"}>;
-@group(0) @binding(3) var<storage, read_write> C: array<vec4f>;
-${epilogue.bias ? "@group(0) @binding(4) var<storage, read> bias: array<vec4f>;" : ""}
-${
-    bF16
-      ? "fn ldB(i: u32) -> vec4f { let w = B[i]; return vec4f(unpack2x16float(w.x), unpack2x16float(w.y)); }"
-      : "fn ldB(i: u32) -> vec4f { return B[i]; }"
-  }
+  L.push(`${vec4Bindings(bF16, epilogue)}
 
 @compute @workgroup_size(${wgM * wgN})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) lid: u32) {
-${tileOrigin(prof)}
-  let aBase = (u.aOff + bat * u.sA) / 4u;
-  let bBase = (u.bOff + bat * u.sB) / 4u;
-  let cBase = (u.cOff + bat * u.sC) / 4u;
-  let lda4 = u.lda / 4u;
-  let ldb4 = u.ldb / 4u;
-  let ldc4 = u.ldc / 4u;
-  let lastM = u.M - 1u;
-  let lastN = u.N - 1u;`);
+${vec4Origin(prof)}`);
   // Per-row / per-column base indices (in vec4 units), clamped so edge lanes
   // read valid (duplicate) data; their results are dropped at the store.
   if (!transA) {
@@ -127,6 +109,46 @@ ${tileOrigin(prof)}
     }
   }
   L.push(`  }`);
+  L.push(vec4Store(tm, tn, epilogue), `}`);
+  return L.join("\n");
+}
+
+/** Declarations of the vec4 kernels (this one and ./matmul_shared.ts): uniforms, operands, `ldB`. */
+export function vec4Bindings(bF16: boolean, epilogue: MatmulEpilogue): string {
+  return `${MATMUL_UNIFORMS}
+@group(0) @binding(0) var<uniform> u: U;
+@group(0) @binding(1) var<storage, read> A: array<vec4f>;
+@group(0) @binding(2) var<storage, read> B: array<${bF16 ? "vec2u" : "vec4f"}>;
+@group(0) @binding(3) var<storage, read_write> C: array<vec4f>;
+${epilogue.bias ? "@group(0) @binding(4) var<storage, read> bias: array<vec4f>;" : ""}
+${
+    bF16
+      ? "fn ldB(i: u32) -> vec4f { let w = B[i]; return vec4f(unpack2x16float(w.x), unpack2x16float(w.y)); }"
+      : "fn ldB(i: u32) -> vec4f { return B[i]; }"
+  }`;
+}
+
+/** The tile origin plus the operands' bases and strides in vec4 units. */
+export function vec4Origin(prof: MatmulProfile): string {
+  return `${tileOrigin(prof)}
+  let aBase = (u.aOff + bat * u.sA) / 4u;
+  let bBase = (u.bOff + bat * u.sB) / 4u;
+  let cBase = (u.cOff + bat * u.sC) / 4u;
+  let lda4 = u.lda / 4u;
+  let ldb4 = u.ldb / 4u;
+  let ldc4 = u.ldc / 4u;
+  let lastM = u.M - 1u;
+  let lastN = u.N - 1u;`;
+}
+
+/**
+ * The store of the invocation's tm×tn block (accumulators acc{i}_{j}, vec4 j
+ * covering columns n0 + 4j..): C = alpha·acc (+ beta·C) (+ bias), rows and
+ * columns past the edge dropped.
+ */
+export function vec4Store(tm: number, tn: number, epilogue: MatmulEpilogue): string {
+  const tn4 = tn / 4;
+  const L: string[] = [];
   if (epilogue.bias) {
     // Clamped like the loads: lanes past N read a valid vec4 and store nothing.
     L.push(`  let biasBase = u.biasOff / 4u;`);
@@ -146,6 +168,5 @@ ${tileOrigin(prof)}
     }
     L.push(`  }`);
   }
-  L.push(`}`);
   return L.join("\n");
 }
