@@ -57,49 +57,31 @@ ${vec4Origin(prof)}
     for (let j = 0; j < tn4; j++) L.push(`  var acc${i}_${j} = vec4f(0.0);`);
   }
   L.push(`  for (var k0 = kStart; k0 < kEnd; k0 += ${bk}u) {`);
-  // Stage op(A): vec4 loads along A's contiguous dimension, scattered or
-  // copied into the k-major tile; rows and columns past the edge are clamped
-  // (their results are dropped at the store), K steps past kEnd are zeros.
-  if (!transA) {
-    L.push(`    for (var l = lid; l < ${BM * bk / 4}u; l += ${T}u) {
-      let r = l / ${bk / 4}u;
-      let kq = (l % ${bk / 4}u) * 4u;
-      let kk = k0 + kq;
-      let v = select(zero, A[aBase + min(tileM0 + r, lastM) * lda4 + min(kk, u.K - 4u) / 4u], kk < kEnd);
-      setA(kq * ${SA}u + r, v.x);
-      setA((kq + 1u) * ${SA}u + r, v.y);
-      setA((kq + 2u) * ${SA}u + r, v.z);
-      setA((kq + 3u) * ${SA}u + r, v.w);
-    }`);
-  } else {
-    L.push(`    for (var l = lid; l < ${BM * bk / 4}u; l += ${T}u) {
-      let k = l / ${BM / 4}u;
-      let mq = (l % ${BM / 4}u) * 4u;
-      let kk = k0 + k;
-      let v = select(zero, A[aBase + min(kk, u.K - 1u) * lda4 + min((tileM0 + mq) / 4u, lastM / 4u)], kk < kEnd);
-      As[(k * ${SA}u + mq) / 4u] = v;
-    }`);
-  }
-  if (transB) {
-    L.push(`    for (var l = lid; l < ${BN * bk / 4}u; l += ${T}u) {
-      let r = l / ${bk / 4}u;
-      let kq = (l % ${bk / 4}u) * 4u;
-      let kk = k0 + kq;
-      let v = select(zero, ldB(bBase + min(tileN0 + r, lastN) * ldb4 + min(kk, u.K - 4u) / 4u), kk < kEnd);
-      setB(kq * ${SB}u + r, v.x);
-      setB((kq + 1u) * ${SB}u + r, v.y);
-      setB((kq + 2u) * ${SB}u + r, v.z);
-      setB((kq + 3u) * ${SB}u + r, v.w);
-    }`);
-  } else {
-    L.push(`    for (var l = lid; l < ${BN * bk / 4}u; l += ${T}u) {
-      let k = l / ${BN / 4}u;
-      let nq = (l % ${BN / 4}u) * 4u;
-      let kk = k0 + k;
-      let v = select(zero, ldB(bBase + min(kk, u.K - 1u) * ldb4 + min((tileN0 + nq) / 4u, lastN / 4u)), kk < kEnd);
-      Bs[(k * ${SB}u + nq) / 4u] = v;
-    }`);
-  }
+  // Stage op(A) and op(B) with vec4 loads along each operand's contiguous
+  // dimension; rows and columns past the edge are clamped (their results are
+  // dropped at the store), K steps past kEnd are zeros.
+  const opA: Staged = {
+    load: (i) => `A[${i}]`,
+    base: "aBase",
+    origin: "tileM0",
+    last: "lastM",
+    ld4: "lda4",
+    extent: BM,
+    stride: SA,
+  };
+  const opB: Staged = {
+    load: (i) => `ldB(${i})`,
+    base: "bBase",
+    origin: "tileN0",
+    last: "lastN",
+    ld4: "ldb4",
+    extent: BN,
+    stride: SB,
+  };
+  L.push(
+    transA ? stageAlongTile(opA, "As", bk, T) : stageAlongK(opA, "setA", bk, T),
+    transB ? stageAlongK(opB, "setB", bk, T) : stageAlongTile(opB, "Bs", bk, T),
+  );
   L.push(`    workgroupBarrier();
     for (var k = 0u; k < ${bk}u; k++) {
       let ao = (k * ${SA}u + am) / 4u;
@@ -115,4 +97,54 @@ ${vec4Origin(prof)}
   }`);
   L.push(vec4Store(tm, tn, epilogue), `}`);
   return L.join("\n");
+}
+
+/** One operand as the staging code reads it (names of WGSL values, sizes of its tile). */
+interface Staged {
+  /** The vec4 at a vec4 index. */
+  load: (index: string) => string;
+  /** Base index, first tile row or column, last valid one, leading dimension in vec4. */
+  base: string;
+  origin: string;
+  last: string;
+  ld4: string;
+  /** Tile rows or columns (BM or BN) and the tile's padded row stride. */
+  extent: number;
+  stride: number;
+}
+
+/**
+ * WGSL staging a slice of an operand stored with its tile dimension as rows
+ * and K contiguous (A row-major, B transposed): each vec4 holds four K steps
+ * of one row, scattered into four rows of the k-major tile through `set`.
+ */
+function stageAlongK(op: Staged, set: string, bk: number, T: number): string {
+  const row = `${op.base} + min(${op.origin} + r, ${op.last}) * ${op.ld4} + min(kk, u.K - 4u) / 4u`;
+  const S = op.stride;
+  return `    for (var l = lid; l < ${op.extent * bk / 4}u; l += ${T}u) {
+      let r = l / ${bk / 4}u;
+      let kq = (l % ${bk / 4}u) * 4u;
+      let kk = k0 + kq;
+      let v = select(zero, ${op.load(row)}, kk < kEnd);
+      ${set}(kq * ${S}u + r, v.x);
+      ${set}((kq + 1u) * ${S}u + r, v.y);
+      ${set}((kq + 2u) * ${S}u + r, v.z);
+      ${set}((kq + 3u) * ${S}u + r, v.w);
+    }`;
+}
+
+/**
+ * WGSL staging a slice of an operand stored with K as rows and the tile
+ * dimension contiguous (A transposed, B row-major): each vec4 is copied whole
+ * into its row of the k-major tile.
+ */
+function stageAlongTile(op: Staged, tile: string, bk: number, T: number): string {
+  const col = `${op.base} + min(kk, u.K - 1u) * ${op.ld4} + ` +
+    `min((${op.origin} + q) / 4u, ${op.last} / 4u)`;
+  return `    for (var l = lid; l < ${op.extent * bk / 4}u; l += ${T}u) {
+      let k = l / ${op.extent / 4}u;
+      let q = (l % ${op.extent / 4}u) * 4u;
+      let kk = k0 + k;
+      ${tile}[(k * ${op.stride}u + q) / 4u] = select(zero, ${op.load(col)}, kk < kEnd);
+    }`;
 }
