@@ -3,7 +3,7 @@ import { getGpu } from "../lib/gpu/device.ts";
 import { readF32, uniforms, upload, writeBuffer } from "../lib/gpu/runtime.ts";
 import { AdamWState, chunks } from "../lib/gpu/kernels/adamw.ts";
 import { type AdamWHyper, adamwRef, adamwScalars } from "../lib/train/adamw.ts";
-import { rand, relErr } from "./test_util.ts";
+import { rand, relErr, withLimits } from "./test_util.ts";
 
 Deno.test("adamw reference matches a hand-computed torch step", () => {
   // torch.optim.AdamW([p], lr=0.1, weight_decay=0.5) on p=1, grad=2, one step:
@@ -78,10 +78,10 @@ Deno.test("adamw kernel equals the reference over several steps, with decay and 
 
 Deno.test("chunks split tensors larger than a binding into aligned pieces", async () => {
   const gpu = await getGpu();
-  const fake = {
-    ...gpu,
-    limits: { maxStorageBufferBindingSize: 1000, minStorageBufferOffsetAlignment: 256 },
-  } as unknown as typeof gpu;
+  const fake = withLimits(gpu, {
+    maxStorageBufferBindingSize: 1000,
+    minStorageBufferOffsetAlignment: 256,
+  });
   const c = chunks(fake, 1000);
   // 1000 bytes allows 3·256 B = 192 floats per piece.
   assert(c.length === 6 && c[0].n === 192 && c[5].start === 960 && c[5].n === 40);

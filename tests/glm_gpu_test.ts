@@ -19,6 +19,7 @@ import {
   readTinyForward,
   tinyAdapter,
   type TinyCase,
+  withLimits,
 } from "./test_util.ts";
 
 const FIX = new URL("./fixtures/", import.meta.url);
@@ -245,13 +246,7 @@ Deno.test("GPU model: tables split by rows and chunked logits (a small binding l
   const gpu = await getGpu();
   // Pretend the adapter binds at most 64 KiB per buffer: the f32 384-row tables split into
   // slices and the logits run in 42-row chunks.
-  const limits = new Proxy(gpu.limits, {
-    get: (t, k) =>
-      k === "maxStorageBufferBindingSize"
-        ? 65536
-        : (t as unknown as Record<string | symbol, unknown>)[k],
-  });
-  const small = { ...gpu, limits };
+  const small = withLimits(gpu, { maxStorageBufferBindingSize: 65536 });
   const c = expected.cases[0];
   const batch = { batch: c.batch, seq: c.seq, inputIds: flat(c.input_ids), labels: flat(c.labels) };
   for (const frozenF16 of [false, true]) {
@@ -290,15 +285,9 @@ Deno.test("GPU model: tables split by rows and chunked logits (a small binding l
 
 Deno.test("GPU model: a micro-batch whose activations exceed a binding is a clear error", async () => {
   const gpu = await getGpu();
-  const limits = new Proxy(gpu.limits, {
-    get: (t, k) =>
-      k === "maxStorageBufferBindingSize"
-        ? 65536
-        : (t as unknown as Record<string | symbol, unknown>)[k],
-  });
   await assert.rejects(
     () =>
-      loadGlmModel({ ...gpu, limits }, TINY, {
+      loadGlmModel(withLimits(gpu, { maxStorageBufferBindingSize: 65536 }), TINY, {
         adapter: { kind: "none" },
         maxBatch: 4,
         maxSeq: 128,

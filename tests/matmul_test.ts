@@ -15,7 +15,7 @@ import {
   vec4Tiles,
 } from "../lib/gpu/kernels/matmul_profile.ts";
 import { f16BitsToF32 } from "../lib/safetensors/dtype.ts";
-import { rand } from "./test_util.ts";
+import { rand, withLimits } from "./test_util.ts";
 
 interface Case {
   M: number;
@@ -81,7 +81,7 @@ async function runCase(
 ): Promise<number> {
   const real = await getGpu();
   // A copy of the context with smaller limits exercises the splitting paths.
-  const gpu: Gpu = limits ? { ...real, limits: { ...plainLimits(real), ...limits } } : real;
+  const gpu: Gpu = limits ? withLimits(real, limits) : real;
   const count = c.batch?.count ?? 1;
   const lda = c.lda ?? (c.transA ? c.M : c.K);
   const ldb = c.ldb ?? (c.transB ? c.K : c.N);
@@ -169,16 +169,6 @@ async function runCase(
   }
   for (const x of [aBuf, bBuf, cBuf, biasBuf]) x?.destroy();
   return maxErr / scale;
-}
-
-function plainLimits(g: Gpu): GPUSupportedLimits {
-  const l = g.limits;
-  return {
-    maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
-    minStorageBufferOffsetAlignment: l.minStorageBufferOffsetAlignment,
-    maxComputeWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
-    maxBufferSize: l.maxBufferSize,
-  } as GPUSupportedLimits;
 }
 
 /** Sizes of the storage ranges bound since the last call (recorded through createBindGroup). */

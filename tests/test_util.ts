@@ -7,6 +7,21 @@ import type { AdapterSpec } from "../lib/model/adapter.ts";
 import { uniforms } from "../lib/gpu/runtime.ts";
 import { readSafetensorsF32 } from "../lib/safetensors/read.ts";
 
+/**
+ * The GPU context with some limits replaced (a smaller binding, fewer
+ * workgroups per dimension) to exercise splitting paths; every other limit
+ * reads through to the real adapter's.
+ */
+export function withLimits(gpu: Gpu, overrides: Partial<GPUSupportedLimits>): Gpu {
+  const limits = new Proxy(gpu.limits, {
+    get: (t, k) =>
+      k in overrides
+        ? overrides[k as keyof GPUSupportedLimits]
+        : (t as unknown as Record<string | symbol, unknown>)[k],
+  });
+  return { ...gpu, limits };
+}
+
 /** Deterministic uniform values in [-scale, scale) (xorshift32 from `seed`). */
 export function rand(n: number, seed: number, scale = 1): Float32Array {
   let s = seed >>> 0 || 1;
