@@ -8,6 +8,7 @@ import assert from "node:assert";
 import { join } from "node:path";
 import { UserError } from "../lib/errors.ts";
 import { runPipeline, type RunResult } from "../lib/pipeline/runner.ts";
+import { withTempDir } from "./test_util.ts";
 
 const root = new URL("../", import.meta.url).pathname;
 
@@ -22,11 +23,30 @@ const SHORT = [
   "training_args.generation_config.max_new_tokens=8",
 ];
 
-async function sliceDemo(dir: string, train: number, dev: number): Promise<void> {
-  await Deno.mkdir(dir, { recursive: true });
-  for (const [name, n] of [["train.json", train], ["dev.json", dev]] as const) {
-    const lines = (await Deno.readTextFile(join(root, "data/demo", name))).split("\n");
-    await Deno.writeTextFile(join(dir, name), lines.slice(0, n).join("\n") + "\n");
+/**
+ * Run `fn` from the repository root (the pipeline files name their configs
+ * relative to it) with the first `train` and `dev` demo records copied into
+ * `data` under a temporary directory `tmp`, removed afterwards.
+ */
+async function withDemoSlice(
+  train: number,
+  dev: number,
+  fn: (data: string, tmp: string) => Promise<void>,
+): Promise<void> {
+  const cwd = Deno.cwd();
+  Deno.chdir(root);
+  try {
+    await withTempDir(async (tmp) => {
+      const data = join(tmp, "data");
+      await Deno.mkdir(data, { recursive: true });
+      for (const [name, n] of [["train.json", train], ["dev.json", dev]] as const) {
+        const lines = (await Deno.readTextFile(join(root, "data/demo", name))).split("\n");
+        await Deno.writeTextFile(join(data, name), lines.slice(0, n).join("\n") + "\n");
+      }
+      await fn(data, tmp);
+    });
+  } finally {
+    Deno.chdir(cwd);
   }
 }
 
@@ -40,67 +60,61 @@ Deno.test({
   sanitizeResources: false,
   sanitizeOps: false,
   async fn() {
-    const cwd = Deno.cwd();
-    Deno.chdir(root);
-    const tmp = await Deno.makeTempDir();
     const lines: string[] = [];
     const log = (l: string) => lines.push(l);
-    try {
-      const data = join(tmp, "data");
-      await sliceDemo(data, 24, 4);
-      const out = join(tmp, "run");
-      const sets = [`data=${data}`, ...SHORT];
+    await withDemoSlice(24, 4, async (data, tmp) => {
+      try {
+        const out = join(tmp, "run");
+        const sets = [`data=${data}`, ...SHORT];
 
-      const first = await runPipeline("pipelines/lora.yaml", { out, sets, log });
-      assert.ok(
-        Object.values(actions(first)).every((a) => a === "run"),
-        JSON.stringify(actions(first)),
-      );
-      const summary = JSON.parse(await Deno.readTextFile(join(out, "summary.json")));
-      assert.strictEqual(summary.mode, "lora");
-      assert.strictEqual(summary.train_steps, 3);
-      for (
-        const k of ["train_loss_first", "train_loss_last", "tokens_per_second", "wall_seconds"]
-      ) {
-        assert.ok(typeof summary[k] === "number" && summary[k] > 0, `${k}: ${summary[k]}`);
-      }
-      for (const k of ["metrics_before", "metrics_after"]) {
-        assert.strictEqual(summary[k].examples, 2);
-        for (const m of ["rouge-1", "rouge-2", "rouge-l", "bleu-4"]) {
-          assert.ok(typeof summary[k][m] === "number", `${k}.${m}`);
+        const first = await runPipeline("pipelines/lora.yaml", { out, sets, log });
+        assert.ok(
+          Object.values(actions(first)).every((a) => a === "run"),
+          JSON.stringify(actions(first)),
+        );
+        const summary = JSON.parse(await Deno.readTextFile(join(out, "summary.json")));
+        assert.strictEqual(summary.mode, "lora");
+        assert.strictEqual(summary.train_steps, 3);
+        for (
+          const k of ["train_loss_first", "train_loss_last", "tokens_per_second", "wall_seconds"]
+        ) {
+          assert.ok(typeof summary[k] === "number" && summary[k] > 0, `${k}: ${summary[k]}`);
         }
-      }
-      for (const s of ["validate", "train", "evaluate-after", "merge-adapter"]) {
-        assert.ok(summary.step_seconds[s] >= 0, `no time for ${s}`);
-      }
-      const md = await Deno.readTextFile(join(out, "report.md"));
-      assert.match(md, /<svg [^]*class="series"[^]*<\/svg>/);
-      for (const f of ["adapter_model.safetensors", "adapter_config.json"]) {
-        await Deno.stat(join(out, "train", f));
-      }
-      await Deno.stat(join(out, "merged-model", "config.json"));
+        for (const k of ["metrics_before", "metrics_after"]) {
+          assert.strictEqual(summary[k].examples, 2);
+          for (const m of ["rouge-1", "rouge-2", "rouge-l", "bleu-4"]) {
+            assert.ok(typeof summary[k][m] === "number", `${k}.${m}`);
+          }
+        }
+        for (const s of ["validate", "train", "evaluate-after", "merge-adapter"]) {
+          assert.ok(summary.step_seconds[s] >= 0, `no time for ${s}`);
+        }
+        const md = await Deno.readTextFile(join(out, "report.md"));
+        assert.match(md, /<svg [^]*class="series"[^]*<\/svg>/);
+        for (const f of ["adapter_model.safetensors", "adapter_config.json"]) {
+          await Deno.stat(join(out, "train", f));
+        }
+        await Deno.stat(join(out, "merged-model", "config.json"));
 
-      const second = await runPipeline("pipelines/lora.yaml", { out, sets, log });
-      assert.ok(
-        Object.values(actions(second)).every((a) => a === "skip"),
-        JSON.stringify(actions(second)),
-      );
+        const second = await runPipeline("pipelines/lora.yaml", { out, sets, log });
+        assert.ok(
+          Object.values(actions(second)).every((a) => a === "skip"),
+          JSON.stringify(actions(second)),
+        );
 
-      const third = await runPipeline("pipelines/lora.yaml", {
-        out,
-        sets: [...sets, "training_args.learning_rate=5e-4"],
-        log,
-      });
-      const a = actions(third);
-      const rerun = Object.keys(a).filter((k) => a[k] === "run");
-      assert.deepStrictEqual(rerun, ["train", "evaluate-after", "merge-adapter", "report"]);
-    } catch (e) {
-      console.error(lines.join("\n"));
-      throw e;
-    } finally {
-      Deno.chdir(cwd);
-      await Deno.remove(tmp, { recursive: true });
-    }
+        const third = await runPipeline("pipelines/lora.yaml", {
+          out,
+          sets: [...sets, "training_args.learning_rate=5e-4"],
+          log,
+        });
+        const a = actions(third);
+        const rerun = Object.keys(a).filter((k) => a[k] === "run");
+        assert.deepStrictEqual(rerun, ["train", "evaluate-after", "merge-adapter", "report"]);
+      } catch (e) {
+        console.error(lines.join("\n"));
+        throw e;
+      }
+    });
   },
 });
 
@@ -109,12 +123,7 @@ Deno.test({
   sanitizeResources: false,
   sanitizeOps: false,
   async fn() {
-    const cwd = Deno.cwd();
-    Deno.chdir(root);
-    const tmp = await Deno.makeTempDir();
-    try {
-      const data = join(tmp, "data");
-      await sliceDemo(data, 12, 3);
+    await withDemoSlice(12, 3, async (data, tmp) => {
       const train = join(data, "train.json");
       const rows = (await Deno.readTextFile(train)).split("\n");
       rows[2] = '{"content": "类型#裙*颜色#红色", "summary": 42}';
@@ -147,9 +156,6 @@ Deno.test({
       // nothing after validate ran
       await assert.rejects(Deno.stat(join(out, "data")));
       await assert.rejects(Deno.stat(join(out, "train")));
-    } finally {
-      Deno.chdir(cwd);
-      await Deno.remove(tmp, { recursive: true });
-    }
+    });
   },
 });
