@@ -14,8 +14,8 @@
  * when other work takes the cores.
  */
 import process from "node:process";
-import { describeGpu, getGpu } from "../lib/gpu/device.ts";
-import { createBuffer, uniforms } from "../lib/gpu/runtime.ts";
+import { describeGpu, getGpu, type Gpu } from "../lib/gpu/device.ts";
+import { createBuffer, SplittablePass, uniforms } from "../lib/gpu/runtime.ts";
 import { encodeMatmul, matmulKernelKind } from "../lib/gpu/kernels/matmul.ts";
 import {
   type MatmulProfile,
@@ -77,9 +77,10 @@ export async function run(): Promise<void> {
     ? `, ${prof.large.tm}×${prof.large.tn} from ${prof.large.minM}×${prof.large.minN}`
     : "";
   const staged = prof.bk ? `, ${prof.bk} K steps staged in workgroup memory` : "";
+  const tex = prof.textures ? ", operands copied into textures where the copies allow" : "";
   console.log(
-    `  ${describeGpu(gpu)}; vec4 tiles ${prof.tm}×${prof.tn}${large}, ${prof.wgM}×${prof.wgN} ` +
-      `invocations${staged}; ${reps} or more dispatches per wait (until a wait holds ≥ 0.25 s of work); ` +
+    `  ${describeGpu(gpu)}; tiles ${prof.tm}×${prof.tn}${large}, ${prof.wgM}×${prof.wgN} ` +
+      `invocations${staged}${tex}; ${reps} or more dispatches per wait (until a wait holds ≥ 0.25 s of work); ` +
       "first dispatch includes the pipeline build",
   );
   const peer = await runPeer("matmul_peer.py", {
@@ -108,7 +109,7 @@ export async function run(): Promise<void> {
     const c = createBuffer(gpu, s.M * s.N * 4, "bench-c");
     const batch = async (n: number) => {
       const enc = gpu.device.createCommandEncoder();
-      const pass = enc.beginComputePass();
+      const pass = new SplittablePass(enc);
       for (let i = 0; i < n; i++) encodeMatmul(gpu, pass, { ...s, a, b, c });
       pass.end();
       gpu.device.queue.submit([enc.finish()]);
@@ -143,7 +144,7 @@ export async function run(): Promise<void> {
     rows.push([
       s.name,
       `${s.M}×${s.N}×${s.K}`,
-      kernelName(s, prof),
+      kernelName(gpu, s, prof),
       firstMs.toFixed(0),
       ours.toFixed(1),
       (flops / cpuMs / 1e6).toFixed(1),
@@ -169,10 +170,12 @@ export async function run(): Promise<void> {
   if (!peer) console.log("  (no peer figures: PyTorch unavailable)");
 }
 
-function kernelName(s: Shape, prof: MatmulProfile): string {
-  if (matmulKernelKind(s) === "scalar") return "scalar";
+function kernelName(gpu: Gpu, s: Shape, prof: MatmulProfile): string {
+  const kind = matmulKernelKind(s, gpu);
+  if (kind === "scalar") return "scalar";
   const t = vec4Tiles(prof, s.M, s.N);
-  return `${stagesTiles(t, !!s.transB) ? "shared" : "vec4"} ${t.tm}×${t.tn}`;
+  const name = kind === "texture" ? "texture" : stagesTiles(t, !!s.transB) ? "shared" : "vec4";
+  return `${name} ${t.tm}×${t.tn}`;
 }
 
 if (import.meta.main) await run();

@@ -1,6 +1,6 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert";
 import { getGpu, type Gpu } from "../lib/gpu/device.ts";
-import { readF32, uniforms, upload } from "../lib/gpu/runtime.ts";
+import { readF32, SplittablePass, uniforms, upload } from "../lib/gpu/runtime.ts";
 import {
   encodeMatmul,
   f32ToF16Packed,
@@ -78,6 +78,7 @@ async function runCase(
   c: Case,
   seed: number,
   limits?: Partial<GPUSupportedLimits>,
+  splittable = false,
 ): Promise<number> {
   const real = await getGpu();
   // A copy of the context with smaller limits exercises the splitting paths.
@@ -132,7 +133,8 @@ async function runCase(
   const { bias: _b, ...rest } = c;
   const args: MatmulArgs = { ...rest, a: aBuf, b: bBuf, c: cBuf, bias: biasBuf };
   const enc = gpu.device.createCommandEncoder();
-  const pass = enc.beginComputePass();
+  // Only a SplittablePass lets the texture kernel record its copies.
+  const pass = splittable ? new SplittablePass(enc) : enc.beginComputePass();
   encodeMatmul(gpu, pass, args);
   if (limits) {
     const sizes = pieces(gpu);
@@ -361,7 +363,11 @@ Deno.test("matmul: profile parsing", () => {
   // bk sets the K steps staged per shared-memory tile; bk=0 turns staging off.
   assertEquals(parseMatmulProfile("tm=8,tn=8,bk=8", DEFAULT_PROFILES.gpu).bk, 8);
   assertEquals(parseMatmulProfile("bk=0", DEFAULT_PROFILES.gpu).bk, undefined);
-  for (const bad of ["tn=6", "bk=6", "tm=3,wgm=1,bk=8"]) {
+  // tex=0|1 turns the texture kernel off or on.
+  assertEquals(DEFAULT_PROFILES.cpu.textures, true);
+  assertEquals(parseMatmulProfile("tex=0", DEFAULT_PROFILES.cpu).textures, false);
+  assertEquals(parseMatmulProfile("tex=1", DEFAULT_PROFILES.gpu).textures, true);
+  for (const bad of ["tn=6", "bk=6", "tm=3,wgm=1,bk=8", "tex=2"]) {
     let threw = false;
     try {
       parseMatmulProfile(bad, DEFAULT_PROFILES.gpu);
@@ -462,5 +468,47 @@ Deno.test("matmul: the shared-memory kernel on bands, f16 B, batches, offsets an
     }
   } finally {
     setMatmulProfile(undefined);
+  }
+});
+
+Deno.test("matmul: the texture kernel on every layout, f16 B, repacked strides, bands, splits", async () => {
+  // The cpu profile's kernel for single products on a SplittablePass: both
+  // operands copied into textures, read by gathers. Leading dimensions that
+  // are not 64 floats (128 halves) apart go through the repack first.
+  const cases: [Case, Partial<GPUSupportedLimits>?][] = [
+    ...layouts.map(([, transA, transB]): [Case] => [{ M: 36, N: 44, K: 28, transA, transB }]),
+    [{ M: 37, N: 68, K: 64, transB: true, bias: true, alpha: 0.5 }],
+    [{ M: 64, N: 64, K: 128, accumulate: true, beta: 0.25 }],
+    [{ M: 19, N: 36, K: 24, bF16: true, transB: true, bias: true }],
+    [{ M: 5, N: 40, K: 20, bF16: true, bOffset: 4, ldb: 44 }],
+    [{ M: 3, N: 256, K: 64, bF16: true, transB: true }],
+    [{ M: 20, N: 36, K: 64, lda: 128, aOffset: 64, ldc: 40, cOffset: 4 }],
+    [{ M: 64, N: 32, K: 64, aBand: { hi: 0 } }],
+    [{ M: 36, N: 12, K: 44, transA: true, aBand: { lo: 3, hi: 20 }, accumulate: true, beta: 0.5 }],
+    [{ M: 64, N: 64, K: 32, transB: true, cUpper: 0, alpha: 0.125 }],
+    [{ M: 40, N: 36, K: 24 }, { maxStorageBufferBindingSize: 4096 }],
+  ];
+  let seed = 900;
+  for (const [c, limits] of cases) {
+    // (Split products: the pieces take it, not the whole.)
+    if (!limits) {
+      const kind = matmulKernelKind({ ...c, bias: undefined }, await getGpu());
+      assertEquals(kind, "texture", JSON.stringify(c));
+    }
+    bound.splice(0);
+    const err = await runCase(c, seed++, limits, true);
+    assert(err < 1e-6, `${JSON.stringify(c)}: relative error ${err}`);
+  }
+  // What it does not take: batches, and operands larger than a texture.
+  const gpu = await getGpu();
+  const batch = { count: 2, strideA: 64, strideB: 0, strideC: 64 };
+  assertEquals(matmulKernelKind({ M: 8, N: 8, K: 8, batch }, gpu), "vec4");
+  const small = withLimits(gpu, { maxTextureDimension2D: 32 });
+  assertEquals(matmulKernelKind({ M: 8, N: 8, K: 36 }, small), "vec4");
+  assertEquals(matmulKernelKind({ M: 8, N: 8, K: 36 }), "vec4"); // a plain pass
+  // On a plain pass the same products take the storage kernels.
+  for (const [c] of cases.slice(0, 4)) {
+    const err = await runCase(c, seed++);
+    assert(err < 1e-6, `${JSON.stringify(c)} (plain pass): relative error ${err}`);
   }
 });

@@ -53,6 +53,7 @@ async function acquire(): Promise<Gpu> {
       maxComputeWorkgroupSizeX: l.maxComputeWorkgroupSizeX,
       maxComputeWorkgroupSizeY: l.maxComputeWorkgroupSizeY,
       maxComputeWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
+      maxTextureDimension2D: l.maxTextureDimension2D,
     },
   });
   device.addEventListener("uncapturederror", (e) => {

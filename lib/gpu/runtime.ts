@@ -10,15 +10,24 @@ const STORAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsag
 
 const pipelines = new WeakMap<GPUDevice, Map<string, GPUComputePipeline>>();
 
-/** A compute pipeline for `code`, compiled once per device. */
-export function getPipeline(gpu: Gpu, code: string, entryPoint = "main"): GPUComputePipeline {
+/**
+ * A compute pipeline for `code`, compiled once per device; its bind group
+ * layout inferred from the shader unless one is given (a given layout must be
+ * the same whenever `code` is).
+ */
+export function getPipeline(
+  gpu: Gpu,
+  code: string,
+  entryPoint = "main",
+  layout: GPUPipelineLayout | "auto" = "auto",
+): GPUComputePipeline {
   let cache = pipelines.get(gpu.device);
   if (!cache) pipelines.set(gpu.device, cache = new Map());
   const key = entryPoint + "\u0000" + code;
   let p = cache.get(key);
   if (!p) {
     const module = gpu.device.createShaderModule({ code });
-    p = gpu.device.createComputePipeline({ layout: "auto", compute: { module, entryPoint } });
+    p = gpu.device.createComputePipeline({ layout, compute: { module, entryPoint } });
     cache.set(key, p);
   }
   return p;
@@ -155,15 +164,53 @@ export function packUniforms(
   return new Uint32Array(buf);
 }
 
-export type Binding = GPUBuffer | GPUBufferBinding;
+export type Binding = GPUBuffer | GPUBufferBinding | GPUTextureView | GPUSampler;
+
+/** What kernels encode into: a compute pass, or a `SplittablePass`. */
+export type ComputePass = Pick<
+  GPUComputePassEncoder,
+  "setPipeline" | "setBindGroup" | "dispatchWorkgroups"
+>;
+
+/**
+ * A compute pass that a kernel can interrupt to record copies on its command
+ * encoder (the CPU adapter's matmul copies its operands into textures): the
+ * current pass ends, the copies are recorded, a new pass begins, and the code
+ * holding this object goes on encoding into it. Commands keep their order.
+ */
+export class SplittablePass implements ComputePass {
+  #pass: GPUComputePassEncoder;
+  constructor(readonly encoder: GPUCommandEncoder) {
+    this.#pass = encoder.beginComputePass();
+  }
+  setPipeline(pipeline: GPUComputePipeline): undefined {
+    this.#pass.setPipeline(pipeline);
+  }
+  setBindGroup(index: number, group: GPUBindGroup | null): undefined {
+    this.#pass.setBindGroup(index, group);
+  }
+  dispatchWorkgroups(x: number, y?: number, z?: number): undefined {
+    this.#pass.dispatchWorkgroups(x, y, z);
+  }
+  /** End the pass, let `record` add commands to the encoder, begin a new pass. */
+  interrupt(record: (encoder: GPUCommandEncoder) => void): void {
+    this.#pass.end();
+    record(this.encoder);
+    this.#pass = this.encoder.beginComputePass();
+  }
+  end(): void {
+    this.#pass.end();
+  }
+}
 
 /**
  * Encode one dispatch: bind group 0 gets `bindings` at 0..n-1 (storage buffers,
- * or a uniform binding from the arena), in the order the shader declares them.
+ * a uniform binding from the arena, texture views, samplers), in the order the
+ * shader declares them.
  */
 export function dispatch(
   gpu: Gpu,
-  pass: GPUComputePassEncoder,
+  pass: ComputePass,
   pipeline: GPUComputePipeline,
   bindings: Binding[],
   workgroups: [number, number?, number?],

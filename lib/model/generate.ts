@@ -10,7 +10,14 @@
  * top-k / top-p) are the only readback. Finished rows keep decoding a
  * placeholder until every row is done (their output is ignored).
  */
-import { createBuffer, readBuffer, uniforms, writeBuffer } from "../gpu/runtime.ts";
+import {
+  type ComputePass,
+  createBuffer,
+  readBuffer,
+  SplittablePass,
+  uniforms,
+  writeBuffer,
+} from "../gpu/runtime.ts";
 import { encodeMatmul } from "../gpu/kernels/matmul.ts";
 import { encodeRmsnorm } from "../gpu/kernels/rmsnorm.ts";
 import { encodeRope } from "../gpu/kernels/rope.ts";
@@ -107,7 +114,7 @@ export async function generate(
 
   /** Layers over T rows in w.x; keys/values go to the cache. */
   const layers = (
-    pass: GPUComputePassEncoder,
+    pass: ComputePass,
     T: number,
     attnOf: (l: number) => AttentionLayout,
     store: (l: number) => void,
@@ -156,7 +163,7 @@ export async function generate(
     }
     return x;
   };
-  const embed = (pass: GPUComputePassEncoder, T: number) => {
+  const embed = (pass: ComputePass, T: number) => {
     for (const sl of parts.embed.slices) {
       encodeEmbedding(gpu, pass, {
         ids: w.ids,
@@ -184,7 +191,7 @@ export async function generate(
 
   /** Final norm of the B rows in w.last, logits, and the next id per row: one wait. */
   const choose = async (
-    pass: GPUComputePassEncoder,
+    pass: SplittablePass,
     enc: GPUCommandEncoder,
     step: number,
   ): Promise<Uint32Array> => {
@@ -233,7 +240,7 @@ export async function generate(
       writeBuffer(gpu, w.ids, 0, Int32Array.from(prompts[b]));
       writeBuffer(gpu, w.pos, 0, Int32Array.from({ length: T }, (_, t) => t));
       const enc = gpu.device.createCommandEncoder();
-      const pass = enc.beginComputePass();
+      const pass = new SplittablePass(enc);
       if (b === 0) parts.prefixTable(pass);
       embed(pass, T);
       const x = layers(
@@ -303,7 +310,7 @@ export async function generate(
       writeBuffer(gpu, w.ids, 0, tokens);
       writeBuffer(gpu, w.pos, 0, pos);
       const enc = gpu.device.createCommandEncoder();
-      const pass = enc.beginComputePass();
+      const pass = new SplittablePass(enc);
       embed(pass, B);
       const x = layers(
         pass,

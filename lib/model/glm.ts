@@ -14,7 +14,14 @@
  * output layer; loss = cross-entropy of logits at i against labels at i+1.
  */
 import type { Gpu } from "../gpu/device.ts";
-import { createBuffer, readF32, uniforms, writeBuffer } from "../gpu/runtime.ts";
+import {
+  type ComputePass,
+  createBuffer,
+  readF32,
+  SplittablePass,
+  uniforms,
+  writeBuffer,
+} from "../gpu/runtime.ts";
 import { encodeMatmul, f32ToF16Packed, rawToF16Packed } from "../gpu/kernels/matmul.ts";
 import { encodeRmsnorm, encodeRmsnormBackward } from "../gpu/kernels/rmsnorm.ts";
 import { encodeRope, ropeTable } from "../gpu/kernels/rope.ts";
@@ -634,7 +641,7 @@ export class GlmModel implements TrainableModel {
 
   // ---------------------------------------------------------------- encoding helpers
 
-  private mm(pass: GPUComputePassEncoder, args: Parameters<typeof encodeMatmul>[2]): void {
+  private mm(pass: ComputePass, args: Parameters<typeof encodeMatmul>[2]): void {
     encodeMatmul(this.gpu, pass, args);
   }
 
@@ -651,7 +658,7 @@ export class GlmModel implements TrainableModel {
    * Backward draws the same mask again (same seed and stream) instead of keeping it.
    */
   private loraInput(
-    pass: GPUComputePassEncoder,
+    pass: ComputePass,
     st: Step,
     layer: number,
     l: Linear,
@@ -677,7 +684,7 @@ export class GlmModel implements TrainableModel {
 
   /** y = x·Wᵀ (+b) (+ y when accumulate) (+ s·B·A·dropout(x)); saves A·dropout(x) for backward. */
   private linearFwd(
-    pass: GPUComputePassEncoder,
+    pass: ComputePass,
     st: Step,
     layer: number,
     l: Linear,
@@ -719,7 +726,7 @@ export class GlmModel implements TrainableModel {
 
   /** Gradients of linearFwd: dx (written, or added when dxAccumulate), and into every trainable grad. */
   private linearBwd(
-    pass: GPUComputePassEncoder,
+    pass: ComputePass,
     st: Step,
     layer: number,
     l: Linear,
@@ -837,7 +844,7 @@ export class GlmModel implements TrainableModel {
   }
 
   /** Prefix keys/values for this step: projection (if any), then dropout per batch row when training. */
-  private prefixForward(pass: GPUComputePassEncoder, st: Step): void {
+  private prefixForward(pass: ComputePass, st: Step): void {
     if (this.P === 0) return;
     const PC = this.P * this.C;
     let src = this.prefixEmb!.weight;
@@ -890,7 +897,7 @@ export class GlmModel implements TrainableModel {
   }
 
   /** Gradients of prefixForward from the attention's dpkv. */
-  private prefixBackward(pass: GPUComputePassEncoder, st: Step): void {
+  private prefixBackward(pass: ComputePass, st: Step): void {
     if (this.P === 0) return;
     const PC = this.P * this.C;
     let dkv = this.s.dpkv!;
@@ -964,7 +971,7 @@ export class GlmModel implements TrainableModel {
   }
 
   /** One transformer layer: xs[i] → xs[i+1]. */
-  private layerForward(pass: GPUComputePassEncoder, st: Step, i: number): void {
+  private layerForward(pass: ComputePass, st: Step, i: number): void {
     const d = this.dims, ly = this.layers[i], a = this.actsFor(i), T = st.T;
     const x = this.xs[i], y = this.xs[i + 1];
     encodeRmsnorm(this.gpu, pass, {
@@ -1009,7 +1016,7 @@ export class GlmModel implements TrainableModel {
   }
 
   /** Backward of layer i: dres holds dLoss/dxs[i+1] on entry and dLoss/dxs[i] on exit. */
-  private layerBackward(pass: GPUComputePassEncoder, st: Step, i: number): void {
+  private layerBackward(pass: ComputePass, st: Step, i: number): void {
     const d = this.dims, ly = this.layers[i], a = this.actsFor(i), T = st.T, s = this.s;
     // Layer 0's input gradient only matters to a trainable embedding.
     const needDx = i > 0 || this.adapter.kind === "full";
@@ -1134,7 +1141,7 @@ export class GlmModel implements TrainableModel {
     return { B, S, T, training, seed: seed >>> 0, prefixPerBatch: perBatch };
   }
 
-  private embedForward(pass: GPUComputePassEncoder, st: Step): void {
+  private embedForward(pass: ComputePass, st: Step): void {
     for (const sl of this.embed.slices) {
       encodeEmbedding(this.gpu, pass, {
         ids: this.s.ids,
@@ -1150,7 +1157,7 @@ export class GlmModel implements TrainableModel {
   }
 
   /** Every layer, the final norm, and for each chunk of rows: logits, loss (and dlogits, dnf when backward). */
-  private encodeForward(pass: GPUComputePassEncoder, st: Step): void {
+  private encodeForward(pass: ComputePass, st: Step): void {
     this.embedForward(pass, st);
     this.prefixForward(pass, st);
     for (let i = 0; i < this.dims.L; i++) this.layerForward(pass, st, i);
@@ -1166,7 +1173,7 @@ export class GlmModel implements TrainableModel {
     });
   }
 
-  private encodeHead(pass: GPUComputePassEncoder, st: Step, gradScale?: number): void {
+  private encodeHead(pass: ComputePass, st: Step, gradScale?: number): void {
     const d = this.dims, s = this.s;
     const full = this.adapter.kind === "full";
     const outGrad = full ? this.byName.get(OUTPUT_LAYER)!.grad : undefined;
@@ -1230,7 +1237,7 @@ export class GlmModel implements TrainableModel {
     }
   }
 
-  private encodeBackward(pass: GPUComputePassEncoder, st: Step, plan?: { unique: number }): void {
+  private encodeBackward(pass: ComputePass, st: Step, plan?: { unique: number }): void {
     const d = this.dims, s = this.s;
     encodeRmsnormBackward(this.gpu, pass, {
       x: this.xs[d.L],
@@ -1263,9 +1270,9 @@ export class GlmModel implements TrainableModel {
   }
 
   /** One compute pass encoded by `fill`, submitted without waiting. */
-  private submitPass(fill: (pass: GPUComputePassEncoder) => void): void {
+  private submitPass(fill: (pass: ComputePass) => void): void {
     const enc = this.gpu.device.createCommandEncoder();
-    const pass = enc.beginComputePass();
+    const pass = new SplittablePass(enc);
     fill(pass);
     pass.end();
     this.gpu.device.queue.submit([enc.finish()]);
@@ -1277,7 +1284,7 @@ export class GlmModel implements TrainableModel {
    * submits (forwardBackward, or a profiler replaying the dispatches).
    */
   encodeForwardBackward(
-    pass: GPUComputePassEncoder,
+    pass: ComputePass,
     batch: TrainBatch,
     opts: ForwardBackwardOptions,
   ): void {
@@ -1303,7 +1310,7 @@ export class GlmModel implements TrainableModel {
 
   /** Upload the batch and encode the forward and its loss into `pass`; the caller submits. */
   encodeForwardLoss(
-    pass: GPUComputePassEncoder,
+    pass: ComputePass,
     batch: TrainBatch,
     lossBuffer: GPUBuffer,
     lossSlot: number,
@@ -1361,11 +1368,11 @@ export class GlmModel implements TrainableModel {
       finalNorm: this.finalNorm,
       prefix: this.P,
       prefixWidth: this.C,
-      prefixTable: (pass: GPUComputePassEncoder) => this.prefixTableForInference(pass),
+      prefixTable: (pass: ComputePass) => this.prefixTableForInference(pass),
       prefixBinding: (layer: number) => this.prefixBinding(layer, false),
       ropeTable: (maxPos: number) => this.ropeFor(maxPos),
       linear: (
-        pass: GPUComputePassEncoder,
+        pass: ComputePass,
         l: Linear,
         x: GPUBuffer,
         y: GPUBuffer,
@@ -1385,7 +1392,7 @@ export class GlmModel implements TrainableModel {
   }
 
   /** Encode the projected prefix table into pkv when there is a projection (the raw table is used directly otherwise). */
-  private prefixTableForInference(pass: GPUComputePassEncoder): void {
+  private prefixTableForInference(pass: ComputePass): void {
     if (this.P > 0 && this.prefixTrans) {
       this.prefixForward(pass, {
         B: 1,

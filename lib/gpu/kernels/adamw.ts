@@ -9,7 +9,14 @@
  * as sub-ranges; nothing is truncated.
  */
 import type { Gpu } from "../device.ts";
-import { createBuffer, dispatch, getPipeline, packUniforms, uniforms } from "../runtime.ts";
+import {
+  type ComputePass,
+  createBuffer,
+  dispatch,
+  getPipeline,
+  packUniforms,
+  uniforms,
+} from "../runtime.ts";
 
 /** What the optimizer needs of a trainable tensor. */
 export interface OptimParam {
@@ -100,7 +107,7 @@ export class AdamWState {
    * `clipIndex` multiplies every gradient (the grad-norm kernel's output).
    */
   encode(
-    pass: GPUComputePassEncoder,
+    pass: ComputePass,
     s: AdamWKernelScalars,
     clip: GPUBuffer,
     clipIndex: number,

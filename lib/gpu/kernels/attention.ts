@@ -24,7 +24,7 @@
  * Reference: `attention` / `attentionBackward` in lib/model/cpu/ops.ts.
  */
 import type { Gpu } from "../device.ts";
-import { dispatch, getPipeline, packUniforms, uniforms } from "../runtime.ts";
+import { type ComputePass, dispatch, getPipeline, packUniforms, uniforms } from "../runtime.ts";
 import { entry, grid, rowWorkgroup } from "./grid.ts";
 import { encodeMatmul } from "./matmul.ts";
 
@@ -168,7 +168,7 @@ ${QUERY_ROW}
  */
 export function encodeAttention(
   gpu: Gpu,
-  pass: GPUComputePassEncoder,
+  pass: ComputePass,
   l: AttentionLayout,
   out: { buffer: GPUBuffer; off: number; row: number },
 ): void {
@@ -347,7 +347,7 @@ export interface AttentionGrads {
  */
 export function encodeAttentionBackward(
   gpu: Gpu,
-  pass: GPUComputePassEncoder,
+  pass: ComputePass,
   l: AttentionLayout,
   gr: AttentionGrads,
 ): void {
@@ -497,7 +497,7 @@ export function scoreBytes(
 /** Q·Kᵀ·scale into sc and the masked row softmax (probabilities in place, lse into stats). */
 function encodeScores(
   gpu: Gpu,
-  pass: GPUComputePassEncoder,
+  pass: ComputePass,
   l: AttentionLayout,
   sc: GPUBuffer,
 ): void {
@@ -558,7 +558,7 @@ function encodeScores(
  */
 export function encodeAttentionMaterialized(
   gpu: Gpu,
-  pass: GPUComputePassEncoder,
+  pass: ComputePass,
   l: AttentionLayout,
   out: { buffer: GPUBuffer; off: number; row: number },
   scores: GPUBuffer,
@@ -609,7 +609,7 @@ export function encodeAttentionMaterialized(
  */
 export function encodeAttentionBackwardMaterialized(
   gpu: Gpu,
-  pass: GPUComputePassEncoder,
+  pass: ComputePass,
   l: AttentionLayout,
   gr: AttentionGrads,
   scores: GPUBuffer,

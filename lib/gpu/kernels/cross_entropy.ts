@@ -7,7 +7,7 @@
  * buffer (deterministic). Reference: `crossEntropy` in lib/model/cpu/ops.ts.
  */
 import type { Gpu } from "../device.ts";
-import { dispatch, getPipeline, packUniforms, uniforms } from "../runtime.ts";
+import { type ComputePass, dispatch, getPipeline, packUniforms, uniforms } from "../runtime.ts";
 import { entry, grid, rowWorkgroup } from "./grid.ts";
 
 function shader(wg: number): string {
@@ -57,7 +57,7 @@ export interface CrossEntropyArgs {
 
 export function encodeCrossEntropy(
   gpu: Gpu,
-  pass: GPUComputePassEncoder,
+  pass: ComputePass,
   a: CrossEntropyArgs,
 ): void {
   if (a.rows <= 0) return;
@@ -96,7 +96,7 @@ fn main() {
 /** y[slot] = Σ_{i<n} x[off + i] (+ y[slot] when accumulating), summed in order. */
 export function encodeSum(
   gpu: Gpu,
-  pass: GPUComputePassEncoder,
+  pass: ComputePass,
   x: GPUBuffer,
   n: number,
   y: GPUBuffer,

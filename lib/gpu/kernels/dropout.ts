@@ -6,7 +6,7 @@
  * the same bits.
  */
 import type { Gpu } from "../device.ts";
-import { dispatch, getPipeline, packUniforms, uniforms } from "../runtime.ts";
+import { type ComputePass, dispatch, getPipeline, packUniforms, uniforms } from "../runtime.ts";
 import { entry, grid, rowWorkgroup } from "./grid.ts";
 
 /** lowbias32 (Chris Wellons' integer hash): good avalanche at two multiplies. */
@@ -64,7 +64,7 @@ ${entry(wg)}
  */
 export function encodeDropout(
   gpu: Gpu,
-  pass: GPUComputePassEncoder,
+  pass: ComputePass,
   a: {
     x: GPUBuffer;
     xOff?: number;

@@ -6,7 +6,7 @@
  * one-line loops in the doc comments below.
  */
 import type { Gpu } from "../device.ts";
-import { dispatch, getPipeline, packUniforms, uniforms } from "../runtime.ts";
+import { type ComputePass, dispatch, getPipeline, packUniforms, uniforms } from "../runtime.ts";
 import { entry, grid, rowWorkgroup } from "./grid.ts";
 
 function fillShader(wg: number): string {
@@ -22,7 +22,7 @@ ${entry(wg)}
 /** y[off + i] = value for i < n. */
 export function encodeFill(
   gpu: Gpu,
-  pass: GPUComputePassEncoder,
+  pass: ComputePass,
   y: GPUBuffer,
   n: number,
   value = 0,
@@ -67,7 +67,7 @@ export interface Copy2d {
 }
 
 /** dst[r, c] = alpha·src[r, c] + beta·dst[r, c] over a strided rows×width block. src ≠ dst. */
-export function encodeCopy2d(gpu: Gpu, pass: GPUComputePassEncoder, a: Copy2d): void {
+export function encodeCopy2d(gpu: Gpu, pass: ComputePass, a: Copy2d): void {
   const n = a.rows * a.width;
   if (n <= 0) return;
   const wg = rowWorkgroup(gpu) * 8;
@@ -99,7 +99,7 @@ ${entry(wg)}
 /** y = a + b over n elements (the residual add; y must differ from a and b). */
 export function encodeAdd(
   gpu: Gpu,
-  pass: GPUComputePassEncoder,
+  pass: ComputePass,
   a: GPUBuffer,
   b: GPUBuffer,
   y: GPUBuffer,
@@ -124,7 +124,7 @@ ${entry(wg)}
 /** y[off + i] *= s for i < n. */
 export function encodeScale(
   gpu: Gpu,
-  pass: GPUComputePassEncoder,
+  pass: ComputePass,
   y: GPUBuffer,
   n: number,
   s: number,
@@ -157,7 +157,7 @@ ${entry(wg)}
  */
 export function encodeColSum(
   gpu: Gpu,
-  pass: GPUComputePassEncoder,
+  pass: ComputePass,
   a: {
     rows: number;
     cols: number;
@@ -198,7 +198,7 @@ ${entry(wg)}
 }
 
 /** y = tanh(y) in place (the prefix encoder's projection). */
-export function encodeTanh(gpu: Gpu, pass: GPUComputePassEncoder, y: GPUBuffer, n: number): void {
+export function encodeTanh(gpu: Gpu, pass: ComputePass, y: GPUBuffer, n: number): void {
   if (n <= 0) return;
   const wg = rowWorkgroup(gpu) * 8;
   const u = uniforms(gpu).alloc(packUniforms([{ u: n }]));
@@ -208,7 +208,7 @@ export function encodeTanh(gpu: Gpu, pass: GPUComputePassEncoder, y: GPUBuffer, 
 /** g ⊙= 1 − h² in place, with h = tanh(x) from the forward: the backward of encodeTanh. */
 export function encodeTanhBackward(
   gpu: Gpu,
-  pass: GPUComputePassEncoder,
+  pass: ComputePass,
   h: GPUBuffer,
   g: GPUBuffer,
   n: number,

@@ -8,7 +8,7 @@
  * Reference: `embedding` / `embeddingBackward` in lib/model/cpu/ops.ts.
  */
 import type { Gpu } from "../device.ts";
-import { dispatch, getPipeline, packUniforms, uniforms } from "../runtime.ts";
+import { type ComputePass, dispatch, getPipeline, packUniforms, uniforms } from "../runtime.ts";
 import { entry, grid, rowWorkgroup } from "./grid.ts";
 
 function gatherShader(wg: number, f16: boolean): string {
@@ -31,7 +31,7 @@ ${entry(wg)}
 /** y[t, :] = table[ids[t], :] for the ids in [rowStart, rowEnd) of this table slice. */
 export function encodeEmbedding(
   gpu: Gpu,
-  pass: GPUComputePassEncoder,
+  pass: ComputePass,
   a: {
     ids: GPUBuffer;
     tokens: number;
@@ -110,7 +110,7 @@ ${entry(wg)}
 /** dtable[id, :] += Σ_{t: ids[t] = id} dy[t, :] over the rows [rowStart, rowEnd) this buffer holds. */
 export function encodeEmbeddingBackward(
   gpu: Gpu,
-  pass: GPUComputePassEncoder,
+  pass: ComputePass,
   a: {
     plan: GPUBuffer;
     unique: number;

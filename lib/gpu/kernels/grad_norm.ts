@@ -9,7 +9,14 @@
  * into their own slots, then one workgroup adds the slots up.
  */
 import type { Gpu } from "../device.ts";
-import { createBuffer, dispatch, getPipeline, packUniforms, uniforms } from "../runtime.ts";
+import {
+  type ComputePass,
+  createBuffer,
+  dispatch,
+  getPipeline,
+  packUniforms,
+  uniforms,
+} from "../runtime.ts";
 import { chunks } from "./adamw.ts";
 
 const WG = 64;
@@ -101,7 +108,7 @@ export class GradNorm {
   }
 
   /** Encode norm and clip into `result`; `maxNorm` null or ≤ 0 leaves clip at 1. */
-  encode(pass: GPUComputePassEncoder, maxNorm: number | null): void {
+  encode(pass: ComputePass, maxNorm: number | null): void {
     const gpu = this.gpu;
     const partial = getPipeline(gpu, PARTIAL);
     for (const p of this.pieces) {

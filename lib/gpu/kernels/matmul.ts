@@ -16,11 +16,25 @@
  * whose later parts accumulate) — until every piece fits. Nothing is truncated.
  */
 import type { Gpu } from "../device.ts";
-import { type Binding, dispatch, getPipeline, packUniforms, uniforms } from "../runtime.ts";
+import {
+  type Binding,
+  type ComputePass,
+  dispatch,
+  getPipeline,
+  packUniforms,
+  SplittablePass,
+  uniforms,
+} from "../runtime.ts";
 import { type MatmulProfile, matmulProfile, stagesTiles, vec4Tiles } from "./matmul_profile.ts";
 import { matmulSharedShader } from "./matmul_shared.ts";
 import { type MatmulEpilogue, matmulVec4Shader } from "./matmul_vec4.ts";
 import { MATMUL_UNIFORMS, tileOrigin } from "./matmul_wgsl.ts";
+import {
+  copyOperands,
+  gatherSampler,
+  textureMatmulPipeline,
+  texturesFit,
+} from "./matmul_texture.ts";
 
 export { bf16ToF16Packed, f32ToF16Packed, rawToF16Packed } from "../../safetensors/dtype.ts";
 export type { MatmulProfile } from "./matmul_profile.ts";
@@ -113,6 +127,9 @@ function dummyBuffer(gpu: Gpu): GPUBuffer {
 
 const pipelineMemo = new WeakMap<GPUDevice, Map<string, GPUComputePipeline>>();
 
+/** The kernels: see the module comments of ./matmul_texture.ts, ./matmul_vec4.ts and `matmulShader`. */
+export type MatmulKernel = "texture" | "vec4" | "scalar";
+
 /**
  * The pipeline for a kernel variant, memoised by its parameters: generating
  * the (large, unrolled) source on every call would cost more host time than
@@ -121,7 +138,7 @@ const pipelineMemo = new WeakMap<GPUDevice, Map<string, GPUComputePipeline>>();
 function matmulPipeline(
   gpu: Gpu,
   prof: MatmulProfile,
-  vec4: boolean,
+  kind: MatmulKernel,
   transA: boolean,
   transB: boolean,
   bF16: boolean,
@@ -129,37 +146,43 @@ function matmulPipeline(
 ): GPUComputePipeline {
   let memo = pipelineMemo.get(gpu.device);
   if (!memo) pipelineMemo.set(gpu.device, memo = new Map());
-  const shared = vec4 && stagesTiles(prof, transB);
+  const shared = kind === "vec4" && stagesTiles(prof, transB);
   const key = [
     prof.tm,
     prof.tn,
     prof.wgM,
     prof.wgN,
     shared && prof.bk,
-    vec4,
+    kind,
     transA,
     transB,
-    bF16,
-    vec4 && epilogue.accumulate,
-    vec4 && epilogue.bias,
+    kind !== "texture" && bF16, // the texture kernel reads an f16 B from an r16float texture
+    kind !== "scalar" && epilogue.accumulate,
+    kind !== "scalar" && epilogue.bias,
   ].join(",");
   let p = memo.get(key);
   if (!p) {
-    p = getPipeline(
-      gpu,
-      !vec4
-        ? matmulShader(prof, transA, transB, bF16)
-        : shared
-        ? matmulSharedShader(prof, transA, transB, bF16, epilogue)
-        : matmulVec4Shader(prof, transA, transB, bF16, epilogue),
-    );
+    p = kind === "texture"
+      ? textureMatmulPipeline(gpu, prof, transA, transB, epilogue)
+      : getPipeline(
+        gpu,
+        kind === "scalar"
+          ? matmulShader(prof, transA, transB, bF16)
+          : shared
+          ? matmulSharedShader(prof, transA, transB, bF16, epilogue)
+          : matmulVec4Shader(prof, transA, transB, bF16, epilogue),
+      );
     memo.set(key, p);
   }
   return p;
 }
 
-/** Encode C = alpha·op(A)·op(B) (+ beta·C) (+ bias) into `pass`. */
-export function encodeMatmul(gpu: Gpu, pass: GPUComputePassEncoder, args: MatmulArgs): void {
+/**
+ * Encode C = alpha·op(A)·op(B) (+ beta·C) (+ bias) into `pass`. The texture
+ * kernel (CPU adapters) needs a `SplittablePass`; on any other pass the same
+ * product takes the vec4 or scalar kernel.
+ */
+export function encodeMatmul(gpu: Gpu, pass: ComputePass, args: MatmulArgs): void {
   const { M, N, K } = args;
   const count = args.batch?.count ?? 1;
   for (const [k, v] of Object.entries({ M, N, K, count })) {
@@ -177,17 +200,26 @@ export function encodeMatmul(gpu: Gpu, pass: GPUComputePassEncoder, args: Matmul
 
   const pieces = splitToFit(piece, transA, transB, bF16, limit);
   for (const p of pieces) {
-    const vec4 = vec4Eligible(p, transA);
-    const prof = vec4 ? vec4Tiles(profile, p.M, p.N) : profile.scalar ?? profile;
+    const kind = kernelFor(gpu, profile, p, transA, transB, bF16, pass instanceof SplittablePass);
+    const prof = kind === "scalar" ? profile.scalar ?? profile : vec4Tiles(profile, p.M, p.N);
     const epilogue = { accumulate: p.accumulate, bias: p.useBias && !!args.bias };
-    const pipeline = matmulPipeline(gpu, prof, vec4, transA, transB, bF16, epilogue);
-    const [aStart, aEnd] = rangeA(p, transA);
-    const [bStart, bEnd] = rangeB(p, transB);
+    const pipeline = matmulPipeline(gpu, prof, kind, transA, transB, bF16, epilogue);
     const [cStart, cEnd] = rangeC(p);
-    const aBind = subRange(args.a, aStart, aEnd, 4, align);
-    const bBind = subRange(args.b, bStart, bEnd, bF16 ? 2 : 4, align);
     const cBind = subRange(args.c, cStart, cEnd, 4, align);
-    let biasBind: Binding | undefined = vec4 ? undefined : dummyBuffer(gpu);
+    let operands: Binding[];
+    let aRel = 0, bRel = 0;
+    if (kind === "texture") {
+      const o = { ...p, a: args.a, b: args.b, transA, transB, bF16 };
+      operands = [...copyOperands(gpu, pass as SplittablePass, o), gatherSampler(gpu)];
+    } else {
+      const [aStart, aEnd] = rangeA(p, transA);
+      const [bStart, bEnd] = rangeB(p, transB);
+      const aBind = subRange(args.a, aStart, aEnd, 4, align);
+      const bBind = subRange(args.b, bStart, bEnd, bF16 ? 2 : 4, align);
+      operands = [aBind.binding, bBind.binding];
+      [aRel, bRel] = [aBind.rel, bBind.rel];
+    }
+    let biasBind: Binding | undefined = kind === "scalar" ? dummyBuffer(gpu) : undefined;
     let biasRel = 0;
     if (epilogue.bias && args.bias) {
       const bb = subRange(args.bias, p.biasOff, p.biasOff + p.N, 4, align);
@@ -211,8 +243,8 @@ export function encodeMatmul(gpu: Gpu, pass: GPUComputePassEncoder, args: Matmul
       { u: p.lda },
       { u: p.ldb },
       { u: p.ldc },
-      { u: aBind.rel },
-      { u: bBind.rel },
+      { u: aRel },
+      { u: bRel },
       { u: cBind.rel },
       { u: biasRel },
       { u: flags },
@@ -228,7 +260,7 @@ export function encodeMatmul(gpu: Gpu, pass: GPUComputePassEncoder, args: Matmul
       { i: clampBand(p.aHi) },
       { i: clampBand(p.cUpper) },
     ]));
-    const bindings: Binding[] = [u, aBind.binding, bBind.binding, cBind.binding];
+    const bindings: Binding[] = [u, ...operands, cBind.binding];
     if (biasBind) bindings.push(biasBind);
     dispatch(gpu, pass, pipeline, bindings, [x, y, z]);
   }
@@ -246,9 +278,38 @@ function vec4Eligible(p: Piece, transA: boolean): boolean {
     (p.count === 1 || [p.sA, p.sB, p.sC].every(m4));
 }
 
-/** Which kernel `args` would run (for tests and benchmarks). */
-export function matmulKernelKind(args: Omit<MatmulArgs, "a" | "b" | "c">): "vec4" | "scalar" {
-  return vec4Eligible(pieceOf(args), !!args.transA) ? "vec4" : "scalar";
+/**
+ * The kernel for a piece: the texture kernel where the profile asks for it,
+ * the pass can be interrupted for the copies, and the product is a single one
+ * (not a batch) with operands the copies can take; else the vec4
+ * kernel where everything is aligned to 4; else the scalar one.
+ */
+function kernelFor(
+  gpu: Gpu,
+  profile: MatmulProfile,
+  p: Piece,
+  transA: boolean,
+  transB: boolean,
+  bF16: boolean,
+  splittable: boolean,
+): MatmulKernel {
+  if (!vec4Eligible(p, transA)) return "scalar";
+  const tex = profile.textures && splittable && p.count === 1 &&
+    texturesFit(gpu, { ...p, transA, transB, bF16 });
+  return tex ? "texture" : "vec4";
+}
+
+/**
+ * Which kernel `args` would run (for tests and benchmarks); with `gpu`, on a
+ * `SplittablePass` under that device's profile, else on a plain pass.
+ */
+export function matmulKernelKind(
+  args: Omit<MatmulArgs, "a" | "b" | "c">,
+  gpu?: Gpu,
+): MatmulKernel {
+  const p = pieceOf(args);
+  if (!gpu) return vec4Eligible(p, !!args.transA) ? "vec4" : "scalar";
+  return kernelFor(gpu, matmulProfile(gpu), p, !!args.transA, !!args.transB, !!args.bF16, true);
 }
 
 /** The whole product as one piece, with every default filled in. */

@@ -6,8 +6,9 @@
  * register tile (hundreds of accumulators per invocation, few loads per FMA)
  * and small workgroups. A real GPU wants the opposite: a few outputs per
  * thread and wide workgroups. Override with GLM_MATMUL_PROFILE, e.g.
- * `GLM_MATMUL_PROFILE=tm=8,tn=16,wgm=1,wgn=8`, or `setMatmulProfile()`; an
- * override applies to every size (it drops the `large` tile).
+ * `GLM_MATMUL_PROFILE=tm=8,tn=16,wgm=1,wgn=8` (`tex=0` turns the texture
+ * kernel off), or `setMatmulProfile()`; an override applies to every size (it
+ * drops the `large` tile).
  */
 import type { DeviceClass, Gpu } from "../device.ts";
 
@@ -27,6 +28,12 @@ export interface MatmulProfile {
    * products 0–20 % slower; llvmpipe pays more for workgroup memory than it saves.
    */
   bk?: number;
+  /**
+   * Copy the operands of single products into textures and read them with
+   * gathers (./matmul_texture.ts), where the pass allows it: on llvmpipe a
+   * gather of four floats costs about half a vec4 storage load.
+   */
+  textures?: boolean;
   /** Stage tiles for every layout, not only a transposed B (tests, experiments). */
   stageAll?: boolean;
   /** Tiles of the fallback kernel for operands not aligned to 4 (default: these). */
@@ -45,6 +52,7 @@ export const DEFAULT_PROFILES: Record<DeviceClass, MatmulProfile> = {
     tn: 16,
     wgM: 1,
     wgN: 8,
+    textures: true,
     scalar: { tm: 4, tn: 8, wgM: 1, wgN: 8 },
     large: { tm: 32, tn: 32, wgM: 1, wgN: 8, minM: 512, minN: 512 },
   },
@@ -64,6 +72,10 @@ export function parseMatmulProfile(s: string, base: MatmulProfile): MatmulProfil
   for (const part of s.split(",").map((x) => x.trim()).filter(Boolean)) {
     const [k, v] = part.split("=");
     const n = Number(v);
+    if (k.toLowerCase() === "tex" && (v === "0" || v === "1")) {
+      p.textures = v === "1"; // tex=0: the storage-buffer kernels on the cpu profile
+      continue;
+    }
     const key = { tm: "tm", tn: "tn", wgm: "wgM", wgn: "wgN", bk: "bk" }[k.toLowerCase()] as
       | "tm"
       | "tn"
@@ -77,7 +89,7 @@ export function parseMatmulProfile(s: string, base: MatmulProfile): MatmulProfil
     }
     if (!key || !Number.isInteger(n) || n <= 0) {
       throw new Error(
-        `GLM_MATMUL_PROFILE: cannot read "${part}" (expected tm=,tn=,wgm=,wgn=,bk= with positive integers)`,
+        `GLM_MATMUL_PROFILE: cannot read "${part}" (expected tm=,tn=,wgm=,wgn=,bk= with positive integers, or tex=0|1)`,
       );
     }
     p[key] = n;

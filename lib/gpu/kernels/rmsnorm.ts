@@ -6,7 +6,7 @@
  * lib/model/cpu/ops.ts.
  */
 import type { Gpu } from "../device.ts";
-import { dispatch, getPipeline, packUniforms, uniforms } from "../runtime.ts";
+import { type ComputePass, dispatch, getPipeline, packUniforms, uniforms } from "../runtime.ts";
 import { entry, grid, rowWorkgroup } from "./grid.ts";
 
 function forwardShader(wg: number): string {
@@ -30,7 +30,7 @@ ${entry(wg)}
 /** y = w ⊙ x / rms(x) per row of x [rows, dim]; rstd [rows] receives 1/rms. */
 export function encodeRmsnorm(
   gpu: Gpu,
-  pass: GPUComputePassEncoder,
+  pass: ComputePass,
   a: {
     x: GPUBuffer;
     w: GPUBuffer;
@@ -98,7 +98,7 @@ ${entry(wg)}
  */
 export function encodeRmsnormBackward(
   gpu: Gpu,
-  pass: GPUComputePassEncoder,
+  pass: ComputePass,
   a: {
     x: GPUBuffer;
     w: GPUBuffer;

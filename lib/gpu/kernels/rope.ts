@@ -7,7 +7,7 @@
  * Reference: `rope` in lib/model/cpu/ops.ts.
  */
 import type { Gpu } from "../device.ts";
-import { dispatch, getPipeline, packUniforms, uniforms } from "../runtime.ts";
+import { type ComputePass, dispatch, getPipeline, packUniforms, uniforms } from "../runtime.ts";
 import { entry, grid, rowWorkgroup } from "./grid.ts";
 
 /**
@@ -76,7 +76,7 @@ export interface RopeArgs {
   inverse?: boolean;
 }
 
-export function encodeRope(gpu: Gpu, pass: GPUComputePassEncoder, a: RopeArgs): void {
+export function encodeRope(gpu: Gpu, pass: ComputePass, a: RopeArgs): void {
   const n = a.rows * a.heads;
   if (n <= 0) return;
   const wg = rowWorkgroup(gpu);

@@ -9,7 +9,7 @@
  * left untouched. Reference: `sampleRef` below.
  */
 import type { Gpu } from "../device.ts";
-import { dispatch, getPipeline, packUniforms, uniforms } from "../runtime.ts";
+import { type ComputePass, dispatch, getPipeline, packUniforms, uniforms } from "../runtime.ts";
 import { dropoutUniformRef, WGSL_HASH } from "./dropout.ts";
 import { entry, grid, rowWorkgroup } from "./grid.ts";
 
@@ -31,7 +31,7 @@ ${entry(wg)}
 /** ids[r] = argmax of logits row r (rows at off + r·ld, V columns). */
 export function encodeArgmax(
   gpu: Gpu,
-  pass: GPUComputePassEncoder,
+  pass: ComputePass,
   a: { logits: GPUBuffer; rows: number; V: number; ld?: number; off?: number; ids: GPUBuffer },
 ): void {
   if (a.rows <= 0) return;
@@ -144,7 +144,7 @@ export interface SampleOptions {
 /** ids[r] = a draw from row r; `state` is scratch of 6 f32 per row. */
 export function encodeSample(
   gpu: Gpu,
-  pass: GPUComputePassEncoder,
+  pass: ComputePass,
   a: {
     logits: GPUBuffer;
     rows: number;

@@ -4,7 +4,7 @@
  * Reference: `swiglu` / `swigluBackward` in lib/model/cpu/ops.ts.
  */
 import type { Gpu } from "../device.ts";
-import { dispatch, getPipeline, packUniforms, uniforms } from "../runtime.ts";
+import { type ComputePass, dispatch, getPipeline, packUniforms, uniforms } from "../runtime.ts";
 import { entry, grid, rowWorkgroup } from "./grid.ts";
 
 function forwardShader(wg: number): string {
@@ -24,7 +24,7 @@ ${entry(wg)}
 
 export function encodeSwiglu(
   gpu: Gpu,
-  pass: GPUComputePassEncoder,
+  pass: ComputePass,
   x: GPUBuffer,
   y: GPUBuffer,
   rows: number,
@@ -59,7 +59,7 @@ ${entry(wg)}
 
 export function encodeSwigluBackward(
   gpu: Gpu,
-  pass: GPUComputePassEncoder,
+  pass: ComputePass,
   x: GPUBuffer,
   dy: GPUBuffer,
   dx: GPUBuffer,
