@@ -7,11 +7,12 @@
  * with a bounds check, a branch, a scalar load and an insert per component,
  * while a texture fetch is built for all lanes at once. Measured on the same
  * machine: 2.0–2.5 CPU-ns per lane for a gather of four floats against 3.0–4.9
- * for a vec4 storage load, and this kernel 10–25 % faster than the vec4 one at
- * the same tiles. A `copyBufferToTexture` costs about 1 % of a 1024×512×512
- * product; a compute kernel writing the textures costs 15–20 ns per element,
- * a third of the product, so copies it is. Copies cannot be recorded inside a
- * compute pass: the pass must be a `SplittablePass`.
+ * for a vec4 storage load, and this kernel 1.3–1.5× the vec4 one's GFLOP/s
+ * at the same tiles (docs/engine.md). A `copyBufferToTexture` costs about 1 %
+ * of a 1024×512×512 product; a compute kernel writing the textures costs
+ * 15–20 ns per element, a third of the product, so copies it is. Copies
+ * cannot be recorded inside a compute pass: the pass must be a
+ * `SplittablePass`.
  *
  * Layouts need no transposing copy: a gather returns a 2×2 block whichever
  * way the matrix is stored, so each layout only changes which of its four
