@@ -9,7 +9,12 @@
  * cost of the wait itself is measured and subtracted).
  */
 import { getGpu, type Gpu } from "../lib/gpu/device.ts";
-import { createBuffer, uniforms } from "../lib/gpu/runtime.ts";
+import {
+  createBuffer,
+  type InterruptiblePass,
+  SplittablePass,
+  uniforms,
+} from "../lib/gpu/runtime.ts";
 import type { AdapterSpec } from "../lib/model/adapter.ts";
 import { createGlmModel, type GlmModel, memoryWeights } from "../lib/model/glm.ts";
 import { BENCH_BATCH, BENCH_CONFIG, BENCH_SEQ, benchBatch, benchWeights } from "./model.ts";
@@ -23,13 +28,23 @@ const wait = (gpu: Gpu) => gpu.device.queue.onSubmittedWorkDone();
 
 interface Recorded {
   kind: string;
-  pipeline: GPUComputePipeline;
-  group: GPUBindGroup;
-  wg: [number, number, number];
+  /** A dispatch, or commands recorded between passes (the texture matmul's copies). */
+  dispatch?: { pipeline: GPUComputePipeline; group: GPUBindGroup; wg: [number, number, number] };
+  between?: (encoder: GPUCommandEncoder) => void;
 }
 
-/** A stand-in compute pass that records dispatches with the kernel file that encoded them. */
-function recordingPass(out: Recorded[]): GPUComputePassEncoder {
+/** The outermost kernel file on the stack: attention's own matmuls count as attention. */
+function kernelKind(): string {
+  const stack = new Error().stack ?? "";
+  const files = [...stack.matchAll(/lib\/gpu\/kernels\/([a-z_0-9]+)\.ts/g)].map((x) => x[1]);
+  return files.length ? files[files.length - 1] : "other";
+}
+
+/**
+ * A stand-in compute pass that records dispatches, and the copies a kernel
+ * interrupts the pass for, with the kernel file that encoded them.
+ */
+function recordingPass(out: Recorded[]): InterruptiblePass {
   let pipeline: GPUComputePipeline | undefined;
   let group: GPUBindGroup | undefined;
   const rec = {
@@ -40,15 +55,14 @@ function recordingPass(out: Recorded[]): GPUComputePassEncoder {
       group = g;
     },
     dispatchWorkgroups(x: number, y = 1, z = 1) {
-      const stack = new Error().stack ?? "";
-      // The outermost kernel file on the stack: attention's own matmuls count as attention.
-      const files = [...stack.matchAll(/lib\/gpu\/kernels\/([a-z_0-9]+)\.ts/g)].map((x) => x[1]);
-      const kind = files.length ? files[files.length - 1] : "other";
-      out.push({ kind, pipeline: pipeline!, group: group!, wg: [x, y, z] });
+      const wg: [number, number, number] = [x, y, z];
+      out.push({ kind: kernelKind(), dispatch: { pipeline: pipeline!, group: group!, wg } });
     },
-    end() {},
+    interrupt(record: (encoder: GPUCommandEncoder) => void) {
+      out.push({ kind: kernelKind(), between: record });
+    },
   };
-  return rec as unknown as GPUComputePassEncoder;
+  return rec as unknown as InterruptiblePass;
 }
 
 /** Replay each kernel kind's dispatches alone; seconds per kind (the bare wait subtracted). */
@@ -72,11 +86,14 @@ async function timeByKind(
     for (let rep = 0; rep < 2; rep++) {
       const t0 = performance.now();
       const enc = gpu.device.createCommandEncoder();
-      const pass = enc.beginComputePass();
+      const pass = new SplittablePass(enc);
       for (const r of mine) {
-        pass.setPipeline(r.pipeline);
-        pass.setBindGroup(0, r.group);
-        pass.dispatchWorkgroups(...r.wg);
+        if (r.between) pass.interrupt(r.between);
+        if (r.dispatch) {
+          pass.setPipeline(r.dispatch.pipeline);
+          pass.setBindGroup(0, r.dispatch.group);
+          pass.dispatchWorkgroups(...r.dispatch.wg);
+        }
       }
       pass.end();
       gpu.device.queue.submit([enc.finish()]);

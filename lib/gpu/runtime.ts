@@ -172,13 +172,23 @@ export type ComputePass = Pick<
   "setPipeline" | "setBindGroup" | "dispatchWorkgroups"
 >;
 
+/** A pass a kernel can interrupt to record commands outside it (copies into textures). */
+export interface InterruptiblePass extends ComputePass {
+  /** End the pass, let `record` add commands to the encoder, go on in a new pass. */
+  interrupt(record: (encoder: GPUCommandEncoder) => void): void;
+}
+
+export function canInterrupt(pass: ComputePass): pass is InterruptiblePass {
+  return typeof (pass as Partial<InterruptiblePass>).interrupt === "function";
+}
+
 /**
  * A compute pass that a kernel can interrupt to record copies on its command
  * encoder (the CPU adapter's matmul copies its operands into textures): the
  * current pass ends, the copies are recorded, a new pass begins, and the code
  * holding this object goes on encoding into it. Commands keep their order.
  */
-export class SplittablePass implements ComputePass {
+export class SplittablePass implements InterruptiblePass {
   #pass: GPUComputePassEncoder;
   constructor(readonly encoder: GPUCommandEncoder) {
     this.#pass = encoder.beginComputePass();
@@ -192,7 +202,6 @@ export class SplittablePass implements ComputePass {
   dispatchWorkgroups(x: number, y?: number, z?: number): undefined {
     this.#pass.dispatchWorkgroups(x, y, z);
   }
-  /** End the pass, let `record` add commands to the encoder, begin a new pass. */
   interrupt(record: (encoder: GPUCommandEncoder) => void): void {
     this.#pass.end();
     record(this.encoder);

@@ -18,11 +18,11 @@
 import type { Gpu } from "../device.ts";
 import {
   type Binding,
+  canInterrupt,
   type ComputePass,
   dispatch,
   getPipeline,
   packUniforms,
-  SplittablePass,
   uniforms,
 } from "../runtime.ts";
 import { type MatmulProfile, matmulProfile, stagesTiles, vec4Tiles } from "./matmul_profile.ts";
@@ -179,8 +179,9 @@ function matmulPipeline(
 
 /**
  * Encode C = alpha·op(A)·op(B) (+ beta·C) (+ bias) into `pass`. The texture
- * kernel (CPU adapters) needs a `SplittablePass`; on any other pass the same
- * product takes the vec4 or scalar kernel.
+ * kernel (CPU adapters) needs a pass it can interrupt for its copies (a
+ * `SplittablePass`); on any other pass the same product takes the vec4 or
+ * scalar kernel.
  */
 export function encodeMatmul(gpu: Gpu, pass: ComputePass, args: MatmulArgs): void {
   const { M, N, K } = args;
@@ -198,9 +199,10 @@ export function encodeMatmul(gpu: Gpu, pass: ComputePass, args: MatmulArgs): voi
   const align = gpu.limits.minStorageBufferOffsetAlignment;
   const alpha = args.alpha ?? 1;
 
+  const interruptible = canInterrupt(pass) ? pass : undefined;
   const pieces = splitToFit(piece, transA, transB, bF16, limit);
   for (const p of pieces) {
-    const kind = kernelFor(gpu, profile, p, transA, transB, bF16, pass instanceof SplittablePass);
+    const kind = kernelFor(gpu, profile, p, transA, transB, bF16, !!interruptible);
     const prof = kind === "scalar" ? profile.scalar ?? profile : vec4Tiles(profile, p.M, p.N);
     const epilogue = { accumulate: p.accumulate, bias: p.useBias && !!args.bias };
     const pipeline = matmulPipeline(gpu, prof, kind, transA, transB, bF16, epilogue);
@@ -208,9 +210,9 @@ export function encodeMatmul(gpu: Gpu, pass: ComputePass, args: MatmulArgs): voi
     const cBind = subRange(args.c, cStart, cEnd, 4, align);
     let operands: Binding[];
     let aRel = 0, bRel = 0;
-    if (kind === "texture") {
+    if (kind === "texture" && interruptible) {
       const o = { ...p, a: args.a, b: args.b, transA, transB, bF16 };
-      operands = [...copyOperands(gpu, pass as SplittablePass, o), gatherSampler(gpu)];
+      operands = [...copyOperands(gpu, interruptible, o), gatherSampler(gpu)];
     } else {
       const [aStart, aEnd] = rangeA(p, transA);
       const [bStart, bEnd] = rangeB(p, transB);
@@ -300,8 +302,8 @@ function kernelFor(
 }
 
 /**
- * Which kernel `args` would run (for tests and benchmarks); with `gpu`, on a
- * `SplittablePass` under that device's profile, else on a plain pass.
+ * Which kernel `args` would run (for tests and benchmarks); with `gpu`, on an
+ * interruptible pass under that device's profile, else on a plain pass.
  */
 export function matmulKernelKind(
   args: Omit<MatmulArgs, "a" | "b" | "c">,

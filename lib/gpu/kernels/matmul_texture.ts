@@ -11,8 +11,8 @@
  * at the same tiles (docs/engine.md). A `copyBufferToTexture` costs about 1 %
  * of a 1024×512×512 product; a compute kernel writing the textures costs
  * 15–20 ns per element, a third of the product, so copies it is. Copies
- * cannot be recorded inside a compute pass: the pass must be a
- * `SplittablePass`.
+ * cannot be recorded inside a compute pass: the pass must be an
+ * `InterruptiblePass` (a `SplittablePass`).
  *
  * Layouts need no transposing copy: a gather returns a 2×2 block whichever
  * way the matrix is stored, so each layout only changes which of its four
@@ -26,8 +26,8 @@ import {
   createBuffer,
   dispatch,
   getPipeline,
+  type InterruptiblePass,
   packUniforms,
-  type SplittablePass,
   uniforms,
 } from "../runtime.ts";
 import type { MatmulProfile } from "./matmul_profile.ts";
@@ -113,7 +113,7 @@ function operandTexture(
  */
 export function copyOperands(
   gpu: Gpu,
-  pass: SplittablePass,
+  pass: InterruptiblePass,
   o: TextureOperands,
 ): [GPUTextureView, GPUTextureView] {
   const [sa, sb] = storedSizes(o);
@@ -136,7 +136,7 @@ export function copyOperands(
  */
 function copySource(
   gpu: Gpu,
-  pass: SplittablePass,
+  pass: InterruptiblePass,
   slot: "a" | "b",
   buffer: GPUBuffer,
   off: number,
