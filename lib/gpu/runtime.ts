@@ -166,7 +166,7 @@ export function packUniforms(
 
 export type Binding = GPUBuffer | GPUBufferBinding | GPUTextureView | GPUSampler;
 
-/** What kernels encode into: a compute pass, or a `SplittablePass`. */
+/** What kernels encode into: a compute pass, or an `InterruptiblePass` such as a `SplittablePass`. */
 export type ComputePass = Pick<
   GPUComputePassEncoder,
   "setPipeline" | "setBindGroup" | "dispatchWorkgroups"
