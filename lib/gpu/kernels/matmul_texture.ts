@@ -31,7 +31,7 @@ import {
   uniforms,
 } from "../runtime.ts";
 import type { MatmulProfile } from "./matmul_profile.ts";
-import { type MatmulEpilogue, vec4Store } from "./matmul_vec4.ts";
+import { type MatmulEpilogue, vec4Store, vec4StoreOrigin } from "./matmul_vec4.ts";
 import { MATMUL_UNIFORMS, tileOrigin } from "./matmul_wgsl.ts";
 
 /** The stored operands of one product, as the copies see them. */
@@ -133,6 +133,9 @@ export function copyOperands(
  * bytes): in place when its rows are 256 bytes apart, else from a scratch
  * buffer the rows are first copied into at that stride, eight bytes an
  * invocation (widths, offsets and strides are multiples of 4 elements here).
+ * Not `encodeCopy2d`: it computes alpha·x in f32, which would flush the
+ * denormal bit patterns two packed halves can form, and binds whole buffers
+ * where this binds the operand's range.
  */
 function copySource(
   gpu: Gpu,
@@ -253,9 +256,7 @@ ${epilogue.bias ? "@group(0) @binding(5) var<storage, read> bias: array<vec4f>;"
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) lid: u32) {
 ${tileOrigin(prof)}
-  let cBase = (u.cOff + bat * u.sC) / 4u;
-  let ldc4 = u.ldc / 4u;
-  let lastN = u.N - 1u;
+${vec4StoreOrigin()}
   let iA = 1.0 / vec2f(textureDimensions(TA));
   let iB = 1.0 / vec2f(textureDimensions(TB));`);
   // The coordinate of a pair of rows (or columns) of C is fixed; that of a

@@ -133,11 +133,16 @@ export function vec4Origin(prof: MatmulProfile): string {
   return `${tileOrigin(prof)}
   let aBase = (u.aOff + bat * u.sA) / 4u;
   let bBase = (u.bOff + bat * u.sB) / 4u;
-  let cBase = (u.cOff + bat * u.sC) / 4u;
   let lda4 = u.lda / 4u;
   let ldb4 = u.ldb / 4u;
-  let ldc4 = u.ldc / 4u;
   let lastM = u.M - 1u;
+${vec4StoreOrigin()}`;
+}
+
+/** What `vec4Store` reads besides the accumulators: C's base and stride in vec4 units, the last column. */
+export function vec4StoreOrigin(): string {
+  return `  let cBase = (u.cOff + bat * u.sC) / 4u;
+  let ldc4 = u.ldc / 4u;
   let lastN = u.N - 1u;`;
 }
 
