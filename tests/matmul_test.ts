@@ -473,7 +473,7 @@ Deno.test("matmul: the shared-memory kernel on bands, f16 B, batches, offsets an
 
 Deno.test("matmul: the texture kernel on every layout, f16 B, repacked strides, bands, splits", async () => {
   // The cpu profile's kernel for single products on a SplittablePass: both
-  // operands copied into textures, read by gathers. Leading dimensions that
+  // operands copied into textures, read as storage textures. Leading dimensions that
   // are not 64 floats (128 halves) apart go through the repack first.
   const cases: [Case, Partial<GPUSupportedLimits>?][] = [
     ...layouts.map(([, transA, transB]): [Case] => [{ M: 36, N: 44, K: 28, transA, transB }]),
@@ -499,12 +499,14 @@ Deno.test("matmul: the texture kernel on every layout, f16 B, repacked strides, 
     const err = await runCase(c, seed++, limits, true);
     assert(err < 1e-6, `${JSON.stringify(c)}: relative error ${err}`);
   }
-  // What it does not take: batches, and operands larger than a texture.
+  // What it does not take: batches, and operands larger than a texture (a
+  // texel holds four values of a row: 128 fit in 32 texels, 132 do not).
   const gpu = await getGpu();
   const batch = { count: 2, strideA: 64, strideB: 0, strideC: 64 };
   assertEquals(matmulKernelKind({ M: 8, N: 8, K: 8, batch }, gpu), "vec4");
   const small = withLimits(gpu, { maxTextureDimension2D: 32 });
-  assertEquals(matmulKernelKind({ M: 8, N: 8, K: 36 }, small), "vec4");
+  assertEquals(matmulKernelKind({ M: 8, N: 8, K: 128, transB: true }, small), "texture");
+  assertEquals(matmulKernelKind({ M: 8, N: 8, K: 132, transB: true }, small), "vec4");
   assertEquals(matmulKernelKind({ M: 8, N: 8, K: 36 }), "vec4"); // a plain pass
   // On a plain pass the same products take the storage kernels.
   for (const [c] of cases.slice(0, 4)) {

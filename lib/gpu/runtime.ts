@@ -10,24 +10,15 @@ const STORAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsag
 
 const pipelines = new WeakMap<GPUDevice, Map<string, GPUComputePipeline>>();
 
-/**
- * A compute pipeline for `code`, compiled once per device; its bind group
- * layout inferred from the shader unless one is given (a given layout must be
- * the same whenever `code` is).
- */
-export function getPipeline(
-  gpu: Gpu,
-  code: string,
-  entryPoint = "main",
-  layout: GPUPipelineLayout | "auto" = "auto",
-): GPUComputePipeline {
+/** A compute pipeline for `code`, compiled once per device, its bind group layout inferred from the shader. */
+export function getPipeline(gpu: Gpu, code: string, entryPoint = "main"): GPUComputePipeline {
   let cache = pipelines.get(gpu.device);
   if (!cache) pipelines.set(gpu.device, cache = new Map());
   const key = entryPoint + "\u0000" + code;
   let p = cache.get(key);
   if (!p) {
     const module = gpu.device.createShaderModule({ code });
-    p = gpu.device.createComputePipeline({ layout, compute: { module, entryPoint } });
+    p = gpu.device.createComputePipeline({ layout: "auto", compute: { module, entryPoint } });
     cache.set(key, p);
   }
   return p;
@@ -164,7 +155,7 @@ export function packUniforms(
   return new Uint32Array(buf);
 }
 
-export type Binding = GPUBuffer | GPUBufferBinding | GPUTextureView | GPUSampler;
+export type Binding = GPUBuffer | GPUBufferBinding | GPUTextureView;
 
 /** What kernels encode into: a compute pass, or an `InterruptiblePass` such as a `SplittablePass`. */
 export type ComputePass = Pick<

@@ -29,12 +29,7 @@ import { type MatmulProfile, matmulProfile, stagesTiles, vec4Tiles } from "./mat
 import { matmulSharedShader } from "./matmul_shared.ts";
 import { type MatmulEpilogue, matmulVec4Shader } from "./matmul_vec4.ts";
 import { MATMUL_UNIFORMS, tileOrigin } from "./matmul_wgsl.ts";
-import {
-  copyOperands,
-  gatherSampler,
-  textureMatmulPipeline,
-  texturesFit,
-} from "./matmul_texture.ts";
+import { copyOperands, texturesFit } from "./matmul_texture.ts";
 
 export { bf16ToF16Packed, f32ToF16Packed, rawToF16Packed } from "../../safetensors/dtype.ts";
 export type { MatmulProfile } from "./matmul_profile.ts";
@@ -156,22 +151,20 @@ function matmulPipeline(
     kind,
     transA,
     transB,
-    kind !== "texture" && bF16, // the texture kernel reads an f16 B from an r16float texture
+    bF16,
     kind !== "scalar" && epilogue.accumulate,
     kind !== "scalar" && epilogue.bias,
   ].join(",");
   let p = memo.get(key);
   if (!p) {
-    p = kind === "texture"
-      ? textureMatmulPipeline(gpu, prof, transA, transB, epilogue)
-      : getPipeline(
-        gpu,
-        kind === "scalar"
-          ? matmulShader(prof, transA, transB, bF16)
-          : shared
-          ? matmulSharedShader(prof, transA, transB, bF16, epilogue)
-          : matmulVec4Shader(prof, transA, transB, bF16, epilogue),
-      );
+    p = getPipeline(
+      gpu,
+      kind === "scalar"
+        ? matmulShader(prof, transA, transB, bF16)
+        : shared
+        ? matmulSharedShader(prof, transA, transB, bF16, epilogue)
+        : matmulVec4Shader(prof, transA, transB, bF16, epilogue, kind === "texture"),
+    );
     memo.set(key, p);
   }
   return p;
@@ -212,7 +205,7 @@ export function encodeMatmul(gpu: Gpu, pass: ComputePass, args: MatmulArgs): voi
     let aRel = 0, bRel = 0;
     if (kind === "texture" && interruptible) {
       const o = { ...p, a: args.a, b: args.b, transA, transB, bF16 };
-      operands = [...copyOperands(gpu, interruptible, o), gatherSampler(gpu)];
+      operands = copyOperands(gpu, interruptible, o);
     } else {
       const [aStart, aEnd] = rangeA(p, transA);
       const [bStart, bEnd] = rangeB(p, transB);

@@ -29,9 +29,9 @@ export interface MatmulProfile {
    */
   bk?: number;
   /**
-   * Copy the operands of single products into textures and read them with
-   * gathers (./matmul_texture.ts), where the pass allows it: on llvmpipe a
-   * gather of four floats costs about half a vec4 storage load.
+   * Copy the operands of single products into textures and read them as
+   * storage textures (./matmul_texture.ts), where the pass allows it: on
+   * llvmpipe an image load of four floats costs a third of a vec4 storage load.
    */
   textures?: boolean;
   /** Stage tiles for every layout, not only a transposed B (tests, experiments). */

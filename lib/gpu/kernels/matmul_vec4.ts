@@ -14,7 +14,10 @@
  * Operand layouts, all read with vec4 loads:
  *   A row-major [M,K]: row i, k..k+3         A transposed [K,M]: row k+q, m..m+3
  *   B row-major [K,N]: row k+q, n..n+3       B transposed [N,K]: row n, k..k+3
- * Reference: `matmulRef` in ./matmul.ts.
+ * With `images` (the texture kernel, ./matmul_texture.ts) the same loads read
+ * texels of read-only storage textures the operands were copied into, one
+ * texel per vec4 at (column / 4, row) of the stored matrix; otherwise the
+ * storage buffers. Reference: `matmulRef` in ./matmul.ts.
  */
 import type { MatmulProfile } from "./matmul_profile.ts";
 import { MATMUL_UNIFORMS, tileOrigin } from "./matmul_wgsl.ts";
@@ -38,33 +41,44 @@ export function matmulVec4Shader(
   transB: boolean,
   bF16: boolean,
   epilogue: MatmulEpilogue = { accumulate: false, bias: false },
+  images = false,
 ): string {
   const { tm, tn, wgM, wgN } = prof;
   if (tm % 4 !== 0 && transA) throw new Error("matmul vec4: tm must be a multiple of 4 for transA");
   const tn4 = tn / 4;
   const L: string[] = [];
-  L.push(`${vec4Bindings(bF16, epilogue)}
+  L.push(`${images ? imageBindings(bF16, epilogue) : vec4Bindings(bF16, epilogue)}
 
 @compute @workgroup_size(${wgM * wgN})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) lid: u32) {
 ${vec4Origin(prof)}`);
-  // Per-row / per-column base indices (in vec4 units), clamped so edge lanes
-  // read valid (duplicate) data; their results are dropped at the store.
+  // Per-row / per-column bases, clamped so edge lanes read valid (duplicate)
+  // data; their results are dropped at the store. In a buffer a base is the
+  // vec4 index the moving part (along K) is added to; in an image it is the
+  // fixed coordinate, the moving part the other one.
+  const aRow = images ? "" : "aBase + ", aLd = images ? "" : " * lda4";
+  const bRow = images ? "" : "bBase + ", bLd = images ? "" : " * ldb4";
   if (!transA) {
-    for (let i = 0; i < tm; i++) L.push(`  let ra${i} = aBase + min(m0 + ${i}u, lastM) * lda4;`);
+    for (let i = 0; i < tm; i++) L.push(`  let ra${i} = ${aRow}min(m0 + ${i}u, lastM)${aLd};`);
   } else {
     for (let p = 0; p < tm / 4; p++) {
-      L.push(`  let ra${p} = aBase + min(m0 / 4u + ${p}u, lastM / 4u);`);
+      L.push(`  let ra${p} = ${aRow}min(m0 / 4u + ${p}u, lastM / 4u);`);
     }
   }
   if (transB) {
-    for (let j = 0; j < tn; j++) L.push(`  let rb${j} = bBase + min(n0 + ${j}u, lastN) * ldb4;`);
+    for (let j = 0; j < tn; j++) L.push(`  let rb${j} = ${bRow}min(n0 + ${j}u, lastN)${bLd};`);
   } else {
     for (let p = 0; p < tn4; p++) {
-      L.push(`  let rb${p} = bBase + min(n0 / 4u + ${p}u, lastN / 4u);`);
+      L.push(`  let rb${p} = ${bRow}min(n0 / 4u + ${p}u, lastN / 4u);`);
     }
   }
+  // The vec4 of operand X at a base and a moving part; the moving part runs
+  // along a stored row (x) for a row-major A and a transposed B.
+  const load = (x: "A" | "B", base: string, moving: string, alongRow: boolean) => {
+    if (!images) return x === "A" ? `A[${base} + ${moving}]` : `ldB(${base} + ${moving})`;
+    return `textureLoad(${x}, vec2u(${alongRow ? `${moving}, ${base}` : `${base}, ${moving}`}))`;
+  };
   for (let i = 0; i < tm; i++) {
     for (let j = 0; j < tn4; j++) L.push(`  var acc${i}_${j} = vec4f(0.0);`);
   }
@@ -73,27 +87,31 @@ ${vec4Origin(prof)}`);
   // A(i, q): the A value of row i at k = 4·k4 + q.
   let aVal: (i: number, q: number) => string;
   if (!transA) {
-    for (let i = 0; i < tm; i++) L.push(`    let a${i} = A[ra${i} + k4];`);
+    for (let i = 0; i < tm; i++) L.push(`    let a${i} = ${load("A", `ra${i}`, "k4", true)};`);
     aVal = (i, q) => `a${i}.${"xyzw"[q]}`;
   } else {
     for (let q = 0; q < 4; q++) {
-      L.push(`    let ka${q} = (k4 * 4u + ${q}u) * lda4;`);
-      for (let p = 0; p < tm / 4; p++) L.push(`    let a${q}_${p} = A[ra${p} + ka${q}];`);
+      L.push(`    let ka${q} = (k4 * 4u + ${q}u)${aLd};`);
+      for (let p = 0; p < tm / 4; p++) {
+        L.push(`    let a${q}_${p} = ${load("A", `ra${p}`, `ka${q}`, false)};`);
+      }
     }
     aVal = (i, q) => `a${q}_${i >> 2}.${"xyzw"[i & 3]}`;
   }
   // Bv(q, j): the vec4 of B at k = 4·k4 + q, columns n0 + 4j .. n0 + 4j + 3.
   let bVec: (q: number, j: number) => string;
   if (transB) {
-    for (let j = 0; j < tn; j++) L.push(`    let b${j} = ldB(rb${j} + k4);`);
+    for (let j = 0; j < tn; j++) L.push(`    let b${j} = ${load("B", `rb${j}`, "k4", true)};`);
     bVec = (q, j) => {
       const c = "xyzw"[q];
       return `vec4f(b${4 * j}.${c}, b${4 * j + 1}.${c}, b${4 * j + 2}.${c}, b${4 * j + 3}.${c})`;
     };
   } else {
     for (let q = 0; q < 4; q++) {
-      L.push(`    let kb${q} = (k4 * 4u + ${q}u) * ldb4;`);
-      for (let p = 0; p < tn4; p++) L.push(`    let b${q}_${p} = ldB(rb${p} + kb${q});`);
+      L.push(`    let kb${q} = (k4 * 4u + ${q}u)${bLd};`);
+      for (let p = 0; p < tn4; p++) {
+        L.push(`    let b${q}_${p} = ${load("B", `rb${p}`, `kb${q}`, false)};`);
+      }
     }
     bVec = (q, j) => `b${q}_${j}`;
   }
@@ -126,6 +144,16 @@ ${
       ? "fn ldB(i: u32) -> vec4f { let w = B[i]; return vec4f(unpack2x16float(w.x), unpack2x16float(w.y)); }"
       : "fn ldB(i: u32) -> vec4f { return B[i]; }"
   }`;
+}
+
+/** Declarations of the image kernel: the vec4 kernel's with A and B in read-only storage textures. */
+export function imageBindings(bF16: boolean, epilogue: MatmulEpilogue): string {
+  return `${MATMUL_UNIFORMS}
+@group(0) @binding(0) var<uniform> u: U;
+@group(0) @binding(1) var A: texture_storage_2d<rgba32float, read>;
+@group(0) @binding(2) var B: texture_storage_2d<${bF16 ? "rgba16float" : "rgba32float"}, read>;
+@group(0) @binding(3) var<storage, read_write> C: array<vec4f>;
+${epilogue.bias ? "@group(0) @binding(4) var<storage, read> bias: array<vec4f>;" : ""}`;
 }
 
 /** The tile origin plus the operands' bases and strides in vec4 units. */
