@@ -10,6 +10,7 @@ import {
 } from "../lib/gpu/kernels/matmul.ts";
 import {
   DEFAULT_PROFILES,
+  matmulProfile,
   parseMatmulProfile,
   setMatmulProfile,
   vec4Tiles,
@@ -474,43 +475,57 @@ Deno.test("matmul: the shared-memory kernel on bands, f16 B, batches, offsets an
 Deno.test("matmul: the texture kernel on every layout, f16 B, repacked strides, bands, splits", async () => {
   // The cpu profile's kernel for single products on a SplittablePass: both
   // operands copied into textures, read as storage textures. Leading dimensions that
-  // are not 64 floats (128 halves) apart go through the repack first.
-  const cases: [Case, Partial<GPUSupportedLimits>?][] = [
-    ...layouts.map(([, transA, transB]): [Case] => [{ M: 36, N: 44, K: 28, transA, transB }]),
-    [{ M: 37, N: 68, K: 64, transB: true, bias: true, alpha: 0.5 }],
-    [{ M: 64, N: 64, K: 128, accumulate: true, beta: 0.25 }],
-    [{ M: 19, N: 36, K: 24, bF16: true, transB: true, bias: true }],
-    [{ M: 5, N: 40, K: 20, bF16: true, bOffset: 4, ldb: 44 }],
-    [{ M: 3, N: 256, K: 64, bF16: true, transB: true }],
-    [{ M: 20, N: 36, K: 64, lda: 128, aOffset: 64, ldc: 40, cOffset: 4 }],
-    [{ M: 64, N: 32, K: 64, aBand: { hi: 0 } }],
-    [{ M: 36, N: 12, K: 44, transA: true, aBand: { lo: 3, hi: 20 }, accumulate: true, beta: 0.5 }],
-    [{ M: 64, N: 64, K: 32, transB: true, cUpper: 0, alpha: 0.125 }],
-    [{ M: 40, N: 36, K: 24 }, { maxStorageBufferBindingSize: 4096 }],
-  ];
-  let seed = 900;
-  for (const [c, limits] of cases) {
-    // (Split products: the pieces take it, not the whole.)
-    if (!limits) {
-      const kind = matmulKernelKind({ ...c, bias: undefined }, await getGpu());
-      assertEquals(kind, "texture", JSON.stringify(c));
-    }
-    bound.splice(0);
-    const err = await runCase(c, seed++, limits, true);
-    assert(err < 1e-6, `${JSON.stringify(c)}: relative error ${err}`);
-  }
-  // What it does not take: batches, and operands larger than a texture (a
-  // texel holds four values of a row: 128 fit in 32 texels, 132 do not).
+  // are not 64 floats (128 halves) apart go through the repack first. Forced
+  // on here, so a GPU (whose profile keeps it off) runs it too.
   const gpu = await getGpu();
-  const batch = { count: 2, strideA: 64, strideB: 0, strideC: 64 };
-  assertEquals(matmulKernelKind({ M: 8, N: 8, K: 8, batch }, gpu), "vec4");
-  const small = withLimits(gpu, { maxTextureDimension2D: 32 });
-  assertEquals(matmulKernelKind({ M: 8, N: 8, K: 128, transB: true }, small), "texture");
-  assertEquals(matmulKernelKind({ M: 8, N: 8, K: 132, transB: true }, small), "vec4");
-  assertEquals(matmulKernelKind({ M: 8, N: 8, K: 36 }), "vec4"); // a plain pass
-  // On a plain pass the same products take the storage kernels.
-  for (const [c] of cases.slice(0, 4)) {
-    const err = await runCase(c, seed++);
-    assert(err < 1e-6, `${JSON.stringify(c)} (plain pass): relative error ${err}`);
+  setMatmulProfile({ ...matmulProfile(gpu), textures: true });
+  try {
+    const cases: [Case, Partial<GPUSupportedLimits>?][] = [
+      ...layouts.map(([, transA, transB]): [Case] => [{ M: 36, N: 44, K: 28, transA, transB }]),
+      [{ M: 37, N: 68, K: 64, transB: true, bias: true, alpha: 0.5 }],
+      [{ M: 64, N: 64, K: 128, accumulate: true, beta: 0.25 }],
+      [{ M: 19, N: 36, K: 24, bF16: true, transB: true, bias: true }],
+      [{ M: 5, N: 40, K: 20, bF16: true, bOffset: 4, ldb: 44 }],
+      [{ M: 3, N: 256, K: 64, bF16: true, transB: true }],
+      [{ M: 20, N: 36, K: 64, lda: 128, aOffset: 64, ldc: 40, cOffset: 4 }],
+      [{ M: 64, N: 32, K: 64, aBand: { hi: 0 } }],
+      [{
+        M: 36,
+        N: 12,
+        K: 44,
+        transA: true,
+        aBand: { lo: 3, hi: 20 },
+        accumulate: true,
+        beta: 0.5,
+      }],
+      [{ M: 64, N: 64, K: 32, transB: true, cUpper: 0, alpha: 0.125 }],
+      [{ M: 40, N: 36, K: 24 }, { maxStorageBufferBindingSize: 4096 }],
+    ];
+    let seed = 900;
+    for (const [c, limits] of cases) {
+      // (Split products: the pieces take it, not the whole.)
+      if (!limits) {
+        const kind = matmulKernelKind({ ...c, bias: undefined }, gpu);
+        assertEquals(kind, "texture", JSON.stringify(c));
+      }
+      bound.splice(0);
+      const err = await runCase(c, seed++, limits, true);
+      assert(err < 1e-6, `${JSON.stringify(c)}: relative error ${err}`);
+    }
+    // What it does not take: batches, and operands larger than a texture (a
+    // texel holds four values of a row: 128 fit in 32 texels, 132 do not).
+    const batch = { count: 2, strideA: 64, strideB: 0, strideC: 64 };
+    assertEquals(matmulKernelKind({ M: 8, N: 8, K: 8, batch }, gpu), "vec4");
+    const small = withLimits(gpu, { maxTextureDimension2D: 32 });
+    assertEquals(matmulKernelKind({ M: 8, N: 8, K: 128, transB: true }, small), "texture");
+    assertEquals(matmulKernelKind({ M: 8, N: 8, K: 132, transB: true }, small), "vec4");
+    assertEquals(matmulKernelKind({ M: 8, N: 8, K: 36 }), "vec4"); // a plain pass
+    // On a plain pass the same products take the storage kernels.
+    for (const [c] of cases.slice(0, 4)) {
+      const err = await runCase(c, seed++);
+      assert(err < 1e-6, `${JSON.stringify(c)} (plain pass): relative error ${err}`);
+    }
+  } finally {
+    setMatmulProfile(undefined);
   }
 });
