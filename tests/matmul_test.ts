@@ -473,7 +473,7 @@ Deno.test("matmul: the shared-memory kernel on bands, f16 B, batches, offsets an
 });
 
 Deno.test("matmul: the texture kernel on every layout, f16 B, repacked strides, bands, splits", async () => {
-  // The cpu profile's kernel for single products on a SplittablePass: both
+  // The cpu profile's kernel for products and batches on a SplittablePass: both
   // operands copied into textures, read as storage textures. Leading dimensions that
   // are not 64 floats (128 halves) apart go through the repack first. Forced
   // on here, so a GPU (whose profile keeps it off) runs it too.
@@ -500,6 +500,38 @@ Deno.test("matmul: the texture kernel on every layout, f16 B, repacked strides, 
       }],
       [{ M: 64, N: 64, K: 32, transB: true, cUpper: 0, alpha: 0.125 }],
       [{ M: 40, N: 36, K: 24 }, { maxStorageBufferBindingSize: 4096 }],
+      // Strided batches: a layer per entry, a shared B (stride 0) in one layer;
+      // rows 256 bytes apart copied in place, others repacked layer by layer.
+      [{ M: 20, N: 24, K: 64, batch: { count: 3, strideA: 1400, strideB: 0, strideC: 500 } }],
+      [{
+        M: 24,
+        N: 36,
+        K: 16,
+        transB: true,
+        lda: 64,
+        batch: { count: 2, strideA: 1600, strideB: 600, strideC: 900 },
+      }],
+      [{
+        M: 32,
+        N: 32,
+        K: 32,
+        transB: true,
+        bF16: true,
+        cUpper: 0,
+        batch: { count: 4, strideA: 1024, strideB: 1028, strideC: 1024 },
+      }],
+      [{
+        M: 32,
+        N: 8,
+        K: 32,
+        aBand: { lo: -31, hi: 0 },
+        accumulate: true,
+        beta: 1,
+        batch: { count: 2, strideA: 1024, strideB: 256, strideC: 256 },
+      }],
+      [{ M: 12, N: 16, K: 8, batch: { count: 5, strideA: 96, strideB: 128, strideC: 192 } }, {
+        maxStorageBufferBindingSize: 2048,
+      }],
     ];
     let seed = 900;
     for (const [c, limits] of cases) {
@@ -512,10 +544,16 @@ Deno.test("matmul: the texture kernel on every layout, f16 B, repacked strides, 
       const err = await runCase(c, seed++, limits, true);
       assert(err < 1e-6, `${JSON.stringify(c)}: relative error ${err}`);
     }
-    // What it does not take: batches, and operands larger than a texture (a
-    // texel holds four values of a row: 128 fit in 32 texels, 132 do not).
-    const batch = { count: 2, strideA: 64, strideB: 0, strideC: 64 };
-    assertEquals(matmulKernelKind({ M: 8, N: 8, K: 8, batch }, gpu), "vec4");
+    // What it does not take: operands larger than a texture (a texel holds
+    // four values of a row: 128 fit in 32 texels, 132 do not), more batch
+    // entries than layers.
+    const batch = { count: 3, strideA: 64, strideB: 0, strideC: 64 };
+    const layers2 = withLimits(gpu, { maxTextureArrayLayers: 2 });
+    assertEquals(matmulKernelKind({ M: 8, N: 8, K: 8, batch }, layers2), "vec4");
+    assertEquals(
+      matmulKernelKind({ M: 8, N: 8, K: 8, batch: { ...batch, count: 2 } }, layers2),
+      "texture",
+    );
     const small = withLimits(gpu, { maxTextureDimension2D: 32 });
     assertEquals(matmulKernelKind({ M: 8, N: 8, K: 128, transB: true }, small), "texture");
     assertEquals(matmulKernelKind({ M: 8, N: 8, K: 132, transB: true }, small), "vec4");

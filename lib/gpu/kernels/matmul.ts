@@ -275,9 +275,9 @@ function vec4Eligible(p: Piece, transA: boolean): boolean {
 
 /**
  * The kernel for a piece: the texture kernel where the profile asks for it,
- * the pass can be interrupted for the copies, and the product is a single one
- * (not a batch) with operands the copies can take; else the vec4
- * kernel where everything is aligned to 4; else the scalar one.
+ * the pass can be interrupted for the copies and the textures can hold the
+ * operands (aligned as the vec4 kernel needs); else the vec4 kernel where
+ * everything is aligned to 4; else the scalar one.
  */
 function kernelFor(
   gpu: Gpu,
@@ -289,8 +289,7 @@ function kernelFor(
   splittable: boolean,
 ): MatmulKernel {
   if (!vec4Eligible(p, transA)) return "scalar";
-  const tex = profile.textures && splittable && p.count === 1 &&
-    texturesFit(gpu, { ...p, transA, transB, bF16 });
+  const tex = profile.textures && splittable && texturesFit(gpu, { ...p, transA, transB, bF16 });
   return tex ? "texture" : "vec4";
 }
 

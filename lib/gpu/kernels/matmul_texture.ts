@@ -32,7 +32,7 @@ import {
   uniforms,
 } from "../runtime.ts";
 
-/** The stored operands of one product, as the copies see them. */
+/** The stored operands of one product (or strided batch), as the copies see them. */
 export interface TextureOperands {
   M: number;
   N: number;
@@ -46,13 +46,24 @@ export interface TextureOperands {
   transA: boolean;
   transB: boolean;
   bF16: boolean;
+  /** Batch entries, and the element strides between them (0: one matrix for all). */
+  count: number;
+  sA: number;
+  sB: number;
 }
 
-/** Width (in elements) × height of the stored A and B. */
-function storedSizes(o: Omit<TextureOperands, "a" | "b">): [[number, number], [number, number]] {
+/** A stored matrix: width (in elements) × height, and layers (one per batch entry, or one shared). */
+interface Stored {
+  width: number;
+  rows: number;
+  layers: number;
+}
+
+function stored(o: Omit<TextureOperands, "a" | "b">): [Stored, Stored] {
+  const layers = (stride: number) => (stride === 0 ? 1 : o.count);
   return [
-    o.transA ? [o.M, o.K] : [o.K, o.M],
-    o.transB ? [o.K, o.N] : [o.N, o.K],
+    { width: o.transA ? o.M : o.K, rows: o.transA ? o.K : o.M, layers: layers(o.sA) },
+    { width: o.transB ? o.K : o.N, rows: o.transB ? o.N : o.K, layers: layers(o.sB) },
   ];
 }
 
@@ -60,22 +71,23 @@ function storedSizes(o: Omit<TextureOperands, "a" | "b">): [[number, number], [n
 const ROW_ALIGN = 256;
 const padded = (bytes: number) => Math.ceil(bytes / ROW_ALIGN) * ROW_ALIGN;
 
-/** The texture of a stored matrix: a texel holds four values of a row. */
-const texels = ([w, h]: [number, number]): [number, number] => [w / 4, h];
+/** The texture of a stored matrix: a texel holds four values of a row, a layer one batch entry. */
+const extent = (s: Stored): [number, number, number] => [s.width / 4, s.rows, s.layers];
 
 /**
  * Whether the texture kernel can take these operands (aligned to 4 for the
  * vec4 kernel, so rows are whole texels): each stored matrix must fit in a
- * texture, and one whose rows are not 256 bytes apart is first repacked into
- * a scratch buffer that must fit in a binding.
+ * texture array, and one whose rows are not 256 bytes apart is first
+ * repacked into a scratch buffer that must fit in a binding.
  */
 export function texturesFit(gpu: Gpu, o: Omit<TextureOperands, "a" | "b">): boolean {
-  const max = gpu.limits.maxTextureDimension2D;
+  const { maxTextureDimension2D: max, maxTextureArrayLayers: maxLayers } = gpu.limits;
   const bind = gpu.limits.maxStorageBufferBindingSize;
-  const [sa, sb] = storedSizes(o);
-  const eb = o.bF16 ? 2 : 4;
-  return Math.max(...texels(sa), ...texels(sb)) <= max &&
-    sa[1] * padded(sa[0] * 4) <= bind && sb[1] * padded(sb[0] * eb) <= bind;
+  const eb = [4, o.bF16 ? 2 : 4];
+  return stored(o).every((s, i) =>
+    Math.max(s.width / 4, s.rows) <= max && s.layers <= maxLayers &&
+    s.layers * s.rows * padded(s.width * eb[i]) <= bind
+  );
 }
 
 const textures = new WeakMap<GPUDevice, Map<string, GPUTexture>>();
@@ -89,15 +101,15 @@ function operandTexture(
   gpu: Gpu,
   slot: "a" | "b",
   format: GPUTextureFormat,
-  [w, h]: [number, number],
+  size: [number, number, number],
 ): GPUTexture {
   let m = textures.get(gpu.device);
   if (!m) textures.set(gpu.device, m = new Map());
-  const key = `${slot} ${format} ${w}x${h}`;
+  const key = `${slot} ${format} ${size.join("x")}`;
   let t = m.get(key);
   if (!t) {
     t = gpu.device.createTexture({
-      size: [w, h],
+      size,
       format,
       usage: GPUTextureUsage.STORAGE_BINDING | GPUTextureUsage.COPY_DST,
       label: `matmul-${key}`,
@@ -110,71 +122,96 @@ function operandTexture(
 /**
  * Copy A and B into their textures (the pass is interrupted for it; an
  * operand whose rows are not 256 bytes apart is repacked first); their views
- * to bind.
+ * to bind, always as arrays (the kernel reads layer 0 of a shared operand).
  */
 export function copyOperands(
   gpu: Gpu,
   pass: InterruptiblePass,
   o: TextureOperands,
 ): [GPUTextureView, GPUTextureView] {
-  const [sa, sb] = storedSizes(o);
-  const ta = operandTexture(gpu, "a", "rgba32float", texels(sa));
-  const tb = operandTexture(gpu, "b", o.bF16 ? "rgba16float" : "rgba32float", texels(sb));
-  const srcA = copySource(gpu, pass, "a", o.a, o.aOff, o.lda, sa, 4);
-  const srcB = copySource(gpu, pass, "b", o.b, o.bOff, o.ldb, sb, o.bF16 ? 2 : 4);
+  const [sa, sb] = stored(o);
+  const ta = operandTexture(gpu, "a", "rgba32float", extent(sa));
+  const tb = operandTexture(gpu, "b", o.bF16 ? "rgba16float" : "rgba32float", extent(sb));
+  const copyA = copies(gpu, pass, "a", o.a, o.aOff, o.lda, o.sA, sa, 4, ta);
+  const copyB = copies(gpu, pass, "b", o.b, o.bOff, o.ldb, o.sB, sb, o.bF16 ? 2 : 4, tb);
   pass.interrupt((enc) => {
-    enc.copyBufferToTexture(srcA, { texture: ta }, texels(sa));
-    enc.copyBufferToTexture(srcB, { texture: tb }, texels(sb));
+    copyA(enc);
+    copyB(enc);
   });
-  return [ta.createView(), tb.createView()];
+  const view = (t: GPUTexture) => t.createView({ dimension: "2d-array" });
+  return [view(ta), view(tb)];
 }
 
 /**
- * Where a copy reads a stored operand (`off`, `ld` in elements of `eb`
- * bytes): in place when its rows are 256 bytes apart, else from a scratch
- * buffer the rows are first copied into at that stride, eight bytes an
- * invocation (widths, offsets and strides are multiples of 4 elements here).
- * Not `encodeCopy2d`: it computes alpha·x in f32, which would flush the
- * denormal bit patterns two packed halves can form, and binds whole buffers
- * where this binds the operand's range.
+ * The copies of a stored operand (`off`, `ld`, `stride` in elements of `eb`
+ * bytes) into its texture: from the buffer in place, a copy per layer, when
+ * its rows are 256 bytes apart; else from a scratch buffer the rows of every
+ * layer are first copied into at that stride (now, on the pass), eight bytes
+ * an invocation (widths, offsets and strides are multiples of 4 elements
+ * here), and then in one copy. Not `encodeCopy2d`: it computes alpha·x in f32,
+ * which would flush the denormal bit patterns two packed halves can form, and
+ * binds whole buffers where this binds the operand's range.
  */
-function copySource(
+function copies(
   gpu: Gpu,
   pass: InterruptiblePass,
   slot: "a" | "b",
   buffer: GPUBuffer,
   off: number,
   ld: number,
-  [width, rows]: [number, number],
+  stride: number,
+  s: Stored,
   eb: number,
-): GPUTexelCopyBufferInfo {
-  if ((ld * eb) % ROW_ALIGN === 0) return { buffer, offset: off * eb, bytesPerRow: ld * eb };
-  const rowBytes = padded(width * eb);
-  const dst = scratchBuffer(gpu, slot, rows * rowBytes);
+  texture: GPUTexture,
+): (enc: GPUCommandEncoder) => void {
+  const [w, rows, layers] = extent(s);
+  if ((ld * eb) % ROW_ALIGN === 0) {
+    return (enc) => {
+      for (let z = 0; z < layers; z++) {
+        const offset = (off + z * stride) * eb;
+        enc.copyBufferToTexture({ buffer, offset, bytesPerRow: ld * eb }, {
+          texture,
+          origin: [0, 0, z],
+        }, [w, rows, 1]);
+      }
+    };
+  }
+  const rowBytes = padded(s.width * eb);
+  const dst = scratchBuffer(gpu, slot, layers * rows * rowBytes);
   const align = gpu.limits.minStorageBufferOffsetAlignment;
-  const start = off * eb, end = start + ((rows - 1) * ld + width) * eb;
+  const start = off * eb;
+  const end = start + ((layers - 1) * stride + (rows - 1) * ld + s.width) * eb;
   const offset = Math.floor(start / align) * align;
   const u = uniforms(gpu).alloc(packUniforms([
     { u: rows },
-    { u: (width * eb) / 8 },
+    { u: (s.width * eb) / 8 },
     { u: (start - offset) / 8 },
     { u: (ld * eb) / 8 },
     { u: rowBytes / 8 },
+    { u: (stride * eb) / 8 },
+    { u: (rows * rowBytes) / 8 },
   ]));
   const pipeline = getPipeline(gpu, REPACK);
   const src = { buffer, offset, size: Math.ceil((end - offset) / 8) * 8 };
-  dispatch(gpu, pass, pipeline, [u, src, dst], [Math.ceil((width * eb) / 8 / 64), rows]);
-  return { buffer: dst, offset: 0, bytesPerRow: rowBytes };
+  const units = (s.width * eb) / 8;
+  dispatch(gpu, pass, pipeline, [u, src, dst], [Math.ceil(units / 64), rows, layers]);
+  return (enc) =>
+    enc.copyBufferToTexture(
+      { buffer: dst, offset: 0, bytesPerRow: rowBytes, rowsPerImage: rows },
+      { texture },
+      [w, rows, layers],
+    );
 }
 
-const REPACK = `struct P { rows: u32, units: u32, src0: u32, srcLd: u32, dstLd: u32 }
+const REPACK =
+  `struct P { rows: u32, units: u32, src0: u32, srcLd: u32, dstLd: u32, srcZ: u32, dstZ: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> src: array<vec2u>;
 @group(0) @binding(2) var<storage, read_write> dst: array<vec2u>;
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) g: vec3u) {
   if (g.x < p.units && g.y < p.rows) {
-    dst[g.y * p.dstLd + g.x] = src[p.src0 + g.y * p.srcLd + g.x];
+    dst[g.z * p.dstZ + g.y * p.dstLd + g.x] = src[p.src0 + g.z * p.srcZ + g.y * p.srcLd + g.x];
   }
 }`;
 

@@ -15,9 +15,9 @@
  *   A row-major [M,K]: row i, k..k+3         A transposed [K,M]: row k+q, m..m+3
  *   B row-major [K,N]: row k+q, n..n+3       B transposed [N,K]: row n, k..k+3
  * With `images` (the texture kernel, ./matmul_texture.ts) the same loads read
- * texels of read-only storage textures the operands were copied into, one
- * texel per vec4 at (column / 4, row) of the stored matrix; otherwise the
- * storage buffers. Reference: `matmulRef` in ./matmul.ts.
+ * texels of read-only storage texture arrays the operands were copied into,
+ * one texel per vec4 at (column / 4, row) of the stored matrix, one layer per
+ * batch entry; otherwise the storage buffers. Reference: `matmulRef` in ./matmul.ts.
  */
 import type { MatmulProfile } from "./matmul_profile.ts";
 import { MATMUL_UNIFORMS, tileOrigin } from "./matmul_wgsl.ts";
@@ -77,8 +77,16 @@ ${vec4Origin(prof)}`);
   // along a stored row (x) for a row-major A and a transposed B.
   const load = (x: "A" | "B", base: string, moving: string, alongRow: boolean) => {
     if (!images) return x === "A" ? `A[${base} + ${moving}]` : `ldB(${base} + ${moving})`;
-    return `textureLoad(${x}, vec2u(${alongRow ? `${moving}, ${base}` : `${base}, ${moving}`}))`;
+    const xy = alongRow ? `${moving}, ${base}` : `${base}, ${moving}`;
+    return `textureLoad(${x}, vec2u(${xy}), lay${x})`;
   };
+  if (images) {
+    // A batch entry's layer; an operand shared by the batch (stride 0) has one.
+    L.push(
+      `  let layA = select(0u, bat, u.sA != 0u);`,
+      `  let layB = select(0u, bat, u.sB != 0u);`,
+    );
+  }
   for (let i = 0; i < tm; i++) {
     for (let j = 0; j < tn4; j++) L.push(`  var acc${i}_${j} = vec4f(0.0);`);
   }
@@ -150,8 +158,10 @@ ${
 export function imageBindings(bF16: boolean, epilogue: MatmulEpilogue): string {
   return `${MATMUL_UNIFORMS}
 @group(0) @binding(0) var<uniform> u: U;
-@group(0) @binding(1) var A: texture_storage_2d<rgba32float, read>;
-@group(0) @binding(2) var B: texture_storage_2d<${bF16 ? "rgba16float" : "rgba32float"}, read>;
+@group(0) @binding(1) var A: texture_storage_2d_array<rgba32float, read>;
+@group(0) @binding(2) var B: texture_storage_2d_array<${
+    bF16 ? "rgba16float" : "rgba32float"
+  }, read>;
 @group(0) @binding(3) var<storage, read_write> C: array<vec4f>;
 ${epilogue.bias ? "@group(0) @binding(4) var<storage, read> bias: array<vec4f>;" : ""}`;
 }
