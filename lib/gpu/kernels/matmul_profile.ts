@@ -29,7 +29,7 @@ export interface MatmulProfile {
    */
   bk?: number;
   /**
-   * Copy the operands of single products into textures and read them as
+   * Copy the operands of products and batches into textures and read them as
    * storage textures (./matmul_texture.ts), where the pass allows it: on
    * llvmpipe an image load of four floats costs a third of a vec4 storage load.
    */

@@ -1,8 +1,9 @@
 /**
- * The CPU adapter's operands: each single product copies A and B into
- * textures (rgba32float; an f16 B into rgba16float), which the vec4 kernel
- * (./matmul_vec4.ts, `images`) reads as read-only storage textures, four
- * values a `textureLoad`, where it would read storage buffers.
+ * The CPU adapter's operands: each product copies A and B into texture
+ * arrays (rgba32float, an f16 B into rgba16float; a layer per batch entry),
+ * which the vec4 kernel (./matmul_vec4.ts, `images`) reads as read-only
+ * storage textures, four values a `textureLoad`, where it would read storage
+ * buffers.
  *
  * Why on llvmpipe: a storage-buffer load there is a loop over the SIMD lanes
  * with a bounds check, a branch, a scalar load and an insert per component,
