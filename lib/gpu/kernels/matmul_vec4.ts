@@ -155,7 +155,7 @@ ${
 }
 
 /** Declarations of the image kernel: the vec4 kernel's with A and B in read-only storage textures. */
-export function imageBindings(bF16: boolean, epilogue: MatmulEpilogue): string {
+function imageBindings(bF16: boolean, epilogue: MatmulEpilogue): string {
   return `${MATMUL_UNIFORMS}
 @group(0) @binding(0) var<uniform> u: U;
 @group(0) @binding(1) var A: texture_storage_2d_array<rgba32float, read>;
