@@ -16,6 +16,12 @@ export interface Gpu {
   hasF16: boolean;
   hasTimestamps: boolean;
   limits: GPUSupportedLimits;
+  /**
+   * SIMD lanes of a CPU adapter (llvmpipe reports "N bits": N/32 lanes; 8 when
+   * it does not say): the workgroup width of the row kernels and matmul tiles,
+   * each workgroup one SIMD row.
+   */
+  cpuLanes: number;
 }
 
 let cached: Promise<Gpu> | undefined;
@@ -26,10 +32,28 @@ export function getGpu(): Promise<Gpu> {
   return cached;
 }
 
+/**
+ * llvmpipe builds 256-bit code unless told otherwise, even on a CPU with
+ * AVX-512. Its 512-bit code (16 lanes) ran the texture matmul 1.3× faster on
+ * such a CPU (docs/engine.md), so ask for it there, before the adapter exists
+ * (Mesa reads the variable once, when it starts). A value the user set wins;
+ * `LP_NATIVE_VECTOR_WIDTH=256` keeps 8 lanes.
+ */
+function preferWideCpuVectors(): void {
+  try {
+    if (Deno.env.get("LP_NATIVE_VECTOR_WIDTH")) return;
+    const flags = Deno.readTextFileSync("/proc/cpuinfo").match(/^flags\s*:(.*)$/m)?.[1] ?? "";
+    if (/\bavx512f\b/.test(flags)) Deno.env.set("LP_NATIVE_VECTOR_WIDTH", "512");
+  } catch {
+    // No /proc (not Linux) or no permission: llvmpipe's default.
+  }
+}
+
 async function acquire(): Promise<Gpu> {
   if (!("gpu" in navigator) || !navigator.gpu) {
     throw new UserError("WebGPU is not available in this Deno build (navigator.gpu is missing)");
   }
+  preferWideCpuVectors();
   const adapter = await navigator.gpu.requestAdapter({ powerPreference: "high-performance" });
   if (!adapter) {
     throw new UserError(
@@ -66,7 +90,17 @@ async function acquire(): Promise<Gpu> {
     : info.isFallbackAdapter || /llvmpipe|lavapipe|swiftshader/i.test(info.description)
     ? "cpu"
     : "gpu";
-  return { device, adapterInfo: info, deviceClass, hasF16, hasTimestamps, limits: device.limits };
+  const bits = Number(/\b(\d+) bits\b/.exec(info.description)?.[1] ?? 256);
+  const cpuLanes = Math.max(4, Math.min(16, Math.floor(bits / 32)));
+  return {
+    device,
+    adapterInfo: info,
+    deviceClass,
+    hasF16,
+    hasTimestamps,
+    limits: device.limits,
+    cpuLanes,
+  };
 }
 
 /** One line for logs: adapter name and class. */

@@ -10,7 +10,7 @@ import type { Gpu } from "../device.ts";
 
 /** Invocations per workgroup for row/element kernels on this device class. */
 export function rowWorkgroup(gpu: Gpu): number {
-  return gpu.deviceClass === "cpu" ? 8 : 64;
+  return gpu.deviceClass === "cpu" ? gpu.cpuLanes : 64;
 }
 
 /** Workgroup counts covering `total` invocations of `wg` each. */

@@ -111,8 +111,23 @@ function validate(p: MatmulProfile, where: string): void {
 export function matmulProfile(gpu: Gpu): MatmulProfile {
   if (override) return override;
   const env = Deno.env.get("GLM_MATMUL_PROFILE");
-  const base = DEFAULT_PROFILES[gpu.deviceClass];
+  const base = gpu.deviceClass === "cpu"
+    ? withLanes(DEFAULT_PROFILES.cpu, gpu.cpuLanes)
+    : DEFAULT_PROFILES.gpu;
   return env ? parseMatmulProfile(env, base) : base;
+}
+
+/**
+ * A cpu profile whose workgroups are one SIMD row of `lanes` invocations (8 at
+ * 256 bits, 16 at 512): the tiles per invocation stay, the workgroup widens.
+ */
+export function withLanes(p: MatmulProfile, lanes: number): MatmulProfile {
+  const w = <T extends MatmulProfile>(q: T): T => ({ ...q, wgM: 1, wgN: lanes });
+  return {
+    ...w(p),
+    ...(p.scalar && { scalar: w(p.scalar) }),
+    ...(p.large && { large: w(p.large) }),
+  };
 }
 
 /** The vec4 tiles for an M × N product under profile `p`. */
