@@ -74,6 +74,7 @@ const padded = (bytes: number) => Math.ceil(bytes / ROW_ALIGN) * ROW_ALIGN;
 
 /** The texture of a stored matrix: a texel holds four values of a row, a layer one batch entry. */
 const extent = (s: Stored): [number, number, number] => [s.width / 4, s.rows, s.layers];
+const pow2 = (x: number) => 2 ** Math.ceil(Math.log2(x));
 
 /**
  * Whether the texture kernel can take these operands (aligned to 4 for the
@@ -86,7 +87,7 @@ export function texturesFit(gpu: Gpu, o: Omit<TextureOperands, "a" | "b">): bool
   const bind = gpu.limits.maxStorageBufferBindingSize;
   const eb = [4, o.bF16 ? 2 : 4];
   return stored(o).every((s, i) =>
-    Math.max(s.width / 4, s.rows) <= max && s.layers <= maxLayers &&
+    Math.max(pow2(s.width / 4), pow2(s.rows)) <= max && s.layers <= maxLayers &&
     s.layers * s.rows * padded(s.width * eb[i]) <= bind
   );
 }
@@ -96,7 +97,12 @@ const textures = new WeakMap<GPUDevice, Map<string, GPUTexture>>();
 /**
  * A texture per operand slot and size, kept for the next product of that
  * size: copies and reads are ordered on the encoder, so one texture serves
- * every product of a step in turn.
+ * every product of a step in turn. Its width and height are rounded up to
+ * powers of two (the copy fills the top-left corner; the kernel reads no
+ * further): llvmpipe compiles a variant of the shader per kind of bound image,
+ * power-of-two or not among them, and Mesa's disk cache did not keep the
+ * variants for other sizes, so a 768- or 1368-wide operand cost every process
+ * a fresh 6–30 s build; with powers of two one variant serves every size.
  */
 function operandTexture(
   gpu: Gpu,
@@ -106,11 +112,12 @@ function operandTexture(
 ): GPUTexture {
   let m = textures.get(gpu.device);
   if (!m) textures.set(gpu.device, m = new Map());
-  const key = `${slot} ${format} ${size.join("x")}`;
+  const [w, h, layers] = size;
+  const key = `${slot} ${format} ${w}x${h}x${layers}`;
   let t = m.get(key);
   if (!t) {
     t = gpu.device.createTexture({
-      size,
+      size: [pow2(w), pow2(h), layers],
       format,
       usage: GPUTextureUsage.STORAGE_BINDING | GPUTextureUsage.COPY_DST,
       label: `matmul-${key}`,
