@@ -118,16 +118,13 @@ export function matmulProfile(gpu: Gpu): MatmulProfile {
 }
 
 /**
- * A cpu profile whose workgroups are one SIMD row of `lanes` invocations (8 at
- * 256 bits, 16 at 512): the tiles per invocation stay, the workgroup widens.
+ * A cpu profile whose large tiles (products of at least 512×512) take one
+ * SIMD row of `lanes` invocations per workgroup (16 with 512-bit code). The
+ * smaller tiles keep 8: a workgroup of 16 × 16 columns is wider than many of
+ * the small model's products, whose lanes would idle.
  */
 export function withLanes(p: MatmulProfile, lanes: number): MatmulProfile {
-  const w = <T extends MatmulProfile>(q: T): T => ({ ...q, wgM: 1, wgN: lanes });
-  return {
-    ...w(p),
-    ...(p.scalar && { scalar: w(p.scalar) }),
-    ...(p.large && { large: w(p.large) }),
-  };
+  return p.large ? { ...p, large: { ...p.large, wgM: 1, wgN: lanes } } : p;
 }
 
 /** The vec4 tiles for an M × N product under profile `p`. */
