@@ -8,7 +8,7 @@
  * grouped by kernel file, and each group is replayed alone and timed (the
  * cost of the wait itself is measured and subtracted).
  */
-import { getGpu, type Gpu } from "../lib/gpu/device.ts";
+import { getGpu, type Gpu, wantsWideCpuVectors } from "../lib/gpu/device.ts";
 import {
   createBuffer,
   type InterruptiblePass,
@@ -163,7 +163,7 @@ export async function profile(
 }
 
 export async function run(): Promise<void> {
-  const gpu = await getGpu();
+  const gpu = await getGpu({ wideCpuVectors: wantsWideCpuVectors(BENCH_CONFIG.hidden_size) });
   const weights = benchWeights();
   const tokens = BATCH * SEQ;
   const results: Record<string, number> = {};

@@ -14,7 +14,7 @@
  * when other work takes the cores.
  */
 import process from "node:process";
-import { describeGpu, getGpu, type Gpu } from "../lib/gpu/device.ts";
+import { describeGpu, getGpu, type Gpu, wantsWideCpuVectors } from "../lib/gpu/device.ts";
 import { createBuffer, SplittablePass, uniforms } from "../lib/gpu/runtime.ts";
 import { encodeMatmul, matmulKernelKind } from "../lib/gpu/kernels/matmul.ts";
 import {
@@ -68,7 +68,7 @@ export function benchShapes(): Shape[] {
 }
 
 export async function run(): Promise<void> {
-  const gpu = await getGpu();
+  const gpu = await getGpu({ wideCpuVectors: wantsWideCpuVectors(BENCH_CONFIG.hidden_size) });
   const reps = Number(Deno.env.get("MATMUL_BENCH_REPS") ?? 20);
   const only = Deno.env.get("MATMUL_BENCH_ONLY");
   const shapes = benchShapes().filter((s) => !only || s.name.includes(only));

@@ -6,7 +6,7 @@
  * (tools/peers/train_peer.py) on the same model and batch, as a ratio; and a
  * breakdown of a step: forward, backward, grad norm + AdamW.
  */
-import { getGpu, type Gpu } from "../lib/gpu/device.ts";
+import { getGpu, type Gpu, wantsWideCpuVectors } from "../lib/gpu/device.ts";
 import { createBuffer, uniforms } from "../lib/gpu/runtime.ts";
 import { AdamWState } from "../lib/gpu/kernels/adamw.ts";
 import { GradNorm } from "../lib/gpu/kernels/grad_norm.ts";
@@ -128,7 +128,7 @@ async function one(
 }
 
 export async function run(): Promise<void> {
-  const gpu = await getGpu();
+  const gpu = await getGpu({ wideCpuVectors: wantsWideCpuVectors(BENCH_CONFIG.hidden_size) });
   const weights = benchWeights();
   {
     console.log(

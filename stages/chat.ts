@@ -7,10 +7,9 @@ import { numberFlag, parseFlags } from "../lib/args.ts";
 import { UserError } from "../lib/errors.ts";
 import { readLines } from "../lib/jsonl.ts";
 import { type ChatOptions, ChatSession, formatReply } from "../lib/eval/chat.ts";
-import { getGpu } from "../lib/gpu/device.ts";
 import { adapterTensorsFor, resolveModelOrAdapter } from "../lib/model/adapter_dir.ts";
 import { loadGlmConfig } from "../lib/model/config.ts";
-import { loadGlmModel } from "../lib/model/load.ts";
+import { gpuForModel, loadGlmModel } from "../lib/model/load.ts";
 import { ChatGLMTokenizer } from "../lib/tokenizer/chatglm.ts";
 
 const USAGE =
@@ -79,7 +78,7 @@ export async function main(args: string[]): Promise<number> {
       `--max-new-tokens ${opts.maxNewTokens} leaves no room for a prompt in a context of ${context} tokens`,
     );
   }
-  const model = await loadGlmModel(await getGpu(), modelDir, {
+  const model = await loadGlmModel(await gpuForModel(modelDir), modelDir, {
     adapter: adapter?.spec ?? { kind: "none" },
     maxBatch: 1,
     maxSeq: context,

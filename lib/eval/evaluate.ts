@@ -22,10 +22,9 @@ import type { PairScores } from "../metrics/index.ts";
 import { formatDuration, StatusLine } from "../progress.ts";
 import type { AdapterSpec } from "../model/adapter.ts";
 import { type AdapterDir, adapterTensorsFor, readAdapterDir } from "../model/adapter_dir.ts";
-import { getGpu } from "../gpu/device.ts";
 import { createBuffer, readF32 } from "../gpu/runtime.ts";
 import type { GlmModel } from "../model/glm.ts";
-import { loadGlmModel } from "../model/load.ts";
+import { gpuForModel, loadGlmModel } from "../model/load.ts";
 import { ChatGLMTokenizer } from "../tokenizer/chatglm.ts";
 
 export interface GenerationSettings {
@@ -394,7 +393,7 @@ async function evaluateFrom(o: EvaluateOptions, src: Source): Promise<EvaluateRe
       spec = adapter.spec;
     }
     // Generation keeps its own KV cache; the model's buffers serve prefill and scoring.
-    const model = await loadGlmModel(await getGpu(), o.modelDir, {
+    const model = await loadGlmModel(await gpuForModel(o.modelDir), o.modelDir, {
       adapter: spec,
       maxBatch: o.batchSize,
       maxSeq: Math.max(maxLen, maxPrompt, 1),

@@ -23,20 +23,39 @@ export interface Gpu {
   cpuLanes: number;
 }
 
+export interface GpuOptions {
+  /**
+   * On a CPU with AVX-512, ask llvmpipe for 512-bit code (see
+   * `preferWideCpuVectors`): for models whose matmuls dominate (hidden size
+   * 512 and up, `wantsWideCpuVectors`). Only the first call decides.
+   */
+  wideCpuVectors?: boolean;
+}
+
 let cached: Promise<Gpu> | undefined;
 
 /** The process-wide GPU context; a clear UserError when WebGPU has no adapter. */
-export function getGpu(): Promise<Gpu> {
-  cached ??= acquire();
+export function getGpu(opts: GpuOptions = {}): Promise<Gpu> {
+  cached ??= acquire(opts);
   return cached;
+}
+
+/**
+ * Whether a model of this hidden size is worth 512-bit CPU code: the bench
+ * model (512) ran its matmuls 1.3× faster and its steps 7–12 % faster with
+ * it, the demo model (128), whose small row kernels and products then run in
+ * half-empty 16-lane rows, trained at 630 tokens/s against 870 (docs/engine.md).
+ */
+export function wantsWideCpuVectors(hiddenSize: number): boolean {
+  return hiddenSize >= 512;
 }
 
 /**
  * llvmpipe builds 256-bit code unless told otherwise, even on a CPU with
  * AVX-512. Its 512-bit code (16 lanes) ran the texture matmul 1.3× faster on
- * such a CPU (docs/engine.md), so ask for it there, before the adapter exists
- * (Mesa reads the variable once, when it starts). A value the user set wins;
- * `LP_NATIVE_VECTOR_WIDTH=256` keeps 8 lanes.
+ * such a CPU (docs/engine.md); this asks for it there, before the adapter
+ * exists (Mesa reads the variable once, when it starts). A value the user set
+ * wins: `LP_NATIVE_VECTOR_WIDTH=256` keeps 8 lanes, `=512` forces 16.
  */
 function preferWideCpuVectors(): void {
   try {
@@ -48,11 +67,11 @@ function preferWideCpuVectors(): void {
   }
 }
 
-async function acquire(): Promise<Gpu> {
+async function acquire(opts: GpuOptions): Promise<Gpu> {
   if (!("gpu" in navigator) || !navigator.gpu) {
     throw new UserError("WebGPU is not available in this Deno build (navigator.gpu is missing)");
   }
-  preferWideCpuVectors();
+  if (opts.wideCpuVectors) preferWideCpuVectors();
   const adapter = await navigator.gpu.requestAdapter({ powerPreference: "high-performance" });
   if (!adapter) {
     throw new UserError(

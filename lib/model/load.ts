@@ -4,10 +4,16 @@
  * when the model asks for it and dropped once uploaded), so a checkpoint is
  * never held in memory whole.
  */
-import type { Gpu } from "../gpu/device.ts";
+import { getGpu, type Gpu, wantsWideCpuVectors } from "../gpu/device.ts";
 import { loadGlmConfig } from "./config.ts";
 import { createGlmModel, type GlmModel, type GlmModelOptions } from "./glm.ts";
 import { openWeights } from "./weights.ts";
+
+/** The process's GPU, with the CPU code width the model in `modelDir` wants (its config.json). */
+export async function gpuForModel(modelDir: string): Promise<Gpu> {
+  const config = await loadGlmConfig(modelDir);
+  return getGpu({ wideCpuVectors: wantsWideCpuVectors(config.hidden_size) });
+}
 
 /** config.json + lazily streamed safetensors → a GlmModel on the device. */
 export async function loadGlmModel(

@@ -10,11 +10,11 @@ import {
   reportNotApplicable,
 } from "../config/mod.ts";
 import { UserError } from "../errors.ts";
-import { describeGpu, getGpu } from "../gpu/device.ts";
+import { describeGpu } from "../gpu/device.ts";
 import type { AdapterSpec } from "../model/adapter.ts";
 import type { GlmModel } from "../model/glm.ts";
 import { loadGlmConfig } from "../model/config.ts";
-import { loadGlmModel } from "../model/load.ts";
+import { gpuForModel, loadGlmModel } from "../model/load.ts";
 import { formatMemoryPlan, memoryPlan } from "../model/memory_plan.ts";
 import { PEFT_CONFIG, PEFT_WEIGHTS, PREFIX_WEIGHTS, readAdapterDir } from "../model/adapter_dir.ts";
 import { PREFIX_EMBEDDING } from "../model/adapter.ts";
@@ -181,7 +181,7 @@ export async function runTraining(o: RunOptions): Promise<TrainResult> {
     );
     args.evalStrategy = "no";
   }
-  const gpu = await getGpu();
+  const gpu = await gpuForModel(o.modelDir);
   const maxSeq = Math.max(maxLength(trainRecs), evalRecs ? maxLength(evalRecs) : 1);
   const model = await loadGlmModel(gpu, o.modelDir, {
     adapter: spec,
