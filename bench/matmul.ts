@@ -73,8 +73,9 @@ export async function run(): Promise<void> {
   const only = Deno.env.get("MATMUL_BENCH_ONLY");
   const shapes = benchShapes().filter((s) => !only || s.name.includes(only));
   const prof = matmulProfile(gpu);
-  const large = prof.large
-    ? `, ${prof.large.tm}×${prof.large.tn} from ${prof.large.minM}×${prof.large.minN}`
+  const l = prof.large;
+  const large = l
+    ? `, ${l.tm}×${l.tn} (${l.wgM}×${l.wgN} invocations) from ${l.minM}×${l.minN}`
     : "";
   const staged = prof.bk ? `, ${prof.bk} K steps staged in workgroup memory` : "";
   const tex = prof.textures ? ", operands copied into textures where the copies allow" : "";
