@@ -18,7 +18,7 @@ export interface Gpu {
   limits: GPUSupportedLimits;
   /**
    * SIMD lanes of a CPU adapter (llvmpipe reports "N bits": N/32 lanes; 8 when
-   * it does not say): the cpu matmul profile's workgroup, one SIMD row.
+   * it does not say): the workgroup of the cpu matmul profile's large tiles, one SIMD row.
    */
   cpuLanes: number;
 }
