@@ -78,7 +78,7 @@ export async function main(args: string[]): Promise<number> {
       `--max-new-tokens ${opts.maxNewTokens} leaves no room for a prompt in a context of ${context} tokens`,
     );
   }
-  const model = await loadGlmModel(await gpuForModel(modelDir), modelDir, {
+  const model = await loadGlmModel(await gpuForModel(config), modelDir, {
     adapter: adapter?.spec ?? { kind: "none" },
     maxBatch: 1,
     maxSeq: context,

@@ -24,6 +24,7 @@ import type { AdapterSpec } from "../model/adapter.ts";
 import { type AdapterDir, adapterTensorsFor, readAdapterDir } from "../model/adapter_dir.ts";
 import { createBuffer, readF32 } from "../gpu/runtime.ts";
 import type { GlmModel } from "../model/glm.ts";
+import { loadGlmConfig } from "../model/config.ts";
 import { gpuForModel, loadGlmModel } from "../model/load.ts";
 import { ChatGLMTokenizer } from "../tokenizer/chatglm.ts";
 
@@ -393,7 +394,8 @@ async function evaluateFrom(o: EvaluateOptions, src: Source): Promise<EvaluateRe
       spec = adapter.spec;
     }
     // Generation keeps its own KV cache; the model's buffers serve prefill and scoring.
-    const model = await loadGlmModel(await gpuForModel(o.modelDir), o.modelDir, {
+    const gpu = await gpuForModel(await loadGlmConfig(o.modelDir));
+    const model = await loadGlmModel(gpu, o.modelDir, {
       adapter: spec,
       maxBatch: o.batchSize,
       maxSeq: Math.max(maxLen, maxPrompt, 1),

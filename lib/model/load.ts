@@ -5,13 +5,12 @@
  * never held in memory whole.
  */
 import { getGpu, type Gpu, wantsWideCpuVectors } from "../gpu/device.ts";
-import { loadGlmConfig } from "./config.ts";
+import { type GlmConfig, loadGlmConfig } from "./config.ts";
 import { createGlmModel, type GlmModel, type GlmModelOptions } from "./glm.ts";
 import { openWeights } from "./weights.ts";
 
-/** The process's GPU, with the CPU code width the model in `modelDir` wants (its config.json). */
-export async function gpuForModel(modelDir: string): Promise<Gpu> {
-  const config = await loadGlmConfig(modelDir);
+/** The process's GPU, with the CPU code width a model of this config wants. */
+export function gpuForModel(config: Pick<GlmConfig, "hidden_size">): Promise<Gpu> {
   return getGpu({ wideCpuVectors: wantsWideCpuVectors(config.hidden_size) });
 }
 

@@ -181,7 +181,7 @@ export async function runTraining(o: RunOptions): Promise<TrainResult> {
     );
     args.evalStrategy = "no";
   }
-  const gpu = await gpuForModel(o.modelDir);
+  const gpu = await gpuForModel(await loadGlmConfig(o.modelDir));
   const maxSeq = Math.max(maxLength(trainRecs), evalRecs ? maxLength(evalRecs) : 1);
   const model = await loadGlmModel(gpu, o.modelDir, {
     adapter: spec,
