@@ -205,7 +205,7 @@ export class SplittablePass implements InterruptiblePass {
 
 /**
  * Encode one dispatch: bind group 0 gets `bindings` at 0..n-1 (storage buffers,
- * a uniform binding from the arena, texture views, samplers), in the order the
+ * a uniform binding from the arena, texture views), in the order the
  * shader declares them.
  */
 export function dispatch(
