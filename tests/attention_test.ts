@@ -128,10 +128,10 @@ async function check(c: Case, seed: number, materialized: boolean) {
   const enc = gpu.device.createCommandEncoder();
   const pass = enc.beginComputePass();
   // NaN-filled scratch: the causal tiles the matmul path skips must never be read.
-  const nan = new Float32Array(scoreBytes(l) / 4).fill(NaN);
-  const sc = upload(gpu, nan), dsc = upload(gpu, nan);
+  const nan = () => upload(gpu, new Float32Array(scoreBytes(l) / 4).fill(NaN));
+  const [sc, dsc] = materialized ? [nan(), nan()] : [];
   if (materialized) {
-    encodeAttentionMaterialized(gpu, pass, l, { buffer: out, off: 0, row: H * D }, sc);
+    encodeAttentionMaterialized(gpu, pass, l, { buffer: out, off: 0, row: H * D }, sc!);
   } else encodeAttention(gpu, pass, l, { buffer: out, off: 0, row: H * D });
   const grads = {
     out,
@@ -149,7 +149,7 @@ async function check(c: Case, seed: number, materialized: boolean) {
     dpRow: pRow,
     dpBatch: c.perBatchPrefix ? P * pRow : 0,
   };
-  if (materialized) encodeAttentionBackwardMaterialized(gpu, pass, l, grads, sc, dsc);
+  if (materialized) encodeAttentionBackwardMaterialized(gpu, pass, l, grads, sc!, dsc!);
   else encodeAttentionBackward(gpu, pass, l, grads);
   pass.end();
   const e0 = await gpu.device.popErrorScope();
@@ -185,4 +185,13 @@ Deno.test("attention through matmuls skips the causal triangle and still matches
   // scalar tiles (D 6), and a prefix.
   await check({ B: 2, S: 200, H: 2, G: 1, D: 8, P: 0, perBatchPrefix: false }, 4, true);
   await check({ B: 1, S: 150, H: 2, G: 2, D: 6, P: 4, perBatchPrefix: false }, 5, true);
+});
+
+Deno.test("attention rows past the CPU drivers' loop limit: 128-wide heads, long key walks, many queries per key", async () => {
+  // Walking 700 keys with a loop over each 128-wide head was cut off by
+  // llvmpipe's loop limit (lib/gpu/loop_budget.ts); the head dimension is
+  // written out. 56 heads × 600 queries per key take the key pass in ranges
+  // of queries, real keys and shared prefix keys alike.
+  await check({ B: 1, S: 700, H: 1, G: 1, D: 128, P: 2, perBatchPrefix: false }, 6, false);
+  await check({ B: 1, S: 600, H: 56, G: 1, D: 4, P: 3, perBatchPrefix: false }, 7, false);
 });

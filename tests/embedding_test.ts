@@ -55,7 +55,14 @@ Deno.test("embedding gather (f32, f16, split table) and deterministic scatter-ad
   const { plan, unique } = embeddingBackwardPlan(ids);
   const bplan = upload(gpu, plan), bdy = upload(gpu, dy), dt = upload(gpu, prev);
   await runPass((gpu, pass) => {
-    encodeEmbeddingBackward(gpu, pass, { plan: bplan, unique, dim, dy: bdy, dtable: dt });
+    encodeEmbeddingBackward(gpu, pass, {
+      plan: bplan,
+      unique,
+      tokens: T,
+      dim,
+      dy: bdy,
+      dtable: dt,
+    });
   });
   const wantD = embeddingBackward(ids, dy, V, dim).map((v, i) => v + prev[i]);
   const e3 = relErr(await readF32(gpu, dt), wantD);

@@ -567,3 +567,22 @@ Deno.test("matmul: the texture kernel on every layout, f16 B, repacked strides, 
     setMatmulProfile(undefined);
   }
 });
+
+Deno.test("matmul: reductions longer than the CPU drivers' loop limit are split along K", async () => {
+  // K past what one invocation may walk (lib/gpu/loop_budget.ts) for each kernel:
+  // the scalar kernel one step per iteration, the vec4 and texture kernels four,
+  // the staged kernel bk per tile plus its inner and staging loops.
+  let seed = 900;
+  for (const c of [{ M: 3, N: 5, K: 70001 }, { M: 4, N: 8, K: 270000, transB: true }]) {
+    const err = await runCase(c, seed++, undefined, true);
+    assert(err < 1e-6, `${JSON.stringify(c)}: relative error ${err}`);
+  }
+  try {
+    setMatmulProfile({ tm: 4, tn: 8, wgM: 2, wgN: 3, bk: 16, stageAll: true });
+    const c = { M: 8, N: 8, K: 100000, transB: true };
+    const err = await runCase(c, seed++);
+    assert(err < 1e-6, `staged ${JSON.stringify(c)}: relative error ${err}`);
+  } finally {
+    setMatmulProfile(undefined);
+  }
+});

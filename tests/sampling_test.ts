@@ -41,7 +41,7 @@ Deno.test("argmax and temperature/top-k/top-p sampling match the host reference"
     const g = Array.from(new Uint32Array(await readBuffer(gpu, draws, rows * 4)));
     const w = Array.from(
       { length: rows },
-      (_, r) => sampleRef(logits.subarray(r * V, (r + 1) * V), r, opts),
+      (_, r) => sampleRef(gpu, logits.subarray(r * V, (r + 1) * V), r, opts),
     );
     assertEquals(g, w);
     if (opts.topK > 0) {
@@ -51,5 +51,36 @@ Deno.test("argmax and temperature/top-k/top-p sampling match the host reference"
         assert(rank < opts.topK, `draw outside the top-${opts.topK}`);
       }
     }
+  }
+});
+
+Deno.test("argmax and sampling over chatglm3-6b's vocabulary and beyond the CPU drivers' loop limit", async () => {
+  // A row per invocation walked 65,024 logits (34 times to sample): past
+  // llvmpipe's loop limit (lib/gpu/loop_budget.ts). The best logit sits past
+  // the limit, twice (the lower index wins the tie).
+  const gpu = await getGpu();
+  for (const V of [65024, 70001]) {
+    const rows = 3;
+    const logits = rand(rows * V, 21).map((v) => v * 6);
+    logits[V - 3] = logits[V - 1] = 40;
+    logits[V + V - 10] = 40;
+    logits[2 * V + 7] = 40;
+    const ids = createBuffer(gpu, rows * 4);
+    const bl = upload(gpu, logits);
+    await runPass((gpu, pass) => encodeArgmax(gpu, pass, { logits: bl, rows, V, ids }));
+    const got = Array.from(new Uint32Array(await readBuffer(gpu, ids, rows * 4)));
+    assertEquals(got, [V - 3, V - 10, 7]);
+    const opts = { temperature: 1, topK: 40, topP: 0.9, seed: 7, stream: 2 };
+    await runPass((gpu, pass) =>
+      encodeSample(
+        gpu,
+        pass,
+        { logits: bl, rows, V, ids, state: createBuffer(gpu, 24 * rows) },
+        opts,
+      )
+    );
+    const drawn = Array.from(new Uint32Array(await readBuffer(gpu, ids, rows * 4)));
+    const want = [0, 1, 2].map((r) => sampleRef(gpu, logits.subarray(r * V, (r + 1) * V), r, opts));
+    assertEquals(drawn, want);
   }
 });

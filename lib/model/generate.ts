@@ -187,6 +187,7 @@ export async function generate(
     scale: 1 / Math.sqrt(d.D),
     stats: w.stats,
     pos: w.pos,
+    keys: maxLen,
   };
 
   /** Final norm of the B rows in w.last, logits, and the next id per row: one wait. */

@@ -39,7 +39,11 @@ import {
   encodeEmbedding,
   encodeEmbeddingBackward,
 } from "../gpu/kernels/embedding.ts";
-import { encodeCrossEntropy, encodeSum } from "../gpu/kernels/cross_entropy.ts";
+import {
+  crossEntropyScratchBytes,
+  encodeCrossEntropy,
+  encodeSum,
+} from "../gpu/kernels/cross_entropy.ts";
 import { encodeDropout } from "../gpu/kernels/dropout.ts";
 import {
   encodeColSum,
@@ -297,6 +301,8 @@ export class GlmModel implements TrainableModel {
     rstdF: GPUBuffer;
     logits: GPUBuffer;
     logitRows: number;
+    /** Scratch of the cross-entropy's per-chunk partials (lib/gpu/kernels/cross_entropy.ts). */
+    ceParts: GPUBuffer;
     rowLoss: GPUBuffer;
     /** Score blocks for the matmul attention path (absent: the per-row flash kernels). */
     scores?: GPUBuffer;
@@ -589,6 +595,7 @@ export class GlmModel implements TrainableModel {
       rstdF: this.buf(f32Bytes(T), "rstdF"),
       logits: this.buf(f32Bytes(logitRows * d.V), "logits"),
       logitRows,
+      ceParts: this.buf(crossEntropyScratchBytes(logitRows, d.V), "cross-entropy-partials"),
       rowLoss: this.buf(f32Bytes(T), "row-loss"),
     };
     // Attention through matmuls when the score blocks fit (see lib/gpu/kernels/attention.ts);
@@ -1202,6 +1209,7 @@ export class GlmModel implements TrainableModel {
         targetOff: r0,
         rowLoss: s.rowLoss,
         lossOff: r0,
+        partials: s.ceParts,
         gradScale,
       });
       if (gradScale === undefined) continue;
@@ -1258,6 +1266,7 @@ export class GlmModel implements TrainableModel {
       encodeEmbeddingBackward(this.gpu, pass, {
         plan: s.plan,
         unique: plan.unique,
+        tokens: st.T,
         dim: d.hidden,
         dy: s.dres,
         dtable: this.byName.get(EMBEDDING)!.grad,

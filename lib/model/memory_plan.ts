@@ -29,6 +29,7 @@
 import type { AdapterSpec } from "./adapter.ts";
 import type { GlmConfig } from "./config.ts";
 import { scoreBytes } from "../gpu/kernels/attention.ts";
+import { crossEntropyScratchBytes } from "../gpu/kernels/cross_entropy.ts";
 
 /** The fields of a GlmConfig the plan reads. */
 export type PlanConfig = Pick<
@@ -165,7 +166,7 @@ export function memoryPlan(config: PlanConfig, opts: PlanOptions): MemoryPlan {
   const activations = Object.values(parts).reduce((x, y) => x + y, 0);
 
   const logitRows = Math.max(1, Math.min(T, Math.floor(binding / (V * F32))));
-  const logits = logitRows * V * F32;
+  const logits = logitRows * V * F32 + crossEntropyScratchBytes(logitRows, V);
   const kvCache = L * 2 * opts.batch * (opts.generateLength ?? opts.seq) * G * D * F32;
   const total = frozenWeights + trainableWeights + gradients + optimizerMoments + activations +
     logits;
@@ -206,7 +207,7 @@ export function formatMemoryPlan(plan: MemoryPlan, title = "memory plan"): strin
     ...Object.entries(plan.activationParts).filter(([, b]) => b > 0).map(([n, b]) =>
       row(`  ${n}`, b)
     ),
-    row("logits chunk (gradient in place)", plan.logits),
+    row("logits chunk (gradient in place), loss partials", plan.logits),
     row("total", plan.total),
     row("KV cache for generation (not in total)", plan.kvCache),
   ];

@@ -24,6 +24,7 @@
  * Reference: `attention` / `attentionBackward` in lib/model/cpu/ops.ts.
  */
 import type { Gpu } from "../device.ts";
+import { checkLoopBudget, LOOP_BUDGET, spans } from "../loop_budget.ts";
 import { type ComputePass, dispatch, getPipeline, packUniforms, uniforms } from "../runtime.ts";
 import { entry, grid, rowWorkgroup } from "./grid.ts";
 import { encodeMatmul } from "./matmul.ts";
@@ -54,6 +55,8 @@ export interface AttentionLayout {
   pBatch?: number;
   /** i32 [batch·seq]: the last real key position each query sees. */
   pos: GPUBuffer;
+  /** The most real keys a query sees (default `seq`; a KV cache's capacity in generation). */
+  keys?: number;
   /** [2, batch·heads·seq] f32: log-sum-exp per query row (written by forward), then D = dO·O (backward). */
   stats: GPUBuffer;
 }
@@ -63,7 +66,7 @@ const UNIFORM_STRUCT = `struct U {
   qOff: u32, qRow: u32, kOff: u32, vOff: u32, kvRow: u32, kvBatch: u32,
   pkOff: u32, pvOff: u32, pRow: u32, pBatch: u32,
   oOff: u32, oRow: u32, dkOff: u32, dvOff: u32, dkvRow: u32, dkvBatch: u32,
-  dpBatch: u32, sharedP: u32,
+  dpBatch: u32, sharedP: u32, sLo: u32, sHi: u32, accum: u32,
 }
 @group(0) @binding(0) var<uniform> u: U;`;
 
@@ -77,6 +80,8 @@ function packLayout(
     batch: 0,
     pBatch: 0,
   },
+  /** The key pass's query rows [sLo, sHi), added onto what an earlier range wrote when `accum`. */
+  queries: { sLo: number; sHi: number; accum: boolean } = { sLo: 0, sHi: l.seq, accum: false },
 ): Uint32Array {
   return packUniforms([
     { u: l.batch },
@@ -103,7 +108,27 @@ function packLayout(
     { u: d.batch },
     { u: d.pBatch },
     { u: (l.pBatch ?? 0) === 0 ? 1 : 0 },
+    { u: queries.sLo },
+    { u: queries.sHi },
+    { u: queries.accum ? 1 : 0 },
   ]);
+}
+
+/**
+ * `body` (WGSL using `d` for the head dimension) once for each d < D, written
+ * out: a loop over D inside the key loops would count D iterations per key
+ * against the CPU drivers' loop limit (../loop_budget.ts), which 170 keys of
+ * 128-wide heads already exceed. The order of operations is the loop's.
+ */
+function forD(D: number, body: string): string {
+  let out = "";
+  for (let d = 0; d < D; d++) out += body.replace(/\bd\b/g, `${d}u`) + " ";
+  return out;
+}
+
+/** Keys a query row walks in the forward and dQ passes: one loop iteration each. */
+function checkKeyWalk(l: AttentionLayout): void {
+  checkLoopBudget("attention", l.prefix + (l.keys ?? l.seq));
 }
 
 /** Decompose a query-row index into (b, h, s) with s fastest, and the shared key group. */
@@ -131,33 +156,33 @@ ${entry(wg)}
 ${QUERY_ROW}
   var q: array<f32, D>;
   var acc: array<f32, D>;
-  for (var d = 0u; d < D; d++) { q[d] = Q[qo + d] * u.scale; acc[d] = 0.0; }
+  ${forD(D, "q[d] = Q[qo + d] * u.scale; acc[d] = 0.0;")}
   var m = -3.0e38;
   var l = 0.0;
   for (var j = 0u; j < u.P; j++) {
     let ko = u.pkOff + b * u.pBatch + j * u.pRow + g * D;
     let vo = u.pvOff + b * u.pBatch + j * u.pRow + g * D;
     var sc = 0.0;
-    for (var d = 0u; d < D; d++) { sc = fma(q[d], PKV[ko + d], sc); }
-    if (sc > m) { let c = exp(m - sc); l *= c; for (var d = 0u; d < D; d++) { acc[d] *= c; } m = sc; }
+    ${forD(D, "sc = fma(q[d], PKV[ko + d], sc);")}
+    if (sc > m) { let c = exp(m - sc); l *= c; ${forD(D, "acc[d] *= c;")} m = sc; }
     let p = exp(sc - m);
     l += p;
-    for (var d = 0u; d < D; d++) { acc[d] = fma(p, PKV[vo + d], acc[d]); }
+    ${forD(D, "acc[d] = fma(p, PKV[vo + d], acc[d]);")}
   }
   let last = u32(pos[row]);
   for (var j = 0u; j <= last; j++) {
     let ko = u.kOff + b * u.kvBatch + j * u.kvRow + g * D;
     let vo = u.vOff + b * u.kvBatch + j * u.kvRow + g * D;
     var sc = 0.0;
-    for (var d = 0u; d < D; d++) { sc = fma(q[d], KV[ko + d], sc); }
-    if (sc > m) { let c = exp(m - sc); l *= c; for (var d = 0u; d < D; d++) { acc[d] *= c; } m = sc; }
+    ${forD(D, "sc = fma(q[d], KV[ko + d], sc);")}
+    if (sc > m) { let c = exp(m - sc); l *= c; ${forD(D, "acc[d] *= c;")} m = sc; }
     let p = exp(sc - m);
     l += p;
-    for (var d = 0u; d < D; d++) { acc[d] = fma(p, KV[vo + d], acc[d]); }
+    ${forD(D, "acc[d] = fma(p, KV[vo + d], acc[d]);")}
   }
   let inv = 1.0 / l;
   let oo = u.oOff + row * u.oRow + h * D;
-  for (var d = 0u; d < D; d++) { O[oo + d] = acc[d] * inv; }
+  ${forD(D, "O[oo + d] = acc[d] * inv;")}
   stats[idx] = m + log(l);
 }`;
 }
@@ -174,6 +199,7 @@ export function encodeAttention(
 ): void {
   const rows = l.batch * l.heads * l.seq;
   if (rows === 0) return;
+  checkKeyWalk(l);
   const wg = rowWorkgroup(gpu);
   const u = uniforms(gpu).alloc(packLayout(l, { off: out.off, row: out.row }));
   dispatch(gpu, pass, getPipeline(gpu, forwardShader(l.headDim, wg)), [
@@ -197,7 +223,7 @@ ${entry(wg)}
 ${QUERY_ROW}
   let oo = u.oOff + row * u.oRow + h * D;
   var s0 = 0.0;
-  for (var d = 0u; d < D; d++) { s0 = fma(dO[oo + d], O[oo + d], s0); }
+  ${forD(D, "s0 = fma(dO[oo + d], O[oo + d], s0);")}
   stats[nRows + idx] = s0;
 }`;
 }
@@ -218,7 +244,7 @@ ${QUERY_ROW}
   var q: array<f32, D>;
   var go: array<f32, D>;
   var dq: array<f32, D>;
-  for (var d = 0u; d < D; d++) { q[d] = Q[qo + d] * u.scale; go[d] = dO[oo + d]; dq[d] = 0.0; }
+  ${forD(D, "q[d] = Q[qo + d] * u.scale; go[d] = dO[oo + d]; dq[d] = 0.0;")}
   let lse = stats[idx];
   let di = stats[nRows + idx];
   for (var j = 0u; j < u.P; j++) {
@@ -226,9 +252,9 @@ ${QUERY_ROW}
     let vo = u.pvOff + b * u.pBatch + j * u.pRow + g * D;
     var sc = 0.0;
     var dp = 0.0;
-    for (var d = 0u; d < D; d++) { sc = fma(q[d], PKV[ko + d], sc); dp = fma(go[d], PKV[vo + d], dp); }
+    ${forD(D, "sc = fma(q[d], PKV[ko + d], sc); dp = fma(go[d], PKV[vo + d], dp);")}
     let ds = exp(sc - lse) * (dp - di) * u.scale;
-    for (var d = 0u; d < D; d++) { dq[d] = fma(ds, PKV[ko + d], dq[d]); }
+    ${forD(D, "dq[d] = fma(ds, PKV[ko + d], dq[d]);")}
   }
   let last = u32(pos[row]);
   for (var j = 0u; j <= last; j++) {
@@ -236,12 +262,12 @@ ${QUERY_ROW}
     let vo = u.vOff + b * u.kvBatch + j * u.kvRow + g * D;
     var sc = 0.0;
     var dp = 0.0;
-    for (var d = 0u; d < D; d++) { sc = fma(q[d], KV[ko + d], sc); dp = fma(go[d], KV[vo + d], dp); }
+    ${forD(D, "sc = fma(q[d], KV[ko + d], sc); dp = fma(go[d], KV[vo + d], dp);")}
     let ds = exp(sc - lse) * (dp - di) * u.scale;
-    for (var d = 0u; d < D; d++) { dq[d] = fma(ds, KV[ko + d], dq[d]); }
+    ${forD(D, "dq[d] = fma(ds, KV[ko + d], dq[d]);")}
   }
   let dqo = u.dkOff + row * u.dkvRow + h * D;
-  for (var d = 0u; d < D; d++) { dQ[dqo + d] = dq[d]; }
+  ${forD(D, "dQ[dqo + d] = dq[d];")}
 }`;
 }
 
@@ -297,11 +323,11 @@ ${keyIdx}
   var v: array<f32, D>;
   var dk: array<f32, D>;
   var dv: array<f32, D>;
-  for (var d = 0u; d < D; d++) { k[d] = K[kb + d] * u.scale; v[d] = K[vb + d]; dk[d] = 0.0; dv[d] = 0.0; }
+  ${forD(D, "k[d] = K[kb + d] * u.scale; v[d] = K[vb + d]; dk[d] = 0.0; dv[d] = 0.0;")}
   for (var b = b0; b < b1; b++) {
     for (var hh = 0u; hh < hpg; hh++) {
       let h = g * hpg + hh;
-      for (var s = 0u; s < u.S; s++) {
+      for (var s = u.sLo; s < u.sHi; s++) {
         let row = b * u.S + s;
         ${prefix ? "" : "if (u32(pos[row]) < j) { continue; }"}
         let r = (b * u.H + h) * u.S + s;
@@ -309,15 +335,21 @@ ${keyIdx}
         let oo = u.oOff + row * u.oRow + h * D;
         var sc = 0.0;
         var dp = 0.0;
-        for (var d = 0u; d < D; d++) { sc = fma(Q[qo + d], k[d], sc); dp = fma(dO[oo + d], v[d], dp); }
+        ${forD(D, "sc = fma(Q[qo + d], k[d], sc); dp = fma(dO[oo + d], v[d], dp);")}
         let p = exp(sc - stats[r]);
         let ds = p * (dp - stats[nRows + r]) * u.scale;
-        for (var d = 0u; d < D; d++) { dk[d] = fma(ds, Q[qo + d], dk[d]); dv[d] = fma(p, dO[oo + d], dv[d]); }
+        ${forD(D, "dk[d] = fma(ds, Q[qo + d], dk[d]); dv[d] = fma(p, dO[oo + d], dv[d]);")}
       }
     }
   }
 ${store}
-  for (var d = 0u; d < D; d++) { dKV[dko + d] = dk[d]; dKV[dvo + d] = dv[d]; }
+  let accum = u.accum != 0u;
+  ${
+    forD(
+      D,
+      "dKV[dko + d] = select(dk[d], dKV[dko + d] + dk[d], accum); dKV[dvo + d] = select(dv[d], dKV[dvo + d] + dv[d], accum);",
+    )
+  }
 }`;
 }
 
@@ -353,6 +385,7 @@ export function encodeAttentionBackward(
 ): void {
   const rows = l.batch * l.heads * l.seq;
   if (rows === 0) return;
+  checkKeyWalk(l);
   const D = l.headDim;
   const wg = rowWorkgroup(gpu);
   const u1 = uniforms(gpu).alloc(packLayout(l, { off: gr.oOff, row: gr.oRow }));
@@ -382,44 +415,68 @@ export function encodeAttentionBackward(
     l.stats,
     gr.dqkv,
   ], grid(gpu, rows, wg));
-  const u3 = uniforms(gpu).alloc(packLayout(l, { off: gr.oOff, row: gr.oRow }, {
-    kOff: gr.dkOff,
-    vOff: gr.dvOff,
-    row: gr.dRow,
-    batch: l.seq * gr.dRow,
-    pBatch: 0,
-  }));
-  const keys = l.batch * l.groups * l.seq;
-  dispatch(gpu, pass, getPipeline(gpu, dkvShader(D, wg, false)), [
-    u3,
-    l.q,
+  const hpg = l.heads / l.groups;
+  // The key passes walk (batch rows ×) heads of the group × query rows per
+  // key: over the loop budget, the query rows go in ranges, each dispatch
+  // adding onto the last.
+  const keyPass = (
+    prefix: boolean,
+    kvBuf: GPUBuffer,
+    out: GPUBuffer,
+    dl: { kOff: number; vOff: number; row: number; batch: number; pBatch: number },
+    keys: number,
+    batchRows: number,
+  ) => {
+    const per = Math.floor(LOOP_BUDGET / (batchRows * hpg));
+    if (per < 1) checkLoopBudget("attention key pass", batchRows * hpg);
+    spans(l.seq, per).forEach(([sLo, sHi], i) => {
+      const u = uniforms(gpu).alloc(
+        packLayout(l, { off: gr.oOff, row: gr.oRow }, dl, { sLo, sHi, accum: i > 0 }),
+      );
+      dispatch(gpu, pass, getPipeline(gpu, dkvShader(D, wg, prefix)), [
+        u,
+        l.q,
+        kvBuf,
+        l.pos,
+        gr.dOut,
+        l.stats,
+        out,
+      ], grid(gpu, keys, wg));
+    });
+  };
+  keyPass(
+    false,
     l.kv,
-    l.pos,
-    gr.dOut,
-    l.stats,
     gr.dqkv,
-  ], grid(gpu, keys, wg));
+    {
+      kOff: gr.dkOff,
+      vOff: gr.dvOff,
+      row: gr.dRow,
+      batch: l.seq * gr.dRow,
+      pBatch: 0,
+    },
+    l.batch * l.groups * l.seq,
+    1,
+  );
   if (l.prefix > 0) {
     if (!l.pkv || !gr.dpkv) {
       throw new Error("attention backward: prefix gradients need pkv and dpkv");
     }
-    const u4 = uniforms(gpu).alloc(packLayout(l, { off: gr.oOff, row: gr.oRow }, {
-      kOff: gr.dpkOff ?? 0,
-      vOff: gr.dpvOff ?? 0,
-      row: gr.dpRow ?? 0,
-      batch: 0,
-      pBatch: gr.dpBatch ?? 0,
-    }));
-    const pk = ((l.pBatch ?? 0) === 0 ? 1 : l.batch) * l.groups * l.prefix;
-    dispatch(gpu, pass, getPipeline(gpu, dkvShader(D, wg, true)), [
-      u4,
-      l.q,
+    const shared = (l.pBatch ?? 0) === 0;
+    keyPass(
+      true,
       l.pkv,
-      l.pos,
-      gr.dOut,
-      l.stats,
       gr.dpkv,
-    ], grid(gpu, pk, wg));
+      {
+        kOff: gr.dpkOff ?? 0,
+        vOff: gr.dpvOff ?? 0,
+        row: gr.dpRow ?? 0,
+        batch: 0,
+        pBatch: gr.dpBatch ?? 0,
+      },
+      (shared ? 1 : l.batch) * l.groups * l.prefix,
+      shared ? l.batch : 1,
+    );
   }
 }
 
@@ -540,6 +597,7 @@ function encodeScores(
   }
   const wg = rowWorkgroup(gpu);
   const rows = B * H * S;
+  checkLoopBudget("attention softmax", 3 * L);
   const u = uniforms(gpu).alloc(
     packUniforms([{ u: rows }, { u: S }, { u: H }, { u: L }, { u: P }]),
   );
@@ -658,6 +716,7 @@ export function encodeAttentionBackwardMaterialized(
   // dS = P ⊙ (dP − Σ P·dP)·scale, in place.
   const wg = rowWorkgroup(gpu);
   const rows = B * H * S;
+  checkLoopBudget("attention softmax backward", 3 * L);
   const u = uniforms(gpu).alloc(
     packUniforms([{ u: rows }, { u: S }, { u: H }, { u: L }, { u: P }, { f: l.scale }]),
   );

@@ -7,6 +7,7 @@
  */
 import type { Gpu } from "../device.ts";
 import { type ComputePass, dispatch, getPipeline, packUniforms, uniforms } from "../runtime.ts";
+import { LOOP_BUDGET, spans } from "../loop_budget.ts";
 import { entry, grid, rowWorkgroup } from "./grid.ts";
 
 function fillShader(wg: number): string {
@@ -171,15 +172,26 @@ export function encodeColSum(
 ): void {
   if (a.cols <= 0) return;
   const wg = rowWorkgroup(gpu);
-  const u = uniforms(gpu).alloc(packUniforms([
-    { u: a.rows },
-    { u: a.cols },
-    { u: a.srcOff ?? 0 },
-    { u: a.srcStride ?? a.cols },
-    { u: a.dstOff ?? 0 },
-    { f: a.beta ?? 0 },
-  ]));
-  dispatch(gpu, pass, getPipeline(gpu, colSumShader(wg)), [u, a.src, a.dst], grid(gpu, a.cols, wg));
+  const stride = a.srcStride ?? a.cols;
+  // Each invocation walks the rows: past the loop budget (../loop_budget.ts)
+  // they go in ranges, each adding onto the last.
+  spans(Math.max(a.rows, 1), LOOP_BUDGET).forEach(([r0, r1], i) => {
+    const u = uniforms(gpu).alloc(packUniforms([
+      { u: Math.min(r1, a.rows) - r0 },
+      { u: a.cols },
+      { u: (a.srcOff ?? 0) + r0 * stride },
+      { u: stride },
+      { u: a.dstOff ?? 0 },
+      { f: i === 0 ? a.beta ?? 0 : 1 },
+    ]));
+    dispatch(
+      gpu,
+      pass,
+      getPipeline(gpu, colSumShader(wg)),
+      [u, a.src, a.dst],
+      grid(gpu, a.cols, wg),
+    );
+  });
 }
 
 function tanhShader(wg: number, backward: boolean): string {

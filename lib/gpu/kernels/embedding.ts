@@ -9,6 +9,7 @@
  */
 import type { Gpu } from "../device.ts";
 import { type ComputePass, dispatch, getPipeline, packUniforms, uniforms } from "../runtime.ts";
+import { checkLoopBudget } from "../loop_budget.ts";
 import { entry, grid, rowWorkgroup } from "./grid.ts";
 
 function gatherShader(wg: number, f16: boolean): string {
@@ -114,6 +115,8 @@ export function encodeEmbeddingBackward(
   a: {
     plan: GPUBuffer;
     unique: number;
+    /** Tokens in the batch (the most occurrences one id can have). */
+    tokens: number;
     dim: number;
     dy: GPUBuffer;
     dtable: GPUBuffer;
@@ -123,6 +126,8 @@ export function encodeEmbeddingBackward(
 ): void {
   const n = a.unique * a.dim;
   if (n <= 0) return;
+  // Each invocation walks one token's occurrences in the batch.
+  checkLoopBudget("embedding backward", a.tokens);
   const wg = rowWorkgroup(gpu) * 8;
   const u = uniforms(gpu).alloc(packUniforms([
     { u: a.unique },

@@ -25,6 +25,7 @@ import {
   packUniforms,
   uniforms,
 } from "../runtime.ts";
+import { LOOP_BUDGET } from "../loop_budget.ts";
 import { type MatmulProfile, matmulProfile, stagesTiles, vec4Tiles } from "./matmul_profile.ts";
 import { matmulSharedShader } from "./matmul_shared.ts";
 import { type MatmulEpilogue, matmulVec4Shader } from "./matmul_vec4.ts";
@@ -193,7 +194,16 @@ export function encodeMatmul(gpu: Gpu, pass: ComputePass, args: MatmulArgs): voi
   const alpha = args.alpha ?? 1;
 
   const interruptible = canInterrupt(pass) ? pass : undefined;
-  const pieces = splitToFit(piece, transA, transB, bF16, limit);
+  const pieces = splitToFit(piece, transA, transB, bF16, limit).flatMap((q) =>
+    splitForLoops(q, transA, transB, (k) => {
+      const kind = kernelFor(gpu, profile, k, transA, transB, bF16, !!interruptible);
+      return kTrips(
+        kind,
+        kind === "scalar" ? profile.scalar ?? profile : vec4Tiles(profile, k.M, k.N),
+        transB,
+      );
+    })
+  );
   for (const p of pieces) {
     const kind = kernelFor(gpu, profile, p, transA, transB, bF16, !!interruptible);
     const prof = kind === "scalar" ? profile.scalar ?? profile : vec4Tiles(profile, p.M, p.N);
@@ -446,9 +456,42 @@ function splitN(p: Piece, transB: boolean): [Piece, Piece] {
   }];
 }
 
-function splitK(p: Piece, transA: boolean, transB: boolean): [Piece, Piece] {
+/**
+ * Loop iterations per K step of an invocation of `kind` (see ../loop_budget.ts):
+ * the scalar kernel loops once per step, the vec4 and texture kernels once
+ * per four; the staged kernel once per bk steps for the tile, plus its inner
+ * bk steps and the loops that stage each operand.
+ */
+function kTrips(kind: MatmulKernel, prof: MatmulProfile, transB: boolean): number {
+  if (kind === "scalar") return 1;
+  if (kind === "vec4" && stagesTiles(prof, transB)) {
+    const bk = prof.bk ?? 16, T = prof.wgM * prof.wgN;
+    const stage = (extent: number) => Math.ceil(extent * bk / 4 / T);
+    return (1 + bk + stage(prof.tm * prof.wgM) + stage(prof.tn * prof.wgN)) / bk;
+  }
+  return 1 / 4;
+}
+
+/**
+ * Split a product along K until each piece's K walk stays within the loop
+ * budget, the later pieces adding onto the first (chatglm3-6b's output layer
+ * backward reduces over 65,024 vocabulary columns).
+ */
+function splitForLoops(
+  p: Piece,
+  transA: boolean,
+  transB: boolean,
+  tripsPerK: (p: Piece) => number,
+): Piece[] {
+  const per = Math.floor(LOOP_BUDGET / tripsPerK(p) / 16) * 16;
+  if (p.K <= per) return [p];
+  const [first, rest] = splitK(p, transA, transB, per);
+  return [first, ...splitForLoops(rest, transA, transB, tripsPerK)];
+}
+
+function splitK(p: Piece, transA: boolean, transB: boolean, at?: number): [Piece, Piece] {
   if (p.K < 2) tooSmall("reduction slice");
-  const h = Math.floor(p.K / 2);
+  const h = at ?? Math.floor(p.K / 2);
   // The second half adds onto the first: no second bias, old C kept as is.
   return [{ ...p, K: h }, {
     ...p,

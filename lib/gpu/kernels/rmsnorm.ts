@@ -7,6 +7,7 @@
  */
 import type { Gpu } from "../device.ts";
 import { type ComputePass, dispatch, getPipeline, packUniforms, uniforms } from "../runtime.ts";
+import { checkLoopBudget, LOOP_BUDGET, spans } from "../loop_budget.ts";
 import { entry, grid, rowWorkgroup } from "./grid.ts";
 
 function forwardShader(wg: number): string {
@@ -42,6 +43,7 @@ export function encodeRmsnorm(
   },
 ): void {
   if (a.rows <= 0) return;
+  checkLoopBudget("rmsnorm", 2 * a.dim);
   const wg = rowWorkgroup(gpu);
   const u = uniforms(gpu).alloc(packUniforms([{ u: a.rows }, { u: a.dim }, { f: a.eps }]));
   dispatch(
@@ -77,7 +79,7 @@ ${entry(wg)}
 }
 
 function dweightShader(wg: number): string {
-  return `struct U { rows: u32, dim: u32 }
+  return `struct U { rows: u32, dim: u32, r0: u32 }
 @group(0) @binding(0) var<uniform> u: U;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> rstd: array<f32>;
@@ -86,7 +88,7 @@ function dweightShader(wg: number): string {
 ${entry(wg)}
   if (idx >= u.dim) { return; }
   var s = 0.0;
-  for (var r = 0u; r < u.rows; r++) { s = fma(dy[r * u.dim + idx], x[r * u.dim + idx] * rstd[r], s); }
+  for (var r = u.r0; r < u.rows; r++) { s = fma(dy[r * u.dim + idx], x[r * u.dim + idx] * rstd[r], s); }
   dw[idx] += s;
 }`;
 }
@@ -112,6 +114,7 @@ export function encodeRmsnormBackward(
   },
 ): void {
   if (a.rows <= 0) return;
+  checkLoopBudget("rmsnorm backward", 2 * a.dim);
   const wg = rowWorkgroup(gpu);
   const u = uniforms(gpu).alloc(packUniforms([{ u: a.rows }, { u: a.dim }, { f: a.beta ?? 0 }]));
   dispatch(
@@ -122,13 +125,16 @@ export function encodeRmsnormBackward(
     grid(gpu, a.rows, wg),
   );
   if (a.dw) {
-    const u2 = uniforms(gpu).alloc(packUniforms([{ u: a.rows }, { u: a.dim }]));
-    dispatch(
-      gpu,
-      pass,
-      getPipeline(gpu, dweightShader(wg)),
-      [u2, a.x, a.rstd, a.dy, a.dw],
-      grid(gpu, a.dim, wg),
-    );
+    // Rows [r0, rows) per dispatch, within the loop budget; each adds onto dw.
+    for (const [r0, r1] of spans(a.rows, LOOP_BUDGET)) {
+      const u2 = uniforms(gpu).alloc(packUniforms([{ u: r1 }, { u: a.dim }, { u: r0 }]));
+      dispatch(
+        gpu,
+        pass,
+        getPipeline(gpu, dweightShader(wg)),
+        [u2, a.x, a.rstd, a.dy, a.dw],
+        grid(gpu, a.dim, wg),
+      );
+    }
   }
 }
