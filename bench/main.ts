@@ -1,11 +1,16 @@
 /**
  * `deno task bench`: every benchmark, each printing its figures and the ratio
  * against a peer (numpy / PyTorch CPU) measured in the same run. Pass names to
- * run a subset: `deno task bench matmul train`.
+ * run a subset: `deno task bench matmul train`. `scale` (chatglm3-6b's real
+ * shape, ./scale.ts) runs only when named.
  */
 const BENCHES = ["tokenizer", "matmul", "forward", "train", "generate", "convert_memory"];
 
-const wanted = Deno.args.length ? Deno.args : BENCHES;
+// Names first, then flags for them: `deno task bench scale --layers 2`.
+const flagAt = Deno.args.findIndex((a) => a.startsWith("--"));
+const names = flagAt < 0 ? Deno.args : Deno.args.slice(0, flagAt);
+const flags = flagAt < 0 ? [] : Deno.args.slice(flagAt);
+const wanted = names.length ? names : BENCHES;
 for (const name of wanted) {
   const url = new URL(`./${name}.ts`, import.meta.url);
   try {
@@ -15,6 +20,6 @@ for (const name of wanted) {
     continue;
   }
   console.log(`\n## ${name}`);
-  const mod = await import(url.href) as { run(): Promise<void> };
-  await mod.run();
+  const mod = await import(url.href) as { run(argv?: string[]): Promise<void> };
+  await mod.run(flags);
 }

@@ -44,6 +44,25 @@ export function upload(gpu: Gpu, data: ArrayBufferView, label?: string): GPUBuff
   return buf;
 }
 
+/**
+ * Bytes written with writeBuffer since the device's last submit: the
+ * implementation keeps a staging copy of each write until a submit has run,
+ * so uploading a 12.5 GB model without one would hold it twice in host memory.
+ */
+const unsubmitted = new WeakMap<GPUDevice, number>();
+
+/**
+ * Submit and wait when more than `above` bytes of writes are held in staging:
+ * a loader calls it between tensors. One wait (~11 ms on llvmpipe) per
+ * `above` bytes.
+ */
+export async function settleWrites(gpu: Gpu, above = 256 * 2 ** 20): Promise<void> {
+  if ((unsubmitted.get(gpu.device) ?? 0) <= above) return;
+  gpu.device.queue.submit([]);
+  await gpu.device.queue.onSubmittedWorkDone();
+  unsubmitted.set(gpu.device, 0);
+}
+
 /** queue.writeBuffer for any view, padding to 4 bytes as WebGPU requires. */
 export function writeBuffer(
   gpu: Gpu,
@@ -54,6 +73,7 @@ export function writeBuffer(
   const bytes = new Uint8Array(data.buffer as ArrayBuffer, data.byteOffset, data.byteLength);
   // Deno 2.9 panics on an empty write; there is nothing to do anyway.
   if (bytes.byteLength === 0) return;
+  unsubmitted.set(gpu.device, (unsubmitted.get(gpu.device) ?? 0) + bytes.byteLength);
   if (bytes.byteLength % 4 === 0) {
     gpu.device.queue.writeBuffer(buffer, byteOffset, bytes);
   } else {

@@ -18,11 +18,13 @@ import {
   type ComputePass,
   createBuffer,
   readF32,
+  settleWrites,
   SplittablePass,
   uniforms,
   writeBuffer,
 } from "../gpu/runtime.ts";
 import { encodeMatmul, f32ToF16Packed, rawToF16Packed } from "../gpu/kernels/matmul.ts";
+import { tableSliceRows } from "./memory_plan.ts";
 import { encodeRmsnorm, encodeRmsnormBackward } from "../gpu/kernels/rmsnorm.ts";
 import { encodeRope, ropeTable } from "../gpu/kernels/rope.ts";
 import {
@@ -397,14 +399,16 @@ export class GlmModel implements TrainableModel {
     };
     const matrix = async (name: string, shape: number[], asF16: boolean) => {
       check(name, shape);
-      if (asF16) {
-        const dt = w.dtype(name);
-        const packed = dt === "F32"
-          ? f32ToF16Packed(await w.f32(name))
-          : rawToF16Packed(await w.raw(name), dt);
-        return this.up(packed, name);
-      }
-      return this.up(await w.f32(name), name);
+      const dt = w.dtype(name);
+      const data = !asF16
+        ? await w.f32(name)
+        : dt === "F32"
+        ? f32ToF16Packed(await w.f32(name))
+        : rawToF16Packed(await w.raw(name), dt);
+      const b = this.up(data, name);
+      // Staging copies of the writes go once submitted: without this a model is held twice.
+      await settleWrites(this.gpu);
+      return b;
     };
     const table = async (
       name: string,
@@ -413,10 +417,14 @@ export class GlmModel implements TrainableModel {
       asF16: boolean,
     ): Promise<Table> => {
       check(name, [rows, cols]);
-      const limit =
-        Math.min(this.gpu.limits.maxStorageBufferBindingSize, this.gpu.limits.maxBufferSize) - 4096;
+      const limit = Math.min(
+        this.gpu.limits.maxStorageBufferBindingSize,
+        this.gpu.limits.maxBufferSize,
+      );
       const rowBytes = cols * (asF16 ? 2 : 4);
-      let per = Math.max(1, Math.floor(limit / rowBytes));
+      // Slices of a multiple of 4 rows keep the output layer's products on the
+      // vec4 kernels (a 16,383-row slice of chatglm3-6b's went to the scalar one).
+      let per = tableSliceRows(rows, rowBytes, limit);
       if (asF16 && (per * cols) % 2 === 1) per -= 1;
       if (per < 1) {
         throw new UserError(
@@ -443,6 +451,7 @@ export class GlmModel implements TrainableModel {
           data = asF16 ? f32ToF16Packed(part) : part;
         }
         slices.push({ buf: this.up(data, `${name}[${start}:${end}]`), start, end });
+        await settleWrites(this.gpu);
       }
       return { f16: asF16, rows, cols, slices };
     };

@@ -30,6 +30,7 @@ import type { AdapterSpec } from "./adapter.ts";
 import type { GlmConfig } from "./config.ts";
 import { scoreBytes } from "../gpu/kernels/attention.ts";
 import { crossEntropyScratchBytes } from "../gpu/kernels/cross_entropy.ts";
+import { operandTextureBytes } from "../gpu/kernels/matmul_texture.ts";
 
 /** The fields of a GlmConfig the plan reads. */
 export type PlanConfig = Pick<
@@ -66,6 +67,10 @@ export interface PlanOptions {
    * GLM_ATTENTION=rows). Default: what that environment variable says.
    */
   rowAttention?: boolean;
+  /** The device class the kernels are chosen for (its matmul scratch differs). Default "gpu". */
+  deviceClass?: "cpu" | "gpu";
+  /** Largest texture side (maxTextureDimension2D; llvmpipe's 16384 by default). */
+  maxTextureSide?: number;
 }
 
 export interface MemoryPlan {
@@ -76,6 +81,8 @@ export interface MemoryPlan {
   optimizerMoments: number;
   activations: number;
   logits: number;
+  /** Kernel scratch outside the model: the matmul's operand copies on a CPU adapter, uniforms. */
+  scratch: number;
   /** Everything a training step holds at once. */
   total: number;
   /** Generation, not part of total: f32 keys and values of every layer for batch × generateLength. */
@@ -168,8 +175,12 @@ export function memoryPlan(config: PlanConfig, opts: PlanOptions): MemoryPlan {
   const logitRows = Math.max(1, Math.min(T, Math.floor(binding / (V * F32))));
   const logits = logitRows * V * F32 + crossEntropyScratchBytes(logitRows, V);
   const kvCache = L * 2 * opts.batch * (opts.generateLength ?? opts.seq) * G * D * F32;
+  const scratch = UNIFORM_ARENA +
+    (opts.deviceClass === "cpu"
+      ? cpuMatmulScratch(config, T, P + opts.seq, binding, opts.maxTextureSide ?? 16384)
+      : 0);
   const total = frozenWeights + trainableWeights + gradients + optimizerMoments + activations +
-    logits;
+    logits + scratch;
   return {
     frozenWeights,
     trainableWeights,
@@ -177,12 +188,75 @@ export function memoryPlan(config: PlanConfig, opts: PlanOptions): MemoryPlan {
     optimizerMoments,
     activations,
     logits,
+    scratch,
     total,
     kvCache,
     logitRows,
     tokensPerPass: T,
     activationParts: parts,
   };
+}
+
+/** The uniform arena's first chunk (lib/gpu/runtime.ts). */
+const UNIFORM_ARENA = MiB;
+
+/**
+ * The matmul's operand textures on a CPU adapter (lib/gpu/kernels/
+ * matmul_texture.ts): one texture per distinct stored operand, kept for the
+ * run. Chiefly a copy of each frozen weight shape (qkv, dense, h→4h in the
+ * halves a binding takes, 4h→h: 352 MiB for chatglm3-6b whatever its layer
+ * count), then the activations fed to them and attention's q and k blocks.
+ * Operands a texture cannot hold take the storage-buffer kernel and add nothing.
+ */
+function cpuMatmulScratch(
+  c: PlanConfig,
+  T: number,
+  keys: number,
+  binding: number,
+  maxSide: number,
+): number {
+  const h = c.hidden_size, F = c.ffn_hidden_size, D = c.kv_channels;
+  const H = c.num_attention_heads;
+  const G = c.multi_query_attention ? c.multi_query_group_num : H;
+  const W = (H + 2 * G) * D, A = H * D;
+  const fits = (width: number, rows: number) =>
+    Math.max(2 ** Math.ceil(Math.log2(width / 4)), 2 ** Math.ceil(Math.log2(rows))) <= maxSide;
+  const seen = new Set<string>();
+  let bytes = 0;
+  const add = (width: number, rows: number, f16: boolean) => {
+    const key = `${width}x${rows}${f16}`;
+    if (seen.has(key) || !fits(width, rows)) return;
+    seen.add(key);
+    bytes += operandTextureBytes(width, rows, 1, f16);
+  };
+  // Frozen weights [out, in], split in halves along `out` until a piece fits a binding.
+  for (const [out, inF] of [[W, h], [h, A], [2 * F, h], [h, F]]) {
+    let rows = out;
+    while (rows * Math.ceil((inF * 2) / 256) * 256 > binding && rows > 1) {
+      rows = Math.ceil(rows / 2);
+    }
+    add(inF, rows, true);
+  }
+  // The output layer, in the slices a binding takes (lib/model/glm.ts), and the logits
+  // fed back through it.
+  const per = tableSliceRows(c.padded_vocab_size, h * 2, binding);
+  for (const rows of new Set([per, c.padded_vocab_size % per || per])) {
+    add(h, rows, true);
+    add(rows, T, false);
+  }
+  // Inputs of the forward products and of the backward input gradients, [T, width].
+  for (const width of [h, A, F, W]) add(width, T, false);
+  // Attention's q and k blocks.
+  add(D, T, false);
+  add(D, keys, false);
+  return bytes;
+}
+
+/** Rows of an embedding or output table per buffer: as many as a binding holds, a multiple of 4. */
+export function tableSliceRows(rows: number, rowBytes: number, binding: number): number {
+  let per = Math.max(1, Math.floor((binding - 4096) / rowBytes));
+  if (per >= 4) per -= per % 4;
+  return Math.min(rows, per);
 }
 
 function envRowAttention(): boolean {
@@ -208,6 +282,7 @@ export function formatMemoryPlan(plan: MemoryPlan, title = "memory plan"): strin
       row(`  ${n}`, b)
     ),
     row("logits chunk (gradient in place), loss partials", plan.logits),
+    row("kernel scratch (uniforms; matmul textures on a CPU)", plan.scratch),
     row("total", plan.total),
     row("KV cache for generation (not in total)", plan.kvCache),
   ];

@@ -92,6 +92,15 @@ export function texturesFit(gpu: Gpu, o: Omit<TextureOperands, "a" | "b">): bool
   );
 }
 
+/**
+ * Bytes of the texture that holds a stored matrix of `width` × `rows` values
+ * (× layers): sides rounded up to powers of two as `operandTexture` makes
+ * them, a texel of four f32 (16 bytes) or four f16 (8). For the memory plan.
+ */
+export function operandTextureBytes(width: number, rows: number, layers = 1, f16 = false): number {
+  return pow2(width / 4) * pow2(rows) * layers * (f16 ? 8 : 16);
+}
+
 const textures = new WeakMap<GPUDevice, Map<string, GPUTexture>>();
 
 /**

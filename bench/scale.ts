@@ -1,0 +1,207 @@
+/**
+ * chatglm3-6b at its real size: the shaped checkpoint (./shaped_checkpoint.ts,
+ * random weights in the real layout) loaded from disk as a user's model dir
+ * is, then with upstream's LoRA settings (r 8, alpha 32, query_key_value) and
+ * gradient checkpointing one optimizer step on 1 record × 128 tokens and 4
+ * greedy tokens from a 32-token prompt, and one P-Tuning v2 step
+ * (pre_seq_len 128) on the same record. Prints load and step times, the
+ * losses, the tokens, the process's peak RSS, and the device buffers actually
+ * allocated by kind beside the `train --dry-run` plan for the same job.
+ *
+ *   deno task bench scale [--layers N] [--json FILE]
+ *
+ * Not in the default `deno task bench`: at 28 layers it writes a 12.5 GB
+ * checkpoint (once, under runs/shaped/) and runs for minutes on a CPU.
+ */
+import { parseFlags, positiveIntFlag } from "../lib/args.ts";
+import { writeJsonAtomic } from "../lib/atomic.ts";
+import { describeGpu, type Gpu } from "../lib/gpu/device.ts";
+import { createBuffer, readF32, uniforms } from "../lib/gpu/runtime.ts";
+import { AdamWState } from "../lib/gpu/kernels/adamw.ts";
+import { GradNorm } from "../lib/gpu/kernels/grad_norm.ts";
+import type { AdapterSpec } from "../lib/model/adapter.ts";
+import { loadGlmConfig } from "../lib/model/config.ts";
+import type { GlmModel } from "../lib/model/glm.ts";
+import { gpuForModel, loadGlmModel } from "../lib/model/load.ts";
+import { type MemoryPlan, memoryPlan } from "../lib/model/memory_plan.ts";
+import { adamwScalars } from "../lib/train/adamw.ts";
+import { DeviceMemory, type MemoryKind } from "./device_memory.ts";
+import { makeShapedCheckpoint, shapedDir } from "./shaped_checkpoint.ts";
+
+const SEQ = 128;
+const PROMPT = 32;
+const NEW_TOKENS = 4;
+const LORA: AdapterSpec = {
+  kind: "lora",
+  r: 8,
+  alpha: 32,
+  dropout: 0,
+  targetModules: ["query_key_value"],
+};
+const PREFIX: AdapterSpec = { kind: "prefix", preSeqLen: 128, prefixProjection: false };
+
+const GiB = 2 ** 30, MiB = 2 ** 20;
+const secs = (t0: number) => (performance.now() - t0) / 1000;
+
+/** The process's peak resident set (VmHWM), in bytes. */
+export function peakRss(): number {
+  try {
+    const m = /VmHWM:\s+(\d+) kB/.exec(Deno.readTextFileSync("/proc/self/status"));
+    return m ? Number(m[1]) * 1024 : NaN;
+  } catch {
+    return NaN;
+  }
+}
+
+/** Seeded token ids in [0, V). */
+function ids(n: number, V: number, seed: number): Int32Array {
+  let s = seed;
+  return Int32Array.from({ length: n }, () => {
+    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
+    return s % V;
+  });
+}
+
+/** One optimizer step as the trainer takes it (forward + backward, grad norm, AdamW; one wait); the loss. */
+async function step(gpu: Gpu, model: GlmModel, inputIds: Int32Array): Promise<number> {
+  const adam = new AdamWState(gpu, model.params);
+  const gn = new GradNorm(gpu, model.params);
+  const loss = createBuffer(gpu, 16, "bench-loss");
+  try {
+    const z = gpu.device.createCommandEncoder();
+    model.zeroGrads(z);
+    gpu.device.queue.submit([z.finish()]);
+    model.forwardBackward({ batch: 1, seq: SEQ, inputIds, labels: inputIds }, {
+      gradScale: 1 / (SEQ - 1),
+      lossBuffer: loss,
+      lossSlot: 0,
+      training: true,
+      dropoutSeed: 1,
+    });
+    const enc = gpu.device.createCommandEncoder();
+    const pass = enc.beginComputePass();
+    gn.encode(pass, 1.0);
+    const hp = { lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0 };
+    adam.encode(pass, adamwScalars(hp, 1), gn.result, 1);
+    pass.end();
+    gpu.device.queue.submit([enc.finish()]);
+    uniforms(gpu).reset();
+    return (await readF32(gpu, loss, 1))[0] / (SEQ - 1);
+  } finally {
+    adam.destroy();
+    gn.destroy();
+    loss.destroy();
+  }
+}
+
+interface KindRow {
+  kind: MemoryKind;
+  allocated: number;
+  planned: number | null;
+}
+
+/** The planned bytes of each kind (the trainer's moments included). */
+function plannedByKind(p: MemoryPlan): Record<MemoryKind, number | null> {
+  return {
+    frozen: p.frozenWeights,
+    trainable: p.trainableWeights + p.gradients,
+    optimizer: p.optimizerMoments,
+    activations: p.activations + p.logits,
+    scratch: p.scratch,
+  };
+}
+
+function kindRows(mem: DeviceMemory, plan: MemoryPlan): KindRow[] {
+  const planned = plannedByKind(plan);
+  return mem.peakByKind().map(([kind, allocated]) => ({ kind, allocated, planned: planned[kind] }));
+}
+
+function printRows(rows: KindRow[]): void {
+  for (const r of rows) {
+    const dev = r.planned ? ((r.allocated - r.planned) / r.planned * 100).toFixed(1) + " %" : "";
+    console.log(
+      `    ${r.kind.padEnd(12)}${(r.allocated / MiB).toFixed(1).padStart(11)} MiB allocated` +
+        (r.planned !== null
+          ? `${(r.planned / MiB).toFixed(1).padStart(11)} MiB planned  ${dev}`
+          : ""),
+    );
+  }
+}
+
+export async function run(argv: string[] = []): Promise<void> {
+  const { values } = parseFlags(argv, {
+    layers: { type: "string" },
+    json: { type: "string" },
+  }, "usage: deno task bench scale [--layers N] [--json FILE]");
+  const layers = positiveIntFlag(values.layers, "--layers") ?? 28;
+  const dir = shapedDir(layers);
+  let t0 = performance.now();
+  const wrote = await makeShapedCheckpoint(dir, { layers });
+  console.log(`  checkpoint: ${dir} (${wrote ? `written in ${secs(t0).toFixed(0)} s` : "reused"})`);
+  const config = await loadGlmConfig(dir);
+  const gpu = await gpuForModel(config);
+  console.log(
+    `  ${layers} layers, hidden ${config.hidden_size}, ffn ${config.ffn_hidden_size}, vocab ${config.padded_vocab_size}; on ${
+      describeGpu(gpu)
+    }`,
+  );
+  const mem = new DeviceMemory(gpu);
+  const V = config.padded_vocab_size;
+  const record = ids(SEQ, V, 7);
+  const out: Record<string, unknown> = { layers, device: describeGpu(gpu) };
+
+  for (const [name, adapter] of [["lora", LORA], ["ptuning", PREFIX]] as const) {
+    mem.reset();
+    const opts = { adapter, batch: 1, seq: SEQ, gradientCheckpointing: true };
+    t0 = performance.now();
+    const model = await loadGlmModel(gpu, dir, {
+      adapter,
+      maxBatch: 1,
+      maxSeq: SEQ,
+      seed: 42,
+      gradientCheckpointing: true,
+    });
+    const loadS = secs(t0);
+    t0 = performance.now();
+    const loss = await step(gpu, model, record);
+    const stepS = secs(t0);
+    const res: Record<string, unknown> = { load_s: loadS, step_s: stepS, loss };
+    console.log(
+      `  ${name}: load ${loadS.toFixed(1)} s, step (1 × ${SEQ} tokens) ${
+        stepS.toFixed(1)
+      } s, loss ${loss.toFixed(4)} (ln V = ${Math.log(V).toFixed(4)})`,
+    );
+    const plan = memoryPlan(config, {
+      ...opts,
+      maxBindingBytes: Math.min(gpu.limits.maxStorageBufferBindingSize, gpu.limits.maxBufferSize),
+      deviceClass: gpu.deviceClass,
+      maxTextureSide: gpu.limits.maxTextureDimension2D,
+    });
+    // The step's buffers, before generation adds its own.
+    const rows = kindRows(mem, plan);
+    printRows(rows);
+    if (name === "lora") {
+      t0 = performance.now();
+      const [tokens] = await model.generate([Array.from(record.subarray(0, PROMPT))], {
+        maxNewTokens: NEW_TOKENS,
+        stopIds: [],
+      });
+      const genS = secs(t0);
+      res.generate_s = genS;
+      res.tokens = tokens;
+      console.log(
+        `    greedy from ${PROMPT} tokens: [${tokens.join(", ")}] in ${genS.toFixed(1)} s`,
+      );
+    }
+    res.device_bytes = Object.fromEntries(rows.map((r) => [r.kind, r]));
+    model.destroy();
+    out[name] = res;
+  }
+  const rss = peakRss();
+  out.peak_rss_bytes = rss;
+  console.log(`  peak RSS ${(rss / GiB).toFixed(2)} GiB`);
+  mem.restore();
+  if (values.json) await writeJsonAtomic(values.json as string, out);
+}
+
+if (import.meta.main) await run(Deno.args);
