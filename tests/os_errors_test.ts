@@ -204,6 +204,48 @@ Deno.test({
   },
 });
 
+// Root is never denied permission, so this one runs only as another user (CI); as root the
+// tmpfs tests above cover the same code path (lib/errors.ts osError).
+const canBeDenied = Deno.build.os !== "windows" && Deno.uid() !== 0;
+if (!canBeDenied) console.log("os_errors_test: the EACCES test is skipped: root is never denied");
+
+Deno.test({
+  name: "no permission (EACCES): convert, tokenize, train and pipeline say so in one line",
+  ignore: !canBeDenied,
+  fn: async () => {
+    await withTempDir(async (src) => {
+      const { raw, conv, pipeline } = await inputs(src);
+      const d = join(src, "locked");
+      await Deno.mkdir(d);
+      await Deno.chmod(d, 0o555);
+      try {
+        const runs: [string[], RegExp][] = [
+          [
+            ["stage", "convert", "--in", raw, "--out", join(d, "c.jsonl")],
+            /^error: \S+\/c\.jsonl: cannot write: permission denied$/,
+          ],
+          [
+            ["stage", "tokenize", "--model", TINY, "--in", conv, "--out", join(d, "t.jsonl")],
+            /^error: \S+\/t\.jsonl: cannot write: permission denied$/,
+          ],
+          [
+            trainArgs(join(d, "run"), 1),
+            /^error: \S+\/run: cannot create the output dir: permission denied$/,
+          ],
+          [
+            ["pipeline", pipeline, "--out", join(d, "p")],
+            /^error: \S+\/p: cannot create the run folder: permission denied$/,
+          ],
+        ];
+        for (const [args, re] of runs) oneLine(await runCli(args), 1, re);
+        deepStrictEqual(tree(d), []);
+      } finally {
+        await Deno.chmod(d, 0o755);
+      }
+    });
+  },
+});
+
 Deno.test("a directory where a data file is expected: validate, convert and tokenize, one line", async () => {
   await withTempDir(async (dir) => {
     oneLine(await runCli(["validate", dir]), 1, /^error: \S+: is a directory, expected a file$/);
