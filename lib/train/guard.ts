@@ -23,8 +23,8 @@ export function checkStep(loss: number, gradNorm: number): NonFinite {
 const NAMES = { loss: "the training loss", grad_norm: "the gradient norm" };
 
 /** The advice every divergence message ends with. */
-const ADVICE = "a learning_rate too high, or adam_epsilon 0 (which divides by zero), " +
-  "are the usual causes";
+const ADVICE = "The usual causes are a learning_rate too high and adam_epsilon 0 " +
+  "(which divides by zero)";
 
 /**
  * The error that stops a run under `nan_policy: stop`. `lastCheckpoint` is
@@ -36,12 +36,12 @@ export function divergedError(
   lastCheckpoint: string | undefined,
 ): UserError {
   const kept = lastCheckpoint
-    ? `the newest checkpoint, ${lastCheckpoint}, is kept (training stopped before any NaN was saved)`
+    ? `the newest checkpoint, ${lastCheckpoint}, is kept (nothing after it was saved)`
     : "no checkpoint had been saved, and nothing after the failure is";
   return new UserError(
     `step ${step}: ${NAMES[bad.value]} is ${nonFiniteName(bad.x)}; training stopped ` +
       `(training_args.nan_policy: stop) with step ${step}'s update not applied; ${kept}. ` +
-      `${ADVICE}; nan_policy: skip skips such steps instead`,
+      `${ADVICE}; training_args.nan_policy: skip skips such steps instead.`,
   );
 }
 
@@ -67,7 +67,7 @@ export function assertFiniteWeights(
       throw new UserError(
         `step ${step}: after the update, ${name} holds ${
           nonFiniteName(data[i])
-        } (element ${i}); ${what} was not written, so no checkpoint holds NaN weights. ${ADVICE}`,
+        } (element ${i}); ${what} was not written, so no checkpoint holds NaN weights. ${ADVICE}.`,
       );
     }
   }
@@ -99,6 +99,6 @@ export class UniformLossWatch {
       loss.toFixed(4)
     } = ln(${this.vocab}), the uniform distribution over the vocabulary, with a gradient norm of 0, ` +
       `for ${UNIFORM_STEPS} logged steps: the model has collapsed and is no longer learning ` +
-      `(${ADVICE})`;
+      `(a learning_rate far too high does this)`;
   }
 }
