@@ -2,7 +2,7 @@
  * The command line: `stage NAME ...`, `pipeline ...`, `validate ...`, `chat ...`.
  * Every failure the user can fix prints a message, never a stack trace.
  */
-import { runCli, UserError } from "./lib/errors.ts";
+import { runCli, UsageError } from "./lib/errors.ts";
 import { loadStage, STAGES } from "./stages/registry.ts";
 
 const USAGE = `usage:
@@ -34,7 +34,7 @@ async function main(): Promise<number | void> {
       console.log(USAGE);
       return cmd ? 0 : 2;
     default:
-      throw new UserError(`unknown command "${cmd}"\n${USAGE}`);
+      throw new UsageError(`unknown command "${cmd}"\n${USAGE}`);
   }
 }
 

@@ -1,10 +1,12 @@
 /**
  * Command-line flags, the same way for every command (the stages, validate,
- * chat, pipeline): node:util's parseArgs in strict mode, every mistake a
- * UserError that ends with the command's usage.
+ * chat, pipeline): node:util's parseArgs in strict mode. A command line that
+ * does not parse (an unknown flag, a flag without its value) is a UsageError
+ * (exit 2) ending with the command's usage; a flag whose value is wrong is a
+ * UserError (exit 1) naming the flag.
  */
 import { parseArgs, type ParseArgsConfig } from "node:util";
-import { UserError } from "./errors.ts";
+import { UsageError, UserError } from "./errors.ts";
 
 export type FlagValues = Record<string, string | boolean | string[] | undefined>;
 
@@ -20,7 +22,7 @@ export function parseFlags(
   } catch (e) {
     const err = e as Error & { code?: string };
     const unknown = err.code === "ERR_PARSE_ARGS_UNKNOWN_OPTION" && err.message.match(/'([^']+)'/);
-    throw new UserError(`${unknown ? `unknown flag ${unknown[1]}` : err.message}\n${usage}`);
+    throw new UsageError(`${unknown ? `unknown flag ${unknown[1]}` : err.message}\n${usage}`);
   }
 }
 

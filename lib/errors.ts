@@ -1,11 +1,23 @@
 /**
- * Errors that are the user's to fix (bad input, bad flags, missing files).
- * The CLI prints their message alone — never a stack trace — and exits 1.
+ * Errors that are the user's to fix (bad input, bad flags, missing files, a
+ * full disk). The CLI prints their message alone — never a stack trace — and
+ * exits 1 (2 for a command line it cannot parse).
  */
 export class UserError extends Error {
+  /** The process exit status the CLI ends with. */
+  readonly exitCode: number = 1;
   constructor(message: string) {
     super(message);
     this.name = "UserError";
+  }
+}
+
+/** A command line that does not parse (unknown flag, missing value or argument): exit 2, as argparse does. */
+export class UsageError extends UserError {
+  override readonly exitCode: number = 2;
+  constructor(message: string) {
+    super(message);
+    this.name = "UsageError";
   }
 }
 
@@ -20,7 +32,65 @@ export function located(
   return field ? `${where}: ${field}: ${message}` : `${where}: ${message}`;
 }
 
-/** Run `main`, turning a UserError into a clean message and exit code 1. */
+/** What an errno code means, in words, for the codes file operations meet. */
+const OS_REASONS: Record<string, string> = {
+  ENOSPC: "no space left on device",
+  EDQUOT: "disk quota exceeded",
+  EROFS: "read-only file system",
+  EACCES: "permission denied",
+  EPERM: "operation not permitted",
+  ENOENT: "no such file or directory",
+  EISDIR: "is a directory",
+  ENOTDIR: "not a directory",
+  EEXIST: "already exists",
+  ENOTEMPTY: "directory not empty",
+  EIO: "input/output error",
+  EMFILE: "too many open files",
+  ENFILE: "too many open files in the system",
+  ENAMETOOLONG: "file name too long",
+  ELOOP: "too many levels of symbolic links",
+  EXDEV: "cannot rename across file systems",
+  EBUSY: "device or resource busy",
+  EFBIG: "file too large",
+  ETXTBSY: "text file busy",
+};
+
+/** The errno code of an operating-system error (Deno's fs errors carry one), or undefined. */
+export function osErrorCode(e: unknown): string | undefined {
+  const code = (e as { code?: unknown } | null)?.code;
+  return e instanceof Error && typeof code === "string" && /^E[A-Z0-9]+$/.test(code)
+    ? code
+    : undefined;
+}
+
+/**
+ * One line for an operating-system error: `PATH: reason`, with the path
+ * given or, failing that, the one Deno names in its message
+ * (`No space left on device (os error 28): writefile '/x'`).
+ */
+export function describeOsError(e: Error, path?: string, doing?: string): string {
+  const code = osErrorCode(e) ?? "";
+  const reason = OS_REASONS[code] ??
+    e.message.replace(/\s*\(os error \d+\).*$/s, "").toLowerCase();
+  const named = path ?? /'([^']*)'\s*$/.exec(e.message)?.[1];
+  const what = doing ? `cannot ${doing}: ${reason}` : reason;
+  return named ? `${named}: ${what}` : what;
+}
+
+/**
+ * `e` as a UserError naming `path` when it is an operating-system error (a
+ * full disk, a read-only or missing directory, no permission), else `e`
+ * itself: `catch (e) { throw osError(e, path, "write"); }`.
+ */
+export function osError(e: unknown, path: string, doing: string): unknown {
+  if (e instanceof UserError || !osErrorCode(e)) return e;
+  return new UserError(describeOsError(e as Error, path, doing));
+}
+
+/**
+ * Run `main`, turning a UserError or an operating-system error into one line
+ * on stderr and its exit status; anything else is a bug and keeps its trace.
+ */
 export async function runCli(main: () => Promise<number | void>): Promise<never> {
   try {
     const code = await main();
@@ -28,15 +98,15 @@ export async function runCli(main: () => Promise<number | void>): Promise<never>
   } catch (e) {
     if (e instanceof UserError) {
       console.error(`error: ${e.message}`);
-      Deno.exit(1);
-    }
-    if (e instanceof Deno.errors.NotFound) {
-      console.error(`error: ${e.message}`);
-      Deno.exit(1);
+      Deno.exit(e.exitCode);
     }
     if (e instanceof Deno.errors.Interrupted || (e instanceof Error && e.name === "AbortError")) {
       console.error("interrupted");
       Deno.exit(130);
+    }
+    if (osErrorCode(e)) {
+      console.error(`error: ${describeOsError(e as Error)}`);
+      Deno.exit(1);
     }
     throw e;
   }

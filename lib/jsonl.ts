@@ -4,7 +4,7 @@
  * atomically. Nothing here holds a whole data set in memory.
  */
 import { AtomicFile } from "./atomic.ts";
-import { located, UserError } from "./errors.ts";
+import { located, osError, UserError } from "./errors.ts";
 
 export interface Line {
   line: number;
@@ -24,16 +24,22 @@ export interface JsonRecord {
 /** Open a path for reading; "-" is standard input. */
 export async function openInput(path: string): Promise<ReadableStream<Uint8Array>> {
   if (path === "-") return Deno.stdin.readable;
+  let f: Deno.FsFile;
   try {
-    const f = await Deno.open(path, { read: true });
-    return f.readable;
+    f = await Deno.open(path, { read: true });
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) throw new UserError(`${path}: no such file`);
     if (e instanceof Deno.errors.IsADirectory) {
       throw new UserError(`${path}: is a directory, expected a file`);
     }
-    throw e;
+    throw osError(e, path, "read");
   }
+  // Opening a directory for reading succeeds on Linux; only the first read fails.
+  if ((await f.stat()).isDirectory) {
+    f.close();
+    throw new UserError(`${path}: is a directory, expected a file`);
+  }
+  return f.readable;
 }
 
 const NL = 0x0a;

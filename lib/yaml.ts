@@ -9,11 +9,23 @@ import { located, UserError } from "./errors.ts";
 
 export interface ParsedYaml {
   doc: Document;
+  /** The document as plain JavaScript values. */
+  value: unknown;
   /** Line of each key path (`training_args.max_steps`, `steps.train.args.0`). */
   lines: Map<string, number>;
 }
 
-/** Parse `text` (read from `path`); a syntax error is a UserError at its line. */
+/**
+ * How many alias expansions a document may need: an "alias bomb" (anchors
+ * that refer to anchors, nine times over) expands to billions of nodes.
+ * Hand-written configs and pipelines use a few at most.
+ */
+export const MAX_YAML_ALIASES = 100;
+
+/**
+ * Parse `text` (read from `path`); a syntax error is a UserError at its line,
+ * and so is a document that needs more than MAX_YAML_ALIASES alias expansions.
+ */
 export function parseYaml(text: string, path: string): ParsedYaml {
   const lineCounter = new LineCounter();
   const doc = parseDocument(text, { lineCounter, uniqueKeys: true });
@@ -21,6 +33,23 @@ export function parseYaml(text: string, path: string): ParsedYaml {
     const e = doc.errors[0];
     const msg = e.message.split("\n")[0].replace(/ at line \d+, column \d+:?$/, "");
     throw new UserError(located(path, e.linePos?.[0].line, undefined, `invalid YAML: ${msg}`));
+  }
+  let value: unknown;
+  try {
+    value = doc.toJS({ maxAliasCount: MAX_YAML_ALIASES });
+  } catch (e) {
+    const msg = (e as Error).message;
+    throw new UserError(
+      located(
+        path,
+        firstAliasLine(text),
+        undefined,
+        /alias count/i.test(msg)
+          ? `invalid YAML: its aliases (*name) expand to too many nodes (more than ` +
+            `${MAX_YAML_ALIASES} expansions; a YAML "alias bomb"?); write the values out instead`
+          : `invalid YAML: ${msg.split("\n")[0]}`,
+      ),
+    );
   }
   const lines = new Map<string, number>();
   const lineOf = (n: unknown) => {
@@ -46,7 +75,13 @@ export function parseYaml(text: string, path: string): ParsedYaml {
     }
   };
   walk(doc.contents, "");
-  return { doc, lines };
+  return { doc, value, lines };
+}
+
+/** The line of the first `*alias` in the text, for a message about aliases. */
+function firstAliasLine(text: string): number | undefined {
+  const i = text.search(/(^|[\s,[{:-])\*[^\s,\]}]/m);
+  return i < 0 ? undefined : text.slice(0, i + 1).split("\n").length;
 }
 
 /** The line of `key`, or of the nearest enclosing key that has one. */

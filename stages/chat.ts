@@ -4,7 +4,7 @@
  * --prompt, one answer; otherwise an interactive session on stdin.
  */
 import { numberFlag, parseFlags } from "../lib/args.ts";
-import { UserError } from "../lib/errors.ts";
+import { UsageError, UserError } from "../lib/errors.ts";
 import { readLines } from "../lib/jsonl.ts";
 import { type ChatOptions, ChatSession, formatReply } from "../lib/eval/chat.ts";
 import { adapterTensorsFor, resolveModelOrAdapter } from "../lib/model/adapter_dir.ts";
@@ -46,7 +46,7 @@ export async function main(args: string[]): Promise<number> {
     return 0;
   }
   if (positionals.length !== 1) {
-    throw new UserError(`chat: expected one MODEL_OR_ADAPTER_DIR\n${USAGE}`);
+    throw new UsageError(`chat: expected one MODEL_OR_ADAPTER_DIR\n${USAGE}`);
   }
   const temperature = numberFlag(values.temperature, "--temperature", { integer: false, min: 0 });
   const topP = numberFlag(values["top-p"], "--top-p", { integer: false, min: 0 });

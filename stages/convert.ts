@@ -6,7 +6,7 @@
  * ToolAlpaca; `.json` arrays or `.jsonl`; "-" for stdin/stdout) → canonical
  * conversation records, streamed and written atomically.
  */
-import { UserError } from "../lib/errors.ts";
+import { UsageError } from "../lib/errors.ts";
 import { parseFlags } from "../lib/args.ts";
 import { convertFile, parseSplit, validateFile } from "../lib/data/convert.ts";
 import { FORMAT_NAMES, parseFormatName } from "../lib/data/formats/mod.ts";
@@ -36,7 +36,7 @@ export async function main(args: string[]): Promise<number> {
     return 0;
   }
   const input = values.in as string | undefined;
-  if (!input) throw new UserError(`--in is required\n${USAGE}`);
+  if (!input) throw new UsageError(`--in is required\n${USAGE}`);
   const format = parseFormatName(values.format as string, "--format");
   if (values.check) {
     const reporter = new Reporter("text");
@@ -46,7 +46,7 @@ export async function main(args: string[]): Promise<number> {
     return report.problems > 0 ? 1 : 0;
   }
   const output = values.out as string | undefined;
-  if (!output) throw new UserError(`--out is required (or --check to only validate)\n${USAGE}`);
+  if (!output) throw new UsageError(`--out is required (or --check to only validate)\n${USAGE}`);
   const seed = Number(values.seed);
   const split = values.split !== undefined ? parseSplit(values.split as string, seed) : undefined;
   const name = input === "-" ? "<stdin>" : input;

@@ -5,20 +5,24 @@
  *   deno task stage evaluate --model MODEL_DIR [--adapter DIR] --in records.jsonl --out EVAL_DIR
  *        [--limit N] [--batch-size N] [--config CFG] [--set key=value ...] [--segmenter jieba|space|char]
  *        [--f32]   (frozen weights in f32 rather than f16: exact f32 math, twice the memory)
+ *        [--force] (write into a non-empty --out that is not an earlier evaluate output)
  *   deno task stage evaluate --metrics-only --in preds.jsonl --out DIR [--segmenter ...]
  */
 import { loadConfig } from "../lib/config/mod.ts";
 import { parseOverride } from "../lib/config/overrides.ts";
 import { type FlagValues, parseFlags, positiveIntFlag } from "../lib/args.ts";
-import { UserError } from "../lib/errors.ts";
+import { UsageError, UserError } from "../lib/errors.ts";
 import { evaluate, type GenerationSettings } from "../lib/eval/evaluate.ts";
 import { type SegmenterName, SEGMENTERS } from "../lib/metrics/index.ts";
 
 const USAGE =
   `usage: deno task stage evaluate --model MODEL_DIR [--adapter DIR] --in records.jsonl --out EVAL_DIR
        [--limit N] [--batch-size N] [--config CFG] [--set generation_config.max_new_tokens=64 ...]
-       [--segmenter jieba|space|char] [--f32]
-   or: deno task stage evaluate --metrics-only --in preds.jsonl --out DIR [--segmenter ...]`;
+       [--segmenter jieba|space|char] [--f32] [--force]
+   or: deno task stage evaluate --metrics-only --in preds.jsonl --out DIR [--segmenter ...] [--force]
+
+  --force   write into --out even when it is a non-empty directory that evaluate did not
+            write (only predictions.jsonl and metrics.json are replaced there)`;
 
 /** Generation settings the config's generation_config and --set may change (HF GenerationConfig names). */
 const GENERATION_KEYS = [
@@ -48,16 +52,19 @@ export async function main(args: string[]): Promise<number> {
     segmenter: { type: "string" },
     "metrics-only": { type: "boolean" },
     f32: { type: "boolean" },
+    force: { type: "boolean" },
     help: { type: "boolean", short: "h" },
   }, USAGE);
   if (values.help) {
     console.log(USAGE);
     return 0;
   }
-  if (!values.in) throw new UserError(`evaluate: --in is required\n${USAGE}`);
-  if (!values.out) throw new UserError(`evaluate: --out is required\n${USAGE}`);
+  if (!values.in) throw new UsageError(`evaluate: --in is required\n${USAGE}`);
+  if (!values.out) throw new UsageError(`evaluate: --out is required\n${USAGE}`);
   const metricsOnly = !!values["metrics-only"];
-  if (!metricsOnly && !values.model) throw new UserError(`evaluate: --model is required\n${USAGE}`);
+  if (!metricsOnly && !values.model) {
+    throw new UsageError(`evaluate: --model is required\n${USAGE}`);
+  }
   const segmenter = (values.segmenter ?? "jieba") as SegmenterName;
   if (!SEGMENTERS.includes(segmenter)) {
     throw new UserError(
@@ -138,6 +145,7 @@ export async function main(args: string[]): Promise<number> {
     segmenter,
     metricsOnly,
     ...(values.f32 ? { frozenF16: false } : {}),
+    force: !!values.force,
   });
   const shown = Object.entries(result)
     .filter(([k, v]) => v !== null && /rouge|bleu|eval_loss|examples$/.test(k))

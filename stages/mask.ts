@@ -19,8 +19,9 @@ import {
   sanityTable,
   type TrainRecord,
 } from "../lib/data/masks.ts";
-import { UserError } from "../lib/errors.ts";
+import { UsageError, UserError } from "../lib/errors.ts";
 import { readJsonlStrict, writeJsonl } from "../lib/jsonl.ts";
+import { checkNotInput } from "../lib/outdir.ts";
 import { ChatGLMTokenizer, SPECIAL_TOKENS } from "../lib/tokenizer/chatglm.ts";
 
 export { evalRecords, maskRecords, trainRecord } from "../lib/data/masks.ts";
@@ -42,7 +43,7 @@ async function limitsOf(values: FlagValues): Promise<Limits> {
     maxOut ??= cfg.max_output_length;
   }
   if (maxIn === undefined || maxOut === undefined) {
-    throw new UserError(
+    throw new UsageError(
       `the lengths are required: --config CFG, or --max-input-length N and --max-output-length M\n${USAGE}`,
     );
   }
@@ -68,12 +69,13 @@ export async function main(args: string[]): Promise<number> {
     return 0;
   }
   for (const f of ["in", "out", "mode"]) {
-    if (!values[f]) throw new UserError(`--${f} is required\n${USAGE}`);
+    if (!values[f]) throw new UsageError(`--${f} is required\n${USAGE}`);
   }
   const mode = values.mode as string;
   if (mode !== "train" && mode !== "eval") {
     throw new UserError(`--mode: expected train or eval, found "${mode}"`);
   }
+  await checkNotInput(values.out as string, "--out", [["--in", values.in as string]]);
   const limits = await limitsOf(values);
   const sanity = positiveIntFlag(values.sanity, "--sanity") ?? 0;
   const tok = values.model ? await ChatGLMTokenizer.load(values.model as string) : undefined;

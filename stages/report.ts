@@ -8,7 +8,7 @@
  * the config). See lib/pipeline/report.ts.
  */
 import { parseFlags } from "../lib/args.ts";
-import { UserError } from "../lib/errors.ts";
+import { UsageError, UserError } from "../lib/errors.ts";
 import { writeReport } from "../lib/pipeline/report.ts";
 
 const USAGE =
@@ -35,7 +35,7 @@ export async function main(args: string[]): Promise<number> {
     return 0;
   }
   for (const k of ["train", "summary", "report"]) {
-    if (!values[k]) throw new UserError(`report: --${k} is required\n${USAGE}`);
+    if (!values[k]) throw new UsageError(`report: --${k} is required\n${USAGE}`);
   }
   const samples = values.samples === undefined ? 5 : Number(values.samples);
   if (!Number.isInteger(samples) || samples < 0) {

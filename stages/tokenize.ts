@@ -5,8 +5,9 @@
  * and loss flag, streamed and written atomically.
  */
 import { parseFlags } from "../lib/args.ts";
-import { UserError } from "../lib/errors.ts";
+import { UsageError } from "../lib/errors.ts";
 import { readJsonlStrict, writeJsonl } from "../lib/jsonl.ts";
+import { checkNotInput } from "../lib/outdir.ts";
 import { ChatGLMTokenizer } from "../lib/tokenizer/chatglm.ts";
 import { tokenizeRecords } from "../lib/tokenizer/records.ts";
 
@@ -27,8 +28,9 @@ export async function main(args: string[]): Promise<number> {
     return 0;
   }
   for (const f of ["model", "in", "out"]) {
-    if (!values[f]) throw new UserError(`--${f} is required\n${USAGE}`);
+    if (!values[f]) throw new UsageError(`--${f} is required\n${USAGE}`);
   }
+  await checkNotInput(values.out as string, "--out", [["--in", values.in as string]]);
   const tok = await ChatGLMTokenizer.load(values.model as string);
   const input = values.in as string;
   const name = input === "-" ? "<stdin>" : input;

@@ -12,7 +12,7 @@
 import { join } from "node:path";
 import { loadConfig } from "../lib/config/mod.ts";
 import { parseFlags, positiveIntFlag } from "../lib/args.ts";
-import { UserError } from "../lib/errors.ts";
+import { UsageError, UserError } from "../lib/errors.ts";
 import { dryRunPlan, runTraining } from "../lib/train/run.ts";
 
 export { dryRunPlan, runTraining } from "../lib/train/run.ts";
@@ -21,7 +21,7 @@ export { train } from "../lib/train/trainer.ts";
 const USAGE =
   `usage: deno task stage train --model MODEL_DIR --config CFG --train masked_train.jsonl
          [--eval masked_eval.jsonl] --out OUT_DIR [--resume yes|N] [--init-adapter DIR]
-         [--no-shuffle] [--rows-per-pass N] [--set key.path=value ...]
+         [--no-shuffle] [--rows-per-pass N] [--force] [--set key.path=value ...]
    or: deno task stage train --model MODEL_DIR --config CFG [--set ...] [--rows-per-pass N] --dry-run
    or: deno task stage train DATA_DIR MODEL_DIR CONFIG [yes|N]
 
@@ -30,7 +30,10 @@ const USAGE =
   --rows-per-pass N
               feed each micro-batch to the model N records at a time; the passes'
               gradients add up to the same result, and activation memory is sized
-              for N records (default: the whole per_device_train_batch_size)`;
+              for N records (default: the whole per_device_train_batch_size)
+  --force     train into --out even when it is a non-empty directory that train did
+              not write (its checkpoints are still only replaced with
+              training_args.overwrite_output_dir)`;
 
 function parseResume(v: string | undefined): "yes" | number | undefined {
   if (v === undefined || v === "no") return undefined;
@@ -56,6 +59,7 @@ export async function main(argv: string[]): Promise<number> {
       "no-shuffle": { type: "boolean" },
       "dry-run": { type: "boolean" },
       "rows-per-pass": { type: "string" },
+      force: { type: "boolean" },
       set: { type: "string", multiple: true },
       help: { type: "boolean", short: "h" },
     },
@@ -76,7 +80,7 @@ export async function main(argv: string[]): Promise<number> {
   let resume = values.resume as string | undefined;
   if (positionals.length > 0) {
     if (positionals.length < 3 || positionals.length > 4) {
-      throw new UserError(`expected DATA_DIR MODEL_DIR CONFIG [yes|N]\n${USAGE}`);
+      throw new UsageError(`expected DATA_DIR MODEL_DIR CONFIG [yes|N]\n${USAGE}`);
     }
     const [dataDir, m, c, r] = positionals;
     modelDir ??= m;
@@ -93,7 +97,7 @@ export async function main(argv: string[]): Promise<number> {
   }
   if (values["dry-run"]) {
     for (const [flag, v] of [["--model", modelDir], ["--config", configPath]]) {
-      if (!v) throw new UserError(`${flag} is required\n${USAGE}`);
+      if (!v) throw new UsageError(`${flag} is required\n${USAGE}`);
     }
     console.log(
       await dryRunPlan({
@@ -111,7 +115,7 @@ export async function main(argv: string[]): Promise<number> {
       outDir,
     ]]
   ) {
-    if (!v) throw new UserError(`${flag} is required\n${USAGE}`);
+    if (!v) throw new UsageError(`${flag} is required\n${USAGE}`);
   }
   const res = await runTraining({
     modelDir: modelDir!,
@@ -125,6 +129,7 @@ export async function main(argv: string[]): Promise<number> {
     shuffle: !values["no-shuffle"],
     rowsPerPass,
     handleSigint: true,
+    force: !!values.force,
   });
   if (res.interrupted) {
     console.error(

@@ -4,7 +4,7 @@
  * The CI check for data files: every bad record is reported with its file,
  * line and field, then a summary; exit 1 if any record is bad. Writes nothing.
  */
-import { UserError } from "../lib/errors.ts";
+import { UsageError, UserError } from "../lib/errors.ts";
 import { parseFlags } from "../lib/args.ts";
 import { validateFile } from "../lib/data/convert.ts";
 import { FORMAT_NAMES, parseFormatName } from "../lib/data/formats/mod.ts";
@@ -36,7 +36,7 @@ export async function main(args: string[]): Promise<number> {
   if (!["text", "github", "json"].includes(out)) {
     throw new UserError(`--format: unknown report format "${out}"; expected text, github or json`);
   }
-  if (positionals.length === 0) throw new UserError(`no file to validate\n${USAGE}`);
+  if (positionals.length === 0) throw new UsageError(`no file to validate\n${USAGE}`);
   const format = parseFormatName(values["input-format"] as string, "--input-format");
   const reporter = new Reporter(out as ReportFormat);
   let bad = 0;

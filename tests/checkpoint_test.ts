@@ -1,6 +1,7 @@
 import { deepStrictEqual, ok as assert, rejects } from "node:assert";
 import { join } from "node:path";
 import {
+  COMPLETE_MARKER,
   findCheckpoint,
   fullFiles,
   listCheckpoints,
@@ -13,6 +14,8 @@ import {
 import { readSafetensorsF32 } from "../lib/safetensors/read.ts";
 import { writeSafetensorsF32 } from "../lib/safetensors/write.ts";
 import { UserError } from "../lib/errors.ts";
+
+const exists = (p: string) => Deno.stat(p).then(() => true, () => false);
 
 const LORA_A =
   "base_model.model.transformer.encoder.layers.0.self_attention.query_key_value.lora_A.weight";
@@ -122,15 +125,32 @@ Deno.test("prefix and full files", async () => {
 
 Deno.test("only complete checkpoints count; temporaries are cleaned; rotation keeps the newest", async () => {
   const out = await Deno.makeTempDir();
-  const mk = async (name: string, complete: boolean) => {
-    await Deno.mkdir(join(out, name));
-    if (complete) await Deno.writeTextFile(join(out, name, "trainer_state.json"), "{}");
+  const STATE = [
+    "optimizer.safetensors",
+    "scheduler.json",
+    "rng_state.json",
+    "resume_state.json",
+    "trainer_state.json",
+    "training_args.json",
+  ];
+  // "marked": with checkpoint_complete.json listing its files; "legacy": every state file but
+  // no marker (written before the marker existed); "partial": a state file or two, no marker.
+  const mk = async (name: string, kind: "marked" | "legacy" | "partial" | "none") => {
+    const dir = join(out, name);
+    await Deno.mkdir(dir);
+    const files = kind === "partial" ? ["trainer_state.json"] : kind === "none" ? [] : STATE;
+    for (const f of files) await Deno.writeTextFile(join(dir, f), "{}");
+    if (kind === "marked") {
+      const sizes = Object.fromEntries(files.map((f) => [f, 2]));
+      await Deno.writeTextFile(join(dir, COMPLETE_MARKER), JSON.stringify({ files: sizes }));
+    }
   };
-  await mk("checkpoint-2", true);
-  await mk("checkpoint-10", true);
-  await mk("checkpoint-4", true);
-  await mk("checkpoint-12", false); // left by something else, no state file
-  await mk(".checkpoint-14.123.abc.tmp", true); // a killed run's half-written checkpoint
+  await mk("checkpoint-2", "marked");
+  await mk("checkpoint-10", "marked");
+  await mk("checkpoint-4", "legacy");
+  await mk("checkpoint-12", "none"); // left by something else, no state file
+  await mk("checkpoint-16", "partial"); // half-deleted by an older rotation: trainer_state.json only
+  await mk(".checkpoint-14.123.abc.tmp", "marked"); // a killed run's half-written checkpoint
   deepStrictEqual((await listCheckpoints(out)).map((c) => c.step), [2, 4, 10]);
   assert((await findCheckpoint(out, "yes")).endsWith("checkpoint-10"));
   assert((await findCheckpoint(out, 4)).endsWith("checkpoint-4"));
@@ -138,13 +158,51 @@ Deno.test("only complete checkpoints count; temporaries are cleaned; rotation ke
     () => findCheckpoint(out, 12),
     /checkpoint-12 does not exist or is incomplete; available: 2, 4, 10/,
   );
+  await rejects(() => findCheckpoint(out, 16), /checkpoint-16 does not exist or is incomplete/);
+  // A marked checkpoint that lost a file, or whose file was cut short, is incomplete.
+  await Deno.remove(join(out, "checkpoint-10", "optimizer.safetensors"));
+  await Deno.writeTextFile(join(out, "checkpoint-2", "scheduler.json"), "{");
+  deepStrictEqual((await listCheckpoints(out)).map((c) => c.step), [4]);
+  await mk("checkpoint-6", "marked");
+  await mk("checkpoint-8", "marked");
   await removeStaleTemps(out);
   assert(![...Deno.readDirSync(out)].some((e) => e.name.endsWith(".tmp")));
   await rotateCheckpoints(out, 2);
-  deepStrictEqual((await listCheckpoints(out)).map((c) => c.step), [4, 10]);
+  deepStrictEqual((await listCheckpoints(out)).map((c) => c.step), [6, 8]);
+  assert(!(await exists(join(out, "checkpoint-4"))), "rotated away");
   const empty = await Deno.makeTempDir();
   await rejects(() => findCheckpoint(empty, "yes"), /holds no complete checkpoint/);
   for (const d of [out, empty]) await Deno.remove(d, { recursive: true });
+});
+
+Deno.test("rotation renames a checkpoint aside before deleting it", async () => {
+  // Deleting in place can be interrupted with the state files still there; the rename
+  // first means a checkpoint name only ever holds a whole checkpoint.
+  const out = await Deno.makeTempDir();
+  for (const step of [1, 2, 3]) {
+    const dir = join(out, `checkpoint-${step}`);
+    await Deno.mkdir(dir);
+    await Deno.writeTextFile(join(dir, "x.json"), "{}");
+    await Deno.writeTextFile(
+      join(dir, COMPLETE_MARKER),
+      JSON.stringify({ files: { "x.json": 2 } }),
+    );
+  }
+  const removed: string[] = [];
+  const realRemove = Deno.remove;
+  Deno.remove = (path: string | URL, opts?: Deno.RemoveOptions) => {
+    removed.push(String(path));
+    return realRemove(path, opts);
+  };
+  try {
+    await rotateCheckpoints(out, 1);
+  } finally {
+    Deno.remove = realRemove;
+  }
+  assert(removed.length === 2, removed.join(", "));
+  for (const r of removed) assert(/\/\.checkpoint-[12]\.\d+\.\w+\.tmp$/.test(r), r);
+  deepStrictEqual((await listCheckpoints(out)).map((c) => c.step), [3]);
+  await Deno.remove(out, { recursive: true });
 });
 
 Deno.test("tensor files: order and values round trip; a truncated file is a UserError", async () => {

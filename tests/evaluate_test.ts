@@ -15,6 +15,7 @@ import { adapterTensorsFor, readAdapterDir } from "../lib/model/adapter_dir.ts";
 import { type CpuGlm, loadCpuGlm } from "../lib/model/cpu/glm.ts";
 import { UserError } from "../lib/errors.ts";
 import { readTinyForward, runCli } from "./test_util.ts";
+import { OUTPUT_MARKER } from "../lib/outdir.ts";
 
 const FIX = new URL("./fixtures/", import.meta.url).pathname;
 const TINY = join(FIX, "tiny");
@@ -93,10 +94,10 @@ Deno.test("evaluate: greedy predictions of the tiny model equal PyTorch's", asyn
     }
     const onDisk = JSON.parse(await Deno.readTextFile(join(dir, "out/metrics.json")));
     assert.deepStrictEqual(onDisk, m);
-    // Nothing partial is left once the run completes.
+    // Nothing partial is left once the run completes; the marker says whose dir it is.
     assert.deepStrictEqual(
       [...Deno.readDirSync(join(dir, "out"))].map((e) => e.name).sort(),
-      ["metrics.json", "predictions.jsonl"],
+      [OUTPUT_MARKER, "metrics.json", "predictions.jsonl"],
     );
   } finally {
     await Deno.remove(dir, { recursive: true });

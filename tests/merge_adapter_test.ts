@@ -11,6 +11,7 @@ import { getGpu } from "../lib/gpu/device.ts";
 import { readAdapterDir } from "../lib/model/adapter_dir.ts";
 import { loadGlmModel } from "../lib/model/load.ts";
 import { addLoraDelta, mergeAdapter } from "../lib/model/merge.ts";
+import { OUTPUT_MARKER } from "../lib/outdir.ts";
 import { Checkpoint } from "../lib/safetensors/checkpoint.ts";
 import { SafetensorsFile } from "../lib/safetensors/read.ts";
 import { runCli, withTempDir } from "./test_util.ts";
@@ -155,7 +156,7 @@ Deno.test("merge-adapter: shards at --shard-size, f16 stays f16, a re-run replac
     await mergeAdapter({ modelDir: TINY, adapterDir: PEFT, outDir: sharded });
     assert.deepStrictEqual(
       [...Deno.readDirSync(sharded)].map((e) => e.name).sort(),
-      ["config.json", "model.safetensors", "tokenizer.model"],
+      [OUTPUT_MARKER, "config.json", "model.safetensors", "tokenizer.model"],
     );
   });
 });

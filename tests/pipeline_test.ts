@@ -347,6 +347,75 @@ Deno.test("bad pipeline files and flags are UserErrors with file:line", async ()
   }
 });
 
+Deno.test("outputs cannot leave the run folder: .., absolute paths and output flags in args", async () => {
+  const step = (extra: string) => `steps:\n  - name: conv\n    stage: convert\n${extra}`;
+  const bad: [string, RegExp][] = [
+    [
+      step("    outputs:\n      out: ../../x.jsonl\n"),
+      /^p\.yaml:5: steps\.0\.outputs\.out: step "conv": "\.\.\/\.\.\/x\.jsonl" goes up with "\.\."; outputs stay inside the run folder$/,
+    ],
+    [
+      step("    outputs:\n      out: data/../../x.jsonl\n"),
+      /p\.yaml:5: steps\.0\.outputs\.out: step "conv": .* goes up with "\.\."/,
+    ],
+    [
+      step("    outputs:\n      out: /tmp/x.jsonl\n"),
+      /^p\.yaml:5: steps\.0\.outputs\.out: step "conv": "\/tmp\/x\.jsonl" is an absolute path; outputs are relative to the run folder$/,
+    ],
+    [
+      step("    outputs:\n      out: [a.jsonl, /etc/b]\n"),
+      /p\.yaml:5: steps\.0\.outputs\.out: step "conv": "\/etc\/b" is an absolute path/,
+    ],
+    [
+      step("    args:\n      out: /tmp/x.jsonl\n"),
+      /^p\.yaml:5: steps\.0\.args\.out: step "conv": --out is where the stage writes; give it under outputs, relative to the run folder$/,
+    ],
+    [
+      "steps:\n  - name: r\n    stage: report\n    args:\n      summary: s.json\n",
+      /p\.yaml:5: steps\.0\.args\.summary: step "r": --summary is where the stage writes/,
+    ],
+  ];
+  for (const [text, re] of bad) {
+    let msg = "";
+    try {
+      parsePipeline(text, "p.yaml");
+    } catch (e) {
+      assert(e instanceof UserError);
+      msg = e.message;
+    }
+    assertMatch(msg, re);
+  }
+  // What a reference resolves to is checked too, before any step runs; so is --set.
+  const t = await setup();
+  try {
+    const file = join(t.src, "esc.yaml");
+    await Deno.writeTextFile(
+      file,
+      "params:\n  dest: ../outside.txt\nsteps:\n  - name: a\n    stage: upper\n" +
+        `    inputs:\n      in: ${t.src}/a.txt\n    outputs:\n      out: \${params.dest}\n`,
+    );
+    const calls: string[] = [];
+    assertMatch(
+      (await rejects(run(file, { out: t.out, calls }))).message,
+      /esc\.yaml:9: steps\.0\.outputs\.out: step "a": "\.\.\/outside\.txt" goes up with "\.\."/,
+    );
+    assertMatch(
+      (await rejects(run(file, { out: t.out, calls, sets: ["dest=/tmp/abs.txt"] }))).message,
+      /step "a": "\/tmp\/abs\.txt" is an absolute path/,
+    );
+    assertMatch(
+      (await rejects(run(`${FIX}/chain.yaml`, { out: t.out, sets: ["steps.a.args.out=/tmp/x"] })))
+        .message,
+      /--set steps\.a\.args\.out=\/tmp\/x: --out is where step "a" writes/,
+    );
+    assertEquals(calls, []);
+    await Deno.stat(join(t.src, "a.txt"));
+    assert(!(await Deno.stat(join(t.src, "..", "outside.txt")).catch(() => false)));
+  } finally {
+    await t.cleanup();
+  }
+});
+
 Deno.test("the shipped pipelines resolve, with config overrides in an effective config", async () => {
   for (const name of ["lora", "ptuning", "sft"]) {
     const t = await setup();

@@ -23,6 +23,7 @@ import {
 import { train, type TrainerModel, type TrainOptions } from "../lib/train/trainer.ts";
 import { makeSchedule } from "../lib/train/schedule.ts";
 import { UserError } from "../lib/errors.ts";
+import { readSafetensorsF32 } from "../lib/safetensors/read.ts";
 
 /**
  * A bigram softmax-regression model on the GPU: logits at position i are
@@ -193,9 +194,10 @@ async function run(
   data: MaskedRecord[],
   extra: Partial<TrainOptions> = {},
   outDir?: string,
+  makeModel: (gpu: Gpu) => BigramModel = (gpu) => new BigramModel(gpu, 64 * 64, 3),
 ) {
   const gpu = await getGpu();
-  const model = new BigramModel(gpu, 64 * 64, 3);
+  const model = makeModel(gpu);
   const out = outDir ?? await Deno.makeTempDir({ prefix: "trainer-test-" });
   const res = await train({
     gpu,
@@ -310,6 +312,7 @@ Deno.test("checkpoints: contents, save_total_limit, final save", async () => {
   deepStrictEqual([...Deno.readDirSync(ck)].map((e) => e.name).sort(), [
     "adapter_config.json",
     "adapter_model.safetensors",
+    "checkpoint_complete.json",
     "optimizer.safetensors",
     "resume_state.json",
     "rng_state.json",
@@ -417,6 +420,151 @@ Deno.test("SIGINT finishes the step, saves a checkpoint and exits 130", async ()
   assert(last.interrupted && last.step >= 3);
   await Deno.stat(join(out, `checkpoint-${last.step}`, "optimizer.safetensors"));
   await Deno.remove(out, { recursive: true });
+});
+
+/** The bigram model whose `at`-th forward/backward makes NaN gradients (its loss stays finite). */
+class NanGradAt extends BigramModel {
+  private calls = 0;
+  constructor(gpu: Gpu, private at: number) {
+    super(gpu, 64 * 64, 3);
+  }
+  override forwardBackward(batch: TrainBatch, o: ForwardBackwardOptions): void {
+    this.calls++;
+    super.forwardBackward(batch, this.calls === this.at ? { ...o, gradScale: NaN } : o);
+  }
+}
+
+const isFinite32 = (a: Float32Array) => a.every((x) => Number.isFinite(x));
+
+Deno.test("nan_policy stop: a NaN grad norm stops at its step, keeps the last checkpoint, saves no NaN", async () => {
+  const over: Partial<TrainArgs> = { maxSteps: 6, saveStrategy: "steps", saveSteps: 1 };
+  const out = await Deno.makeTempDir({ prefix: "trainer-nan-" });
+  await rejects(
+    () => run(over, records(16, 8), {}, out, (gpu) => new NanGradAt(gpu, 3)),
+    (e: Error) =>
+      e instanceof UserError &&
+      /^step 3: the gradient norm is NaN; training stopped/.test(e.message) &&
+      e.message.includes("checkpoint-2") && /nan_policy: skip/.test(e.message),
+  );
+  // checkpoint-2 is the newest; nothing of step 3 or later, and no final save.
+  const names = [...Deno.readDirSync(out)].map((e) => e.name).sort();
+  deepStrictEqual(names, ["checkpoint-1", "checkpoint-2", "metrics.jsonl"]);
+  for (const c of ["checkpoint-1", "checkpoint-2"]) {
+    for (
+      const t of (await readSafetensorsF32(join(out, c, "adapter_model.safetensors"))).values()
+    ) {
+      assert(isFinite32(t.data), c);
+    }
+  }
+  await Deno.remove(out, { recursive: true });
+});
+
+Deno.test("nan_policy skip: the step's update is left out and the run goes on", async () => {
+  const over: Partial<TrainArgs> = {
+    maxSteps: 5,
+    saveStrategy: "steps",
+    saveSteps: 1,
+    nanPolicy: "skip",
+  };
+  const notes: string[] = [];
+  const err = console.error;
+  console.error = (...a: unknown[]) => notes.push(a.join(" "));
+  let r;
+  try {
+    r = await run(over, records(16, 8), {}, undefined, (gpu) => new NanGradAt(gpu, 3));
+  } finally {
+    console.error = err;
+  }
+  const { res, out, params } = r;
+  deepStrictEqual(res.skippedSteps, [3]);
+  assert(
+    notes.some((n) => /^step 3: the gradient norm is NaN; its optimizer update is skipped/.test(n)),
+  );
+  // Step 3 changed nothing: its checkpoint's weights and moments are step 2's.
+  for (const f of ["adapter_model.safetensors", "optimizer.safetensors"]) {
+    const a = await readSafetensorsF32(join(out, "checkpoint-2", f));
+    const b = await readSafetensorsF32(join(out, "checkpoint-3", f));
+    for (const [k, t] of a) assert(sameArray(t.data, b.get(k)!.data), `${f} ${k}`);
+  }
+  const c4 = await readSafetensorsF32(join(out, "checkpoint-4", "adapter_model.safetensors"));
+  const c3 = await readSafetensorsF32(join(out, "checkpoint-3", "adapter_model.safetensors"));
+  assert([...c4].some(([k, t]) => !sameArray(t.data, c3.get(k)!.data)), "step 4 updates again");
+  for (const v of params.values()) assert(isFinite32(v));
+  // Step 3's loss is left out of the logs (its window holds nothing else: NaN, shown as null),
+  // and out of the run's mean train_loss.
+  const logged = res.logHistory.filter((e) => e.loss !== undefined);
+  deepStrictEqual(logged.map((e) => Number.isFinite(e.loss)), [true, true, false, true, true]);
+  assert(!res.stepLosses.has(2));
+  assert(Number.isFinite(res.logHistory.at(-1)!.train_loss));
+  await Deno.remove(out, { recursive: true });
+});
+
+Deno.test("divergence: adam_epsilon 0 and a huge learning rate stop with the step, writing no NaN", async () => {
+  // eps 0: a gradient of exactly 0 (the rows of tokens 4..15, which no record holds) gives 0/0
+  // in the first update, with a finite loss and norm; the save after it refuses the NaN weights.
+  const fewTokens = records(16, 8).map((r) => {
+    const inputIds = r.inputIds.map((x) => x % 4);
+    const labels = Int32Array.from(inputIds);
+    labels[0] = labels[1] = -100;
+    return { ...r, inputIds, labels };
+  });
+  const out1 = await Deno.makeTempDir({ prefix: "trainer-eps0-" });
+  await rejects(
+    () => run({ eps: 0, maxSteps: 4, saveStrategy: "steps", saveSteps: 1 }, fewTokens, {}, out1),
+    (e: Error) =>
+      e instanceof UserError &&
+      /^step 1: after the update, \S+ holds NaN .*checkpoint-1 was not written/.test(e.message),
+  );
+  deepStrictEqual([...Deno.readDirSync(out1)].map((e) => e.name), ["metrics.jsonl"]);
+  // Without saves the next step's loss is the first non-finite value seen.
+  const out2 = await Deno.makeTempDir({ prefix: "trainer-lr-" });
+  await rejects(
+    () => run({ learningRate: 3e38, maxSteps: 6 }, records(16, 8), {}, out2),
+    (e: Error) =>
+      e instanceof UserError &&
+      /^step \d+: the (training loss|gradient norm) is (NaN|Infinity)/.test(e.message) &&
+      /no checkpoint had been saved/.test(e.message),
+  );
+  assert(!(await Deno.stat(join(out2, "adapter_model.safetensors")).catch(() => false)));
+  for (const d of [out1, out2]) await Deno.remove(d, { recursive: true });
+});
+
+/** A collapsed model: all-zero weights (every token equally likely) and no gradient. */
+class Collapsed extends BigramModel {
+  constructor(gpu: Gpu) {
+    super(gpu, 64 * 64, 3);
+    this.setParams(new Map(this.params.map((p) => [p.name, new Float32Array(p.size)])));
+  }
+  override forwardBackward(batch: TrainBatch, o: ForwardBackwardOptions): void {
+    super.forwardBackward(batch, { ...o, gradScale: 0 });
+  }
+}
+
+Deno.test("a loss stuck at ln(vocab) with grad norm 0 is warned about, once", async () => {
+  const notes: string[] = [];
+  const err = console.error;
+  console.error = (...a: unknown[]) => notes.push(a.join(" "));
+  try {
+    const { out } = await run(
+      { maxSteps: 5, loggingSteps: 1 },
+      records(8, 6),
+      { vocabSize: V },
+      undefined,
+      (
+        gpu,
+      ) => new Collapsed(gpu),
+    );
+    await Deno.remove(out, { recursive: true });
+    const { out: out2 } = await run({ maxSteps: 5, loggingSteps: 1 }, records(8, 6), {
+      vocabSize: V,
+    });
+    await Deno.remove(out2, { recursive: true });
+  } finally {
+    console.error = err;
+  }
+  const warnings = notes.filter((n) => /ln\(16\), the uniform distribution/.test(n));
+  deepStrictEqual(warnings.length, 1, notes.join("\n"));
+  assert(/^warning: step 3: the loss has been 2\.7726 = ln\(16\)/.test(warnings[0]), warnings[0]);
 });
 
 Deno.test("data: masked JSONL errors name file, line and field", async () => {

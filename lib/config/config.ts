@@ -7,6 +7,7 @@ import { located, UserError } from "../errors.ts";
 import { lineOfKey, parseYaml } from "../yaml.ts";
 import { type Override, parseOverrides, setPath } from "./overrides.ts";
 import {
+  CHATGLM_LINEAR_MODULES,
   CHATGLM_LORA_TARGETS,
   DATA_CONFIG,
   type Field,
@@ -90,6 +91,8 @@ export interface TrainingArgs {
   eval_steps: number | null;
   dataloader_drop_last: boolean;
   gradient_checkpointing: boolean;
+  /** ours: a non-finite loss or grad norm stops the run, or skips that step's update */
+  nan_policy: "stop" | "skip";
   optim: string;
   predict_with_generate: boolean;
   generation_max_length: number | null;
@@ -298,8 +301,8 @@ export async function loadConfig(path: string, overrides: string[] = []): Promis
 
 /** `loadConfig` on text already read (`path` names it in messages). */
 export function parseConfig(text: string, path: string, overrides: string[] = []): FinetuneConfig {
-  const { doc, lines } = parseYaml(text, path);
-  const tree = doc.toJS() ?? {};
+  const { value, lines } = parseYaml(text, path);
+  const tree = (value ?? {}) as Record<string, unknown>;
   if (typeof tree !== "object" || Array.isArray(tree)) {
     throw new UserError(located(path, 1, undefined, "expected a mapping of config sections"));
   }
@@ -331,6 +334,9 @@ export function renderConfig(text: string, path: string, overrides: string[]): s
 
 function describe(v: unknown): string {
   if (v === null) return "null";
+  if (typeof v === "number" && !Number.isFinite(v)) {
+    return Number.isNaN(v) ? ".nan" : v > 0 ? ".inf" : "-.inf";
+  }
   if (Array.isArray(v)) return "a list";
   if (typeof v === "object") return "a mapping";
   return JSON.stringify(v);
@@ -491,6 +497,20 @@ class Validator {
       const explicitTargets = raw.target_modules !== undefined && raw.target_modules !== null;
       const cfg = this.section(LORA_CONFIG, raw, key) as unknown as LoraConfig;
       if (!explicitTargets) cfg.target_modules = [...CHATGLM_LORA_TARGETS];
+      const targets = typeof cfg.target_modules === "string"
+        ? [cfg.target_modules]
+        : cfg.target_modules;
+      const known = CHATGLM_LINEAR_MODULES as readonly string[];
+      if (targets.length === 0) {
+        this.error(`${key}.target_modules`, `is empty; expected some of ${known.join(", ")}`);
+      }
+      for (const t of targets.filter((t) => !known.includes(t))) {
+        this.error(
+          `${key}.target_modules`,
+          `unknown module ${JSON.stringify(t)}${suggest(t, [...known])}; ` +
+            `chatglm3's linear layers are ${known.join(", ")}`,
+        );
+      }
       return cfg;
     }
     if (type === "PREFIX_TUNING") {
@@ -554,6 +574,15 @@ class Validator {
       return INVALID;
     }
     const coerced = coerce(field, v);
+    // YAML's .nan and .inf (and 1e999, which overflows) are numbers no setting can take.
+    if (
+      (field.type === "float" || field.type === "int") &&
+      (typeof v === "number" || typeof coerced === "number") &&
+      !Number.isFinite(typeof v === "number" ? v : coerced as number)
+    ) {
+      this.error(key, `not a finite number (got ${describe(v)})`);
+      return INVALID;
+    }
     if (coerced === INVALID) {
       this.error(key, `expected ${expected(field)}, got ${describe(v)}`);
       return INVALID;

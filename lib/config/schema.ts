@@ -73,6 +73,9 @@ const only = (type: FieldType, def: unknown, extra: Partial<Field> = {}): Field 
 
 export const INTERVAL_STRATEGIES = ["no", "steps", "epoch"] as const;
 
+/** training_args.nan_policy: stop the run, or skip the optimizer update of such a step. */
+export const NAN_POLICIES = ["stop", "skip"] as const;
+
 export const LR_SCHEDULERS = [
   "linear",
   "cosine",
@@ -149,6 +152,8 @@ export const TRAINING_ARGS: Section = {
   adam_beta2: f("float", 0.999, { min: 0, below: 1 }),
   adam_epsilon: f("float", 1e-8, { min: 0 }),
   max_grad_norm: f("float", 1.0, { nullable: true }),
+  // Ours, not HF's: what a non-finite loss or gradient norm does (docs/training.md).
+  nan_policy: f("string", "stop", { enum: NAN_POLICIES }),
   num_train_epochs: f("float", 3.0, { min: 0 }),
   max_steps: f("int", -1, { min: -1 }),
   lr_scheduler_type: f("string", "linear", { enum: LR_SCHEDULERS }),
@@ -286,6 +291,18 @@ export const TOP_SECTIONS = ["data_config", "training_args", "peft_config"] as c
 
 /** PEFT's default LoRA target for the chatglm model type. */
 export const CHATGLM_LORA_TARGETS = ["query_key_value"];
+
+/**
+ * The linear layers of a chatglm3 block, the names peft_config.target_modules
+ * may use (the same list as LORA_TARGETS in lib/model/adapter.ts; a test
+ * holds them equal, as lib/config does not import lib/model).
+ */
+export const CHATGLM_LINEAR_MODULES = [
+  "query_key_value",
+  "dense",
+  "dense_h_to_4h",
+  "dense_4h_to_h",
+] as const;
 
 export function sectionDefaults(section: Section): Record<string, unknown> {
   const out: Record<string, unknown> = {};

@@ -5,9 +5,11 @@
  */
 import { located, UserError } from "../errors.ts";
 import { JsonlSink, type JsonRecord, readJsonRecords } from "../jsonl.ts";
+import { checkNotInput } from "../outdir.ts";
 import { detectFormat, type FormatName, FORMATS } from "./formats/mod.ts";
 import type { Converted } from "./formats/mod.ts";
 import type { Conversation } from "./record.ts";
+import { checkJsonValue } from "./limits.ts";
 import { checkConversation, type Problem } from "./schema.ts";
 
 export interface ConvertOptions {
@@ -109,6 +111,13 @@ export async function* convertRecords(
             `(recognised at line ${decidedAt}); a file holds one format`,
         }],
       };
+      continue;
+    }
+    // Too deep, out-of-range numbers, lone surrogates: reported in the raw record's own
+    // fields, before a converter (some parse and render values) ever meets them.
+    const limits = checkJsonValue(r.value);
+    if (limits.length) {
+      yield { line: r.line, index: index++, problems: limits };
       continue;
     }
     for (const c of FORMATS[format].convert(r.value)) {
@@ -259,6 +268,8 @@ export async function convertFile(
   opts: ConvertFileOptions = {},
 ): Promise<ConvertFileReport> {
   const paths = opts.split ? await splitPaths(output, opts.split) : { all: output };
+  // Replacing the input with its own conversion would lose the original.
+  for (const p of Object.values(paths)) await checkNotInput(p, "--out", [["--in", input]]);
   const sinks: Record<string, JsonlSink> = {};
   const report: ConvertFileReport = {
     file: input === "-" ? "<stdin>" : input,

@@ -5,6 +5,8 @@
  * with literal values, as `ast.unparse`/`astunparse` write them.
  */
 
+import { MAX_DEPTH } from "./limits.ts";
+
 export class PyLiteralError extends Error {}
 
 /** Parse a `tool_call(...)` block (with or without the ```python fence) into its keyword arguments. */
@@ -53,7 +55,14 @@ export function parsePyLiteral(text: string): unknown {
 
 class Parser {
   i = 0;
+  /** Lists, tuples and dicts open around the current position (bounded, so is the recursion). */
+  depth = 0;
   constructor(readonly s: string) {}
+  enter(): void {
+    if (++this.depth > MAX_DEPTH) {
+      throw new PyLiteralError(`values nested more than ${MAX_DEPTH} levels deep`);
+    }
+  }
   atEnd(): boolean {
     return this.i >= this.s.length;
   }
@@ -89,33 +98,46 @@ class Parser {
       return this.strings();
     }
     if (c === "-" || c === "+") {
-      this.i++;
+      // Signs in a row (`--1`) are read in a loop, not by recursion.
+      let negative = false;
+      while (this.s[this.i] === "-" || this.s[this.i] === "+") {
+        if (this.s[this.i] === "-") negative = !negative;
+        this.i++;
+        this.ws();
+      }
       const v = this.value();
       if (typeof v !== "number") throw new PyLiteralError(`sign before a non-number`);
-      return c === "-" ? -v : v;
+      return negative ? -v : v;
     }
     if (/[0-9.]/.test(c)) return this.number();
-    if (c === "[") return this.sequence("[", "]");
-    if (c === "(") {
-      // `(- 1)` is how astunparse writes a negative constant; `(1, 2)` is a tuple.
-      this.i++;
-      this.ws();
-      if (this.eat(")")) return [];
-      const first = this.value();
-      this.ws();
-      if (this.eat(")")) return first;
-      this.expect(",");
-      this.i--;
-      const rest = this.sequenceTail(")");
-      return [first, ...rest];
+    if (c === "[" || c === "(" || c === "{") {
+      this.enter();
+      const v = this.nested(c);
+      this.depth--;
+      return v;
     }
-    if (c === "{") return this.dict();
     const id = this.identifier();
     if (id === "True") return true;
     if (id === "False") return false;
     if (id === "None") return null;
     if (id === "inf" || id === "nan") return id === "inf" ? Infinity : NaN;
     throw new PyLiteralError(`not a Python literal at ${this.excerpt()}`);
+  }
+  /** A list, a tuple (or a parenthesised value) or a dict, starting at `c`. */
+  nested(c: string): unknown {
+    if (c === "[") return this.sequence("[", "]");
+    if (c === "{") return this.dict();
+    // `(- 1)` is how astunparse writes a negative constant; `(1, 2)` is a tuple.
+    this.i++;
+    this.ws();
+    if (this.eat(")")) return [];
+    const first = this.value();
+    this.ws();
+    if (this.eat(")")) return first;
+    this.expect(",");
+    this.i--;
+    const rest = this.sequenceTail(")");
+    return [first, ...rest];
   }
   number(): number {
     const m =

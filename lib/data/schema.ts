@@ -4,6 +4,7 @@
  * so a data file can be fixed in one pass instead of one error at a time.
  */
 import type { Conversation } from "./record.ts";
+import { checkJsonValue } from "./limits.ts";
 
 export interface Problem {
   /** Path of the offending field (`conversations[2].content`); "" for the record as a whole. */
@@ -45,13 +46,15 @@ export function typeName(v: unknown): string {
   }
 }
 
+/** "an assistant", "a user": by the sound, so a "u" read as "you" takes "a". */
 export function article(word: string): string {
-  return /^[aeiou]/i.test(word) ? `an ${word}` : `a ${word}`;
+  return /^([aeio]|u(?!s|ni|ti))/i.test(word) ? `an ${word}` : `a ${word}`;
 }
 
 /** Check a value against the canonical record rules; an empty list means it is valid. */
 export function checkConversation(value: unknown): Problem[] {
-  const problems: Problem[] = [];
+  // Depth, number range and Unicode first (lib/data/limits.ts); the checks below never recurse.
+  const problems: Problem[] = checkJsonValue(value);
   const add = (field: string, message: string) => problems.push({ field, message });
   if (!isObject(value)) {
     add("", `a record must be a JSON object, found ${typeName(value)}`);

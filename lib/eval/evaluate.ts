@@ -8,8 +8,9 @@
  * when complete); metrics.json holds the means.
  */
 import { join } from "node:path";
-import { writeJsonAtomic } from "../atomic.ts";
-import { located, UserError } from "../errors.ts";
+import { syncDir, writeJsonAtomic } from "../atomic.ts";
+import { located, osError, UserError } from "../errors.ts";
+import { claimOutputDir, markOutputDir } from "../outdir.ts";
 import { readJsonl } from "../jsonl.ts";
 import {
   createScorer,
@@ -52,7 +53,12 @@ export interface EvaluateOptions {
   frozenF16?: boolean;
   /** Quiet mode for tests. */
   quiet?: boolean;
+  /** Write into `outDir` even when it is a non-empty directory evaluate did not write. */
+  force?: boolean;
 }
+
+/** The files evaluate writes into its output dir. */
+const OUTPUT_FILES = ["predictions.jsonl", "predictions.partial.jsonl", "metrics.json"];
 
 export interface EvaluateResult {
   [key: string]: number | string | null;
@@ -180,6 +186,12 @@ function stripStop(ids: number[], stop: Set<number>): number[] {
 }
 
 export async function evaluate(o: EvaluateOptions): Promise<EvaluateResult> {
+  // Before any work: the out dir must be new, empty, or an earlier evaluate output (an
+  // older one, written before markers, holds only evaluate's own files).
+  await claimOutputDir(o.outDir, "evaluate", {
+    force: o.force,
+    legacy: (names) => names.every((n) => OUTPUT_FILES.includes(n)),
+  });
   if (o.input !== "-") return await evaluateFrom(o, { path: o.input, name: o.input });
   // Records are read twice (sizes first), so standard input is kept in a temporary file.
   const tmp = await Deno.makeTempFile({ prefix: "evaluate-stdin-", suffix: ".jsonl" });
@@ -431,15 +443,24 @@ async function evaluateFrom(o: EvaluateOptions, src: Source): Promise<EvaluateRe
 
   let out: Deno.FsFile | undefined;
   try {
-    await Deno.mkdir(o.outDir, { recursive: true });
     const finalPath = join(o.outDir, "predictions.jsonl");
     const partialPath = join(o.outDir, "predictions.partial.jsonl");
-    out = await Deno.open(partialPath, { write: true, create: true, truncate: true });
+    try {
+      await Deno.mkdir(o.outDir, { recursive: true });
+      await markOutputDir(o.outDir, "evaluate");
+      out = await Deno.open(partialPath, { write: true, create: true, truncate: true });
+    } catch (e) {
+      throw osError(e, partialPath, "write");
+    }
     const enc = new TextEncoder();
     for await (const r of produce(readItems(o, src), predictor, scorer, src.name)) {
       const b = enc.encode(JSON.stringify(r.record) + "\n");
       let off = 0;
-      while (off < b.length) off += await out.write(b.subarray(off));
+      try {
+        while (off < b.length) off += await out.write(b.subarray(off));
+      } catch (e) {
+        throw osError(e, partialPath, "write");
+      }
       if (r.scores) acc.add(r.scores);
       lossSum += r.lossSum ?? 0;
       lossTokens += r.lossTokens ?? 0;
@@ -447,9 +468,15 @@ async function evaluateFrom(o: EvaluateOptions, src: Source): Promise<EvaluateRe
       done++;
       show();
     }
-    out.close();
-    out = undefined;
-    await Deno.rename(partialPath, finalPath);
+    try {
+      await out.sync();
+      out.close();
+      out = undefined;
+      await Deno.rename(partialPath, finalPath);
+      await syncDir(o.outDir);
+    } catch (e) {
+      throw osError(e, finalPath, "write");
+    }
     show(true);
   } finally {
     try {

@@ -17,6 +17,7 @@
  */
 import { isAbsolute, join, resolve } from "node:path";
 import { UserError } from "../errors.ts";
+import { assertFiniteTensor } from "../finite.ts";
 import { readSafetensorsF32 } from "../safetensors/read.ts";
 import {
   type AdapterSpec,
@@ -280,6 +281,14 @@ async function readPeftPrefix(dir: string, cfgPath: string, cfg: Record<string, 
  * --init-adapter takes them from the training config).
  */
 export async function readAdapterDir(dir: string, fallback?: AdapterSpec): Promise<AdapterDir> {
+  const a = await readAdapterFiles(dir, fallback);
+  // A diverged run's NaN adapter is refused here, by tensor, for evaluate, chat,
+  // merge-adapter and --init-adapter alike (it would only ever give NaN logits).
+  for (const [name, data] of a.tensors) assertFiniteTensor(dir, name, data);
+  return a;
+}
+
+async function readAdapterFiles(dir: string, fallback?: AdapterSpec): Promise<AdapterDir> {
   let st: Deno.FileInfo;
   try {
     st = await Deno.stat(dir);

@@ -49,6 +49,25 @@ export interface GlmConfig {
 
 type Kind = "posint" | "nonnegint" | "posnum" | "nonnegnum" | "bool" | "string";
 
+/**
+ * Upper bounds on the sizes a config.json may give, far above any ChatGLM
+ * (chatglm3-6b: 28 layers, hidden 4096, ffn 13696, 32 heads, vocab 65024,
+ * seq 8192; the 128k variant 131072) but low enough that a corrupt or hostile
+ * file (`num_layers: 1000000000`) is refused by name before any table of
+ * layers or buffers is sized from it.
+ */
+export const GLM_CONFIG_LIMITS: Partial<Record<keyof GlmConfig, number>> = {
+  num_layers: 4096,
+  hidden_size: 1 << 17,
+  ffn_hidden_size: 1 << 19,
+  kv_channels: 1 << 14,
+  num_attention_heads: 1 << 12,
+  multi_query_group_num: 1 << 12,
+  padded_vocab_size: 1 << 24,
+  seq_length: 1 << 24,
+  pre_seq_len: 1 << 16,
+};
+
 const REQUIRED: [keyof GlmConfig, Kind][] = [
   ["num_layers", "posint"],
   ["hidden_size", "posint"],
@@ -133,6 +152,12 @@ export function parseGlmConfig(raw: unknown, path = "config.json"): GlmConfig {
     fail("pre_seq_len", `expected null or a positive integer, got ${JSON.stringify(psl)}`);
   }
   c.pre_seq_len = psl;
+  for (const [k, max] of Object.entries(GLM_CONFIG_LIMITS)) {
+    const v = c[k];
+    if (typeof v === "number" && v > max!) {
+      fail(k, `${v} is out of range (at most ${max}); is this a chatglm config.json?`);
+    }
+  }
   if (o.eos_token_id !== undefined) c.eos_token_id = o.eos_token_id as number | number[];
   if (o.pad_token_id !== undefined) c.pad_token_id = o.pad_token_id as number;
   const cfg = c as unknown as GlmConfig;

@@ -7,10 +7,17 @@
  * HF model dir: config.json and the tokenizer and other files of the base
  * dir, and safetensors sharded at `shardSize` (one model.safetensors when it
  * fits). The dir is built under a temporary name and renamed when complete.
+ *
+ * `outDir` may be new, empty, or an earlier merge-adapter output (its marker,
+ * lib/outdir.ts); anything else needs `force`. It may never be, or contain,
+ * the model or adapter dir. Weights that are not finite (a diverged adapter,
+ * or a merge that overflows) are refused, naming the tensor.
  */
-import { basename, join, resolve } from "node:path";
-import { writeDirAtomic } from "../atomic.ts";
+import { basename, join } from "node:path";
+import { syncFile, writeDirAtomic } from "../atomic.ts";
 import { UserError } from "../errors.ts";
+import { assertFiniteTensor } from "../finite.ts";
+import { checkNotInput, claimOutputDir, markOutputDir } from "../outdir.ts";
 import { isDType } from "../safetensors/dtype.ts";
 import { parseSize, type TensorToWrite, writeShardedSafetensors } from "../safetensors/write.ts";
 import { layerPrefix, LINEAR_PATH, LORA_TARGETS, loraName, type LoraTarget } from "./adapter.ts";
@@ -26,6 +33,8 @@ export interface MergeOptions {
   shardSize?: string | number;
   /** Called after each tensor is written. */
   onTensor?: (done: number, total: number, name: string) => void;
+  /** Replace `outDir` even when it is not an earlier merge-adapter output. */
+  force?: boolean;
 }
 
 export interface MergeResult {
@@ -69,14 +78,6 @@ export function addLoraDelta(
   }
 }
 
-async function sameDir(a: string, b: string): Promise<boolean> {
-  try {
-    return (await Deno.realPath(a)) === (await Deno.realPath(b));
-  } catch {
-    return resolve(a) === resolve(b);
-  }
-}
-
 export async function mergeAdapter(o: MergeOptions): Promise<MergeResult> {
   const shardSize = (() => {
     try {
@@ -86,11 +87,10 @@ export async function mergeAdapter(o: MergeOptions): Promise<MergeResult> {
     }
   })();
   if (!(shardSize > 0)) throw new UserError(`--shard-size: must be positive`);
-  for (const [dir, flag] of [[o.modelDir, "--model"], [o.adapterDir, "--adapter"]]) {
-    if (await sameDir(o.outDir, dir)) {
-      throw new UserError(`--out ${o.outDir} is the ${flag} dir; write the merged model elsewhere`);
-    }
-  }
+  await checkNotInput(o.outDir, "--out", [["--model", o.modelDir], ["--adapter", o.adapterDir]], {
+    dir: true,
+  });
+  await claimOutputDir(o.outDir, "merge-adapter", { force: o.force, forceDoes: "replace it" });
 
   const adapter = await readAdapterDir(o.adapterDir);
   if (adapter.spec.kind === "prefix") {
@@ -148,6 +148,7 @@ export async function mergeAdapter(o: MergeOptions): Promise<MergeResult> {
       data: async () => {
         const W = await weights.f32(name);
         addLoraDelta(W, factors.get(t.A)!, factors.get(t.B)!, t.out, t.in, spec.r, scale);
+        assertFiniteTensor(`merge-adapter (${o.adapterDir} into ${o.modelDir})`, name, W);
         return finish(W);
       },
     };
@@ -159,8 +160,10 @@ export async function mergeAdapter(o: MergeOptions): Promise<MergeResult> {
     for await (const e of Deno.readDir(o.modelDir)) {
       if (!e.isFile || WEIGHT_FILE.test(e.name) || e.name.startsWith(".")) continue;
       await Deno.copyFile(join(o.modelDir, e.name), join(tmp, e.name));
+      await syncFile(join(tmp, e.name));
       files.push(e.name);
     }
+    await markOutputDir(tmp, "merge-adapter");
   });
   return { files: files.map((f) => basename(f)).sort(), merged, tensors: names.length };
 }

@@ -3,10 +3,12 @@
  * names, from `model.safetensors` or the shards of
  * `model.safetensors.index.json`. Opening reads only the headers and checks
  * that every tensor the config implies is present with its shape; each
- * tensor's bytes are read from disk when asked for.
+ * tensor's bytes are read from disk when asked for, and refused (by name)
+ * when they hold NaN or infinity: such weights only ever give NaN outputs.
  */
 import { join } from "node:path";
 import { UserError } from "../errors.ts";
+import { assertFiniteTensor, firstNonFiniteRaw } from "../finite.ts";
 import { Checkpoint } from "../safetensors/checkpoint.ts";
 import type { DType } from "../safetensors/dtype.ts";
 import { decodable } from "../safetensors/read.ts";
@@ -135,7 +137,18 @@ export async function openWeights(dir: string, config: GlmConfig): Promise<GlmWe
     has: (name) => ck.has(name),
     shape: (name) => [...ck.info(name).shape],
     dtype: (name) => decodable(ck.source, ck.info(name)),
-    f32: (name) => ck.f32(name),
-    raw: (name) => ck.raw(name),
+    f32: async (name) => {
+      const data = await ck.f32(name);
+      assertFiniteTensor(ck.source, name, data);
+      return data;
+    },
+    raw: async (name) => {
+      const bytes = await ck.raw(name);
+      const dtype = ck.info(name).dtype;
+      if (firstNonFiniteRaw(bytes, dtype) >= 0) {
+        assertFiniteTensor(ck.source, name, await ck.f32(name));
+      }
+      return bytes;
+    },
   };
 }

@@ -51,6 +51,32 @@ export interface ResolvedStep {
 }
 
 const STEP_KEYS = ["name", "stage", "inputs", "outputs", "args", "description"];
+
+/**
+ * Flags through which a stage writes. They belong under `outputs`, where they
+ * are relative to the run folder; in `args` they would write anywhere.
+ */
+const OUTPUT_FLAGS: Record<string, readonly string[]> = { report: ["summary", "report"] };
+
+/** Whether `flag` is one through which `stage` writes (`out`, for every stage). */
+export function isOutputFlag(stage: string, flag: string): boolean {
+  return flag === "out" || (OUTPUT_FLAGS[stage] ?? []).includes(flag);
+}
+
+/**
+ * Why an output path may not be used, or undefined: outputs are relative to
+ * the run folder and stay inside it, so a pipeline file (perhaps someone
+ * else's) cannot write over anything outside the folder it was given.
+ */
+export function outputPathProblem(p: string): string | undefined {
+  if (isAbsolute(p) || /^[A-Za-z]:[\\/]/.test(p) || p.startsWith("~")) {
+    return `"${p}" is an absolute path; outputs are relative to the run folder`;
+  }
+  if (p.split(/[\\/]/).includes("..")) {
+    return `"${p}" goes up with ".."; outputs stay inside the run folder`;
+  }
+  return undefined;
+}
 const TOP_KEYS = ["name", "description", "params", "steps"];
 const STEP_NAME_RE = /^[A-Za-z0-9_-]+$/;
 const REF_RE = /\$\{([^}]*)\}/g;
@@ -67,12 +93,12 @@ export async function readPipeline(path: string): Promise<PipelineFile> {
 }
 
 export function parsePipeline(text: string, path: string): PipelineFile {
-  const { doc, lines } = parseYaml(text, path);
+  const { value, lines } = parseYaml(text, path);
   const at: (key: string, msg: string) => never = (key, msg) => {
     throw new UserError(located(path, lineOfKey(lines, key), key, msg));
   };
 
-  const tree = doc.toJS();
+  const tree = value;
   if (!isObject(tree)) at("steps", "a pipeline file is a mapping with params and steps");
   for (const k of Object.keys(tree)) {
     if (!TOP_KEYS.includes(k)) at(k, `unknown key; expected one of ${TOP_KEYS.join(", ")}`);
@@ -134,6 +160,20 @@ export function parsePipeline(text: string, path: string): PipelineFile {
         if (k !== "_" && flags.has(k)) at(`${key}.${field}.${k}`, `flag --${k} is given twice`);
         flags.add(k);
         if (field !== "args" && !isPathValue(v)) at(`${key}.${field}.${k}`, "expected a path");
+        if (field === "outputs") {
+          // Literal text is checked here; what references make of it, when they resolve.
+          for (const p of [v].flat() as string[]) {
+            const bad = outputPathProblem(p.replace(REF_RE, "x"));
+            if (bad) at(`${key}.outputs.${k}`, `step "${s.name}": ${bad}`);
+          }
+        }
+        if (field === "args" && typeof s.stage === "string" && isOutputFlag(s.stage, k)) {
+          at(
+            `${key}.args.${k}`,
+            `step "${s.name}": --${k} is where the stage writes; give it under outputs, ` +
+              `relative to the run folder`,
+          );
+        }
         if (field === "args" && !isParamValue(v)) {
           at(`${key}.${field}.${k}`, "expected a scalar or a list of scalars");
         }
@@ -298,7 +338,10 @@ export function resolveSteps(ctx: ResolveContext): ResolvedStep[] {
       }
       return list.map((x) => {
         const p = String(x);
-        return isOutput && !isAbsolute(p) ? join(ctx.runDir, p) : p;
+        if (!isOutput) return p;
+        const bad = outputPathProblem(p);
+        if (bad) throw new UserError(`${where(field)}: step "${s.name}": ${bad}`);
+        return join(ctx.runDir, p);
       });
     };
 

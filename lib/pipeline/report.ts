@@ -6,6 +6,7 @@
  */
 import { join } from "node:path";
 import { writeFileAtomic, writeJsonAtomic } from "../atomic.ts";
+import { checkNotInput } from "../outdir.ts";
 import { finetuneMode, loadConfig } from "../config/mod.ts";
 import { UserError } from "../errors.ts";
 import { readJsonl } from "../jsonl.ts";
@@ -385,6 +386,13 @@ export async function collectReport(o: ReportOptions): Promise<ReportData> {
 export async function writeReport(
   o: ReportOptions & { summaryPath: string; reportPath: string },
 ): Promise<Summary> {
+  // The two files are the report's own; they must not replace what it reads.
+  const inputs: [string, string | undefined][] = [
+    ["--config", o.configPath],
+    ["--train-data", o.trainData],
+  ];
+  await checkNotInput(o.summaryPath, "--summary", [...inputs, ["--report", o.reportPath]]);
+  await checkNotInput(o.reportPath, "--report", inputs);
   const d = await collectReport(o);
   const s = buildSummary(d);
   await writeJsonAtomic(o.summaryPath, s);

@@ -8,11 +8,13 @@
  */
 import { dirname, join, relative, resolve } from "node:path";
 import { writeFileAtomic, writeJsonAtomic } from "../atomic.ts";
-import { UserError } from "../errors.ts";
+import { describeOsError, osError, osErrorCode, UserError } from "../errors.ts";
+import { claimOutputDir, markOutputDir } from "../outdir.ts";
 import { loadConfig, parseConfig, renderConfig } from "../config/config.ts";
 import { parseOverride } from "../config/overrides.ts";
 import { CodeHasher, Hasher } from "./hash.ts";
 import {
+  isOutputFlag,
   type ParamValue,
   type PipelineFile,
   readPipeline,
@@ -46,6 +48,8 @@ export interface RunOptions {
   dryRun?: boolean;
   /** the run directory (the `out` param) */
   out?: string;
+  /** run even in a non-empty directory that is not an earlier run folder */
+  force?: boolean;
   /** where stages come from (tests inject their own) */
   stages?: StageResolver;
   /** progress lines (default: console.log) */
@@ -199,6 +203,12 @@ export async function runPipeline(path: string, opts: RunOptions = {}): Promise<
     if (!isParamValue(s.value)) {
       throw new UserError(`--set ${s.text}: a flag value is a scalar or a list of scalars`);
     }
+    if (isOutputFlag(step.stage, s.key)) {
+      throw new UserError(
+        `--set ${s.text}: --${s.key} is where step "${s.step}" writes; outputs are set in the ` +
+          `pipeline file, relative to the run folder (--out DIR moves the run folder)`,
+      );
+    }
     if (s.key in step.inputs || s.key in step.outputs) {
       throw new UserError(
         `--set ${s.text}: --${s.key} is a path of the step; set the param it uses`,
@@ -241,12 +251,29 @@ export async function runPipeline(path: string, opts: RunOptions = {}): Promise<
   }
 
   const steps = resolveSteps({ file, params: resolved, runDir, config });
+  // Steps write only inside the run folder (resolveSteps); the folder itself must be new,
+  // empty or an earlier run's, so a mistyped --out never writes among someone's files.
+  await claimOutputDir(runDir, "pipeline", {
+    flag: "run folder",
+    who: "a pipeline run",
+    force: opts.force,
+    forceDoes: "run in it anyway",
+    legacy: (entries) => entries.includes(".manifests"),
+  });
   const fromIdx = opts.from ? steps.findIndex((s) => s.name === opts.from) : -1;
   const manifestDir = join(runDir, ".manifests");
 
   log(
     `pipeline ${file.name} (${path}) → ${runDir}${opts.dryRun ? " [dry run: nothing is run]" : ""}`,
   );
+  if (!opts.dryRun) {
+    try {
+      await Deno.mkdir(runDir, { recursive: true });
+    } catch (e) {
+      throw osError(e, runDir, "create the run folder");
+    }
+    await markOutputDir(runDir, "pipeline");
+  }
   if (pendingConfig && !opts.dryRun) {
     const old = await Deno.readTextFile(pendingConfig.path).catch(() => undefined);
     if (old !== pendingConfig.text) await writeFileAtomic(pendingConfig.path, pendingConfig.text);
@@ -316,7 +343,11 @@ export async function runPipeline(path: string, opts: RunOptions = {}): Promise<
     log(`  $ ${step.stage} ${step.argv.map(shellQuote).join(" ")}`);
     const manifestPath = join(manifestDir, `${step.name}.json`);
     await Deno.remove(manifestPath).catch(() => {});
-    for (const [, p] of step.outputs) await Deno.mkdir(dirname(p), { recursive: true });
+    for (const [, p] of step.outputs) {
+      await Deno.mkdir(dirname(p), { recursive: true }).catch((e) => {
+        throw osError(e, dirname(p), "create the directory");
+      });
+    }
     const t0 = performance.now();
     let rc: number | void;
     try {
@@ -324,6 +355,11 @@ export async function runPipeline(path: string, opts: RunOptions = {}): Promise<
     } catch (e) {
       if (e instanceof UserError) {
         throw new UserError(`step "${step.name}" (stage ${step.stage}) failed: ${e.message}`);
+      }
+      if (osErrorCode(e)) {
+        throw new UserError(
+          `step "${step.name}" (stage ${step.stage}) failed: ${describeOsError(e as Error)}`,
+        );
       }
       console.error(`step "${step.name}" (stage ${step.stage}) crashed:`);
       throw e;

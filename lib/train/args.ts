@@ -40,6 +40,8 @@ export interface TrainArgs {
   evalDelay: number;
   seed: number;
   shuffle: boolean;
+  /** A non-finite loss or grad norm: stop the run, or skip that step's update (training_args.nan_policy). */
+  nanPolicy: "stop" | "skip";
 }
 
 /** HF Seq2SeqTrainingArguments defaults, in trainer terms. */
@@ -71,6 +73,7 @@ export const DEFAULT_TRAIN_ARGS: TrainArgs = {
   evalDelay: 0,
   seed: 42,
   shuffle: true,
+  nanPolicy: "stop",
 };
 
 /** Map a validated config's training_args onto TrainArgs. */
@@ -115,5 +118,6 @@ export function trainArgsFromConfig(t: TrainingArgs, opts: { shuffle: boolean })
     evalDelay: t.eval_delay,
     seed: t.data_seed ?? t.seed,
     shuffle: opts.shuffle,
+    nanPolicy: t.nan_policy,
   };
 }

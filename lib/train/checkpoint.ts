@@ -14,12 +14,19 @@
  *   - resume_state.json: what continuing the log needs (the partly filled
  *     logging window) and the data/batching the run was made with;
  *   - trainer_state.json, as HF Trainer writes it;
- *   - training_args.json.
+ *   - training_args.json;
+ *   - checkpoint_complete.json, written last: every file above with its size.
+ * A checkpoint counts as complete only when that marker is there and every
+ * file it lists has its size (checkpoints from before the marker: when all
+ * the state files are there). Every file is fsynced before the rename that
+ * publishes the directory (lib/atomic.ts), and rotation renames a checkpoint
+ * aside before deleting it, so none is ever half-written or half-deleted
+ * under its name.
  * The final save writes the tensors, trainer_state.json and training_args.json
  * into OUT itself (metrics.jsonl is already there).
  */
 import { basename, join } from "node:path";
-import { writeDirAtomic, writeFileAtomic, writeJsonAtomic } from "../atomic.ts";
+import { removeDirAtomic, writeDirAtomic, writeFileAtomic, writeJsonAtomic } from "../atomic.ts";
 import { stepCounts } from "../config/config.ts";
 import { PEFT_CONFIG, PEFT_WEIGHTS, PREFIX_CONFIG, PREFIX_WEIGHTS } from "../model/adapter_dir.ts";
 import { UserError } from "../errors.ts";
@@ -75,6 +82,58 @@ export interface LoadedCheckpoint extends
 }
 
 const CKPT = /^checkpoint-(\d+)$/;
+
+/** Written last into a checkpoint: its files and their sizes. */
+export const COMPLETE_MARKER = "checkpoint_complete.json";
+
+/** The state files every checkpoint has (how one from before COMPLETE_MARKER is judged). */
+const STATE_FILES = [
+  "optimizer.safetensors",
+  "scheduler.json",
+  "rng_state.json",
+  "resume_state.json",
+  "trainer_state.json",
+  "training_args.json",
+];
+
+/** Record `dir`'s files and sizes in COMPLETE_MARKER, the last file written. */
+async function markComplete(dir: string, step: number): Promise<void> {
+  const files: Record<string, number> = {};
+  for await (const e of Deno.readDir(dir)) {
+    if (e.isFile && !e.name.startsWith(".")) {
+      files[e.name] = (await Deno.stat(join(dir, e.name))).size;
+    }
+  }
+  await writeJsonAtomic(join(dir, COMPLETE_MARKER), { step, files });
+}
+
+/** Whether checkpoint `dir` is complete (see the module comment). */
+async function isComplete(dir: string): Promise<boolean> {
+  let files: Record<string, number>;
+  try {
+    files = JSON.parse(await Deno.readTextFile(join(dir, COMPLETE_MARKER))).files;
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) return false;
+    // Written before the marker existed: complete when every state file is there.
+    for (const f of STATE_FILES) {
+      try {
+        await Deno.stat(join(dir, f));
+      } catch {
+        return false;
+      }
+    }
+    return true;
+  }
+  if (typeof files !== "object" || files === null) return false;
+  for (const [name, size] of Object.entries(files)) {
+    try {
+      if ((await Deno.stat(join(dir, name))).size !== size) return false;
+    } catch {
+      return false;
+    }
+  }
+  return true;
+}
 
 /** HF's trainer_state.json (keys sorted, as HF's json.dumps(sort_keys=True)). */
 export function trainerStateJson(s: CheckpointState): Record<string, unknown> {
@@ -185,6 +244,7 @@ export async function writeCheckpoint(
       data: s.data,
     });
     await writeStateFiles(tmp, s);
+    await markComplete(tmp, s.globalStep);
   });
   return dir;
 }
@@ -210,12 +270,7 @@ export async function listCheckpoints(
       const m = CKPT.exec(e.name);
       if (!m || !e.isDirectory) continue;
       const dir = join(outDir, e.name);
-      try {
-        await Deno.stat(join(dir, "trainer_state.json"));
-      } catch {
-        continue;
-      }
-      out.push({ step: Number(m[1]), dir });
+      if (await isComplete(dir)) out.push({ step: Number(m[1]), dir });
     }
   } catch (e) {
     if (!(e instanceof Deno.errors.NotFound)) throw e;
@@ -277,12 +332,14 @@ export async function readCheckpoint(dir: string, files: ModelFiles): Promise<Lo
   };
 }
 
-/** save_total_limit: delete the oldest complete checkpoints beyond `limit`. */
+/**
+ * save_total_limit: delete the oldest complete checkpoints beyond `limit`,
+ * each renamed aside first (a kill mid-delete leaves a temporary, not a
+ * checkpoint missing files).
+ */
 export async function rotateCheckpoints(outDir: string, limit: number): Promise<void> {
   const all = await listCheckpoints(outDir);
-  for (const c of all.slice(0, Math.max(0, all.length - limit))) {
-    await Deno.remove(c.dir, { recursive: true });
-  }
+  for (const c of all.slice(0, Math.max(0, all.length - limit))) await removeDirAtomic(c.dir);
 }
 
 /** Remove temporaries a killed run left behind (`.checkpoint-N.<pid>.<rand>.tmp`). */

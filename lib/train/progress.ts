@@ -5,6 +5,7 @@
  * or tailed while training.
  */
 import { join } from "node:path";
+import { osError } from "../errors.ts";
 import { formatDuration, StatusLine } from "../progress.ts";
 import type { LogEntry } from "./checkpoint.ts";
 
@@ -58,17 +59,24 @@ export class Progress {
 /** metrics.jsonl in the output dir: rewritten from the restored log history on resume, then appended. */
 export class MetricsLog {
   private enc = new TextEncoder();
-  private constructor(private file: Deno.FsFile) {}
+  private constructor(private file: Deno.FsFile, private path: string) {}
   static async open(outDir: string, history: readonly LogEntry[]): Promise<MetricsLog> {
     const path = join(outDir, "metrics.jsonl");
-    await Deno.writeTextFile(path, history.map((e) => JSON.stringify(e) + "\n").join(""));
-    const file = await Deno.open(path, { append: true });
-    return new MetricsLog(file);
+    try {
+      await Deno.writeTextFile(path, history.map((e) => JSON.stringify(e) + "\n").join(""));
+      return new MetricsLog(await Deno.open(path, { append: true }), path);
+    } catch (e) {
+      throw osError(e, path, "write");
+    }
   }
   async append(e: LogEntry): Promise<void> {
     const b = this.enc.encode(JSON.stringify(e) + "\n");
     let off = 0;
-    while (off < b.length) off += await this.file.write(b.subarray(off));
+    try {
+      while (off < b.length) off += await this.file.write(b.subarray(off));
+    } catch (err) {
+      throw osError(err, this.path, "write");
+    }
   }
   close(): void {
     try {

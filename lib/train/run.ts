@@ -9,7 +9,8 @@ import {
   loadConfig,
   reportNotApplicable,
 } from "../config/mod.ts";
-import { UserError } from "../errors.ts";
+import { osError, UserError } from "../errors.ts";
+import { claimOutputDir, markOutputDir } from "../outdir.ts";
 import { describeGpu } from "../gpu/device.ts";
 import type { AdapterSpec } from "../model/adapter.ts";
 import type { GlmModel } from "../model/glm.ts";
@@ -37,7 +38,15 @@ export interface RunOptions {
   rowsPerPass?: number;
   /** CLI: SIGINT saves and stops */
   handleSigint?: boolean;
+  /** Train into `outDir` even when it is a non-empty directory that train did not write. */
+  force?: boolean;
 }
+
+/**
+ * What train writes into its output dir: how a dir written before output
+ * markers existed (lib/outdir.ts) is recognised as an earlier run's.
+ */
+const TRAIN_OUTPUT = /^(checkpoint-\d+|trainer_state\.json|metrics\.jsonl)$/;
 
 /** The adapter a config asks for (PEFT names → model options). */
 export function adapterSpec(cfg: FinetuneConfig): AdapterSpec {
@@ -170,6 +179,11 @@ export async function dryRunPlan(
 export async function runTraining(o: RunOptions): Promise<TrainResult> {
   const cfg = await loadConfig(o.configPath, o.overrides ?? []);
   reportNotApplicable(cfg);
+  // The output dir must be new, empty or an earlier run's before anything is loaded.
+  await claimOutputDir(o.outDir, "train", {
+    force: o.force,
+    legacy: (names) => names.some((n) => TRAIN_OUTPUT.test(n)),
+  });
   const args = trainArgsFromConfig(cfg.training_args, { shuffle: o.shuffle ?? true });
   const spec = adapterSpec(cfg);
   const mode = finetuneMode(cfg);
@@ -207,6 +221,12 @@ export async function runTraining(o: RunOptions): Promise<TrainResult> {
         }
       }
     }
+    try {
+      await Deno.mkdir(o.outDir, { recursive: true });
+    } catch (e) {
+      throw osError(e, o.outDir, "create the output dir");
+    }
+    await markOutputDir(o.outDir, "train");
     if (o.initAdapter && o.resume === undefined) {
       model.setParams(await readInitAdapter(o.initAdapter, spec));
     }
@@ -228,6 +248,7 @@ export async function runTraining(o: RunOptions): Promise<TrainResult> {
       overwrite: cfg.training_args.overwrite_output_dir,
       handleSigint: o.handleSigint,
       rowsPerPass: o.rowsPerPass,
+      vocabSize: vocab,
       configEcho: {
         config_file: o.configPath,
         overrides: o.overrides ?? [],

@@ -5,10 +5,14 @@
  * forward + backward with dLoss/dlogit seeded by 1/(valid tokens · micro-
  * batches in the step) — HF takes each micro-batch's mean loss and divides it
  * by the number of micro-batches in the accumulation window; then the global
- * grad norm, clip coefficient and AdamW update are encoded in one pass and
- * submitted. Nothing is read back except when a step is logged, evaluated or
- * saved; otherwise the host waits only for the previous step to finish, so at
- * most one step is queued ahead of the device.
+ * grad norm and clip coefficient, and a copy of the step's loss sums and norm
+ * into a small mappable buffer. The host's one wait per step is the mapping of
+ * that buffer (it replaced waiting for the queue to drain, and costs the
+ * same): with the loss and norm in hand it checks them (lib/train/guard.ts)
+ * and only then submits the step's AdamW update — ahead of the next step's
+ * work in the same queue — or, under `nan_policy`, stops or skips it. So a
+ * non-finite value never reaches the weights, and logging needs no readback of
+ * its own.
  *
  * Logged values follow HF: `loss` is the mean of the per-step losses since the
  * last log, `grad_norm` the pre-clip norm of the last step, `learning_rate`
@@ -19,7 +23,8 @@ import { createBuffer, readF32, uniforms } from "../gpu/runtime.ts";
 import { AdamWState } from "../gpu/kernels/adamw.ts";
 import { GradNorm } from "../gpu/kernels/grad_norm.ts";
 import type { TrainableModel } from "../model/types.ts";
-import { UserError } from "../errors.ts";
+import { osError, UserError } from "../errors.ts";
+import { removeDirAtomic } from "../atomic.ts";
 import { adamwScalars } from "./adamw.ts";
 import { intervalSteps, warmupSteps } from "../config/config.ts";
 import type { TrainArgs } from "./args.ts";
@@ -38,6 +43,13 @@ import {
   writeFinal,
 } from "./checkpoint.ts";
 import { MetricsLog, Progress } from "./progress.ts";
+import {
+  assertFiniteWeights,
+  checkStep,
+  divergedError,
+  skippedNote,
+  UniformLossWatch,
+} from "./guard.ts";
 
 export interface TrainerModel extends TrainableModel {
   readParams(): Promise<Map<string, Float32Array>>;
@@ -71,8 +83,10 @@ export interface TrainOptions {
    * same result, so activation memory is sized for this many records.
    */
   rowsPerPass?: number;
-  /** Called after each optimizer step is submitted, with the new global step. */
+  /** Called after each step's forward and backward are submitted, with the new global step. */
   onStep?: (globalStep: number) => void;
+  /** The model's vocabulary size, for the warning about a loss stuck at ln(vocab). */
+  vocabSize?: number;
 }
 
 export interface TrainResult {
@@ -82,19 +96,29 @@ export interface TrainResult {
   /** checkpoint written on interruption */
   checkpoint?: string;
   logHistory: LogEntry[];
-  /** per-step losses of this process's steps (step → mean micro-batch loss), read lazily at logs */
+  /** per-step losses of this process's steps (0-based step → mean micro-batch loss) */
   stepLosses: Map<number, number>;
+  /** steps (1-based) whose update was skipped under nan_policy: skip */
+  skippedSteps: number[];
 }
 
-/** Loss-sum slots in the loss buffer before a flush is forced. */
+/** Loss-sum slots: the forward/backward passes one optimizer step may have. */
 const LOSS_SLOTS = 1024;
 
-interface PendingLoss {
-  step: number;
-  slot: number;
+/** One pass of a step: its micro-batch's valid tokens and 1 / micro-batches in the step. */
+interface PassMeta {
   valid: number;
-  /** 1 / micro-batches in the step */
   weight: number;
+}
+
+/** A step whose values are on their way back and whose update waits for them. */
+interface PendingStep {
+  /** 1-based step number (the AdamW step count). */
+  step: number;
+  lr: number;
+  passes: PassMeta[];
+  /** [grad norm, clip, loss sum of each pass] once the step has run (the step's one wait). */
+  values: Promise<Float32Array>;
 }
 
 export async function train(o: TrainOptions): Promise<TrainResult> {
@@ -141,20 +165,14 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   const gradNorm = new GradNorm(gpu, params);
   const lossBuf = createBuffer(gpu, LOSS_SLOTS * 4, "train-loss");
   const evalBuf = createBuffer(gpu, LOSS_SLOTS * 4, "eval-loss");
+  // Where each step's grad norm, clip and loss sums are copied for the host.
+  const stage = gpu.device.createBuffer({
+    size: 8 + LOSS_SLOTS * 4,
+    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    label: "train-step-values",
+  });
 
-  await Deno.mkdir(o.outDir, { recursive: true });
-  await removeStaleTemps(o.outDir);
-  if (o.resume === undefined) {
-    const old = await listCheckpoints(o.outDir);
-    if (old.length > 0 && !o.overwrite) {
-      throw new UserError(
-        `${o.outDir} already holds checkpoints of an earlier run (${
-          old.map((c) => `checkpoint-${c.step}`).join(", ")
-        }); continue it with --resume yes, choose another output dir, or set training_args.overwrite_output_dir=true to delete them`,
-      );
-    }
-    for (const c of old) await Deno.remove(c.dir, { recursive: true });
-  }
+  await prepareOutDir(o.outDir, o.resume === undefined, !!o.overwrite);
 
   const dataInfo = {
     num_records: o.train.length,
@@ -230,11 +248,11 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   };
   if (o.handleSigint) Deno.addSignalListener("SIGINT", onSigint);
 
-  const pending: PendingLoss[] = [];
-  const stepLoss = new Map<number, { sum: number; parts: number; expected: number }>();
   const stepLosses = new Map<number, number>();
-  let nextSlot = 0;
-  let inflight: Promise<undefined> | undefined;
+  const skippedSteps: number[] = [];
+  const uniformWatch = new UniformLossWatch(o.vocabSize);
+  const warn = (line: string) => progress ? progress.note(line) : console.error(line);
+  let pendingStep: PendingStep | undefined;
   let lastGradNorm = NaN;
   let lastLr = 0;
   let windowTokens = 0;
@@ -242,34 +260,64 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   const runStart = performance.now();
   let runStepsDone = 0;
 
-  /** Read back pending loss sums (one wait) and fold finished steps into the window. */
-  const flush = async (withNorm: boolean) => {
-    const n = nextSlot;
-    const [losses, norm] = await Promise.all([
-      n > 0 ? readF32(gpu, lossBuf, n) : Promise.resolve(new Float32Array(0)),
-      withNorm ? readF32(gpu, gradNorm.result, 1) : Promise.resolve(undefined),
-    ]);
-    if (norm) lastGradNorm = norm[0];
-    for (const p of pending) {
-      let s = stepLoss.get(p.step);
-      if (!s) stepLoss.set(p.step, s = { sum: 0, parts: 0, expected: 0 });
-      if (p.valid > 0) s.sum += (losses[p.slot] / p.valid) * p.weight;
-      s.parts++;
+  /** Map the staging buffer once the step that filled it has run: the step's one wait. */
+  const stepValues = async (n: number): Promise<Float32Array> => {
+    await stage.mapAsync(GPUMapMode.READ, 0, 8 + n * 4);
+    const v = new Float32Array(stage.getMappedRange(0, 8 + n * 4).slice(0));
+    stage.unmap();
+    return v;
+  };
+
+  /**
+   * Finish the last submitted step: wait for its loss and grad norm, check
+   * them, and submit its AdamW update — or, when one is not finite, stop the
+   * run (nan_policy: stop) or leave the update out (skip). Every log, eval and
+   * save settles first, so they see the step's values and updated weights.
+   */
+  const settle = async () => {
+    const p = pendingStep;
+    if (!p) return;
+    pendingStep = undefined;
+    const v = await p.values;
+    let loss = 0;
+    p.passes.forEach((m, i) => {
+      if (m.valid > 0) loss += (v[2 + i] / m.valid) * m.weight;
+    });
+    lastGradNorm = v[0];
+    const bad = checkStep(loss, v[0]);
+    if (bad && args.nanPolicy === "stop") {
+      const last = (await listCheckpoints(o.outDir)).at(-1)?.dir;
+      throw divergedError(p.step, bad, last);
     }
-    pending.length = 0;
-    nextSlot = 0;
-    for (const [step, s] of stepLoss) {
-      if (s.parts === s.expected) {
-        window.lossSum += s.sum;
-        window.steps++;
-        stepLosses.set(step, s.sum);
-        stepLoss.delete(step);
-      }
+    if (bad) {
+      skippedSteps.push(p.step);
+      warn(skippedNote(p.step, bad));
+      return;
     }
+    window.lossSum += loss;
+    window.steps++;
+    stepLosses.set(p.step - 1, loss);
+    const enc = gpu.device.createCommandEncoder();
+    const pass = enc.beginComputePass();
+    adam.encode(
+      pass,
+      adamwScalars({
+        lr: p.lr,
+        beta1: args.beta1,
+        beta2: args.beta2,
+        eps: args.eps,
+        weightDecay: args.weightDecay,
+      }, p.step),
+      gradNorm.result,
+      1,
+    );
+    pass.end();
+    gpu.device.queue.submit([enc.finish()]);
+    uniforms(gpu).reset();
   };
 
   const evaluate = async (): Promise<number> => {
-    await flushIfPending();
+    await settle();
     let weighted = 0;
     let rows = 0;
     // One entry per pass: its loss sum over the batch's valid tokens, weighted by the batch's rows.
@@ -301,10 +349,6 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     return rows > 0 ? weighted / rows : NaN;
   };
 
-  const flushIfPending = async () => {
-    if (pending.length > 0) await flush(false);
-  };
-
   const stateNow = (): CheckpointState => ({
     globalStep,
     epoch,
@@ -322,13 +366,21 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
   });
 
   const save = async (): Promise<string> => {
-    await flushIfPending();
+    await settle();
+    const what = `checkpoint-${globalStep}`;
     const tensors = await model.readParams();
+    assertFiniteWeights(globalStep, what, tensors);
+    // Moments are read one tensor at a time while optimizer.safetensors is written.
+    const moment = async (name: string, buf: GPUBuffer, size: number) => {
+      const data = await readF32(gpu, buf, size);
+      assertFiniteWeights(globalStep, what, [[name, data]]);
+      return data;
+    };
     const moments = params.map((p, k) => ({
       name: p.name,
       size: p.size,
-      m: () => readF32(gpu, adam.m[k], p.size),
-      v: () => readF32(gpu, adam.v[k], p.size),
+      m: () => moment(`${p.name}.exp_avg`, adam.m[k], p.size),
+      v: () => moment(`${p.name}.exp_avg_sq`, adam.v[k], p.size),
     }));
     const dir = await writeCheckpoint(o.outDir, stateNow(), tensors, moments, o.files);
     if (args.saveTotalLimit !== null && args.saveTotalLimit > 0) {
@@ -347,18 +399,24 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
       const batches = sp.micro.map((i) => plan.microBatch(sp.epoch, i));
       const passes = batches.map((b) => splitRows(b, rowsPerPass));
       const nPasses = passes.reduce((a, p) => a + p.length, 0);
-      if (nextSlot + nPasses > LOSS_SLOTS) await flush(false);
-      if (inflight) await inflight;
+      if (nPasses > LOSS_SLOTS) {
+        throw new UserError(
+          `a step of ${nPasses} forward/backward passes is more than the ${LOSS_SLOTS} this trainer ` +
+            `keeps losses for; lower gradient_accumulation_steps or raise --rows-per-pass`,
+        );
+      }
+      // The previous step: its one wait, its checks, its update (queued before this step's work).
+      await settle();
 
       const zero = gpu.device.createCommandEncoder();
       model.zeroGrads(zero);
       gpu.device.queue.submit([zero.finish()]);
-      stepLoss.set(globalStep, { sum: 0, parts: 0, expected: nPasses });
+      const meta: PassMeta[] = [];
       batches.forEach((b, i) => {
         if (b.validTokens === 0) window.skipped++;
         passes[i].forEach((p, k) => {
-          const slot = nextSlot++;
-          pending.push({ step: globalStep, slot, valid: b.validTokens, weight: 1 / nMicro });
+          const slot = meta.length;
+          meta.push({ valid: b.validTokens, weight: 1 / nMicro });
           model.forwardBackward(p, {
             gradScale: b.validTokens > 0 ? 1 / (b.validTokens * nMicro) : 0,
             lossBuffer: lossBuf,
@@ -376,22 +434,17 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
       const enc = gpu.device.createCommandEncoder();
       const pass = enc.beginComputePass();
       gradNorm.encode(pass, args.maxGradNorm);
-      adam.encode(
-        pass,
-        adamwScalars({
-          lr: lastLr,
-          beta1: args.beta1,
-          beta2: args.beta2,
-          eps: args.eps,
-          weightDecay: args.weightDecay,
-        }, globalStep + 1),
-        gradNorm.result,
-        1,
-      );
       pass.end();
+      enc.copyBufferToBuffer(gradNorm.result, 0, stage, 0, 8);
+      enc.copyBufferToBuffer(lossBuf, 0, stage, 8, 4 * meta.length);
       gpu.device.queue.submit([enc.finish()]);
       uniforms(gpu).reset();
-      inflight = gpu.device.queue.onSubmittedWorkDone();
+      pendingStep = {
+        step: globalStep + 1,
+        lr: lastLr,
+        passes: meta,
+        values: stepValues(meta.length),
+      };
 
       globalStep++;
       runStepsDone++;
@@ -410,8 +463,8 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
         (args.saveStrategy === "epoch" && sp.endsEpoch) ||
         (atEnd && args.saveStrategy === "steps") || stop.requested;
 
+      if (shouldLog || shouldEval || shouldSave) await settle();
       if (shouldLog) {
-        await flush(true);
         const now = performance.now();
         const entry: LogEntry = {
           loss: window.steps > 0 ? window.lossSum / window.steps : NaN,
@@ -422,6 +475,8 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
         };
         logHistory.push(entry);
         await metrics.append(entry);
+        const collapsed = uniformWatch.observe(globalStep, entry.loss!, lastGradNorm);
+        if (collapsed) warn(collapsed);
         const secs = (now - windowStart) / 1000;
         progress?.log({
           step: globalStep,
@@ -454,10 +509,11 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
         }
       }
     }
-    await flushIfPending();
+    await settle();
     if (!interrupted) {
       const runtime = (performance.now() - runStart) / 1000;
-      const total = logHistory.filter((e) => e.loss !== undefined);
+      // A log window of skipped steps only (nan_policy: skip) has no loss to average.
+      const total = logHistory.filter((e) => e.loss !== undefined && Number.isFinite(e.loss));
       const summary: LogEntry = {
         epoch,
         step: globalStep,
@@ -471,20 +527,65 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
         logHistory.push(summary);
         await metrics.append(summary);
       }
+      if (skippedSteps.length > 0) {
+        warn(
+          `${skippedSteps.length} step(s) had non-finite values and were skipped ` +
+            `(nan_policy: skip): ${skippedSteps.slice(0, 10).join(", ")}${
+              skippedSteps.length > 10 ? ", …" : ""
+            }`,
+        );
+      }
       const tensors = await model.readParams();
+      assertFiniteWeights(globalStep, "the final save", tensors);
       await writeFinal(o.outDir, stateNow(), tensors, o.files);
     }
   } finally {
     if (o.handleSigint) Deno.removeSignalListener("SIGINT", onSigint);
     progress?.end();
     metrics.close();
-    if (inflight) await inflight;
+    // A step still in flight (a run stopped by an error) finishes before its buffers go.
+    if (pendingStep) await pendingStep.values.catch(() => {});
+    await gpu.device.queue.onSubmittedWorkDone();
     adam.destroy();
     gradNorm.destroy();
     lossBuf.destroy();
     evalBuf.destroy();
+    stage.destroy();
   }
-  return { globalStep, maxSteps, interrupted, checkpoint, logHistory, stepLosses };
+  return {
+    globalStep,
+    maxSteps,
+    interrupted,
+    checkpoint,
+    logHistory,
+    stepLosses,
+    skippedSteps,
+  };
+}
+
+/**
+ * The output dir before a run: created; temporaries of a killed run removed;
+ * for a fresh run, an earlier run's checkpoints refused, or with
+ * `overwrite` (HF overwrite_output_dir) removed — each renamed aside before
+ * it is deleted, so none is ever left half-deleted under its name.
+ */
+async function prepareOutDir(outDir: string, fresh: boolean, overwrite: boolean): Promise<void> {
+  try {
+    await Deno.mkdir(outDir, { recursive: true });
+  } catch (e) {
+    throw osError(e, outDir, "create the output dir");
+  }
+  await removeStaleTemps(outDir);
+  if (!fresh) return;
+  const old = await listCheckpoints(outDir);
+  if (old.length > 0 && !overwrite) {
+    throw new UserError(
+      `${outDir} already holds checkpoints of an earlier run (${
+        old.map((c) => `checkpoint-${c.step}`).join(", ")
+      }); continue it with --resume yes, choose another output dir, or set training_args.overwrite_output_dir=true to delete them`,
+    );
+  }
+  for (const c of old) await removeDirAtomic(c.dir);
 }
 
 /** Dropout seed of micro-batch `micro` of optimizer step `step`: a function of the run seed only, so resumes replay it. */
