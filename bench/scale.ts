@@ -15,17 +15,13 @@
  */
 import { parseFlags, positiveIntFlag } from "../lib/args.ts";
 import { writeJsonAtomic } from "../lib/atomic.ts";
-import { describeGpu, type Gpu } from "../lib/gpu/device.ts";
-import { createBuffer, readF32, uniforms } from "../lib/gpu/runtime.ts";
-import { AdamWState } from "../lib/gpu/kernels/adamw.ts";
-import { GradNorm } from "../lib/gpu/kernels/grad_norm.ts";
+import { describeGpu } from "../lib/gpu/device.ts";
 import type { AdapterSpec } from "../lib/model/adapter.ts";
 import { loadGlmConfig } from "../lib/model/config.ts";
-import type { GlmModel } from "../lib/model/glm.ts";
 import { gpuForModel, loadGlmModel } from "../lib/model/load.ts";
 import { type MemoryPlan, memoryPlan } from "../lib/model/memory_plan.ts";
-import { adamwScalars } from "../lib/train/adamw.ts";
 import { DeviceMemory, type MemoryKind } from "./device_memory.ts";
+import { peakRss, seededIds, trainSteps } from "./jobs.ts";
 import { makeShapedCheckpoint, shapedDir } from "./shaped_checkpoint.ts";
 
 const SEQ = 128;
@@ -42,57 +38,6 @@ const PREFIX: AdapterSpec = { kind: "prefix", preSeqLen: 128, prefixProjection: 
 
 const GiB = 2 ** 30, MiB = 2 ** 20;
 const secs = (t0: number) => (performance.now() - t0) / 1000;
-
-/** The process's peak resident set (VmHWM), in bytes. */
-export function peakRss(): number {
-  try {
-    const m = /VmHWM:\s+(\d+) kB/.exec(Deno.readTextFileSync("/proc/self/status"));
-    return m ? Number(m[1]) * 1024 : NaN;
-  } catch {
-    return NaN;
-  }
-}
-
-/** Seeded token ids in [0, V). */
-function ids(n: number, V: number, seed: number): Int32Array {
-  let s = seed;
-  return Int32Array.from({ length: n }, () => {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    return s % V;
-  });
-}
-
-/** One optimizer step as the trainer takes it (forward + backward, grad norm, AdamW; one wait); the loss. */
-async function step(gpu: Gpu, model: GlmModel, inputIds: Int32Array): Promise<number> {
-  const adam = new AdamWState(gpu, model.params);
-  const gn = new GradNorm(gpu, model.params);
-  const loss = createBuffer(gpu, 16, "bench-loss");
-  try {
-    const z = gpu.device.createCommandEncoder();
-    model.zeroGrads(z);
-    gpu.device.queue.submit([z.finish()]);
-    model.forwardBackward({ batch: 1, seq: SEQ, inputIds, labels: inputIds }, {
-      gradScale: 1 / (SEQ - 1),
-      lossBuffer: loss,
-      lossSlot: 0,
-      training: true,
-      dropoutSeed: 1,
-    });
-    const enc = gpu.device.createCommandEncoder();
-    const pass = enc.beginComputePass();
-    gn.encode(pass, 1.0);
-    const hp = { lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0 };
-    adam.encode(pass, adamwScalars(hp, 1), gn.result, 1);
-    pass.end();
-    gpu.device.queue.submit([enc.finish()]);
-    uniforms(gpu).reset();
-    return (await readF32(gpu, loss, 1))[0] / (SEQ - 1);
-  } finally {
-    adam.destroy();
-    gn.destroy();
-    loss.destroy();
-  }
-}
 
 interface KindRow {
   kind: MemoryKind;
@@ -147,7 +92,7 @@ export async function run(argv: string[] = []): Promise<void> {
   );
   const mem = new DeviceMemory(gpu);
   const V = config.padded_vocab_size;
-  const record = ids(SEQ, V, 7);
+  const record = seededIds(SEQ, V, 7);
   const out: Record<string, unknown> = { layers, device: describeGpu(gpu) };
 
   for (const [name, adapter] of [["lora", LORA], ["ptuning", PREFIX]] as const) {
@@ -163,7 +108,13 @@ export async function run(argv: string[] = []): Promise<void> {
     });
     const loadS = secs(t0);
     t0 = performance.now();
-    const loss = await step(gpu, model, record);
+    const [loss] = (await trainSteps(gpu, model, {
+      ids: record,
+      batch: 1,
+      seq: SEQ,
+      rowsPerPass: 1,
+      steps: 1,
+    })).losses;
     const stepS = secs(t0);
     const res: Record<string, unknown> = { load_s: loadS, step_s: stepS, loss };
     console.log(

@@ -192,12 +192,24 @@ export function linearShape(d: Dims, kind: LoraTarget): [number, number] {
   }
 }
 
-/** A weight matrix [rows, cols] split by rows into buffers that each fit one binding. */
+/**
+ * A weight matrix [rows, cols] split by rows into slices that each fit one
+ * binding: a buffer per slice (f16, frozen), or, when the table is trained,
+ * ranges of one buffer, which the optimizer sees as one tensor.
+ */
 interface Table {
   f16: boolean;
   rows: number;
   cols: number;
-  slices: { buf: GPUBuffer; start: number; end: number }[];
+  slices: {
+    buf: GPUBuffer;
+    /** Element offset of the slice's first row in `buf`. */
+    off: number;
+    /** The slice's bytes of `buf`, for kernels that bind it directly. */
+    range: GPUBufferBinding;
+    start: number;
+    end: number;
+  }[];
 }
 
 interface Linear {
@@ -431,17 +443,12 @@ export class GlmModel implements TrainableModel {
           `${name}: one row of ${rowBytes} bytes exceeds the adapter's binding limit`,
         );
       }
-      if (full && per < rows) {
-        throw new UserError(
-          `${name} is ${
-            rows * rowBytes
-          } bytes, over this adapter's binding limit of ${limit} bytes: full SFT of a model this size needs a GPU with larger buffers`,
-        );
-      }
       const slices: Table["slices"] = [];
       const dt = w.dtype(name);
       const raw = asF16 && dt !== "F32" ? await w.raw(name) : undefined;
       const all = raw ? undefined : await w.f32(name);
+      // A trained table is one buffer (up to maxBufferSize) bound a slice at a time.
+      const whole = full ? this.buf(rows * rowBytes, name) : undefined;
       for (let start = 0; start < rows; start += per) {
         const end = Math.min(rows, start + per);
         let data: Float32Array | Uint32Array;
@@ -450,7 +457,26 @@ export class GlmModel implements TrainableModel {
           const part = all!.subarray(start * cols, end * cols);
           data = asF16 ? f32ToF16Packed(part) : part;
         }
-        slices.push({ buf: this.up(data, `${name}[${start}:${end}]`), start, end });
+        const size = (end - start) * rowBytes;
+        if (whole) {
+          const offset = start * rowBytes;
+          if (offset % this.gpu.limits.minStorageBufferOffsetAlignment !== 0) {
+            throw new UserError(
+              `${name}: rows of ${rowBytes} bytes do not start its slices at the adapter's binding alignment`,
+            );
+          }
+          writeBuffer(this.gpu, whole, offset, data);
+          slices.push({
+            buf: whole,
+            off: start * cols,
+            range: { buffer: whole, offset, size },
+            start,
+            end,
+          });
+        } else {
+          const buf = this.up(data, `${name}[${start}:${end}]`);
+          slices.push({ buf, off: 0, range: { buffer: buf, offset: 0, size }, start, end });
+        }
         await settleWrites(this.gpu);
       }
       return { f16: asF16, rows, cols, slices };
@@ -1163,7 +1189,7 @@ export class GlmModel implements TrainableModel {
         ids: this.s.ids,
         tokens: st.T,
         dim: this.dims.hidden,
-        table: sl.buf,
+        table: sl.range,
         f16: this.embed.f16,
         rowStart: sl.start,
         rowEnd: sl.end,
@@ -1203,6 +1229,7 @@ export class GlmModel implements TrainableModel {
           a: s.nf,
           aOffset: r0 * d.hidden,
           b: sl.buf,
+          bOffset: sl.off,
           transB: true,
           bF16: this.output.f16,
           c: s.logits,
@@ -1231,6 +1258,7 @@ export class GlmModel implements TrainableModel {
           aOffset: sl.start,
           lda: d.V,
           b: sl.buf,
+          bOffset: sl.off,
           bF16: this.output.f16,
           c: s.dn,
           cOffset: r0 * d.hidden,
@@ -1272,14 +1300,20 @@ export class GlmModel implements TrainableModel {
     }
     this.prefixBackward(pass, st);
     if (plan) {
-      encodeEmbeddingBackward(this.gpu, pass, {
-        plan: s.plan,
-        unique: plan.unique,
-        tokens: st.T,
-        dim: d.hidden,
-        dy: s.dres,
-        dtable: this.byName.get(EMBEDDING)!.grad,
-      });
+      // The gradient has the table's slices (one binding each).
+      const grad = this.byName.get(EMBEDDING)!.grad;
+      for (const sl of this.embed.slices) {
+        encodeEmbeddingBackward(this.gpu, pass, {
+          plan: s.plan,
+          unique: plan.unique,
+          tokens: st.T,
+          dim: d.hidden,
+          dy: s.dres,
+          dtable: { buffer: grad, offset: sl.range.offset, size: sl.range.size },
+          rowStart: sl.start,
+          rowEnd: sl.end,
+        });
+      }
     }
   }
 
@@ -1353,6 +1387,7 @@ export class GlmModel implements TrainableModel {
           K: d.hidden,
           a: this.s.nf,
           b: sl.buf,
+          bOffset: sl.off,
           transB: true,
           bF16: this.output.f16,
           c: out,
