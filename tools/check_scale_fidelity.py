@@ -27,35 +27,16 @@ import tempfile
 
 import torch
 from peft import LoraConfig, get_peft_model
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from chatglm_torch import ChatGLMConfig, ChatGLMForConditionalGeneration  # noqa: E402
+from chatglm_torch import load_checkpoint  # noqa: E402
 from make_training_fixtures import saved_name, train  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 TOL = 1e-3
 LORA = dict(r=8, lora_alpha=32, lora_dropout=0.0, target_modules=["query_key_value"])
 LR, STEPS, BATCH = 1e-3, 3, 2
-
-
-def load_model(ckpt: str) -> ChatGLMForConditionalGeneration:
-    with open(os.path.join(ckpt, "config.json")) as f:
-        cfg = json.load(f)
-    keep = {k: cfg[k] for k in ("num_layers", "padded_vocab_size", "hidden_size", "ffn_hidden_size",
-                                 "kv_channels", "num_attention_heads", "seq_length", "layernorm_epsilon",
-                                 "add_qkv_bias", "multi_query_group_num")}
-    m = ChatGLMForConditionalGeneration(ChatGLMConfig(**keep))
-    state = {}
-    index = os.path.join(ckpt, "model.safetensors.index.json")
-    files = sorted(set(json.load(open(index))["weight_map"].values())) if os.path.exists(index) \
-        else ["model.safetensors"]
-    for fn in files:
-        for k, v in load_file(os.path.join(ckpt, fn)).items():
-            if "rotary_pos_emb" not in k:
-                state[k] = v.float()
-    m.load_state_dict(state)
-    return m
 
 
 def records(vocab: int) -> list[tuple[list[int], list[int]]]:
@@ -93,7 +74,7 @@ def main() -> None:
     if not os.path.exists(os.path.join(a.checkpoint, "config.json")):
         run([a.deno, "run", "-A", "bench/shaped_checkpoint.ts", "--layers", "2", "--out", a.checkpoint])
     torch.manual_seed(0)
-    base = load_model(a.checkpoint).eval()
+    base = load_checkpoint(a.checkpoint).eval()
     vocab = base.config.padded_vocab_size
     recs = records(vocab)
     with torch.no_grad():
