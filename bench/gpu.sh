@@ -83,8 +83,12 @@ sampled "$out/ours-smi.txt" "$deno" run -A bench/gpu_jobs.ts --layers "$layers" 
 
 echo "== PyTorch + PEFT"
 if [ -n "$small" ]; then batch=1 seq=65; else batch=4 seq=769; fi
-args="{\"lora_dir\": \"$dir\", \"sft_dir\": \"$dir2\", \"batch\": $batch, \"seq\": $seq, \"steps\": 2}"
-sampled "$out/peer-smi.txt" env PYTHONUNBUFFERED=1 OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" \
-  "$python" tools/peers/gpu_peer.py "$args" | tee "$out/peer.jsonl"
+: >"$out/peer.jsonl"
+for job in lora ptuning sft; do # a process per job: each its own peak memory
+  args="{\"lora_dir\": \"$dir\", \"sft_dir\": \"$dir2\", \"batch\": $batch, \"seq\": $seq, \"steps\": 2, \"jobs\": [\"$job\"]}"
+  sampled "$out/peer-smi-$job.txt" env PYTHONUNBUFFERED=1 OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}" \
+    "$python" tools/peers/gpu_peer.py "$args" | tee -a "$out/peer.jsonl"
+done
+cat "$out"/peer-smi-*.txt >"$out/peer-smi.txt"
 
 "$deno" run -A bench/gpu_summary.ts "$out"

@@ -88,7 +88,13 @@ export async function runJobs(o: {
       1,
       largestRowsPerPass(config, planOpts, PYTORCH_LORA_MIB * MiB) || 1,
     );
-    const plan = memoryPlan(config, { ...planOpts, rowsPerPass });
+    const plan = memoryPlan(config, {
+      ...planOpts,
+      rowsPerPass,
+      maxBindingBytes: Math.min(gpu.limits.maxStorageBufferBindingSize, gpu.limits.maxBufferSize),
+      deviceClass: gpu.deviceClass,
+      maxTextureSide: gpu.limits.maxTextureDimension2D,
+    });
     const mem = new DeviceMemory(gpu);
     const t0 = performance.now();
     const model = await loadGlmModel(gpu, dir, {

@@ -9,7 +9,8 @@ bench/gpu_jobs.ts runs them:
   sft      full fine-tuning of `sft_dir` (the 2-layer shape)
 each on `batch` × `seq` random tokens, one step to warm up, then `steps` timed.
 Prints one JSON line per job: samples/s, tokens/s, peak memory (CUDA's max
-allocated; on a CPU the process's peak RSS) and the losses.
+allocated; on a CPU the process's peak RSS, so bench/gpu.sh runs a process per job)
+and the losses.
 
 Run: python tools/peers/gpu_peer.py '{"lora_dir": D, "sft_dir": D2, "batch": 4, "seq": 769, "steps": 2}'
 """
@@ -69,7 +70,7 @@ def job(name: str, a: dict, device: str, dtype) -> dict:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if i > 0:
             times.append(time.perf_counter() - t0)
     step = sum(times) / len(times)
