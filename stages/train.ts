@@ -1,7 +1,7 @@
 /**
  * `deno task stage train --model MODEL_DIR --config CFG --train masked_train.jsonl
  *    [--eval masked_eval.jsonl] --out OUT_DIR [--resume yes|N] [--init-adapter DIR]
- *    [--no-shuffle] [--set key.path=value ...]`
+ *    [--no-shuffle] [--set key.path=value ...] [--engine webgpu|torch [torchrun flags]]`
  * or, to print the memory plan without weights or a device,
  * `deno task stage train --model MODEL_DIR --config CFG --dry-run`,
  * or the finetune_demo's positional form
@@ -11,9 +11,10 @@
  */
 import { join } from "node:path";
 import { loadConfig } from "../lib/config/mod.ts";
-import { parseFlags, positiveIntFlag } from "../lib/args.ts";
+import { numberFlag, parseFlags, positiveIntFlag } from "../lib/args.ts";
 import { UserError } from "../lib/errors.ts";
 import { dryRunPlan, runTraining } from "../lib/train/run.ts";
+import { INTERRUPTED, runTorchTraining, type TorchLaunch } from "../lib/train/torch_engine.ts";
 
 export { dryRunPlan, runTraining } from "../lib/train/run.ts";
 export { train } from "../lib/train/trainer.ts";
@@ -22,6 +23,8 @@ const USAGE =
   `usage: deno task stage train --model MODEL_DIR --config CFG --train masked_train.jsonl
          [--eval masked_eval.jsonl] --out OUT_DIR [--resume yes|N] [--init-adapter DIR]
          [--no-shuffle] [--rows-per-pass N] [--set key.path=value ...]
+         [--engine webgpu|torch] [--nproc-per-node N] [--nnodes N --node-rank R
+         --rdzv-endpoint HOST:PORT [--rdzv-id ID] [--rdzv-backend c10d]]
    or: deno task stage train --model MODEL_DIR --config CFG [--set ...] [--rows-per-pass N] --dry-run
    or: deno task stage train DATA_DIR MODEL_DIR CONFIG [yes|N]
 
@@ -30,7 +33,11 @@ const USAGE =
   --rows-per-pass N
               feed each micro-batch to the model N records at a time; the passes'
               gradients add up to the same result, and activation memory is sized
-              for N records (default: the whole per_device_train_batch_size)`;
+              for N records (default: the whole per_device_train_batch_size)
+  --engine    webgpu (default): this toolkit's engine, one device; torch: the PyTorch
+              trainer under torchrun (DDP, DeepSpeed ZeRO, FSDP; deno task setup-torch once)
+  --nproc-per-node, --nnodes, --node-rank, --rdzv-endpoint, --rdzv-id, --rdzv-backend
+              torchrun's flags, for --engine torch (docs/scale-out.md)`;
 
 function parseResume(v: string | undefined): "yes" | number | undefined {
   if (v === undefined || v === "no") return undefined;
@@ -57,6 +64,13 @@ export async function main(argv: string[]): Promise<number> {
       "dry-run": { type: "boolean" },
       "rows-per-pass": { type: "string" },
       set: { type: "string", multiple: true },
+      engine: { type: "string" },
+      "nproc-per-node": { type: "string" },
+      nnodes: { type: "string" },
+      "node-rank": { type: "string" },
+      "rdzv-endpoint": { type: "string" },
+      "rdzv-id": { type: "string" },
+      "rdzv-backend": { type: "string" },
       help: { type: "boolean", short: "h" },
     },
     USAGE,
@@ -68,6 +82,37 @@ export async function main(argv: string[]): Promise<number> {
   }
   const sets = (values.set as string[] | undefined) ?? [];
   const rowsPerPass = positiveIntFlag(values["rows-per-pass"], "--rows-per-pass");
+  const engine = (values.engine as string | undefined) ?? "webgpu";
+  if (engine !== "webgpu" && engine !== "torch") {
+    throw new UserError(`--engine: expected webgpu or torch, got "${engine}"`);
+  }
+  const launch: TorchLaunch = {
+    nprocPerNode: positiveIntFlag(values["nproc-per-node"], "--nproc-per-node"),
+    nnodes: positiveIntFlag(values.nnodes, "--nnodes"),
+    nodeRank: numberFlag(values["node-rank"], "--node-rank", { integer: true, min: 0 }),
+    rdzvEndpoint: values["rdzv-endpoint"] as string | undefined,
+    rdzvId: values["rdzv-id"] as string | undefined,
+    rdzvBackend: values["rdzv-backend"] as string | undefined,
+  };
+  const torchFlag = [
+    "nproc-per-node",
+    "nnodes",
+    "node-rank",
+    "rdzv-endpoint",
+    "rdzv-id",
+    "rdzv-backend",
+  ]
+    .find((f) => values[f] !== undefined);
+  if (engine === "webgpu" && torchFlag) {
+    throw new UserError(
+      `--${torchFlag} applies to --engine torch (the WebGPU engine uses one device)`,
+    );
+  }
+  if (engine === "torch" && values["rows-per-pass"] !== undefined && !values["dry-run"]) {
+    throw new UserError(
+      "--rows-per-pass applies to --engine webgpu (with torch, lower per_device_train_batch_size and raise gradient_accumulation_steps)",
+    );
+  }
   let modelDir = values.model as string | undefined;
   let configPath = values.config as string | undefined;
   let trainFile = values.train as string | undefined;
@@ -112,6 +157,23 @@ export async function main(argv: string[]): Promise<number> {
     ]]
   ) {
     if (!v) throw new UserError(`${flag} is required\n${USAGE}`);
+  }
+  if (engine === "torch") {
+    const { exitCode } = await runTorchTraining({
+      modelDir: modelDir!,
+      configPath: configPath!,
+      overrides: sets,
+      trainFile: trainFile!,
+      evalFile,
+      outDir: outDir!,
+      resume: parseResume(resume),
+      initAdapter: values["init-adapter"] as string | undefined,
+      shuffle: !values["no-shuffle"],
+      launch,
+    });
+    if (exitCode === INTERRUPTED) return INTERRUPTED;
+    console.error(`done: outputs in ${outDir}`);
+    return 0;
   }
   const res = await runTraining({
     modelDir: modelDir!,
