@@ -14,7 +14,12 @@ import { loadConfig } from "../lib/config/mod.ts";
 import { numberFlag, parseFlags, positiveIntFlag } from "../lib/args.ts";
 import { UserError } from "../lib/errors.ts";
 import { dryRunPlan, runTraining } from "../lib/train/run.ts";
-import { INTERRUPTED, runTorchTraining, type TorchLaunch } from "../lib/train/torch_engine.ts";
+import {
+  INTERRUPTED,
+  runTorchTraining,
+  torchDryRunPlan,
+  type TorchLaunch,
+} from "../lib/train/torch_engine.ts";
 
 export { dryRunPlan, runTraining } from "../lib/train/run.ts";
 export { train } from "../lib/train/trainer.ts";
@@ -139,6 +144,17 @@ export async function main(argv: string[]): Promise<number> {
   if (values["dry-run"]) {
     for (const [flag, v] of [["--model", modelDir], ["--config", configPath]]) {
       if (!v) throw new UserError(`${flag} is required\n${USAGE}`);
+    }
+    if (engine === "torch") {
+      console.log(
+        await torchDryRunPlan({
+          modelDir: modelDir!,
+          configPath: configPath!,
+          overrides: sets,
+          launch,
+        }),
+      );
+      return 0;
     }
     console.log(
       await dryRunPlan({

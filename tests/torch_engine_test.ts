@@ -459,3 +459,51 @@ Deno.test("torch engine: the keys it honours are not reported as ignored", async
   }
   assert(torch.includes("training_args.log_level"), torch);
 });
+
+Deno.test("--dry-run --engine torch: the per-GPU plan of upstream sft.yaml's ZeRO-3 on 4 GPUs", async () => {
+  await withTempDir(async (dir) => {
+    // THUDM's config.json alone: no weights, no Python.
+    await Deno.copyFile(join(FIX, "chatglm3-6b-config.json"), join(dir, "config.json"));
+    const r = await train(
+      [
+        "--engine",
+        "torch",
+        "--dry-run",
+        "--nproc-per-node",
+        "4",
+        "--model",
+        dir,
+        "--config",
+        join(UPSTREAM, "sft.yaml"),
+      ],
+      { GLM_TORCH_PYTHON: join(dir, "none") },
+    );
+    assert(r.code === 0, r.err);
+    const { parseGlmConfig } = await import("../lib/model/config.ts");
+    const { formatTorchMemoryPlan, torchMemoryPlan } = await import(
+      "../lib/model/memory_plan.ts"
+    );
+    const config = parseGlmConfig(
+      JSON.parse(await Deno.readTextFile(join(dir, "config.json"))),
+      "config.json",
+    );
+    // upstream: full SFT, batch 4 × (256 + 512 + 1), ds_zero_3.json = ZeRO-3 with CPU offload, no bf16
+    const plan = torchMemoryPlan(config, {
+      adapter: { kind: "full" },
+      batch: 4,
+      seq: 769,
+      gradientCheckpointing: false,
+      gpus: 4,
+      sharding: "zero3",
+      half: false,
+      frozenHalf: false,
+      offload: true,
+    });
+    const got = r.out.trimEnd().split("\n");
+    assert(
+      /4 GPUs, ZeRO-3 \(ds_zero_3\.json\) with CPU offload, batch 4 × 769/.test(got[0]),
+      got[0],
+    );
+    deepStrictEqual(got.slice(1), formatTorchMemoryPlan(plan, "x").split("\n").slice(1));
+  });
+});

@@ -169,16 +169,40 @@ def saved_name(param_name: str) -> str:
     return re.sub(r"\.(lora_[AB])\.default\.", r".\1.", param_name)
 
 
+def checkpoint_dtype(model_dir: str):
+    """The dtype config.json says the weights are stored in (chatglm3-6b: float16), f32 if it says nothing."""
+    import torch
+
+    try:
+        with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
+            name = json.load(f).get("torch_dtype")
+    except (OSError, ValueError):
+        name = None
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(name, torch.float32)
+
+
 def build_model(job: dict, args):
-    """The model with its adapter, trainable tensors in f32; frozen base weights in bf16/fp16 when that is the
-    precision and nothing shards them (FSDP and DeepSpeed want one dtype, and keep their own copies)."""
+    """The model with its adapter; trainable tensors in f32.
+
+    Frozen base weights (LoRA, P-Tuning v2) are held in bf16 / fp16 when that is the
+    precision; with neither, on a GPU, in the dtype the checkpoint is stored in
+    (chatglm3-6b: float16), which is how upstream's finetune_hf.py trains them (it casts
+    only the trainable tensors to f32); on the CPU in f32. FSDP and DeepSpeed get one dtype,
+    f32, and keep their own low-precision copies."""
     import torch
     from chatglm import load_model
 
     a = job["adapter"]
     sharded = bool(args.fsdp) or bool(args.deepspeed)
     half = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else None
-    base_dtype = half if half is not None and a["kind"] != "full" and not sharded else torch.float32
+    if a["kind"] == "full" or sharded:
+        base_dtype = torch.float32
+    elif half is not None:
+        base_dtype = half
+    elif torch.cuda.is_available() and not args.use_cpu:
+        base_dtype = checkpoint_dtype(job["model_dir"])
+    else:
+        base_dtype = torch.float32
     model = load_model(
         job["model_dir"],
         pre_seq_len=a["pre_seq_len"] if a["kind"] == "prefix" else None,
@@ -500,11 +524,14 @@ def make_trainer_class():
             else:
                 rngs[0] = ck.rng_tensors()
             target = os.path.join(job["out_dir"], f"checkpoint-{step}")
-            ds_tmp = None
+            ds_dir = None
             if self.is_deepspeed_enabled and not self.args.save_only_model:
-                # DeepSpeed's partitioned optimizer state can only be written by DeepSpeed itself.
-                ds_tmp = [target + ".deepspeed.tmp"]
-                self.model_wrapped.save_checkpoint(ds_tmp[0])
+                # DeepSpeed's partitioned optimizer state can only be written by DeepSpeed itself (every
+                # process its part); its global_stepN/ and `latest` go into the checkpoint beside our files.
+                ds_dir = os.path.join(job["out_dir"], f".checkpoint-{step}.deepspeed.tmp")
+                self.model_wrapped.save_checkpoint(ds_dir)
+                if dist_on():
+                    dist.barrier()
             if self.rank == 0:
                 lr_next = self.lr_scheduler.get_last_lr()[0] if self.lr_scheduler else 0.0
 
@@ -513,8 +540,10 @@ def make_trainer_class():
                                         else self._unwrapped().base_model.model.config)
                     if moments:
                         ck.write_moments(os.path.join(d, "optimizer.safetensors"), moments)
-                    if ds_tmp:
-                        os.replace(ds_tmp[0], os.path.join(d, "deepspeed"))
+                    if ds_dir:
+                        for name in os.listdir(ds_dir):
+                            os.replace(os.path.join(ds_dir, name), os.path.join(d, name))
+                        os.rmdir(ds_dir)
                     ck.write_json_atomic(os.path.join(d, "scheduler.json"), ck.scheduler_json(
                         self.args.lr_scheduler_type if isinstance(self.args.lr_scheduler_type, str)
                         else self.args.lr_scheduler_type.value, self.args.learning_rate, step, float(lr_next)))
@@ -551,7 +580,11 @@ def make_trainer_class():
             if checkpoint is None:
                 return
             if self.is_deepspeed_enabled:
-                return super()._load_optimizer_and_scheduler(checkpoint)
+                # DeepSpeed restored its optimizer state from the checkpoint's global_stepN/ already
+                # (Trainer calls deepspeed_load_checkpoint); a schedule Trainer made is replayed.
+                if type(self.lr_scheduler).__name__ != "DeepSpeedSchedulerWrapper":
+                    self._replay_schedule(self.state.global_step)
+                return
             from torch.distributed.checkpoint.state_dict import (
                 StateDictOptions,
                 get_optimizer_state_dict,
@@ -579,8 +612,12 @@ def make_trainer_class():
                                   "exp_avg_sq": v.reshape(shape)}
             set_optimizer_state_dict(model, opt, {"state": state, "param_groups": template["param_groups"]},
                                      options=StateDictOptions(full_state_dict=True))
+            self._replay_schedule(step)
+
+        def _replay_schedule(self, step):
+            """The schedule is a function of the step: step it to where the checkpoint was."""
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "lr_scheduler.step() before optimizer.step()": replaying the schedule
+                warnings.simplefilter("ignore")  # "lr_scheduler.step() before optimizer.step()"
                 for _ in range(step):
                     self.lr_scheduler.step()
 

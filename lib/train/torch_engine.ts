@@ -25,6 +25,7 @@ import type { FinetuneConfig } from "../config/config.ts";
 import { TORCH_HONOURS, TRAINING_ARGS } from "../config/schema.ts";
 import { UserError } from "../errors.ts";
 import { loadGlmConfig } from "../model/config.ts";
+import { formatTorchMemoryPlan, type Sharding, torchMemoryPlan } from "../model/memory_plan.ts";
 import { writeSafetensorsF32 } from "../safetensors/write.ts";
 import { findCheckpoint, listCheckpoints, removeStaleTemps } from "./checkpoint.ts";
 import { readMaskedJsonl } from "./data.ts";
@@ -290,6 +291,15 @@ export async function runTorchTraining(o: TorchRunOptions): Promise<TorchRunResu
       }
     }
     resumeWindow = rs.logging_window;
+    const has = async (name: string) =>
+      await Deno.stat(join(resumeDir!, name)).then(() => true, () => false);
+    // DeepSpeed's own optimizer state: global_stepN/ and `latest` (engines/torch/train.py)
+    if (!(await has("optimizer.safetensors")) && !(await has("latest"))) {
+      throw new UserError(
+        `${resumeDir}: cannot resume: it holds no optimizer state (optimizer.safetensors; saved with save_only_model?); ` +
+          `start a new run from its weights with --init-adapter ${resumeDir} instead`,
+      );
+    }
   }
 
   const spec = adapterSpec(cfg);
@@ -388,4 +398,69 @@ async function launch_(python: string, args: string[], errorFile: string): Promi
   } finally {
     Deno.removeSignalListener("SIGINT", wait);
   }
+}
+
+/**
+ * `--dry-run --engine torch`: the memory one GPU holds (lib/model/memory_plan.ts
+ * torchMemoryPlan) for the config's adapter, batch, precision and sharding
+ * (training_args.deepspeed's ZeRO stage, or fsdp) across --nproc-per-node ×
+ * --nnodes GPUs; the model's config.json alone is read.
+ */
+export async function torchDryRunPlan(
+  o: Pick<RunOptions, "modelDir" | "configPath" | "overrides"> & { launch?: TorchLaunch },
+): Promise<string> {
+  const cfg = await loadConfig(o.configPath, o.overrides ?? []);
+  const config = await loadGlmConfig(o.modelDir);
+  const t = cfg.training_args;
+  const gpus = positive(o.launch?.nprocPerNode, "--nproc-per-node") *
+    positive(o.launch?.nnodes, "--nnodes");
+  let sharding: Sharding = "ddp";
+  let offload = false;
+  let how = gpus > 1 ? "DDP" : "one process";
+  let half = Boolean(t.bf16 || t.fp16);
+  if (typeof t.deepspeed === "string" && t.deepspeed) {
+    const path = await resolveDeepspeed(t.deepspeed, o.configPath);
+    const ds = JSON.parse(await Deno.readTextFile(path));
+    const stage = Number(ds.zero_optimization?.stage ?? 0);
+    sharding = stage >= 3 ? "zero3" : stage === 2 ? "zero2" : "ddp";
+    offload = stage >= 3 &&
+      ["offload_param", "offload_optimizer"].some((k) =>
+        ["cpu", "nvme"].includes(ds.zero_optimization?.[k]?.device)
+      );
+    half ||= ds.bf16?.enabled === true || ds.fp16?.enabled === true;
+    how = `ZeRO-${stage} (${t.deepspeed})${offload ? " with CPU offload" : ""}`;
+  } else if (t.fsdp) {
+    const opts = String(t.fsdp);
+    const fc = (t.fsdp_config ?? {}) as Record<string, unknown>;
+    const gradOp = /shard_grad_op/i.test(opts) || fc.reshard_after_forward === false;
+    sharding = gradOp ? "zero2" : "zero3";
+    offload = /offload/.test(opts) || fc.cpu_offload === true;
+    how = `FSDP ${gradOp ? "SHARD_GRAD_OP" : "FULL_SHARD"}${offload ? " with CPU offload" : ""}`;
+  }
+  const adapter = adapterSpec(cfg);
+  // A GPU run holds a LoRA / P-Tuning v2 base in the checkpoint's dtype (chatglm3-6b: float16).
+  const frozenHalf = half || (adapter.kind !== "full" && /^b?float16$/.test(config.torch_dtype));
+  const batch = t.per_device_train_batch_size;
+  const seq = cfg.max_input_length + cfg.max_output_length + 1;
+  const plan = torchMemoryPlan(config, {
+    adapter,
+    batch,
+    seq,
+    gradientCheckpointing: t.gradient_checkpointing,
+    gpus,
+    sharding,
+    half,
+    frozenHalf,
+    offload,
+  });
+  return formatTorchMemoryPlan(
+    plan,
+    `engine torch, ${finetuneMode(cfg)}, ${gpus} GPU${
+      gpus > 1 ? "s" : ""
+    }, ${how}, batch ${batch} × ${seq} tokens, ${
+      t.bf16 ? "bf16" : t.fp16 ? "fp16" : half ? "half precision" : "f32"
+    }${frozenHalf && !half ? " (frozen base f16)" : ""}, gradient checkpointing ${
+      t.gradient_checkpointing ? "on" : "off"
+    }`,
+  );
 }
