@@ -341,6 +341,48 @@ async function copyDir(from: string, to: string): Promise<void> {
   }
 }
 
+torchTest(
+  "Ctrl-C: the workers finish the step, save a checkpoint, and the stage exits 130",
+  () =>
+    withTempDir(async (dir) => {
+      const out = join(dir, "out");
+      const child = new Deno.Command(Deno.execPath(), {
+        args: [
+          "run",
+          "-A",
+          CLI,
+          "stage",
+          "train",
+          "--engine",
+          "torch",
+          ...tinyRun("lora.yaml", out, ["--set", "training_args.max_steps=100000"]),
+        ],
+        cwd: ROOT,
+        stdin: "null",
+        stdout: "null",
+        stderr: "piped",
+        env: { GLM_TORCH_PYTHON: env.python! },
+      }).spawn();
+      const stderr = new Response(child.stderr).text();
+      // once a few steps are logged
+      for (let i = 0; i < 600; i++) {
+        const m = await Deno.readTextFile(join(out, "metrics.jsonl")).catch(() => "");
+        if (m.split("\n").length > 3) break;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      child.kill("SIGINT");
+      const status = await child.status;
+      const err = await stderr;
+      assert(status.code === 130, `exit ${status.code}: ${err}`);
+      const m = /resume with the same command and --resume (\d+)/.exec(err);
+      assert(m, err);
+      const st = JSON.parse(
+        await Deno.readTextFile(join(out, `checkpoint-${m[1]}`, "trainer_state.json")),
+      );
+      assert(st.global_step === Number(m[1]));
+    }),
+);
+
 // ---- the pipelines ----
 
 const SHORT = [
@@ -506,4 +548,16 @@ Deno.test("--dry-run --engine torch: the per-GPU plan of upstream sft.yaml's ZeR
     );
     deepStrictEqual(got.slice(1), formatTorchMemoryPlan(plan, "x").split("\n").slice(1));
   });
+});
+
+Deno.test("the WebGPU engine reads a full model checkpoint saved as HF shards (as torch saves one past 5 GB)", async () => {
+  const { fullFiles } = await import("../lib/train/checkpoint.ts");
+  const whole = await readSafetensorsF32(join(TINY, "model.safetensors"));
+  const files = fullFiles({
+    shapes: new Map([...whole].map(([k, t]) => [k, t.shape])),
+    baseModelDir: TINY,
+  });
+  const got = await files.read(join(FIX, "tiny-sharded"));
+  deepStrictEqual([...got.keys()].sort(), [...whole.keys()].sort());
+  for (const [k, t] of whole) deepStrictEqual(got.get(k), t.data, k);
 });

@@ -184,7 +184,8 @@ def _shards(tensors: dict[str, torch.Tensor], limit: int) -> list[dict[str, torc
 
 
 def write_full_model(d: str, tensors: dict[str, torch.Tensor], base_dir: str, shard_bytes: int = SHARD_BYTES) -> None:
-    """An HF model dir: f32 safetensors (sharded past shard_bytes), the base's config (torch_dtype float32) and tokenizer."""
+    """An HF model dir: f32 safetensors (sharded past shard_bytes), the base model's config
+    (torch_dtype float32) and tokenizer."""
     groups = _shards(tensors, shard_bytes)
     if len(groups) == 1:
         save_tensors_atomic(os.path.join(d, FULL_WEIGHTS), groups[0])

@@ -36,14 +36,23 @@ def main() -> None:
         sys.exit(3)
     import torch.distributed.elastic.multiprocessing.api as mp_api
 
-    # Ctrl-C reaches the workers from the terminal: each finishes its step, saves a checkpoint and
-    # exits 130. The agent's own SIGINT handler would tear them down mid-save, so it lets SIGINT pass
-    # (SIGTERM still stops everything at once).
+    # Ctrl-C: the workers run in sessions of their own, so the terminal's SIGINT reaches only this
+    # agent. It passes SIGINT on to them and keeps waiting: each finishes its step, saves a
+    # checkpoint and exits 130. (torchrun's own handler would stop them after 30 s, mid-save for a
+    # large model.) SIGTERM still stops everything at once.
+    import psutil  # an accelerate dependency
+
     terminate = mp_api._terminate_process_handler
 
     def on_signal(signum, frame):
         if signum != signal.SIGINT:
             terminate(signum, frame)
+            return
+        for child in psutil.Process().children():
+            try:
+                child.send_signal(signal.SIGINT)
+            except psutil.NoSuchProcess:
+                pass
 
     mp_api._terminate_process_handler = on_signal
     args = get_args_parser().parse_args(sys.argv[1:])

@@ -97,18 +97,19 @@ def _deepspeed_available() -> bool:
     return True
 
 
-def training_arguments(job: dict, world: int) -> tuple[dict, list[str]]:
+def training_arguments(job: dict) -> tuple[dict, list[str]]:
     """TrainingArguments kwargs for the job, and notes for the user (one line each)."""
     import torch
+    import transformers
     from transformers import TrainingArguments
 
     fields = {f.name for f in dataclasses.fields(TrainingArguments)}
     ta = job["training_args"]
+    notes = []
     # Keys the toolkit handles itself are dropped quietly; a torch-only key the config sets is worth a note.
     unknown = sorted(k for k in job.get("torch_keys", []) if k not in fields)
-    notes = []
     if unknown:
-        notes.append(f"note: transformers {__import__('transformers').__version__} has no {', '.join(unknown)}; ignored")
+        notes.append(f"note: transformers {transformers.__version__} has no {', '.join(unknown)}; ignored")
     kw = {k: v for k, v in ta.items() if k in fields}
     kw.update(
         output_dir=job["out_dir"],
@@ -126,36 +127,8 @@ def training_arguments(job: dict, world: int) -> tuple[dict, list[str]]:
     if not job.get("eval_file"):
         kw["eval_strategy"] = "no"
         kw["do_eval"] = False
-    ds = ta.get("deepspeed")
-    if ds:
-        with open(ds, encoding="utf-8") as f:
-            ds_cfg = json.load(f)
-        for prec in ("bf16", "fp16"):
-            if (ds_cfg.get(prec) or {}).get("enabled") is True:
-                kw[prec] = True
-        if _deepspeed_available():
-            kw["deepspeed"] = ds
-        else:
-            kw.pop("deepspeed", None)
-            zero = ds_cfg.get("zero_optimization") or {}
-            stage = int(zero.get("stage", 0))
-            name = os.path.basename(ds)
-            if stage >= 2 and not kw.get("fsdp"):
-                # FSDP2: parameters resharded after forward is FULL_SHARD (ZeRO-3), kept gathered SHARD_GRAD_OP (ZeRO-2).
-                mode = "FULL_SHARD" if stage == 3 else "SHARD_GRAD_OP"
-                offload = any((zero.get(k) or {}).get("device") in ("cpu", "nvme") for k in ("offload_param", "offload_optimizer"))
-                fc = dict(kw.get("fsdp_config") or {})
-                fc.setdefault("reshard_after_forward", stage == 3)
-                if offload and torch.cuda.is_available():
-                    fc.setdefault("cpu_offload", True)
-                kw["fsdp"] = True
-                kw["fsdp_config"] = fc
-                notes.append(
-                    f"note: deepspeed is not installed: {name} (ZeRO stage {stage}) runs as PyTorch FSDP {mode}"
-                    f"{' with CPU offload' if fc.get('cpu_offload') else ''}, its equivalent"
-                )
-            else:
-                notes.append(f"note: deepspeed is not installed: {name} (ZeRO stage {stage}) runs as plain data parallel")
+    if ta.get("deepspeed"):
+        deepspeed_or_fsdp(kw, ta["deepspeed"], notes)
     if kw.get("fsdp"):
         fc = dict(kw.get("fsdp_config") or {})
         # GLMBlock is the unit each process gathers and frees (as DeepSpeed ZeRO-3 does per module).
@@ -164,8 +137,44 @@ def training_arguments(job: dict, world: int) -> tuple[dict, list[str]]:
     return kw, notes
 
 
+def deepspeed_or_fsdp(kw: dict, path: str, notes: list[str]) -> None:
+    """A DeepSpeed config: DeepSpeed where it is installed; otherwise FSDP with the same sharding
+    (FSDP2's reshard_after_forward: FULL_SHARD is ZeRO-3, SHARD_GRAD_OP ZeRO-2), said in one line."""
+    import torch
+
+    with open(path, encoding="utf-8") as f:
+        ds = json.load(f)
+    for prec in ("bf16", "fp16"):
+        if (ds.get(prec) or {}).get("enabled") is True:  # "auto" follows training_args
+            kw[prec] = True
+    if _deepspeed_available():
+        kw["deepspeed"] = path
+        return
+    kw.pop("deepspeed", None)
+    zero = ds.get("zero_optimization") or {}
+    stage = int(zero.get("stage", 0))
+    head = f"note: deepspeed is not installed: {os.path.basename(path)} (ZeRO stage {stage})"
+    if kw.get("fsdp"):
+        notes.append(f"{head} is left out; the config's fsdp setting runs")
+        return
+    if stage < 2:
+        notes.append(f"{head} runs as plain data parallel")
+        return
+    fc = dict(kw.get("fsdp_config") or {})
+    fc.setdefault("reshard_after_forward", stage == 3)
+    offload = any((zero.get(k) or {}).get("device") in ("cpu", "nvme") for k in ("offload_param", "offload_optimizer"))
+    if offload and torch.cuda.is_available():
+        fc.setdefault("cpu_offload", True)
+    kw["fsdp"] = True
+    kw["fsdp_config"] = fc
+    mode = "FULL_SHARD" if stage == 3 else "SHARD_GRAD_OP"
+    notes.append(f"{head} runs as PyTorch FSDP {mode}{' with CPU offload' if fc.get('cpu_offload') else ''}, "
+                 "its equivalent")
+
+
 def saved_name(param_name: str) -> str:
-    """A trainable parameter's name in the files: PEFT's adapter name dropped (lora_A.default.weight → lora_A.weight)."""
+    """A trainable parameter's name in the files: PEFT's adapter name dropped
+    (lora_A.default.weight → lora_A.weight)."""
     return re.sub(r"\.(lora_[AB])\.default\.", r".\1.", param_name)
 
 
@@ -404,7 +413,7 @@ def make_trainer_class():
             )
             n = (target != -100).sum()
             if model.training:
-                self._tokens += int((ids != 0).sum())
+                self._tokens = self._tokens + (ids != 0).sum()  # read at the next log (no sync here)
                 if dist_on():
                     n_all = n.clone()
                     dist.all_reduce(n_all)
@@ -420,11 +429,11 @@ def make_trainer_class():
             s = self.state
             epoch = s.epoch if s.epoch is not None else 0
             if "loss" in logs:
-                entry = {"loss": logs["loss"], "grad_norm": logs.get("grad_norm"), "learning_rate": logs.get("learning_rate"),
-                         "epoch": epoch, "step": s.global_step}
+                entry = {"loss": logs["loss"], "grad_norm": logs.get("grad_norm"),
+                         "learning_rate": logs.get("learning_rate"), "epoch": epoch, "step": s.global_step}
                 if isinstance(entry["grad_norm"], torch.Tensor):
                     entry["grad_norm"] = entry["grad_norm"].item()
-                tokens = torch.tensor([float(self._tokens)], device=self.args.device)
+                tokens = torch.tensor([float(self._tokens)], device=self.args.device)  # this process's, then all
                 if dist_on():
                     dist.all_reduce(tokens)
                 self._tokens = 0
@@ -484,7 +493,8 @@ def make_trainer_class():
                 osd = get_optimizer_state_dict(model, self._inner_optimizer(), options=opts)
                 for k, st in osd.get("state", {}).items():
                     if "exp_avg" in st:
-                        moments[names.get(k, saved_name(k))] = (st["exp_avg"].float().cpu(), st["exp_avg_sq"].float().cpu())
+                        m, v = st["exp_avg"].float().cpu(), st["exp_avg_sq"].float().cpu()
+                        moments[names.get(k, saved_name(k))] = (m, v)
                 for name, t in params.items():
                     moments.setdefault(name, (torch.zeros_like(t), torch.zeros_like(t)))
             return (params, moments) if self.rank == 0 else ({}, {})
@@ -511,7 +521,8 @@ def make_trainer_class():
             if dist_on():
                 dist.all_reduce(total)
                 total /= dist.get_world_size()
-            return {"lossSum": total.item(), "steps": self.state.global_step - self._globalstep_last_logged, "skipped": 0}
+            steps = self.state.global_step - self._globalstep_last_logged
+            return {"lossSum": total.item(), "steps": steps, "skipped": 0}
 
         def _save_checkpoint(self, model, trial):
             job, s = self.job, self.state
@@ -536,17 +547,17 @@ def make_trainer_class():
                 lr_next = self.lr_scheduler.get_last_lr()[0] if self.lr_scheduler else 0.0
 
                 def fill(d):
-                    ck.write_trainables(d, job, params, self._unwrapped().config if job["adapter"]["kind"] != "lora"
-                                        else self._unwrapped().base_model.model.config)
+                    # (a PEFT model's config is its base model's)
+                    ck.write_trainables(d, job, params, self._unwrapped().config)
                     if moments:
                         ck.write_moments(os.path.join(d, "optimizer.safetensors"), moments)
                     if ds_dir:
                         for name in os.listdir(ds_dir):
                             os.replace(os.path.join(ds_dir, name), os.path.join(d, name))
                         os.rmdir(ds_dir)
-                    ck.write_json_atomic(os.path.join(d, "scheduler.json"), ck.scheduler_json(
-                        self.args.lr_scheduler_type if isinstance(self.args.lr_scheduler_type, str)
-                        else self.args.lr_scheduler_type.value, self.args.learning_rate, step, float(lr_next)))
+                    kind = getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type)
+                    ck.write_json_atomic(os.path.join(d, "scheduler.json"),
+                                         ck.scheduler_json(kind, self.args.learning_rate, step, float(lr_next)))
                     ck.write_json_atomic(os.path.join(d, "rng_state.json"),
                                          ck.rng_json(job["data_info"]["seed"], job["data_info"]["shuffle"], step))
                     for r, t in enumerate(rngs):
@@ -570,7 +581,8 @@ def make_trainer_class():
 
         def _write_state_files(self, d):
             self.state.save_to_json(os.path.join(d, "trainer_state.json"))
-            ck.write_json_atomic(os.path.join(d, "training_args.json"), {**self.job["training_args"], **self.job["config_echo"]})
+            echo = {**self.job["training_args"], **self.job["config_echo"]}
+            ck.write_json_atomic(os.path.join(d, "training_args.json"), echo)
 
         # -- resume: tensors were set before wrapping (main); here the moments, the schedule, the generators --
         def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
@@ -647,7 +659,7 @@ def run(job: dict) -> int:
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
 
-    kw, notes = training_arguments(job, world)
+    kw, notes = training_arguments(job)
     if rank == 0:
         for n in notes:
             print(n, file=sys.stderr, flush=True)
@@ -692,7 +704,8 @@ def run(job: dict) -> int:
         device = f"{world} process{'es' if world > 1 else ''} on {args.device.type}"
         if kw.get("fsdp"):
             fc = args.fsdp_config or {}
-            device += f", FSDP{fc.get('version', 2)} {'FULL_SHARD' if fc.get('reshard_after_forward', True) else 'SHARD_GRAD_OP'}"
+            mode = "FULL_SHARD" if fc.get("reshard_after_forward", True) else "SHARD_GRAD_OP"
+            device += f", FSDP{fc.get('version', 2)} {mode}"
         elif args.deepspeed:
             device += f", DeepSpeed {os.path.basename(args.deepspeed)}"
         elif world > 1:
@@ -716,10 +729,7 @@ def run(job: dict) -> int:
         return INTERRUPTED
     params, _ = trainer._gather(with_moments=False)
     if rank == 0:
-        kind = job["adapter"]["kind"]
-        unwrapped = trainer._unwrapped()
-        config = unwrapped.base_model.model.config if kind == "lora" else unwrapped.config
-        ck.write_trainables(job["out_dir"], job, params, config)
+        ck.write_trainables(job["out_dir"], job, params, trainer._unwrapped().config)
         trainer._write_state_files(job["out_dir"])
     return 0
 

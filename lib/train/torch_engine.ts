@@ -28,7 +28,7 @@ import { loadGlmConfig } from "../model/config.ts";
 import { formatTorchMemoryPlan, type Sharding, torchMemoryPlan } from "../model/memory_plan.ts";
 import { writeSafetensorsF32 } from "../safetensors/write.ts";
 import { findCheckpoint, listCheckpoints, removeStaleTemps } from "./checkpoint.ts";
-import { readMaskedJsonl } from "./data.ts";
+import { maskedRecords } from "./data.ts";
 import { adapterSpec, readInitAdapter, type RunOptions } from "./run.ts";
 
 /** The engine's Python files; named here so the pipeline's code hash of the train stage covers them. */
@@ -155,9 +155,11 @@ export function torchTrainingArgs(cfg: FinetuneConfig): Record<string, unknown> 
   return out;
 }
 
+/** Check every record of a masked JSONL file as the WebGPU engine does, holding one at a time. */
 async function checkRecords(file: string, vocab: number): Promise<number> {
-  const recs = await readMaskedJsonl(file);
-  for (const r of recs) {
+  let n = 0;
+  for await (const r of maskedRecords(file)) {
+    n++;
     const bad = r.inputIds.findIndex((id) => id >= vocab);
     if (bad >= 0) {
       throw new UserError(
@@ -167,8 +169,8 @@ async function checkRecords(file: string, vocab: number): Promise<number> {
       );
     }
   }
-  if (recs.length === 0) throw new UserError(`${file}: holds no records`);
-  return recs.length;
+  if (n === 0) throw new UserError(`${file}: holds no records`);
+  return n;
 }
 
 /** The adapter as the Python side builds it. */
@@ -373,9 +375,9 @@ async function readJsonFile(path: string): Promise<Record<string, unknown>> {
 }
 
 /**
- * Run the launcher with the terminal's stdio. Ctrl-C reaches every process of
- * the job from the terminal; the workers finish their step, save a checkpoint
- * and exit 130, so this process only waits (a listener keeps Deno alive).
+ * Run the launcher with the terminal's stdio. SIGINT (Ctrl-C, or sent to this
+ * process alone) goes to the launcher, which passes it to the workers: they
+ * finish their step, save a checkpoint and exit 130; this process waits.
  */
 async function launch_(python: string, args: string[], errorFile: string): Promise<number> {
   const child = new Deno.Command(python, {
@@ -391,12 +393,16 @@ async function launch_(python: string, args: string[], errorFile: string): Promi
       GLM_PROGRESS_TTY: Deno.stderr.isTerminal() ? "1" : "0",
     },
   }).spawn();
-  const wait = () => {};
-  Deno.addSignalListener("SIGINT", wait);
+  const pass = () => {
+    try {
+      child.kill("SIGINT");
+    } catch { /* already exited */ }
+  };
+  Deno.addSignalListener("SIGINT", pass);
   try {
     return (await child.status).code;
   } finally {
-    Deno.removeSignalListener("SIGINT", wait);
+    Deno.removeSignalListener("SIGINT", pass);
   }
 }
 
