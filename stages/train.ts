@@ -175,7 +175,7 @@ export async function main(argv: string[]): Promise<number> {
     if (!v) throw new UserError(`${flag} is required\n${USAGE}`);
   }
   if (engine === "torch") {
-    const { exitCode } = await runTorchTraining({
+    const { exitCode, globalStep } = await runTorchTraining({
       modelDir: modelDir!,
       configPath: configPath!,
       overrides: sets,
@@ -188,7 +188,7 @@ export async function main(argv: string[]): Promise<number> {
       launch,
     });
     if (exitCode === INTERRUPTED) return INTERRUPTED;
-    console.error(`done: outputs in ${outDir}`);
+    console.error(`done: ${globalStep} steps; outputs in ${outDir}`);
     return 0;
   }
   const res = await runTraining({

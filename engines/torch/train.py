@@ -580,7 +580,9 @@ def make_trainer_class():
             self.last_checkpoint = target
 
         def _write_state_files(self, d):
-            self.state.save_to_json(os.path.join(d, "trainer_state.json"))
+            # HF's trainer_state.json (its save_to_json's format), written atomically.
+            state = json.dumps(dataclasses.asdict(self.state), indent=2, sort_keys=True) + "\n"
+            ck.write_bytes_atomic(os.path.join(d, "trainer_state.json"), state.encode())
             echo = {**self.job["training_args"], **self.job["config_echo"]}
             ck.write_json_atomic(os.path.join(d, "training_args.json"), echo)
 

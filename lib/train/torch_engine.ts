@@ -73,6 +73,8 @@ export interface TorchRunOptions extends RunOptions {
 export interface TorchRunResult {
   /** 0 done; 130 interrupted (a checkpoint was saved and the way to resume printed). */
   exitCode: number;
+  /** Steps done in all, when the run completed. */
+  globalStep?: number;
 }
 
 /** The Python that runs the engine: GLM_TORCH_PYTHON, else the setup task's venv; a UserError if neither exists. */
@@ -350,7 +352,11 @@ export async function runTorchTraining(o: TorchRunOptions): Promise<TorchRunResu
     await Deno.writeTextFile(jobFile, JSON.stringify(job));
     const errorFile = join(tmp, "error.txt");
     const code = await launch_(python, [LAUNCH, ...torchrun, TRAIN, jobFile], errorFile);
-    if (code === 0 || code === INTERRUPTED) return { exitCode: code };
+    if (code === INTERRUPTED) return { exitCode: code };
+    if (code === 0) {
+      const st = await readJsonFile(join(o.outDir, "trainer_state.json"));
+      return { exitCode: 0, globalStep: st.global_step as number };
+    }
     const why = await Deno.readTextFile(errorFile).catch(() => "");
     const lines = [...new Set(why.split("\n").filter((l) => l.trim()))];
     if (code === EXPLAINED && lines.length > 0) throw new UserError(lines.join("\n"));
