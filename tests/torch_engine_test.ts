@@ -383,6 +383,26 @@ torchTest(
     }),
 );
 
+torchTest(
+  "a problem found in Python is the stage's one error line too (a .bin-only model dir)",
+  () =>
+    withTempDir(async (dir) => {
+      const model = join(dir, "model");
+      await Deno.mkdir(model);
+      await Deno.copyFile(join(TINY, "config.json"), join(model, "config.json"));
+      await Deno.writeFile(join(model, "pytorch_model.bin"), new Uint8Array(8));
+      const r = await train([
+        "--engine",
+        "torch",
+        ...tinyRun("lora.yaml", join(dir, "out")).map((a) => a === TINY ? model : a),
+      ]);
+      assert(r.code === 1, `exit ${r.code}: ${r.err}`);
+      const lines = r.err.trim().split("\n");
+      deepStrictEqual(lines.filter((l) => /error|Traceback|\bat /.test(l)).length, 1, r.err);
+      assert(/^error: .*holds only PyTorch \.bin weights.*convert/.test(lines.at(-1)!), r.err);
+    }),
+);
+
 // ---- the pipelines ----
 
 const SHORT = [
