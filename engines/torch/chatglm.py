@@ -243,10 +243,12 @@ class PrefixEncoder(nn.Module):
         self.prefix_projection = config.prefix_projection
         self.embedding = nn.Embedding(config.pre_seq_len, kv_size)
         if self.prefix_projection:
+            # PEFT's encoder_hidden_size when given (prefix_hidden_size), else the model's hidden size as upstream
+            hidden = getattr(config, "prefix_hidden_size", None) or config.hidden_size
             self.trans = nn.Sequential(
-                nn.Linear(kv_size, config.hidden_size),
+                nn.Linear(kv_size, hidden),
                 nn.Tanh(),
-                nn.Linear(config.hidden_size, kv_size),
+                nn.Linear(hidden, kv_size),
             )
 
     def forward(self, tokens):
@@ -385,6 +387,7 @@ def load_model(
     *,
     pre_seq_len: int | None = None,
     prefix_projection: bool = False,
+    prefix_hidden_size: int | None = None,
     base_dtype: torch.dtype = torch.float32,
 ) -> ChatGLMForConditionalGeneration:
     """The model with a dir's weights in `base_dtype` (f32, f16 or bf16 on disk) and, with
@@ -397,6 +400,8 @@ def load_model(
     from safetensors import safe_open
 
     config = read_config(model_dir, pre_seq_len, prefix_projection)
+    if prefix_hidden_size:
+        config.prefix_hidden_size = prefix_hidden_size
     files = weight_files(model_dir)
     with torch.device("meta"):
         model = ChatGLMForConditionalGeneration(config)

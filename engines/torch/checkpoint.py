@@ -216,14 +216,15 @@ def write_full_model(d: str, tensors: dict[str, torch.Tensor], base_dir: str, sh
 
 
 def write_trainables(d: str, job: dict, tensors: dict[str, torch.Tensor], model_config) -> None:
-    """The trainable tensors (saved names → f32 tensors) in the user-facing format of the job's adapter."""
+    """The trainable tensors (saved names → f32 tensors) in the user-facing format of the job's adapter;
+    adapters name the base model as the user gave it (job["base_model"])."""
     a = job["adapter"]
     if a["kind"] == "lora":
         save_tensors_atomic(os.path.join(d, PEFT_WEIGHTS), tensors)
-        write_json_atomic(os.path.join(d, PEFT_CONFIG), peft_lora_config(a, job["model_dir"]))
+        write_json_atomic(os.path.join(d, PEFT_CONFIG), peft_lora_config(a, job["base_model"]))
     elif a["kind"] == "prefix":
         save_tensors_atomic(os.path.join(d, PREFIX_WEIGHTS), tensors)
-        write_json_atomic(os.path.join(d, PREFIX_CONFIG), prefix_config(a, job["model_dir"], model_config))
+        write_json_atomic(os.path.join(d, PREFIX_CONFIG), prefix_config(a, job["base_model"], model_config))
     else:
         write_full_model(d, tensors, job["model_dir"])
 

@@ -216,6 +216,7 @@ def build_model(job: dict, args):
         job["model_dir"],
         pre_seq_len=a["pre_seq_len"] if a["kind"] == "prefix" else None,
         prefix_projection=a.get("prefix_projection", False),
+        prefix_hidden_size=a.get("hidden_size"),
         base_dtype=base_dtype,
     )
     model.transformer.set_attention(job.get("attention", "sdpa"))

@@ -324,6 +324,8 @@ export async function runTorchTraining(o: TorchRunOptions): Promise<TorchRunResu
     }
     const job = {
       model_dir: resolve(o.modelDir),
+      // what adapters record as base_model_name_or_path: the path as given, as the WebGPU engine writes it
+      base_model: o.modelDir,
       train_file: resolve(o.trainFile),
       eval_file: evalFile ? resolve(evalFile) : null,
       out_dir: resolve(o.outDir),
