@@ -683,8 +683,12 @@ def run(job: dict) -> int:
     eval_ds = MaskedJsonl(job["eval_file"]) if job.get("eval_file") else None
     sampler = EpochSampler(len(train_ds), job["data_info"]["seed"], job["data_info"]["shuffle"])
     GlmTrainer = make_trainer_class()
-    trainer = GlmTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
-                         data_collator=collate, job=job, sampler=sampler, rank=rank)
+    try:
+        trainer = GlmTrainer(model=model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                             data_collator=collate, job=job, sampler=sampler, rank=rank)
+    except (ValueError, ImportError, RuntimeError) as e:
+        # A setting Trainer cannot honour here, e.g. report_to a tracker that is not installed.
+        raise JobError(f"training_args: {e} (in {sys.executable}'s environment)") from None
 
     def on_sigint(signum, frame):
         if not trainer.stop_requested and trainer.progress:
