@@ -170,3 +170,67 @@ Deno.test("the plan is what the WebGPU model allocates (tiny model, every adapte
     device.createBuffer = create;
   }
 });
+
+Deno.test("torch engine plan: ZeRO's 16 bytes per trained parameter, sharded by stage across GPUs", async () => {
+  const { torchMemoryPlan } = await import("../lib/model/memory_plan.ts");
+  const psi = 6_243_584_000;
+  const state = (p: ReturnType<typeof torchMemoryPlan>) =>
+    p.trainableWeights + p.gradients + p.optimizerStates;
+  const full = { adapter: { kind: "full" } as const, batch: 4, seq: 769 };
+  const at = (sharding: "ddp" | "zero2" | "zero3", gpus: number, half = true) =>
+    torchMemoryPlan(glm6b, {
+      ...full,
+      gradientCheckpointing: true,
+      gpus,
+      sharding,
+      half,
+      frozenHalf: false,
+    });
+  for (const n of [1, 2, 4, 8]) {
+    assert.equal(state(at("ddp", n)), 16 * psi);
+    assert.equal(state(at("zero2", n)), 2 * psi + 14 * psi / n);
+    assert.equal(state(at("zero3", n)), 16 * psi / n);
+    assert.equal(state(at("zero2", n, false)), 4 * psi + 12 * psi / n);
+  }
+  // LoRA: the f16 base dominates; only ZeRO-3 shards it.
+  const lora = (sharding: "ddp" | "zero3", gpus: number) =>
+    torchMemoryPlan(glm6b, {
+      ...job,
+      batch: 4,
+      seq: 769,
+      gpus,
+      sharding,
+      half: true,
+      frozenHalf: true,
+    });
+  assert.equal(lora("ddp", 4).frozenWeights, lora("ddp", 1).frozenWeights);
+  assert.equal(lora("zero3", 4).frozenWeights * 4, lora("ddp", 1).frozenWeights);
+  // Offload moves the sharded state to the host, out of the GPU's total.
+  const off = torchMemoryPlan(glm6b, {
+    ...full,
+    gradientCheckpointing: true,
+    gpus: 4,
+    sharding: "zero3",
+    half: false,
+    frozenHalf: false,
+    offload: true,
+  });
+  assert.equal(off.host, 16 * psi / 4);
+  assert.equal(state(off), 0);
+  // A plan for the tiny model is positive throughout and adds up.
+  const t = torchMemoryPlan(tiny, {
+    ...full,
+    batch: 2,
+    seq: 16,
+    gradientCheckpointing: false,
+    gpus: 2,
+    sharding: "zero3",
+    half: false,
+    frozenHalf: false,
+  });
+  assert.equal(
+    t.total,
+    t.frozenWeights + t.trainableWeights + t.gradients + t.optimizerStates + t.gatheredWeights +
+      t.activations + t.logits,
+  );
+});

@@ -29,11 +29,12 @@ import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
 
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from chatglm_torch import load_checkpoint  # noqa: E402
+sys.path.insert(0, os.path.join(ROOT, "engines", "torch"))
+from chatglm import load_model  # noqa: E402
 from make_training_fixtures import saved_name, train  # noqa: E402
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 TOL = 1e-3
 LORA = dict(r=8, lora_alpha=32, lora_dropout=0.0, target_modules=["query_key_value"])
 LR, STEPS, BATCH = 1e-3, 3, 2
@@ -74,7 +75,7 @@ def main() -> None:
     if not os.path.exists(os.path.join(a.checkpoint, "config.json")):
         run([a.deno, "run", "-A", "bench/shaped_checkpoint.ts", "--layers", "2", "--out", a.checkpoint])
     torch.manual_seed(0)
-    base = load_checkpoint(a.checkpoint).eval()
+    base = load_model(a.checkpoint).eval()  # f32 from the f16 file, torch's fused attention
     vocab = base.config.padded_vocab_size
     recs = records(vocab)
     with torch.no_grad():

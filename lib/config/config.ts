@@ -18,6 +18,7 @@ import {
   sectionDefaults,
   TOP_LEVEL,
   TOP_SECTIONS,
+  TORCH_HONOURS,
   TRAINING_ARGS,
 } from "./schema.ts";
 
@@ -260,10 +261,22 @@ export function warmupSteps(
   return args.warmup_steps > 0 ? args.warmup_steps : Math.ceil(totalSteps * args.warmup_ratio);
 }
 
+/** The training engine a run uses: the keys that apply depend on it. */
+export type Engine = "webgpu" | "torch";
+
+/** The keys a config holds that `engine` ignores (the torch engine honours TORCH_HONOURS). */
+export function notApplicableFor(cfg: FinetuneConfig, engine: Engine = "webgpu"): NotApplicable[] {
+  if (engine === "webgpu") return cfg.notApplicable;
+  return cfg.notApplicable.filter((n) =>
+    !(n.key.startsWith("training_args.") && TORCH_HONOURS.has(n.key.slice("training_args.".length)))
+  );
+}
+
 /** One line listing the keys that were accepted but do not apply, or "" when none. */
-export function formatNotApplicable(cfg: FinetuneConfig): string {
-  if (cfg.notApplicable.length === 0) return "";
-  const keys = cfg.notApplicable.map((n) => n.key).join(", ");
+export function formatNotApplicable(cfg: FinetuneConfig, engine: Engine = "webgpu"): string {
+  const na = notApplicableFor(cfg, engine);
+  if (na.length === 0) return "";
+  const keys = na.map((n) => n.key).join(", ");
   return `${cfg.path}: not applicable here, ignored: ${keys}`;
 }
 
@@ -277,8 +290,9 @@ const reported = new Set<string>();
 export function reportNotApplicable(
   cfg: FinetuneConfig,
   print: (line: string) => void = (l) => console.error(l),
+  engine: Engine = "webgpu",
 ): void {
-  const line = formatNotApplicable(cfg);
+  const line = formatNotApplicable(cfg, engine);
   if (!line || reported.has(line)) return;
   reported.add(line);
   print(line);

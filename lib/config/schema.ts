@@ -236,6 +236,43 @@ export const TRAINING_ARGS: Section = {
   // generation_config is a nested section, handled by the loader.
 };
 
+/**
+ * The `na` training_args keys that the torch engine (engine: torch) honours: it
+ * hands them to HF TrainingArguments, so they are not reported as ignored there.
+ */
+export const TORCH_HONOURS: ReadonlySet<string> = new Set([
+  "eval_accumulation_steps",
+  "logging_nan_inf_filter",
+  "dataloader_num_workers",
+  "dataloader_pin_memory",
+  "dataloader_persistent_workers",
+  "dataloader_prefetch_factor",
+  "run_name",
+  "report_to",
+  "use_cpu",
+  "bf16",
+  "fp16",
+  "tf32",
+  "bf16_full_eval",
+  "fp16_full_eval",
+  "deepspeed",
+  "fsdp",
+  "fsdp_config",
+  "ddp_backend",
+  "ddp_timeout",
+  "ddp_find_unused_parameters",
+  "ddp_bucket_cap_mb",
+  "ddp_broadcast_buffers",
+  "torch_compile",
+  "torch_compile_backend",
+  "torch_compile_mode",
+  "gradient_checkpointing_kwargs",
+  "full_determinism",
+  "optim_args",
+  "debug",
+  "skip_memory_metrics",
+]);
+
 /** Keys every PEFT config has. */
 const PEFT_COMMON: Section = {
   peft_type: f("string", undefined, { required: true, enum: ["LORA", "PREFIX_TUNING"] }),

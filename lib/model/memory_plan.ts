@@ -305,3 +305,162 @@ export function largestRowsPerPass(
   }
   return 0;
 }
+
+// ---- the torch engine: per GPU, by sharding strategy and number of GPUs ----
+
+/**
+ * How the torch engine spreads the training state over data-parallel GPUs:
+ * replicated (DDP), ZeRO stage 2 / FSDP SHARD_GRAD_OP (gradients and optimizer
+ * state sharded), ZeRO stage 3 / FSDP FULL_SHARD (weights too).
+ */
+export type Sharding = "ddp" | "zero2" | "zero3";
+
+export interface TorchPlanOptions {
+  adapter: AdapterSpec;
+  /** Records per device per micro-batch (per_device_train_batch_size). */
+  batch: number;
+  seq: number;
+  gradientCheckpointing: boolean;
+  /** Data-parallel processes (GPUs) in all. */
+  gpus: number;
+  sharding: Sharding;
+  /** bf16 / fp16 mixed precision (activations and DeepSpeed's working copies in 2 bytes). */
+  half: boolean;
+  /** Frozen base weights in 2 bytes (LoRA / P-Tuning v2 with half precision, or an f16 checkpoint on a GPU). */
+  frozenHalf: boolean;
+  /** ZeRO-3 offload (upstream's ds_zero_3.json): weights, gradients and optimizer state in host memory. */
+  offload?: boolean;
+}
+
+export interface TorchMemoryPlan {
+  /** Bytes per GPU, by kind. */
+  frozenWeights: number;
+  /** Trainable weights: f32; under ZeRO with half precision, 2-byte weights plus the f32 master copy. */
+  trainableWeights: number;
+  gradients: number;
+  optimizerStates: number;
+  /** ZeRO-3: the layers' weights gathered for the computation in flight. */
+  gatheredWeights: number;
+  activations: number;
+  logits: number;
+  total: number;
+  /** Offloaded to host memory per GPU (ZeRO-3 offload), not in total. */
+  host: number;
+  tokensPerDevice: number;
+}
+
+/**
+ * The memory one GPU of a torch-engine run holds, by the ZeRO paper's
+ * accounting: AdamW takes 16 bytes per trainable parameter — replicated, f32
+ * weight 4, gradient 4, moments 8 (PyTorch autocast keeps f32 parameters);
+ * under ZeRO with half precision, weight 2, gradient 2, f32 master 4, moments
+ * 8 — of which ZeRO-2 shards all but the weights and ZeRO-3 everything across
+ * `gpus` (FSDP SHARD_GRAD_OP / FULL_SHARD within a few percent); frozen
+ * weights are replicated except under ZeRO-3. Activations are
+ * PyTorch's for this model: with gradient checkpointing the input of every
+ * layer plus one layer recomputed in backward, otherwise every layer's; SDPA
+ * keeps no score matrix. Logits: the half-precision output, its f32 copy and
+ * the f32 log-softmax cross-entropy keeps. Not counted: the CUDA context and
+ * the caching allocator's reserve (typically 1–3 GiB), DeepSpeed's buckets.
+ */
+export function torchMemoryPlan(config: PlanConfig, o: TorchPlanOptions): TorchMemoryPlan {
+  const L = config.num_layers, h = config.hidden_size, F = config.ffn_hidden_size;
+  const D = config.kv_channels, H = config.num_attention_heads;
+  const G = config.multi_query_attention ? config.multi_query_group_num : H;
+  const V = config.padded_vocab_size, W = (H + 2 * G) * D, A = H * D;
+  if (!(o.gpus >= 1) || !(o.batch >= 1)) throw new Error("gpus and batch must be ≥ 1");
+  // Parameter counts from the WebGPU plan (the same model).
+  const base = memoryPlan(config, {
+    adapter: { kind: "none" },
+    batch: 1,
+    seq: 1,
+    frozenF16: false,
+    gradientCheckpointing: false,
+  }).frozenWeights / F32;
+  const adapterPlan = memoryPlan(config, {
+    adapter: o.adapter,
+    batch: 1,
+    seq: 1,
+    gradientCheckpointing: false,
+  });
+  const trainable = adapterPlan.trainableWeights / F32;
+  const frozen = o.adapter.kind === "full" ? 0 : base;
+  const N = o.gpus;
+  const z3 = o.sharding === "zero3", z2 = o.sharding === "zero2";
+  const half = o.half ? 2 : 4;
+  // Hidden states take the dtype of the weights they pass through: 2 bytes with mixed precision,
+  // or when LoRA / P-Tuning v2 keep a half-precision base without autocast (upstream's way).
+  const act = o.half || (o.frozenHalf && o.adapter.kind !== "full") ? 2 : 4;
+
+  const shardW = z3 ? N : 1, shardOpt = z2 || z3 ? N : 1;
+  let frozenWeights = frozen * (o.frozenHalf ? F16 : F32) / shardW;
+  let trainableWeights: number, gradients: number;
+  if (o.half && o.sharding !== "ddp") {
+    // ZeRO with mixed precision: 2-byte weights and gradients; the f32 master copy is optimizer state.
+    trainableWeights = trainable * F16 / shardW + trainable * F32 / shardOpt;
+    gradients = trainable * F16 / shardOpt;
+  } else {
+    // f32 weights and gradients (PyTorch autocast keeps f32 parameters and casts per operation).
+    trainableWeights = trainable * F32 / shardW;
+    gradients = trainable * F32 / shardOpt;
+  }
+  let optimizerStates = 2 * trainable * F32 / shardOpt;
+  let host = 0;
+  if (z3 && o.offload) {
+    host = frozenWeights + trainableWeights + gradients + optimizerStates;
+    frozenWeights =
+      trainableWeights =
+      gradients =
+      optimizerStates =
+        0;
+  }
+  // ZeRO-3 gathers a unit's weights for its computation: the root unit (embedding, output
+  // layer, final norm) and, with prefetch, two layers at a time.
+  const layerParams = W * h + (config.add_qkv_bias ? W : 0) + A * h + 2 * F * h + F * h + 2 * h;
+  const gatheredWeights = z3 && N > 1 ? (2 * V * h + h + 2 * layerParams) * half : 0;
+
+  const T = o.batch * o.seq;
+  const P = o.adapter.kind === "prefix" ? o.adapter.preSeqLen : 0;
+  // One layer's tensors autograd keeps (elements): norm output, qkv, rotated q and k, the
+  // prefix's keys/values, attention output, residual, second norm, h_to_4h, gate and product.
+  const loraR = o.adapter.kind === "lora" ? o.adapter.r * o.adapter.targetModules.length : 0;
+  const layerElems = T * (h + W + (H + G) * D + A + h + h + 2 * F + 2 * F + loraR) +
+    2 * o.batch * P * G * D;
+  const layerBytes = layerElems * act + T * H * F32; // + SDPA's f32 log-sum-exp per head
+  const activations = o.gradientCheckpointing ? L * T * h * act + layerBytes : L * layerBytes;
+  // the model's output (in half precision, then copied to f32) and the f32 log-softmax
+  const logits = T * V * ((act === 2 ? F16 : 0) + F32 + F32);
+  const total = frozenWeights + trainableWeights + gradients + optimizerStates + gatheredWeights +
+    activations + logits;
+  return {
+    frozenWeights,
+    trainableWeights,
+    gradients,
+    optimizerStates,
+    gatheredWeights,
+    activations,
+    logits,
+    total,
+    host,
+    tokensPerDevice: T,
+  };
+}
+
+/** The torch plan as a fixed-width table in MiB. */
+export function formatTorchMemoryPlan(plan: TorchMemoryPlan, title: string): string {
+  const row = (name: string, bytes: number) =>
+    `  ${name.padEnd(52)}${(bytes / MiB).toFixed(1).padStart(12)} MiB`;
+  return [
+    `${title} (per GPU, ${plan.tokensPerDevice} tokens per micro-batch)`,
+    row("frozen base weights", plan.frozenWeights),
+    row("trainable weights", plan.trainableWeights),
+    row("gradients", plan.gradients),
+    row("AdamW state (f32 moments)", plan.optimizerStates),
+    row("gathered weights (ZeRO-3 working set)", plan.gatheredWeights),
+    row("activations kept for backward", plan.activations),
+    row("logits and their f32 log-softmax", plan.logits),
+    row("total", plan.total),
+    row("offloaded to host memory (not in total)", plan.host),
+    "  (plus the CUDA context and allocator reserve, typically 1-3 GiB)",
+  ].join("\n");
+}

@@ -528,8 +528,31 @@ export function fullFiles(o: FullFilesOptions): ModelFiles {
       // A previous shard index would point at stale shards.
       await Deno.remove(join(dir, "model.safetensors.index.json")).catch(() => {});
     },
-    read(dir) {
-      return readChecked(join(dir, "model.safetensors"), o.shapes);
+    async read(dir) {
+      // The torch engine saves a model past 5 GB as HF's shards with an index.
+      let index: { weight_map?: Record<string, string> } | undefined;
+      try {
+        index = JSON.parse(await Deno.readTextFile(join(dir, "model.safetensors.index.json")));
+      } catch (e) {
+        if (!(e instanceof Deno.errors.NotFound)) throw e;
+      }
+      if (!index) return readChecked(join(dir, "model.safetensors"), o.shapes);
+      const byFile = new Map<string, Map<string, number[]>>();
+      for (const [name, file] of Object.entries(index.weight_map ?? {})) {
+        const shape = o.shapes.get(name);
+        if (!byFile.has(file)) byFile.set(file, new Map());
+        if (shape) byFile.get(file)!.set(name, shape);
+      }
+      const out = new Map<string, Float32Array>();
+      for (const [file, shapes] of byFile) {
+        for (const [k, v] of await readChecked(join(dir, file), shapes)) out.set(k, v);
+      }
+      for (const name of o.shapes.keys()) {
+        if (!out.has(name)) {
+          throw new UserError(`${dir}: tensor ${name} is missing from the shards`);
+        }
+      }
+      return out;
     },
   };
 }

@@ -37,8 +37,17 @@ export async function readMaskedJsonl(
   path: string,
   opts: { vocabSize?: number } = {},
 ): Promise<MaskedRecord[]> {
-  await rejectJsonArray(path);
   const out: MaskedRecord[] = [];
+  for await (const r of maskedRecords(path, opts)) out.push(r);
+  return out;
+}
+
+/** readMaskedJsonl's records one at a time, for a reader that need not hold them all. */
+export async function* maskedRecords(
+  path: string,
+  opts: { vocabSize?: number } = {},
+): AsyncGenerator<MaskedRecord> {
+  await rejectJsonArray(path);
   for await (const { line, value } of readJsonlStrict(path)) {
     const where = (field: string | undefined, msg: string) =>
       new UserError(located(path, line, field, msg));
@@ -89,9 +98,8 @@ export async function readMaskedJsonl(
         throw where(`labels[${i}]`, `${l} is neither -100 nor a token id in [0, ${vocab ?? "∞"})`);
       }
     }
-    out.push({ inputIds: Int32Array.from(ids), labels: Int32Array.from(labels), line });
+    yield { inputIds: Int32Array.from(ids), labels: Int32Array.from(labels), line };
   }
-  return out;
 }
 
 /** A raw `.json` array (upstream's data files) is not masked JSONL: say what to run. */

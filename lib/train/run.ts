@@ -46,7 +46,7 @@ export interface RunOptions {
  * What train writes into its output dir: how a dir written before output
  * markers existed (lib/outdir.ts) is recognised as an earlier run's.
  */
-const TRAIN_OUTPUT = /^(checkpoint-\d+|trainer_state\.json|metrics\.jsonl)$/;
+export const TRAIN_OUTPUT = /^(checkpoint-\d+|trainer_state\.json|metrics\.jsonl)$/;
 
 /** The adapter a config asks for (PEFT names → model options). */
 export function adapterSpec(cfg: FinetuneConfig): AdapterSpec {

@@ -2,7 +2,7 @@
 
 finetune_demo's way: the base in bf16 on a GPU (f32 on a CPU), trainable
 parameters in f32 (its `_prepare_model_for_training`), gradient checkpointing
-per layer, torch's fused attention, AdamW, clip_grad_norm_(1.0). Jobs, as
+per layer, torch's fused attention (engines/torch/chatglm.py, the torch engine's model), AdamW, clip_grad_norm_(1.0). Jobs, as
 bench/gpu_jobs.ts runs them:
   lora     LoRA r 8, alpha 32, query_key_value on the checkpoint `lora_dir`
   ptuning  P-Tuning v2, pre_seq_len 128, on the same checkpoint
@@ -22,37 +22,29 @@ import sys
 import time
 
 import torch
-from torch.utils.checkpoint import checkpoint
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-import chatglm_torch  # noqa: E402
-from chatglm_torch import load_checkpoint  # noqa: E402
-
-
-def checkpointed(model) -> None:
-    """Recompute each layer in backward, as gradient_checkpointing_enable() does."""
-    for layer in model.transformer.encoder.layers:
-        fwd = layer.forward
-        layer.forward = lambda x, table, kv=None, fwd=fwd: checkpoint(fwd, x, table, kv, use_reentrant=False)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "engines", "torch"))
+from chatglm import load_model  # noqa: E402
 
 
 def job(name: str, a: dict, device: str, dtype) -> dict:
     if name == "sft":
-        model = load_checkpoint(a["sft_dir"], dtype)
+        model = load_model(a["sft_dir"], base_dtype=dtype)
     elif name == "ptuning":
-        model = load_checkpoint(a["lora_dir"], dtype, pre_seq_len=128, prefix_projection=False)
-        model.transformer.prefix_dropout.p = 0.0
+        model = load_model(a["lora_dir"], pre_seq_len=128, base_dtype=dtype)
     else:
+        model = load_model(a["lora_dir"], base_dtype=dtype)
+    # Recompute each layer in backward, as finetune_hf.py asks for.
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if name == "lora":
         from peft import LoraConfig, get_peft_model
 
-        model = load_checkpoint(a["lora_dir"], dtype)
         model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=8, lora_alpha=32, lora_dropout=0.0,
                                                  target_modules=["query_key_value"]))
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
         p.data = p.data.float()  # trainable parameters in f32, as finetune_hf.py prepares them
     inner = model.base_model.model if name == "lora" else model
-    checkpointed(inner)
     model.to(device).train()
     opt = torch.optim.AdamW(params, lr=1e-4)
     B, S = a["batch"], a["seq"]
@@ -88,7 +80,6 @@ def main():
     a = json.loads(sys.argv[1])
     cuda = torch.cuda.is_available()
     device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
-    chatglm_torch.SelfAttention.use_sdpa = True
     if not cuda:
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     for name in a.get("jobs", ["lora", "ptuning", "sft"]):
