@@ -11,29 +11,102 @@
  */
 import { join } from "node:path";
 import { loadConfig } from "../lib/config/mod.ts";
-import { parseFlags, positiveIntFlag } from "../lib/args.ts";
+import { type CommandSpec, parseCommand, positiveIntFlag, usageOf } from "../lib/args.ts";
 import { UsageError, UserError } from "../lib/errors.ts";
 import { dryRunPlan, runTraining } from "../lib/train/run.ts";
+import { pipelineStep } from "../lib/invocation.ts";
 
 export { dryRunPlan, runTraining } from "../lib/train/run.ts";
 export { train } from "../lib/train/trainer.ts";
 
-const USAGE =
-  `usage: deno task stage train --model MODEL_DIR --config CFG --train masked_train.jsonl
-         [--eval masked_eval.jsonl] --out OUT_DIR [--resume yes|N] [--init-adapter DIR]
-         [--no-shuffle] [--rows-per-pass N] [--force] [--set key.path=value ...]
-   or: deno task stage train --model MODEL_DIR --config CFG [--set ...] [--rows-per-pass N] --dry-run
-   or: deno task stage train DATA_DIR MODEL_DIR CONFIG [yes|N]
-
-  --dry-run   print the device memory the run needs, by kind of buffer (reads the
-              model's config.json only: no weights, no GPU), and exit
-  --rows-per-pass N
-              feed each micro-batch to the model N records at a time; the passes'
-              gradients add up to the same result, and activation memory is sized
-              for N records (default: the whole per_device_train_batch_size)
-  --force     train into --out even when it is a non-empty directory that train did
-              not write (its checkpoints are still only replaced with
-              training_args.overwrite_output_dir)`;
+export const COMMAND: CommandSpec = {
+  name: "deno task stage train",
+  summary:
+    "LoRA, P-Tuning v2 or full fine-tuning with HF Trainer's semantics: checkpoints, resume, PEFT files",
+  usage: [
+    "deno task stage train --model MODEL_DIR --config CFG --train masked_train.jsonl",
+    "  [--eval masked_eval.jsonl] --out OUT_DIR [--resume yes|N] [--init-adapter DIR]",
+    "  [--no-shuffle] [--rows-per-pass N] [--force] [--set key.path=value ...]",
+    "deno task stage train --model MODEL_DIR --config CFG [--set ...] [--rows-per-pass N] --dry-run",
+    "deno task stage train DATA_DIR MODEL_DIR CONFIG [yes|N]",
+  ],
+  positionals: [
+    [
+      "DATA_DIR MODEL_DIR CONFIG [yes|N]",
+      "the finetune_demo's form: the config's data_config.train_file / val_file (masked JSONL) " +
+      "inside DATA_DIR, the output in training_args.output_dir, and the optional resume argument",
+    ],
+  ],
+  flags: {
+    model: {
+      type: "string",
+      arg: "DIR",
+      required: true,
+      help: "the base model dir (config.json, tokenizer.model, safetensors weights)",
+    },
+    config: {
+      type: "string",
+      arg: "CFG",
+      required: true,
+      help: "the training config, in the ChatGLM3 finetune_demo schema (configs/lora.yaml)",
+    },
+    train: {
+      type: "string",
+      arg: "FILE",
+      required: true,
+      help: "masked train records {input_ids, labels} (mask --mode train)",
+    },
+    eval: {
+      type: "string",
+      arg: "FILE",
+      help: "masked records for the eval loss at training_args.eval_steps (default: no evaluation)",
+    },
+    out: {
+      type: "string",
+      arg: "DIR",
+      required: true,
+      help:
+        "the output dir: checkpoint-N/, the adapter or model, trainer_state.json, metrics.jsonl",
+    },
+    resume: {
+      type: "string",
+      arg: "yes|N",
+      help: "continue from the newest complete checkpoint in --out (yes) or from checkpoint-N",
+    },
+    "init-adapter": {
+      type: "string",
+      arg: "DIR",
+      help: "start LoRA or P-Tuning v2 from this adapter's weights instead of a fresh one",
+    },
+    "no-shuffle": {
+      type: "boolean",
+      help: "keep the records in file order (default: shuffled with the seed each epoch, as HF)",
+    },
+    "dry-run": {
+      type: "boolean",
+      help:
+        "print the device memory the run needs, by kind of buffer (reads config.json only: no weights, no GPU), and exit",
+    },
+    "rows-per-pass": {
+      type: "string",
+      arg: "N",
+      defaultText: "the whole per_device_train_batch_size",
+      help:
+        "feed each micro-batch N records at a time: the same gradients, activation memory for N records",
+    },
+    force: {
+      type: "boolean",
+      help:
+        "train into a non-empty --out that train did not write (checkpoints are still replaced only with overwrite_output_dir)",
+    },
+    set: {
+      type: "string",
+      arg: "KEY=VALUE",
+      multiple: true,
+      help: "override a config value by its YAML path (training_args.max_steps=5)",
+    },
+  },
+};
 
 function parseResume(v: string | undefined): "yes" | number | undefined {
   if (v === undefined || v === "no") return undefined;
@@ -46,30 +119,8 @@ function parseResume(v: string | undefined): "yes" | number | undefined {
 }
 
 export async function main(argv: string[]): Promise<number> {
-  const { values, positionals } = parseFlags(
-    argv,
-    {
-      model: { type: "string" },
-      config: { type: "string" },
-      train: { type: "string" },
-      eval: { type: "string" },
-      out: { type: "string" },
-      resume: { type: "string" },
-      "init-adapter": { type: "string" },
-      "no-shuffle": { type: "boolean" },
-      "dry-run": { type: "boolean" },
-      "rows-per-pass": { type: "string" },
-      force: { type: "boolean" },
-      set: { type: "string", multiple: true },
-      help: { type: "boolean", short: "h" },
-    },
-    USAGE,
-    true,
-  );
-  if (values.help) {
-    console.log(USAGE);
-    return 0;
-  }
+  const { values, positionals, help } = parseCommand(argv, COMMAND);
+  if (help) return 0;
   const sets = (values.set as string[] | undefined) ?? [];
   const rowsPerPass = positiveIntFlag(values["rows-per-pass"], "--rows-per-pass");
   let modelDir = values.model as string | undefined;
@@ -80,7 +131,7 @@ export async function main(argv: string[]): Promise<number> {
   let resume = values.resume as string | undefined;
   if (positionals.length > 0) {
     if (positionals.length < 3 || positionals.length > 4) {
-      throw new UsageError(`expected DATA_DIR MODEL_DIR CONFIG [yes|N]\n${USAGE}`);
+      throw new UsageError(`expected DATA_DIR MODEL_DIR CONFIG [yes|N]\n${usageOf(COMMAND)}`);
     }
     const [dataDir, m, c, r] = positionals;
     modelDir ??= m;
@@ -97,7 +148,7 @@ export async function main(argv: string[]): Promise<number> {
   }
   if (values["dry-run"]) {
     for (const [flag, v] of [["--model", modelDir], ["--config", configPath]]) {
-      if (!v) throw new UsageError(`${flag} is required\n${USAGE}`);
+      if (!v) throw new UsageError(`${flag} is required\n${usageOf(COMMAND)}`);
     }
     console.log(
       await dryRunPlan({
@@ -115,7 +166,7 @@ export async function main(argv: string[]): Promise<number> {
       outDir,
     ]]
   ) {
-    if (!v) throw new UsageError(`${flag} is required\n${USAGE}`);
+    if (!v) throw new UsageError(`${flag} is required\n${usageOf(COMMAND)}`);
   }
   const res = await runTraining({
     modelDir: modelDir!,
@@ -133,8 +184,11 @@ export async function main(argv: string[]): Promise<number> {
   });
   if (res.interrupted) {
     console.error(
-      `interrupted after step ${res.globalStep}/${res.maxSteps}; checkpoint saved in ${res.checkpoint}\n` +
-        `resume with the same command and --resume ${res.globalStep} (or --resume yes)`,
+      `interrupted after step ${res.globalStep}/${res.maxSteps}; checkpoint saved in ${res.checkpoint}` +
+        // In a pipeline the runner says how to resume the pipeline.
+        (pipelineStep()
+          ? ""
+          : `\nresume with the same command and --resume ${res.globalStep} (or --resume yes)`),
     );
     return 130;
   }

@@ -163,6 +163,7 @@ Deno.test({
       deepStrictEqual(tree(d), [
         "p",
         "p/.glm-finetune-output.json",
+        "p/.glm-finetune.lock",
         "p/data",
         "run",
         "run/.glm-finetune-output.json",

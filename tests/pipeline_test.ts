@@ -340,7 +340,7 @@ Deno.test("bad pipeline files and flags are UserErrors with file:line", async ()
     assertMatch(
       (await rejects(run(`${FIX}/chain.yaml`, { sets: [`src=${t.src}/none`], out: t.out })))
         .message,
-      /step "a": input --in \S+none\/a\.txt does not exist/,
+      /^2 inputs of pipeline chain are missing or unusable; nothing was run:\n {2}\S+none\/a\.txt: no such file or directory \(read by step a\)\n {2}\S+none\/b\.txt: no such file or directory \(read by step b\)$/,
     );
   } finally {
     await t.cleanup();

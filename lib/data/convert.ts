@@ -227,7 +227,10 @@ export interface FileReport {
 }
 
 /** Convert and check a file without writing anything (the `validate` command, `convert --check`). */
-export async function validateFile(path: string, opts: FileOptions = {}): Promise<FileReport> {
+export async function validateFile(
+  path: string,
+  opts: FileOptions & { allowEmpty?: boolean } = {},
+): Promise<FileReport> {
   const report: FileReport = {
     file: path === "-" ? "<stdin>" : path,
     records: 0,
@@ -241,6 +244,20 @@ export async function validateFile(path: string, opts: FileOptions = {}): Promis
       report.problems += r.problems.length;
       await opts.onBad?.(r);
     }
+  }
+  // An empty file is almost always a mistake (a failed export, the wrong path of a
+  // split); it would otherwise pass here and fail steps later, or train on nothing.
+  if (report.records === 0 && report.problems === 0 && !opts.allowEmpty) {
+    report.problems++;
+    await opts.onBad?.({
+      line: 1,
+      index: -1,
+      structural: true,
+      problems: [{
+        field: "",
+        message: "the file holds no records (validate --allow-empty accepts an empty file)",
+      }],
+    });
   }
   return report;
 }
