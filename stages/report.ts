@@ -74,7 +74,7 @@ export async function main(args: string[]): Promise<number> {
   if (!Number.isInteger(samples) || samples < 0) {
     throw new UserError(`--samples: expected a non-negative integer, got "${values.samples}"`);
   }
-  const s = await writeReport({
+  const { summary: s, notes } = await writeReport({
     trainDir: values.train as string,
     beforeDir: values.before as string | undefined,
     afterDir: values.after as string | undefined,
@@ -88,7 +88,8 @@ export async function main(args: string[]): Promise<number> {
     reportPath: values.report as string,
   });
   const m = (x: typeof s.metrics_before, k: "rouge-l" | "bleu-4") =>
-    x ? x[k].toFixed(k === "bleu-4" ? 4 : 2) : "–";
+    x && x[k] !== null ? x[k]!.toFixed(k === "bleu-4" ? 4 : 2) : "–";
+  for (const n of notes) console.error(`note: ${n}`);
   console.error(
     `report: loss ${s.train_loss_first?.toFixed(4) ?? "–"} → ${
       s.train_loss_last?.toFixed(4) ?? "–"

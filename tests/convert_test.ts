@@ -568,3 +568,36 @@ Deno.test("convert streams: a 30 MB file converts inside a 32 MB JavaScript heap
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("CLI: the summary says what was read, left out and written, with singulars for 1", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const raw = `${dir}/raw.jsonl`;
+    await Deno.writeTextFile(
+      raw,
+      '{"content": "a", "summary": "b"}\n{"content": 1, "summary": "b"}\n{"content": "c", "summary": "d"}\n',
+    );
+    const r = await runCli([
+      "stage",
+      "convert",
+      "--in",
+      raw,
+      "--out",
+      `${dir}/o.jsonl`,
+      "--skip-invalid",
+    ]);
+    assertEquals(r.code, 0, r.err);
+    assertEquals(
+      r.err.trimEnd().split("\n").at(-1),
+      `convert: read 3 records from ${raw} (1 bad record left out); wrote 2 records: 2 → ${dir}/o.jsonl`,
+    );
+    await Deno.writeTextFile(raw, '{"content": "a", "summary": "b"}\n');
+    const one = await runCli(["stage", "convert", "--in", raw, "--out", `${dir}/o.jsonl`]);
+    assertEquals(
+      one.err.trimEnd(),
+      `convert: read 1 record from ${raw}; wrote 1 record: 1 → ${dir}/o.jsonl`,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -307,7 +307,7 @@ Deno.test("report: metrics.jsonl when there is no trainer_state.json; clear erro
       LOG.map((e) => JSON.stringify(e)).join("\n"),
     );
     await Deno.mkdir(join(dir, "ev"));
-    await Deno.writeTextFile(join(dir, "ev", "metrics.json"), '{"rouge-1": 1}');
+    await Deno.writeTextFile(join(dir, "ev", "metrics.json"), '{"rouge-1": 1, "rouge-2": "high"}');
     await assert.rejects(
       writeReport({
         trainDir: dir,
@@ -315,12 +315,67 @@ Deno.test("report: metrics.jsonl when there is no trainer_state.json; clear erro
         summaryPath: join(dir, "s.json"),
         reportPath: join(dir, "r.md"),
       }),
-      (e) => e instanceof UserError && /metrics\.json: rouge-2: expected a number/.test(e.message),
+      (e) =>
+        e instanceof UserError &&
+        /metrics\.json: rouge-2: expected a number, found "high"$/.test(e.message),
     );
     await assert.rejects(
       reportMain(["--train", dir]),
       (e) => e instanceof UserError && /--summary is required/.test(e.message),
     );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("report: an evaluation of 0 records has no metrics: – in the report, a note, no failure", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await writeFixtureRun(dir);
+    // What evaluate writes for 0 records: no scores at all.
+    await Deno.writeTextFile(
+      join(dir, "before", "metrics.json"),
+      JSON.stringify({ examples: 0, eval_loss: null, eval_tokens: 0, wall_seconds: 0.1 }),
+    );
+    await Deno.writeTextFile(join(dir, "before", "predictions.jsonl"), "");
+    const args = [
+      "--train",
+      join(dir, "train"),
+      "--before",
+      join(dir, "before"),
+      "--after",
+      join(dir, "after"),
+      "--summary",
+      join(dir, "summary.json"),
+      "--report",
+      join(dir, "report.md"),
+    ];
+    const errs: string[] = [];
+    const orig = console.error;
+    console.error = (...a: unknown[]) => void errs.push(a.join(" "));
+    let rc;
+    try {
+      rc = await reportMain(args);
+    } finally {
+      console.error = orig;
+    }
+    assert.strictEqual(rc, 0);
+    const s = JSON.parse(await Deno.readTextFile(join(dir, "summary.json")));
+    assert.deepStrictEqual(s.metrics_before, {
+      examples: 0,
+      "rouge-1": null,
+      "rouge-2": null,
+      "rouge-l": null,
+      "bleu-4": null,
+    });
+    assert.strictEqual(s.metrics_after["rouge-l"], 80);
+    const md = await Deno.readTextFile(join(dir, "report.md"));
+    assert.match(md, /\| ROUGE-L \| – \| 80\.00 \|/);
+    const note = `${join(dir, "before", "metrics.json")} has no rouge-1, rouge-2, rouge-l, ` +
+      "bleu-4: no record was evaluated (examples: 0); shown as –";
+    assert.ok(md.includes(`- **note:** ${note}`), md);
+    assert.ok(errs.includes(`note: ${note}`), errs.join("\n"));
+    assert.match(errs.at(-1)!, /ROUGE-L – → 80\.00/);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

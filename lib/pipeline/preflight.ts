@@ -78,23 +78,27 @@ export async function checkExternalInputs(
 ): Promise<string[]> {
   const problems = new Map<string, { text: string; steps: string[] }>();
   const pending = new Set((o.pending ?? []).map((p) => resolve(p)));
+  const checked = new Map<string, Promise<string | undefined>>();
   for (const step of steps) {
     if (o.selected && !o.selected(step)) continue;
     for (const [flag, p] of step.inputs) {
       if (producerOf(steps, p) || pending.has(resolve(p))) continue;
       const need = flag === "model" ? MODEL_NEEDS[step.stage] : undefined;
+      // Each path is checked once per need; a problem is listed once with every step it stops.
       const key = `${need ?? "exists"} ${resolve(p)}`;
-      const seen = problems.get(key);
-      if (seen) {
-        seen.steps.push(step.name);
-        continue;
+      if (!checked.has(key)) {
+        checked.set(
+          key,
+          need
+            ? modelProblem(p, need)
+            : kind(p).then((k) => k === undefined ? `${p}: no such file or directory` : undefined),
+        );
       }
-      const text = need
-        ? await modelProblem(p, need)
-        : await kind(p) === undefined
-        ? `${p}: no such file or directory`
-        : undefined;
-      if (text) problems.set(key, { text, steps: [step.name] });
+      const text = await checked.get(key)!;
+      if (!text) continue;
+      const seen = problems.get(text);
+      if (seen) seen.steps.push(step.name);
+      else problems.set(text, { text, steps: [step.name] });
     }
   }
   return [...problems.values()].map(({ text, steps }) =>
