@@ -4,8 +4,9 @@
  *    [--samples 5] --summary summary.json --report report.md`
  *
  * The end of a pipeline: summary.json (losses, metrics before/after, speed,
- * wall time) and report.md (the same with a loss curve, sample predictions and
- * the config). See lib/pipeline/report.ts.
+ * wall time), report.md (the same with a loss curve, sample predictions and
+ * the config) and, with --html, report.html (one self-contained page with
+ * interactive charts). See lib/pipeline/report.ts and report_html.ts.
  */
 import { type CommandSpec, missingFlag, parseCommand } from "../lib/args.ts";
 import { UserError } from "../lib/errors.ts";
@@ -61,6 +62,12 @@ export const COMMAND: CommandSpec = {
     },
     summary: { type: "string", arg: "FILE", required: true, help: "where summary.json goes" },
     report: { type: "string", arg: "FILE", required: true, help: "where report.md goes" },
+    html: {
+      type: "string",
+      arg: "FILE",
+      help:
+        "where report.html goes: the same report as one self-contained page with interactive charts (default: none)",
+    },
   },
 };
 
@@ -86,6 +93,7 @@ export async function main(args: string[]): Promise<number> {
     excludeSteps: ["report"],
     summaryPath: values.summary as string,
     reportPath: values.report as string,
+    htmlPath: values.html as string | undefined,
   });
   const m = (x: typeof s.metrics_before, k: "rouge-l" | "bleu-4") =>
     x && x[k] !== null ? x[k]!.toFixed(k === "bleu-4" ? 4 : 2) : "–";
@@ -95,7 +103,7 @@ export async function main(args: string[]): Promise<number> {
       s.train_loss_last?.toFixed(4) ?? "–"
     }, ROUGE-L ${m(s.metrics_before, "rouge-l")} → ${m(s.metrics_after, "rouge-l")}, BLEU-4 ${
       m(s.metrics_before, "bleu-4")
-    } → ${m(s.metrics_after, "bleu-4")}; ${values.report}`,
+    } → ${m(s.metrics_after, "bleu-4")}; ${values.report}${values.html ? `, ${values.html}` : ""}`,
   );
   return 0;
 }

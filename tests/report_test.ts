@@ -11,6 +11,8 @@ import {
   writeReport,
 } from "../lib/pipeline/report.ts";
 import { escapeXml, lineChart, niceTicks } from "../lib/pipeline/svg.ts";
+import type { ReportPageData } from "../lib/pipeline/report_html.ts";
+import { diffText } from "../lib/pipeline/text_diff.ts";
 import { main as reportMain } from "../stages/report.ts";
 
 /**
@@ -379,4 +381,96 @@ Deno.test("report: an evaluation of 0 records has no metrics: – in the report,
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+/** The JSON the report page embeds, and the page without it. */
+function pageData(html: string): ReportPageData {
+  const m = /<script type="application\/json" id="report-data">([^<]*)<\/script>/.exec(html);
+  assert.ok(m, "report.html embeds its data");
+  return JSON.parse(m[1]);
+}
+
+Deno.test("report.html: self-contained; its embedded data is summary.json and the log history", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await writeFixtureRun(dir);
+    // A prediction that would end a <script> element if it were not escaped.
+    await Deno.writeTextFile(
+      join(dir, "after", "predictions.jsonl"),
+      JSON.stringify({ index: 0, prediction: "裙子</script><b>x", label: "裙子很好看" }) + "\n",
+    );
+    const quiet = console.error;
+    console.error = () => {};
+    try {
+      await reportMain([
+        ...["--train", join(dir, "train"), "--before", join(dir, "before")],
+        ...["--after", join(dir, "after"), "--config", join(dir, "config.yaml")],
+        ...["--train-data", join(dir, "train.masked.jsonl"), "--run", dir, "--pipeline", "lora"],
+        ...["--summary", join(dir, "summary.json"), "--report", join(dir, "report.md")],
+        ...["--html", join(dir, "report.html")],
+      ]);
+    } finally {
+      console.error = quiet;
+    }
+    const html = await Deno.readTextFile(join(dir, "report.html"));
+    const summary = JSON.parse(await Deno.readTextFile(join(dir, "summary.json")));
+    const data = pageData(html);
+    assert.deepStrictEqual(data.summary, summary);
+    const pts = (k: "loss" | "eval_loss" | "learning_rate") =>
+      LOG.filter((e) => e[k] !== undefined).map((e) => [e.step, e[k]]);
+    assert.deepStrictEqual(data.curves, {
+      loss: pts("loss"),
+      eval_loss: pts("eval_loss"),
+      learning_rate: pts("learning_rate"),
+    });
+    assert.deepStrictEqual(data.samples[0], {
+      index: 0,
+      prompt: `[gMASK]sop<|user|> \n 类型#裙*颜色#红色 0<|assistant|>`,
+      label: "裙子很好看",
+      before: "before 0 | *x*",
+      after: "裙子</script><b>x",
+    });
+    assert.ok(data.config?.includes("peft_type: LORA"));
+    // Offline: nothing is fetched — no src or href at all — and uPlot is inlined.
+    assert.ok(!/\s(src|href)\s*=/i.test(html), "no external resource");
+    assert.ok(/<script>\/\* uPlot 1\.6\.\d+, MIT License/.test(html));
+    assert.ok(html.includes("new uPlot(") && html.includes('id="loss-chart"'));
+    // The tables show summary.json's numbers; the diff marks what the label lacks or has.
+    assert.match(
+      html,
+      /<tr data-metric="rouge-l"><th>ROUGE-L<\/th><td class="n">10\.00<\/td><td class="n">80\.00<\/td><td class="n up">\+70\.00<\/td><\/tr>/,
+    );
+    assert.ok(
+      html.includes(
+        '<dd>裙子<del title="in the label, missing here">很好看</del>' +
+          '<ins title="not in the label">&lt;/script&gt;&lt;b&gt;x</ins></dd>',
+      ),
+    );
+    assert.strictEqual(html.match(/<script\b/g)!.length, 3, "the data, uPlot and the page's code");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("diffText: shared runs, additions and omissions in reading order", () => {
+  assert.deepStrictEqual(diffText("abc", "abd"), [
+    { op: "same", text: "ab" },
+    { op: "missing", text: "c" },
+    { op: "added", text: "d" },
+  ]);
+  assert.deepStrictEqual(diffText("这款裙子很好看", "这条裙子好看"), [
+    { op: "same", text: "这" },
+    { op: "missing", text: "款" },
+    { op: "added", text: "条" },
+    { op: "same", text: "裙子" },
+    { op: "missing", text: "很" },
+    { op: "same", text: "好看" },
+  ]);
+  assert.deepStrictEqual(diffText("", "x"), [{ op: "added", text: "x" }]);
+  assert.deepStrictEqual(diffText("same", "same"), [{ op: "same", text: "same" }]);
+  // astral characters are one character each
+  assert.deepStrictEqual(diffText("a😀", "😀"), [
+    { op: "missing", text: "a" },
+    { op: "same", text: "😀" },
+  ]);
 });

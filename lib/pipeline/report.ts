@@ -411,20 +411,30 @@ export async function collectReport(o: ReportOptions): Promise<ReportData> {
   return d;
 }
 
-/** Collect, then write summary.json and report.md (atomically); returns the summary and notes. */
+/** Collect, then write summary.json, report.md and report.html (atomically); returns the summary and notes. */
 export async function writeReport(
-  o: ReportOptions & { summaryPath: string; reportPath: string },
+  o: ReportOptions & { summaryPath: string; reportPath: string; htmlPath?: string },
 ): Promise<{ summary: Summary; notes: string[] }> {
   // The two files are the report's own; they must not replace what it reads.
   const inputs: [string, string | undefined][] = [
     ["--config", o.configPath],
     ["--train-data", o.trainData],
   ];
-  await checkNotInput(o.summaryPath, "--summary", [...inputs, ["--report", o.reportPath]]);
-  await checkNotInput(o.reportPath, "--report", inputs);
+  await checkNotInput(o.summaryPath, "--summary", [
+    ...inputs,
+    ["--report", o.reportPath],
+    ["--html", o.htmlPath],
+  ]);
+  await checkNotInput(o.reportPath, "--report", [...inputs, ["--html", o.htmlPath]]);
+  if (o.htmlPath) await checkNotInput(o.htmlPath, "--html", inputs);
   const d = await collectReport(o);
   const s = buildSummary(d);
   await writeJsonAtomic(o.summaryPath, s);
   await writeFileAtomic(o.reportPath, renderReport(s, d, o.samples ?? 5));
+  if (o.htmlPath) {
+    // Imported here: the page needs uPlot from npm, which summary and markdown do not.
+    const { renderReportHtml } = await import("./report_html.ts");
+    await writeFileAtomic(o.htmlPath, await renderReportHtml(s, d, o.samples ?? 5));
+  }
   return { summary: s, notes: missingNotes(d) };
 }
