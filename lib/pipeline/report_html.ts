@@ -100,7 +100,8 @@ function diffHtml(label: string, prediction: string): string {
 
 const STYLE = `
 :root { color-scheme: light; --fg: #1b1f24; --muted: #5b6570; --line: #d8dee4; --bg2: #f6f8fa; }
-body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", "Noto Sans", "Noto Sans CJK SC", sans-serif;
+body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", "Noto Sans", "Noto Sans CJK SC",
+  "WenQuanYi Micro Hei", "PingFang SC", "Microsoft YaHei", sans-serif;
   color: var(--fg); max-width: 1100px; margin: 2rem auto; padding: 0 1.25rem; }
 h1 { font-size: 1.6rem; margin: 0 0 .25rem; } h2 { font-size: 1.2rem; margin: 2rem 0 .75rem;
   border-bottom: 1px solid var(--line); padding-bottom: .25rem; }
@@ -126,6 +127,15 @@ const APP = `
 (function () {
   "use strict";
   var data = JSON.parse(document.getElementById("report-data").textContent);
+  // Learning rates are ~1e-3..1e-6: uPlot's default labels would round them to 0.
+  function fmt(v) {
+    if (v === null || v === undefined) return "–";
+    var a = Math.abs(v);
+    return v === 0 ? "0" : a < 1e-2 || a >= 1e5 ? v.toExponential(2) : String(+v.toPrecision(4));
+  }
+  // Steps are whole numbers: ticks at 1, 2, 5 × 10^k only.
+  var STEP_INCRS = [];
+  for (var k = 0; k < 9; k++) [1, 2, 5].forEach(function (m) { STEP_INCRS.push(m * Math.pow(10, k)); });
   function aligned(seriesList) {
     var steps = [];
     seriesList.forEach(function (pts) { pts.forEach(function (p) { steps.push(p[0]); }); });
@@ -146,9 +156,13 @@ const APP = `
       width: Math.max(320, el.clientWidth),
       height: 320,
       scales: { x: { time: false } },
-      axes: [{ label: "step" }, { label: yLabel, size: 70 }],
+      axes: [
+        { label: "step", incrs: STEP_INCRS },
+        { label: yLabel, size: 80, values: function (u, vals) { return vals.map(fmt); } },
+      ],
       series: [{ label: "step" }].concat(present.map(function (d) {
         return { label: d.label, stroke: d.color, width: 2, spanGaps: true,
+          value: function (u, v) { return fmt(v); },
           points: { show: d.points.length < 60, size: 6, fill: d.color } };
       })),
     };
