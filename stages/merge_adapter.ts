@@ -4,6 +4,7 @@
  *
  *   deno task stage merge-adapter --model MODEL_DIR --adapter ADAPTER_DIR --out OUT_DIR [--shard-size 2GB] [--force]
  */
+import { count } from "../lib/plural.ts";
 import { type CommandSpec, missingFlag, parseCommand } from "../lib/args.ts";
 import { mergeAdapter } from "../lib/model/merge.ts";
 import { StatusLine } from "../lib/progress.ts";
@@ -60,9 +61,9 @@ export async function main(args: string[]): Promise<number> {
     });
     status.end();
     console.error(
-      `merge-adapter: ${r.merged.length} of ${r.tensors} tensors updated → ${values.out} (${
-        r.files.join(", ")
-      })`,
+      `merge-adapter: ${r.merged.length} of ${
+        count(r.tensors, "tensor")
+      } updated → ${values.out} (${r.files.join(", ")})`,
     );
   } finally {
     status.end();

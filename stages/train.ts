@@ -9,6 +9,7 @@
  * data_config.train_file / val_file, inside DATA_DIR, are masked JSONL and the
  * output goes to training_args.output_dir.
  */
+import { count } from "../lib/plural.ts";
 import { join } from "node:path";
 import { loadConfig } from "../lib/config/mod.ts";
 import { type CommandSpec, parseCommand, positiveIntFlag, usageOf } from "../lib/args.ts";
@@ -192,6 +193,6 @@ export async function main(argv: string[]): Promise<number> {
     );
     return 130;
   }
-  console.error(`done: ${res.globalStep} steps; outputs in ${outDir}`);
+  console.error(`done: ${count(res.globalStep, "step")}; outputs in ${outDir}`);
   return 0;
 }

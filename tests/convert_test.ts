@@ -422,7 +422,8 @@ Deno.test("convertFile writes nothing when a record is bad, unless --skip-invali
     const bad: number[] = [];
     await rejects(
       convertFile(`${dir}/raw.jsonl`, `${dir}/conv.jsonl`, { onBad: (r) => void bad.push(r.line) }),
-      (e: Error) => e instanceof UserError && e.message.includes("1 of 3 records are bad"),
+      (e: Error) =>
+        e instanceof UserError && e.message.includes("1 of 3 records is bad (1 problem)"),
     );
     assertEquals(bad, [2]);
     assertEquals([...Deno.readDirSync(dir)].map((e) => e.name), ["raw.jsonl"]);

@@ -4,6 +4,7 @@
  * after training, the step manifests), as `summary.json` for machines and
  * `report.md` (with an inline SVG loss curve) for people.
  */
+import { count } from "../plural.ts";
 import { join } from "node:path";
 import { writeFileAtomic, writeJsonAtomic } from "../atomic.ts";
 import { checkNotInput } from "../outdir.ts";
@@ -189,9 +190,9 @@ export function renderReport(s: Summary, d: ReportData, samples = 5): string {
   out.push(
     `- training loss: ${f(s.train_loss_first, 4)} (first log) → ${
       f(s.train_loss_last, 4)
-    } (last), ${
-      s.train_loss_ratio === null ? "–" : `×${s.train_loss_ratio.toFixed(3)}`
-    } over ${s.train_steps} steps`,
+    } (last), ${s.train_loss_ratio === null ? "–" : `×${s.train_loss_ratio.toFixed(3)}`} over ${
+      count(s.train_steps, "step")
+    }`,
     `- eval loss (teacher-forced, dev records): ${f(s.eval_loss_first, 4)} → ${
       f(s.eval_loss_last, 4)
     }`,

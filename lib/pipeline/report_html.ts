@@ -12,6 +12,7 @@
  * reads it back; tools/render_report.ts renders the page in headless
  * Chromium and fails on any console error.
  */
+import { count } from "../plural.ts";
 import { createRequire } from "node:module";
 import { escapeXml } from "./svg.ts";
 import { diffText } from "./text_diff.ts";
@@ -219,7 +220,7 @@ export async function renderReportHtml(s: Summary, d: ReportData, samples = 5): 
     '<div class="kpis">',
     `<div class="kpi"><span>training loss</span><b>${f(s.train_loss_first, 4)} → ${
       f(s.train_loss_last, 4)
-    }</b><span>${ratio} over ${s.train_steps} steps</span></div>`,
+    }</b><span>${ratio} over ${count(s.train_steps, "step")}</span></div>`,
     `<div class="kpi"><span>eval loss (teacher-forced)</span><b>${f(s.eval_loss_first, 4)} → ${
       f(s.eval_loss_last, 4)
     }</b></div>`,

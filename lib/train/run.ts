@@ -3,6 +3,7 @@
  * start it: config → arguments, masked data, the GLM model on the device with
  * its adapter, an optional initial adapter, then the trainer.
  */
+import { count } from "../plural.ts";
 import {
   type FinetuneConfig,
   finetuneMode,
@@ -234,9 +235,9 @@ export async function runTraining(o: RunOptions): Promise<TrainResult> {
     const tensorboard = tensorBoardLog(cfg.training_args, o.outDir);
     const trainable = model.params.reduce((a, p) => a + p.size, 0);
     console.error(
-      `train: ${mode}, ${model.params.length} trainable tensors (${trainable} values), ${trainRecs.length} records, on ${
-        describeGpu(gpu)
-      }`,
+      `train: ${mode}, ${count(model.params.length, "trainable tensor")} (${
+        count(trainable, "value")
+      }), ${count(trainRecs.length, "record")}, on ${describeGpu(gpu)}`,
     );
     if (tensorboard) console.error(`train: TensorBoard event files in ${tensorboard.dir}`);
     return await train({
