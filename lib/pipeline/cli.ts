@@ -87,6 +87,7 @@ export async function main(args: string[]): Promise<number> {
     force: !!values.force,
     resume: !!values.resume,
     command,
+    handleSigint: true,
   });
   return 0;
 }

@@ -61,6 +61,11 @@ export interface RunOptions {
    * holder, and, with --resume added, as the way to go on after Ctrl-C.
    */
   command?: string[];
+  /**
+   * Ctrl-C in a step that does not handle it itself stops the process (exit
+   * 130) after saying which step stopped and how to go on (the CLI).
+   */
+  handleSigint?: boolean;
   /** where stages come from (tests inject their own) */
   stages?: StageResolver;
   /** progress lines (default: console.log) */
@@ -429,7 +434,8 @@ export async function runPipeline(path: string, opts: RunOptions = {}): Promise<
         Deno.exit(130);
       };
       const ownSigint = HANDLES_SIGINT.has(step.stage);
-      if (!ownSigint) Deno.addSignalListener("SIGINT", onSigint);
+      const listen = !!opts.handleSigint && !ownSigint;
+      if (listen) Deno.addSignalListener("SIGINT", onSigint);
       try {
         const mod = await ref.load();
         rc = await asPipelineStep(
@@ -448,7 +454,7 @@ export async function runPipeline(path: string, opts: RunOptions = {}): Promise<
         console.error(`step "${step.name}" (stage ${step.stage}) crashed:`);
         throw e;
       } finally {
-        if (!ownSigint) Deno.removeSignalListener("SIGINT", onSigint);
+        if (listen) Deno.removeSignalListener("SIGINT", onSigint);
         for (const [, p] of step.outputs) hasher.forget(p);
       }
       if (rc === 130 && ownSigint) {
