@@ -3,13 +3,18 @@
  * Every failure the user can fix prints a message, never a stack trace.
  */
 import { runCli, UsageError } from "./lib/errors.ts";
-import { loadStage, STAGES } from "./stages/registry.ts";
+import { loadStage, stageList, STAGES } from "./stages/registry.ts";
 
 const USAGE = `usage:
-  deno task stage <${Object.keys(STAGES).join("|")}> [flags]
-  deno task pipeline NAME|FILE [--set key=value ...] [--from STEP] [--only STEP] [--dry-run]
-  deno task validate FILE... [--format text|github|json]
-  deno task chat MODEL_OR_ADAPTER_DIR [--prompt TEXT]`;
+  deno task stage NAME [flags]          run one stage (NAME --help for its flags)
+  deno task pipeline NAME|FILE [flags]  run a pipeline (pipelines/NAME.yaml; --help for its flags)
+  deno task validate FILE... [flags]    the same as deno task stage validate
+  deno task chat DIR [flags]            the same as deno task stage chat`;
+
+const STAGE_HELP = `usage: deno task stage NAME [flags]   (deno task stage NAME --help: its flags)
+
+stages:
+${stageList()}`;
 
 async function main(): Promise<number | void> {
   const [cmd, ...rest] = Deno.args;
@@ -17,8 +22,12 @@ async function main(): Promise<number | void> {
     case "stage": {
       const [name, ...args] = rest;
       if (!name || name === "--help" || name === "-h") {
-        console.log(USAGE);
-        return name ? 0 : 2;
+        if (!name) throw new UsageError(`which stage?\n${STAGE_HELP}`);
+        console.log(STAGE_HELP);
+        return 0;
+      }
+      if (!Object.hasOwn(STAGES, name)) {
+        throw new UsageError(`unknown stage "${name}"\n${STAGE_HELP}`);
       }
       return await (await loadStage(name)).main(args);
     }
@@ -29,10 +38,11 @@ async function main(): Promise<number | void> {
     case "chat":
       return await (await import("./stages/chat.ts")).main(rest);
     case undefined:
+      throw new UsageError(`which command?\n${USAGE}`);
     case "--help":
     case "-h":
-      console.log(USAGE);
-      return cmd ? 0 : 2;
+      console.log(`${USAGE}\n\nstages:\n${stageList()}`);
+      return 0;
     default:
       throw new UsageError(`unknown command "${cmd}"\n${USAGE}`);
   }

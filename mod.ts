@@ -61,6 +61,23 @@ export {
 } from "./lib/pipeline/report.ts";
 export type { ReportData, ReportOptions, Summary } from "./lib/pipeline/report.ts";
 export { lineChart } from "./lib/pipeline/svg.ts";
+export { renderReportHtml, reportPageData } from "./lib/pipeline/report_html.ts";
+export type { ReportPageData } from "./lib/pipeline/report_html.ts";
+export { diffText } from "./lib/pipeline/text_diff.ts";
+export { lockRunDir } from "./lib/pipeline/lock.ts";
+export { checkExternalInputs } from "./lib/pipeline/preflight.ts";
+export {
+  decodeEvent,
+  encodeEvent,
+  EventFileWriter,
+  readEvents,
+  scalarEvent,
+  textEvent,
+} from "./lib/tensorboard/events.ts";
+export type { TbEvent } from "./lib/tensorboard/events.ts";
+export { frameRecord, readRecords } from "./lib/tensorboard/tfrecord.ts";
+export { crc32c, maskedCrc32c } from "./lib/tensorboard/crc32c.ts";
+export { defaultLoggingDir, TensorBoardLog } from "./lib/train/tensorboard_log.ts";
 export { SentencePieceModel } from "./lib/tokenizer/sentencepiece.ts";
 export { ChatGLMTokenizer, SPECIAL_TOKENS } from "./lib/tokenizer/chatglm.ts";
 export type { ChatRole, HistoryItem, SpecialToken } from "./lib/tokenizer/chatglm.ts";

@@ -21,6 +21,18 @@ export class UsageError extends UserError {
   }
 }
 
+/**
+ * A run stopped by Ctrl-C with its work saved: the message says how to go on
+ * (no `error:` before it), and the exit status is 130, as for any SIGINT.
+ */
+export class InterruptedError extends UserError {
+  override readonly exitCode: number = 130;
+  constructor(message: string) {
+    super(message);
+    this.name = "InterruptedError";
+  }
+}
+
 /** `FILE:LINE: field: message`, the one place problems get their location. */
 export function located(
   file: string,
@@ -96,6 +108,10 @@ export async function runCli(main: () => Promise<number | void>): Promise<never>
     const code = await main();
     Deno.exit(code ?? 0);
   } catch (e) {
+    if (e instanceof InterruptedError) {
+      console.error(e.message);
+      Deno.exit(e.exitCode);
+    }
     if (e instanceof UserError) {
       console.error(`error: ${e.message}`);
       Deno.exit(e.exitCode);

@@ -3,7 +3,7 @@
  * model), as the ChatGLM3 finetune demo's inference_hf.py does. With
  * --prompt, one answer; otherwise an interactive session on stdin.
  */
-import { numberFlag, parseFlags } from "../lib/args.ts";
+import { type CommandSpec, numberFlag, parseCommand, usageOf } from "../lib/args.ts";
 import { UsageError, UserError } from "../lib/errors.ts";
 import { readLines } from "../lib/jsonl.ts";
 import { type ChatOptions, ChatSession, formatReply } from "../lib/eval/chat.ts";
@@ -12,41 +12,75 @@ import { loadGlmConfig } from "../lib/model/config.ts";
 import { gpuForModel, loadGlmModel } from "../lib/model/load.ts";
 import { ChatGLMTokenizer } from "../lib/tokenizer/chatglm.ts";
 
-const USAGE =
-  `usage: deno task chat MODEL_OR_ADAPTER_DIR [--prompt TEXT] [--system TEXT] [--model BASE_DIR]
-       [--max-new-tokens N] [--do-sample --temperature T --top-p P --top-k K] [--seed N]
-
-In a session: a line is a message; /reset clears the history, /system TEXT sets
+export const COMMAND: CommandSpec = {
+  name: "deno task chat",
+  summary:
+    "talk to a model dir or an adapter dir (whose config names its base model), as inference_hf.py does",
+  usage: [
+    "deno task chat MODEL_OR_ADAPTER_DIR [--prompt TEXT] [--system TEXT] [--model BASE_DIR]",
+    "  [--max-new-tokens N] [--do-sample --temperature T --top-p P --top-k K] [--seed N]",
+  ],
+  positionals: [[
+    "MODEL_OR_ADAPTER_DIR",
+    "a model dir (config.json, tokenizer.model, safetensors), or a LoRA / P-Tuning v2 adapter dir",
+  ]],
+  flags: {
+    prompt: {
+      type: "string",
+      arg: "TEXT",
+      help: "answer this one message and exit (default: an interactive session on stdin)",
+    },
+    system: { type: "string", arg: "TEXT", help: "a system prompt before the conversation" },
+    model: {
+      type: "string",
+      arg: "DIR",
+      defaultText: "the adapter's base_model_name_or_path",
+      help: "the base model for an adapter dir",
+    },
+    "max-new-tokens": {
+      type: "string",
+      arg: "N",
+      defaultText: "512, at most half the context",
+      help: "the longest answer in tokens",
+    },
+    "do-sample": {
+      type: "boolean",
+      help:
+        "sample instead of greedy decoding (implied by --temperature, --top-p or --top-k; default: greedy)",
+    },
+    temperature: {
+      type: "string",
+      arg: "T",
+      defaultText: "0.8 when sampling, as upstream's chat",
+      help: "sampling temperature",
+    },
+    "top-p": {
+      type: "string",
+      arg: "P",
+      defaultText: "0.8 when sampling",
+      help: "nucleus sampling: the smallest set of tokens with this much probability",
+    },
+    "top-k": {
+      type: "string",
+      arg: "K",
+      defaultText: "0, no limit",
+      help: "sample among the K most likely tokens",
+    },
+    seed: { type: "string", arg: "N", defaultText: "42", help: "the sampling seed" },
+  },
+  notes: `In a session: a line is a message; /reset clears the history, /system TEXT sets
 the system prompt (and clears the history), /observation TEXT answers a tool
-call, /exit leaves (as does end of input).`;
+call, /exit leaves (as does end of input).`,
+};
 
 /** Largest context the session keeps; older turns are dropped to fit. */
 const MAX_CONTEXT = 2048;
 
 export async function main(args: string[]): Promise<number> {
-  const { values, positionals } = parseFlags(
-    args,
-    {
-      prompt: { type: "string" },
-      system: { type: "string" },
-      model: { type: "string" },
-      "max-new-tokens": { type: "string" },
-      "do-sample": { type: "boolean" },
-      temperature: { type: "string" },
-      "top-p": { type: "string" },
-      "top-k": { type: "string" },
-      seed: { type: "string" },
-      help: { type: "boolean", short: "h" },
-    },
-    USAGE,
-    true,
-  );
-  if (values.help) {
-    console.log(USAGE);
-    return 0;
-  }
+  const { values, positionals, help } = parseCommand(args, COMMAND);
+  if (help) return 0;
   if (positionals.length !== 1) {
-    throw new UsageError(`chat: expected one MODEL_OR_ADAPTER_DIR\n${USAGE}`);
+    throw new UsageError(`chat: expected one MODEL_OR_ADAPTER_DIR\n${usageOf(COMMAND)}`);
   }
   const temperature = numberFlag(values.temperature, "--temperature", { integer: false, min: 0 });
   const topP = numberFlag(values["top-p"], "--top-p", { integer: false, min: 0 });

@@ -10,19 +10,98 @@
  */
 import { loadConfig } from "../lib/config/mod.ts";
 import { parseOverride } from "../lib/config/overrides.ts";
-import { type FlagValues, parseFlags, positiveIntFlag } from "../lib/args.ts";
-import { UsageError, UserError } from "../lib/errors.ts";
+import {
+  type CommandSpec,
+  type FlagValues,
+  missingFlag,
+  parseCommand,
+  positiveIntFlag,
+} from "../lib/args.ts";
+import { UserError } from "../lib/errors.ts";
 import { evaluate, type GenerationSettings } from "../lib/eval/evaluate.ts";
 import { type SegmenterName, SEGMENTERS } from "../lib/metrics/index.ts";
 
-const USAGE =
-  `usage: deno task stage evaluate --model MODEL_DIR [--adapter DIR] --in records.jsonl --out EVAL_DIR
-       [--limit N] [--batch-size N] [--config CFG] [--set generation_config.max_new_tokens=64 ...]
-       [--segmenter jieba|space|char] [--f32] [--force]
-   or: deno task stage evaluate --metrics-only --in preds.jsonl --out DIR [--segmenter ...] [--force]
-
-  --force   write into --out even when it is a non-empty directory that evaluate did not
-            write (only predictions.jsonl and metrics.json are replaced there)`;
+export const COMMAND: CommandSpec = {
+  name: "deno task stage evaluate",
+  summary:
+    "generate and score ROUGE-1/2/L and BLEU-4 (eval records), or teacher-forced loss (train records)",
+  usage: [
+    "deno task stage evaluate --model MODEL_DIR [--adapter DIR] --in records.jsonl --out EVAL_DIR",
+    "  [--limit N] [--batch-size N] [--config CFG] [--set generation_config.max_new_tokens=64 ...]",
+    "  [--segmenter jieba|space|char] [--f32] [--force]",
+    "deno task stage evaluate --metrics-only --in preds.jsonl --out DIR [--segmenter ...] [--force]",
+  ],
+  flags: {
+    model: {
+      type: "string",
+      arg: "DIR",
+      help:
+        "the base model dir (config.json, tokenizer.model, safetensors weights); required unless --metrics-only",
+    },
+    adapter: {
+      type: "string",
+      arg: "DIR",
+      help: "a LoRA (PEFT) or P-Tuning v2 adapter dir to apply to --model",
+    },
+    in: {
+      type: "string",
+      arg: "FILE",
+      required: true,
+      help:
+        "masked records: eval records (output_ids) are generated and scored, train records (labels) get their loss",
+    },
+    out: {
+      type: "string",
+      arg: "DIR",
+      required: true,
+      help: "the output dir: predictions.jsonl (written as they come) and metrics.json",
+    },
+    limit: {
+      type: "string",
+      arg: "N",
+      defaultText: "all",
+      help: "evaluate the first N records only",
+    },
+    "batch-size": {
+      type: "string",
+      arg: "N",
+      defaultText: "8",
+      help: "records generated or scored together",
+    },
+    config: {
+      type: "string",
+      arg: "CFG",
+      help:
+        "a training config whose generation_config and seed are used (upstream evaluates with them)",
+    },
+    set: {
+      type: "string",
+      arg: "KEY=VALUE",
+      multiple: true,
+      help:
+        "a generation setting (max_new_tokens, do_sample, temperature, top_p, top_k, seed), or with --config any config key",
+    },
+    segmenter: {
+      type: "string",
+      arg: "jieba|space|char",
+      defaultText: "jieba",
+      help: "how text is split into words for ROUGE and BLEU (jieba as upstream)",
+    },
+    "metrics-only": {
+      type: "boolean",
+      help: "score an existing predictions.jsonl (--in) without a model",
+    },
+    f32: {
+      type: "boolean",
+      help: "keep frozen weights in f32 rather than f16: exact f32 math, twice the memory",
+    },
+    force: {
+      type: "boolean",
+      help:
+        "write into a non-empty --out that is not an earlier evaluate output (only predictions.jsonl and metrics.json are replaced)",
+    },
+  },
+};
 
 /** Generation settings the config's generation_config and --set may change (HF GenerationConfig names). */
 const GENERATION_KEYS = [
@@ -40,31 +119,12 @@ function positiveInt(v: FlagValues[string], flag: string): number | undefined {
 }
 
 export async function main(args: string[]): Promise<number> {
-  const { values } = parseFlags(args, {
-    model: { type: "string" },
-    adapter: { type: "string" },
-    in: { type: "string" },
-    out: { type: "string" },
-    limit: { type: "string" },
-    "batch-size": { type: "string" },
-    config: { type: "string" },
-    set: { type: "string", multiple: true },
-    segmenter: { type: "string" },
-    "metrics-only": { type: "boolean" },
-    f32: { type: "boolean" },
-    force: { type: "boolean" },
-    help: { type: "boolean", short: "h" },
-  }, USAGE);
-  if (values.help) {
-    console.log(USAGE);
-    return 0;
-  }
-  if (!values.in) throw new UsageError(`evaluate: --in is required\n${USAGE}`);
-  if (!values.out) throw new UsageError(`evaluate: --out is required\n${USAGE}`);
+  const { values, help } = parseCommand(args, COMMAND);
+  if (help) return 0;
+  if (!values.in) throw missingFlag("in", COMMAND);
+  if (!values.out) throw missingFlag("out", COMMAND);
   const metricsOnly = !!values["metrics-only"];
-  if (!metricsOnly && !values.model) {
-    throw new UsageError(`evaluate: --model is required\n${USAGE}`);
-  }
+  if (!metricsOnly && !values.model) throw missingFlag("model", COMMAND, " (or --metrics-only)");
   const segmenter = (values.segmenter ?? "jieba") as SegmenterName;
   if (!SEGMENTERS.includes(segmenter)) {
     throw new UserError(

@@ -9,7 +9,14 @@
  * show each token's text; special tokens are named without it).
  */
 import { loadConfig } from "../lib/config/mod.ts";
-import { type FlagValues, parseFlags, positiveIntFlag } from "../lib/args.ts";
+import {
+  type CommandSpec,
+  type FlagValues,
+  missingFlag,
+  parseCommand,
+  positiveIntFlag,
+  usageOf,
+} from "../lib/args.ts";
 import {
   type EvalRecord,
   IGNORE_INDEX,
@@ -26,9 +33,81 @@ import { ChatGLMTokenizer, SPECIAL_TOKENS } from "../lib/tokenizer/chatglm.ts";
 
 export { evalRecords, maskRecords, trainRecord } from "../lib/data/masks.ts";
 
-const USAGE = `usage: deno task stage mask --in tok.jsonl|- --out masked.jsonl|- --mode train|eval
-       (--config CFG [--set key=value ...] | --max-input-length N --max-output-length M)
-       [--mask-history] [--sanity N [--model MODEL_DIR]]`;
+export const COMMAND: CommandSpec = {
+  name: "deno task stage mask",
+  summary:
+    "tokenized conversations → the finetune_demo's train records {input_ids, labels} or eval records {input_ids, output_ids}",
+  usage: [
+    "deno task stage mask --in tok.jsonl|- --out masked.jsonl|- --mode train|eval",
+    "  (--config CFG [--set key=value ...] | --max-input-length N --max-output-length M)",
+    "  [--mask-history] [--sanity N [--model MODEL_DIR]] [--allow-empty]",
+  ],
+  flags: {
+    in: {
+      type: "string",
+      arg: "FILE",
+      required: true,
+      help: "tokenized records (the tokenize stage's output); - reads stdin",
+    },
+    out: {
+      type: "string",
+      arg: "FILE",
+      required: true,
+      help: "the masked records, JSONL, written atomically; - for stdout",
+    },
+    mode: {
+      type: "string",
+      arg: "train|eval",
+      required: true,
+      help:
+        "train: one record per conversation with labels (process_batch); eval: one prompt and output_ids per answer (process_batch_eval)",
+    },
+    config: {
+      type: "string",
+      arg: "CFG",
+      help: "a training config to read max_input_length and max_output_length from",
+    },
+    set: {
+      type: "string",
+      arg: "KEY=VALUE",
+      multiple: true,
+      help: "override a value of --config (max_input_length=256)",
+    },
+    "max-input-length": {
+      type: "string",
+      arg: "N",
+      defaultText: "the config's max_input_length",
+      help: "tokens of prompt kept",
+    },
+    "max-output-length": {
+      type: "string",
+      arg: "N",
+      defaultText: "the config's max_output_length",
+      help: "tokens of answer kept; train records are cut to input + output + 1",
+    },
+    "mask-history": {
+      type: "boolean",
+      help:
+        "train: learn only the last assistant message; earlier answers are context (default: learn every answer)",
+    },
+    sanity: {
+      type: "string",
+      arg: "N",
+      help:
+        "print the first N records token by token, with each token's label, as the finetune demo's sanity check",
+    },
+    model: {
+      type: "string",
+      arg: "DIR",
+      help: "with --sanity: the model dir whose tokenizer shows each token's text",
+    },
+    "allow-empty": {
+      type: "boolean",
+      help:
+        "write an output with no records (or, in train mode, none with a learned token) instead of failing",
+    },
+  },
+};
 
 /** max_input_length / max_output_length from the flags, else from the config file. */
 async function limitsOf(values: FlagValues): Promise<Limits> {
@@ -44,32 +123,19 @@ async function limitsOf(values: FlagValues): Promise<Limits> {
   }
   if (maxIn === undefined || maxOut === undefined) {
     throw new UsageError(
-      `the lengths are required: --config CFG, or --max-input-length N and --max-output-length M\n${USAGE}`,
+      `the lengths are required: --config CFG, or --max-input-length N and --max-output-length M\n${
+        usageOf(COMMAND)
+      }`,
     );
   }
   return { maxInputLength: maxIn, maxOutputLength: maxOut };
 }
 
 export async function main(args: string[]): Promise<number> {
-  const { values } = parseFlags(args, {
-    in: { type: "string" },
-    out: { type: "string" },
-    mode: { type: "string" },
-    config: { type: "string" },
-    set: { type: "string", multiple: true },
-    "max-input-length": { type: "string" },
-    "max-output-length": { type: "string" },
-    "mask-history": { type: "boolean", default: false },
-    sanity: { type: "string" },
-    model: { type: "string" },
-    help: { type: "boolean", short: "h" },
-  }, USAGE);
-  if (values.help) {
-    console.log(USAGE);
-    return 0;
-  }
+  const { values, help } = parseCommand(args, COMMAND);
+  if (help) return 0;
   for (const f of ["in", "out", "mode"]) {
-    if (!values[f]) throw new UsageError(`--${f} is required\n${USAGE}`);
+    if (!values[f]) throw missingFlag(f, COMMAND);
   }
   const mode = values.mode as string;
   if (mode !== "train" && mode !== "eval") {
@@ -86,8 +152,9 @@ export async function main(args: string[]): Promise<number> {
   const records = maskRecords(readJsonlStrict(input), name, {
     ...limits,
     mode,
-    maskHistory: values["mask-history"] as boolean,
+    maskHistory: !!values["mask-history"],
   }, stats);
+  const allowEmpty = !!values["allow-empty"];
   await writeJsonl(
     values.out as string,
     (async function* () {
@@ -99,12 +166,23 @@ export async function main(args: string[]): Promise<number> {
         }
         yield r;
       }
+      // Nothing to train on or to predict: fail here, with the reason, before the
+      // output is committed, rather than at a later step that reads an empty set.
+      const useful = mode === "train" ? stats.records - stats.noLoss : stats.records;
+      if (useful === 0 && !allowEmpty) {
+        const why = stats.conversations === 0
+          ? "the file holds no conversations"
+          : stats.explain(mode, limits);
+        throw new UserError(
+          `${name}: nothing to ${mode === "train" ? "train on" : "evaluate"}: ${why} ` +
+            "(--allow-empty writes the empty output anyway)",
+        );
+      }
     })(),
   );
   for (const line of stats.summary(mode)) console.error(line);
-  if (mode === "train" && stats.noLoss > 0) {
-    console.error(`warning: ${stats.noLoss} records have no learned token left after truncation`);
-  }
+  const why = stats.explain(mode, limits);
+  if (why) console.error(`warning: ${why}`);
   return 0;
 }
 

@@ -4,31 +4,47 @@
  * Canonical conversation records → per-message ChatGLM3 token ids with role
  * and loss flag, streamed and written atomically.
  */
-import { parseFlags } from "../lib/args.ts";
-import { UsageError } from "../lib/errors.ts";
+import { type CommandSpec, missingFlag, parseCommand } from "../lib/args.ts";
 import { readJsonlStrict, writeJsonl } from "../lib/jsonl.ts";
 import { checkNotInput } from "../lib/outdir.ts";
 import { ChatGLMTokenizer } from "../lib/tokenizer/chatglm.ts";
 import { tokenizeRecords } from "../lib/tokenizer/records.ts";
+import { count } from "../lib/plural.ts";
 
 export { tokenizeRecord, tokenizeRecords } from "../lib/tokenizer/records.ts";
 
-const USAGE =
-  "usage: deno task stage tokenize --model MODEL_DIR --in conv.jsonl|- --out tok.jsonl|-";
+export const COMMAND: CommandSpec = {
+  name: "deno task stage tokenize",
+  summary:
+    "canonical conversation records → ChatGLM3 token ids per message, with roles and loss flags",
+  usage: ["deno task stage tokenize --model MODEL_DIR --in conv.jsonl|- --out tok.jsonl|-"],
+  flags: {
+    model: {
+      type: "string",
+      arg: "DIR",
+      required: true,
+      help: "the model dir whose tokenizer.model (SentencePiece) encodes the text",
+    },
+    in: {
+      type: "string",
+      arg: "FILE",
+      required: true,
+      help: "conversation records (convert's output); - reads stdin",
+    },
+    out: {
+      type: "string",
+      arg: "FILE",
+      required: true,
+      help: "the tokenized records, JSONL, written atomically; - for stdout",
+    },
+  },
+};
 
 export async function main(args: string[]): Promise<number> {
-  const { values } = parseFlags(args, {
-    model: { type: "string" },
-    in: { type: "string" },
-    out: { type: "string" },
-    help: { type: "boolean", short: "h" },
-  }, USAGE);
-  if (values.help) {
-    console.log(USAGE);
-    return 0;
-  }
+  const { values, help } = parseCommand(args, COMMAND);
+  if (help) return 0;
   for (const f of ["model", "in", "out"]) {
-    if (!values[f]) throw new UsageError(`--${f} is required\n${USAGE}`);
+    if (!values[f]) throw missingFlag(f, COMMAND);
   }
   await checkNotInput(values.out as string, "--out", [["--in", values.in as string]]);
   const tok = await ChatGLMTokenizer.load(values.model as string);
@@ -46,6 +62,8 @@ export async function main(args: string[]): Promise<number> {
     })(),
   );
   const secs = (performance.now() - started) / 1000;
-  console.error(`tokenized ${n} conversations, ${tokens} tokens (${secs.toFixed(1)} s)`);
+  console.error(
+    `tokenized ${count(n, "conversation")}, ${count(tokens, "token")} (${secs.toFixed(1)} s)`,
+  );
   return 0;
 }

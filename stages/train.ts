@@ -1,7 +1,7 @@
 /**
  * `deno task stage train --model MODEL_DIR --config CFG --train masked_train.jsonl
  *    [--eval masked_eval.jsonl] --out OUT_DIR [--resume yes|N] [--init-adapter DIR]
- *    [--no-shuffle] [--set key.path=value ...] [--engine webgpu|torch [torchrun flags]]`
+ *    [--no-shuffle] [--set key.path=value ...]`
  * or, to print the memory plan without weights or a device,
  * `deno task stage train --model MODEL_DIR --config CFG --dry-run`,
  * or the finetune_demo's positional form
@@ -9,9 +9,16 @@
  * data_config.train_file / val_file, inside DATA_DIR, are masked JSONL and the
  * output goes to training_args.output_dir.
  */
+import { count } from "../lib/plural.ts";
 import { join } from "node:path";
 import { loadConfig } from "../lib/config/mod.ts";
-import { numberFlag, parseFlags, positiveIntFlag } from "../lib/args.ts";
+import {
+  type CommandSpec,
+  numberFlag,
+  parseCommand,
+  positiveIntFlag,
+  usageOf,
+} from "../lib/args.ts";
 import { UsageError, UserError } from "../lib/errors.ts";
 import { dryRunPlan, runTraining } from "../lib/train/run.ts";
 import {
@@ -20,32 +27,142 @@ import {
   torchDryRunPlan,
   type TorchLaunch,
 } from "../lib/train/torch_engine.ts";
+import { pipelineStep } from "../lib/invocation.ts";
 
 export { dryRunPlan, runTraining } from "../lib/train/run.ts";
 export { train } from "../lib/train/trainer.ts";
 
-const USAGE =
-  `usage: deno task stage train --model MODEL_DIR --config CFG --train masked_train.jsonl
-         [--eval masked_eval.jsonl] --out OUT_DIR [--resume yes|N] [--init-adapter DIR]
-         [--no-shuffle] [--rows-per-pass N] [--force] [--set key.path=value ...]
-         [--engine webgpu|torch] [--nproc-per-node N] [--nnodes N --node-rank R
-         --rdzv-endpoint HOST:PORT [--rdzv-id ID] [--rdzv-backend c10d]]
-   or: deno task stage train --model MODEL_DIR --config CFG [--set ...] [--rows-per-pass N] --dry-run
-   or: deno task stage train DATA_DIR MODEL_DIR CONFIG [yes|N]
-
-  --dry-run   print the device memory the run needs, by kind of buffer (reads the
-              model's config.json only: no weights, no GPU), and exit
-  --rows-per-pass N
-              feed each micro-batch to the model N records at a time; the passes'
-              gradients add up to the same result, and activation memory is sized
-              for N records (default: the whole per_device_train_batch_size)
-  --force     train into --out even when it is a non-empty directory that train did
-              not write (its checkpoints are still only replaced with
-              training_args.overwrite_output_dir)
-  --engine    webgpu (default): this toolkit's engine, one device; torch: the PyTorch
-              trainer under torchrun (DDP, DeepSpeed ZeRO, FSDP; deno task setup-torch once)
-  --nproc-per-node, --nnodes, --node-rank, --rdzv-endpoint, --rdzv-id, --rdzv-backend
-              torchrun's flags, for --engine torch (docs/scale-out.md)`;
+export const COMMAND: CommandSpec = {
+  name: "deno task stage train",
+  summary:
+    "LoRA, P-Tuning v2 or full fine-tuning with HF Trainer's semantics: checkpoints, resume, PEFT files",
+  usage: [
+    "deno task stage train --model MODEL_DIR --config CFG --train masked_train.jsonl",
+    "  [--eval masked_eval.jsonl] --out OUT_DIR [--resume yes|N] [--init-adapter DIR]",
+    "  [--no-shuffle] [--rows-per-pass N] [--force] [--set key.path=value ...]",
+    "  [--engine webgpu|torch] [--nproc-per-node N] [--nnodes N --node-rank R",
+    "  --rdzv-endpoint HOST:PORT [--rdzv-id ID] [--rdzv-backend c10d]]",
+    "deno task stage train --model MODEL_DIR --config CFG [--set ...] [--rows-per-pass N] --dry-run",
+    "deno task stage train DATA_DIR MODEL_DIR CONFIG [yes|N]",
+  ],
+  positionals: [
+    [
+      "DATA_DIR MODEL_DIR CONFIG [yes|N]",
+      "the finetune_demo's form: the config's data_config.train_file / val_file (masked JSONL) " +
+      "inside DATA_DIR, the output in training_args.output_dir, and the optional resume argument",
+    ],
+  ],
+  flags: {
+    model: {
+      type: "string",
+      arg: "DIR",
+      required: true,
+      help: "the base model dir (config.json, tokenizer.model, safetensors weights)",
+    },
+    config: {
+      type: "string",
+      arg: "CFG",
+      required: true,
+      help: "the training config, in the ChatGLM3 finetune_demo schema (configs/lora.yaml)",
+    },
+    train: {
+      type: "string",
+      arg: "FILE",
+      required: true,
+      help: "masked train records {input_ids, labels} (mask --mode train)",
+    },
+    eval: {
+      type: "string",
+      arg: "FILE",
+      help: "masked records for the eval loss at training_args.eval_steps (default: no evaluation)",
+    },
+    out: {
+      type: "string",
+      arg: "DIR",
+      required: true,
+      help:
+        "the output dir: checkpoint-N/, the adapter or model, trainer_state.json, metrics.jsonl",
+    },
+    resume: {
+      type: "string",
+      arg: "yes|N",
+      help: "continue from the newest complete checkpoint in --out (yes) or from checkpoint-N",
+    },
+    "init-adapter": {
+      type: "string",
+      arg: "DIR",
+      help: "start LoRA or P-Tuning v2 from this adapter's weights instead of a fresh one",
+    },
+    "no-shuffle": {
+      type: "boolean",
+      help: "keep the records in file order (default: shuffled with the seed each epoch, as HF)",
+    },
+    "dry-run": {
+      type: "boolean",
+      help:
+        "print the device memory the run needs, by kind of buffer (reads config.json only: no weights, no GPU), and exit",
+    },
+    "rows-per-pass": {
+      type: "string",
+      arg: "N",
+      defaultText: "the whole per_device_train_batch_size",
+      help:
+        "feed each micro-batch N records at a time: the same gradients, activation memory for N records",
+    },
+    force: {
+      type: "boolean",
+      help:
+        "train into a non-empty --out that train did not write (checkpoints are still replaced only with overwrite_output_dir)",
+    },
+    set: {
+      type: "string",
+      arg: "KEY=VALUE",
+      multiple: true,
+      help: "override a config value by its YAML path (training_args.max_steps=5)",
+    },
+    engine: {
+      type: "string",
+      arg: "webgpu|torch",
+      defaultText: "webgpu",
+      help:
+        "webgpu: this toolkit's engine, one device; torch: the PyTorch trainer under torchrun (DDP, FSDP, DeepSpeed; deno task setup-torch once)",
+    },
+    "nproc-per-node": {
+      type: "string",
+      arg: "N",
+      defaultText: "1",
+      help: "torchrun: processes (GPUs) per node, for --engine torch",
+    },
+    nnodes: {
+      type: "string",
+      arg: "N",
+      defaultText: "1",
+      help: "torchrun: nodes taking part, for --engine torch",
+    },
+    "node-rank": {
+      type: "string",
+      arg: "R",
+      defaultText: "0",
+      help: "torchrun: this node's rank, for --engine torch",
+    },
+    "rdzv-endpoint": {
+      type: "string",
+      arg: "HOST:PORT",
+      help: "torchrun: the rendezvous address of a multi-node run, for --engine torch",
+    },
+    "rdzv-id": {
+      type: "string",
+      arg: "ID",
+      help: "torchrun: the rendezvous id shared by the nodes of one run, for --engine torch",
+    },
+    "rdzv-backend": {
+      type: "string",
+      arg: "NAME",
+      defaultText: "c10d",
+      help: "torchrun: the rendezvous backend, for --engine torch",
+    },
+  },
+};
 
 function parseResume(v: string | undefined): "yes" | number | undefined {
   if (v === undefined || v === "no") return undefined;
@@ -58,37 +175,8 @@ function parseResume(v: string | undefined): "yes" | number | undefined {
 }
 
 export async function main(argv: string[]): Promise<number> {
-  const { values, positionals } = parseFlags(
-    argv,
-    {
-      model: { type: "string" },
-      config: { type: "string" },
-      train: { type: "string" },
-      eval: { type: "string" },
-      out: { type: "string" },
-      resume: { type: "string" },
-      "init-adapter": { type: "string" },
-      "no-shuffle": { type: "boolean" },
-      "dry-run": { type: "boolean" },
-      "rows-per-pass": { type: "string" },
-      force: { type: "boolean" },
-      set: { type: "string", multiple: true },
-      engine: { type: "string" },
-      "nproc-per-node": { type: "string" },
-      nnodes: { type: "string" },
-      "node-rank": { type: "string" },
-      "rdzv-endpoint": { type: "string" },
-      "rdzv-id": { type: "string" },
-      "rdzv-backend": { type: "string" },
-      help: { type: "boolean", short: "h" },
-    },
-    USAGE,
-    true,
-  );
-  if (values.help) {
-    console.log(USAGE);
-    return 0;
-  }
+  const { values, positionals, help } = parseCommand(argv, COMMAND);
+  if (help) return 0;
   const sets = (values.set as string[] | undefined) ?? [];
   const rowsPerPass = positiveIntFlag(values["rows-per-pass"], "--rows-per-pass");
   const engine = (values.engine as string | undefined) ?? "webgpu";
@@ -110,8 +198,7 @@ export async function main(argv: string[]): Promise<number> {
     "rdzv-endpoint",
     "rdzv-id",
     "rdzv-backend",
-  ]
-    .find((f) => values[f] !== undefined);
+  ].find((f) => values[f] !== undefined);
   if (engine === "webgpu" && torchFlag) {
     throw new UserError(
       `--${torchFlag} applies to --engine torch (the WebGPU engine uses one device)`,
@@ -130,7 +217,7 @@ export async function main(argv: string[]): Promise<number> {
   let resume = values.resume as string | undefined;
   if (positionals.length > 0) {
     if (positionals.length < 3 || positionals.length > 4) {
-      throw new UsageError(`expected DATA_DIR MODEL_DIR CONFIG [yes|N]\n${USAGE}`);
+      throw new UsageError(`expected DATA_DIR MODEL_DIR CONFIG [yes|N]\n${usageOf(COMMAND)}`);
     }
     const [dataDir, m, c, r] = positionals;
     modelDir ??= m;
@@ -147,7 +234,7 @@ export async function main(argv: string[]): Promise<number> {
   }
   if (values["dry-run"]) {
     for (const [flag, v] of [["--model", modelDir], ["--config", configPath]]) {
-      if (!v) throw new UsageError(`${flag} is required\n${USAGE}`);
+      if (!v) throw new UsageError(`${flag} is required\n${usageOf(COMMAND)}`);
     }
     if (engine === "torch") {
       console.log(
@@ -176,7 +263,7 @@ export async function main(argv: string[]): Promise<number> {
       outDir,
     ]]
   ) {
-    if (!v) throw new UsageError(`${flag} is required\n${USAGE}`);
+    if (!v) throw new UsageError(`${flag} is required\n${usageOf(COMMAND)}`);
   }
   if (engine === "torch") {
     const { exitCode, globalStep } = await runTorchTraining({
@@ -193,7 +280,7 @@ export async function main(argv: string[]): Promise<number> {
       launch,
     });
     if (exitCode === INTERRUPTED) return INTERRUPTED;
-    console.error(`done: ${globalStep} steps; outputs in ${outDir}`);
+    console.error(`done: ${count(globalStep ?? 0, "step")}; outputs in ${outDir}`);
     return 0;
   }
   const res = await runTraining({
@@ -212,11 +299,14 @@ export async function main(argv: string[]): Promise<number> {
   });
   if (res.interrupted) {
     console.error(
-      `interrupted after step ${res.globalStep}/${res.maxSteps}; checkpoint saved in ${res.checkpoint}\n` +
-        `resume with the same command and --resume ${res.globalStep} (or --resume yes)`,
+      `interrupted after step ${res.globalStep}/${res.maxSteps}; checkpoint saved in ${res.checkpoint}` +
+        // In a pipeline the runner says how to resume the pipeline.
+        (pipelineStep()
+          ? ""
+          : `\nresume with the same command and --resume ${res.globalStep} (or --resume yes)`),
     );
     return 130;
   }
-  console.error(`done: ${res.globalStep} steps; outputs in ${outDir}`);
+  console.error(`done: ${count(res.globalStep, "step")}; outputs in ${outDir}`);
   return 0;
 }

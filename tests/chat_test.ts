@@ -122,3 +122,38 @@ Deno.test("chat: replies are split into metadata and content; tool calls become 
     content: "not a call",
   });
 });
+
+Deno.test("chat: a dir of pytorch_model-*.bin shards gets evaluate's conversion hint, before any GPU work", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    for (const f of ["config.json", "tokenizer.model"]) {
+      await Deno.copyFile(join(TINY, f), join(dir, f));
+    }
+    // chatglm3-6b's own layout: seven shards and an index; the shards alone here.
+    for (const f of ["pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin"]) {
+      await Deno.writeTextFile(join(dir, f), "");
+    }
+    await Deno.writeTextFile(join(dir, "eval.jsonl"), '{"input_ids": [1], "output_ids": [2]}\n');
+    const [chat, evaluate] = await Promise.all([
+      runCli(["chat", dir, "--prompt", "hi"]),
+      runCli([
+        "stage",
+        "evaluate",
+        "--model",
+        dir,
+        "--in",
+        join(dir, "eval.jsonl"),
+        "--out",
+        join(dir, "ev"),
+      ]),
+    ]);
+    assert.strictEqual(chat.code, 1, chat.err);
+    assert.match(
+      chat.err,
+      /^error: \S+: holds PyTorch weights only \(pytorch_model-00001-of-00002\.bin, pytorch_model-00002-of-00002\.bin\); this tool reads safetensors\. Convert once with: python -c "from transformers import AutoModel; .*save_pretrained\(.*safe_serialization=True\)"\n$/,
+    );
+    assert.strictEqual(chat.err, evaluate.err);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -422,7 +422,8 @@ Deno.test("convertFile writes nothing when a record is bad, unless --skip-invali
     const bad: number[] = [];
     await rejects(
       convertFile(`${dir}/raw.jsonl`, `${dir}/conv.jsonl`, { onBad: (r) => void bad.push(r.line) }),
-      (e: Error) => e instanceof UserError && e.message.includes("1 of 3 records are bad"),
+      (e: Error) =>
+        e instanceof UserError && e.message.includes("1 of 3 records is bad (1 problem)"),
     );
     assertEquals(bad, [2]);
     assertEquals([...Deno.readDirSync(dir)].map((e) => e.name), ["raw.jsonl"]);
@@ -564,6 +565,39 @@ Deno.test("convert streams: a 30 MB file converts inside a 32 MB JavaScript heap
     let lines = 0;
     for await (const c of out.readable) for (const b of c) if (b === 10) lines++;
     assertEquals(lines, n);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("CLI: the summary says what was read, left out and written, with singulars for 1", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const raw = `${dir}/raw.jsonl`;
+    await Deno.writeTextFile(
+      raw,
+      '{"content": "a", "summary": "b"}\n{"content": 1, "summary": "b"}\n{"content": "c", "summary": "d"}\n',
+    );
+    const r = await runCli([
+      "stage",
+      "convert",
+      "--in",
+      raw,
+      "--out",
+      `${dir}/o.jsonl`,
+      "--skip-invalid",
+    ]);
+    assertEquals(r.code, 0, r.err);
+    assertEquals(
+      r.err.trimEnd().split("\n").at(-1),
+      `convert: read 3 records from ${raw} (1 bad record left out); wrote 2 records: 2 → ${dir}/o.jsonl`,
+    );
+    await Deno.writeTextFile(raw, '{"content": "a", "summary": "b"}\n');
+    const one = await runCli(["stage", "convert", "--in", raw, "--out", `${dir}/o.jsonl`]);
+    assertEquals(
+      one.err.trimEnd(),
+      `convert: read 1 record from ${raw}; wrote 1 record: 1 → ${dir}/o.jsonl`,
+    );
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

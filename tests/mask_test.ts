@@ -4,11 +4,18 @@
  * mask stage end to end.
  */
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert";
-import { evalRecords, IGNORE_INDEX, type MaskIds, trainRecord } from "../lib/data/masks.ts";
+import {
+  evalRecords,
+  IGNORE_INDEX,
+  type MaskIds,
+  maskRecords,
+  MaskStats,
+  trainRecord,
+} from "../lib/data/masks.ts";
 import { ChatGLMTokenizer } from "../lib/tokenizer/chatglm.ts";
 import { fixtureModel, fixturePath, readGzipJson, userError } from "./fixtures/tokenizer/load.ts";
 import type { ConversationCase } from "./chatglm_tokenizer_test.ts";
-import { runCli } from "./test_util.ts";
+import { runCli, withTempDir } from "./test_util.ts";
 
 interface Fixture {
   n: number;
@@ -185,4 +192,69 @@ Deno.test("mask stage: missing lengths are a usage error", async () => {
     await main(["--in", "x.jsonl", "--out", "y.jsonl", "--mode", "train"]);
   });
   assert(e.message.includes("--max-input-length") || e.message.includes("--config"), e.message);
+});
+
+Deno.test("a prompt that fills max_input_length gives no eval record, as upstream; the stats say why", async () => {
+  // Conversation 0 of the fixtures: system 18 tokens, user 20, then the answer. At
+  // max_input_length 20, process_batch_eval (restated in Python) gives no record.
+  const c = fx.cases[0];
+  assertEquals(c.eval["20,10"], []);
+  const stats = new MaskStats();
+  const limits = { maxInputLength: 20, maxOutputLength: 10 };
+  const source = (async function* () {
+    yield { line: 7, value: { messages: c.messages, prefix: [ids.gmask, ids.sop], eos: ids.eos } };
+  })();
+  const out = [];
+  for await (const r of maskRecords(source, "dev.tok.jsonl", { ...limits, mode: "eval" }, stats)) {
+    out.push(r);
+  }
+  assertEquals(out, []);
+  const why = stats.explain("eval", limits)!;
+  assert(
+    why.startsWith(
+      "1 of 1 conversation gave no eval record: the tokens before the first assistant message " +
+        "already reach max_input_length (20), and upstream's process_batch_eval stops there — " +
+        "line 7: 40 tokens ([gMASK] sop 2 + system 18 + user 20)",
+    ),
+    why,
+  );
+  assertEquals(new MaskStats().explain("eval", limits), undefined);
+});
+
+const SHAREGPT = "tests/fixtures/sharegpt-system/dev.json";
+
+Deno.test("mask stage: no eval record is an error naming the limit and the lengths; --allow-empty writes it", async () => {
+  await withTempDir(async (dir) => {
+    const conv = `${dir}/dev.jsonl`;
+    const tokd = `${dir}/dev.tok.jsonl`;
+    const out = `${dir}/dev.eval.jsonl`;
+    for (
+      const args of [
+        ["stage", "convert", "--in", SHAREGPT, "--out", conv, "--format", "sharegpt"],
+        ["stage", "tokenize", "--model", "data/demo-model", "--in", conv, "--out", tokd],
+      ]
+    ) assertEquals((await runCli(args)).code, 0);
+    const mask = ["stage", "mask", "--in", tokd, "--out", out, "--mode", "eval"];
+    const lengths = ["--max-input-length", "64", "--max-output-length", "64"];
+    const r = await runCli([...mask, ...lengths]);
+    assertEquals(r.code, 1, r.err);
+    assertEquals(
+      r.err,
+      `error: ${tokd}: nothing to evaluate: 2 of 2 conversations gave no eval record: the tokens ` +
+        "before the first assistant message already reach max_input_length (64), and upstream's " +
+        "process_batch_eval stops there — line 1: 85 tokens ([gMASK] sop 2 + system 69 + user 14); " +
+        "line 2: 85 tokens ([gMASK] sop 2 + system 69 + user 14). Raise max_input_length or " +
+        "shorten the system prompt and first messages (--allow-empty writes the empty output anyway)\n",
+    );
+    await Deno.stat(out).then(() => assert(false, "no output on failure"), () => {});
+    const allowed = await runCli([...mask, ...lengths, "--allow-empty"]);
+    assertEquals(allowed.code, 0, allowed.err);
+    assertEquals(await Deno.readTextFile(out), "");
+    assert(allowed.err.includes("warning: 2 of 2 conversations gave no eval record"), allowed.err);
+    // Long enough for the prompt: both answers become records, and nothing is said.
+    const fits = await runCli([...mask, "--max-input-length", "128", "--max-output-length", "64"]);
+    assertEquals(fits.code, 0, fits.err);
+    assert(fits.err.startsWith("2 conversations -> 2 eval records,"), fits.err);
+    assert(!fits.err.includes("warning"), fits.err);
+  });
 });

@@ -138,7 +138,9 @@ Deno.test({
   fn: async () => {
     await withTempDir(async (src) => {
       const { raw, conv, pipeline } = await inputs(src);
-      await using full = await tmpfs("8k");
+      // Room for the train run's marker and TensorBoard event file (a log, left as
+      // metrics.jsonl is), and the pipeline's marker; then nothing more.
+      await using full = await tmpfs("12k");
       const d = full!.dir;
       const runs: [string[], RegExp][] = [
         [
@@ -160,13 +162,20 @@ Deno.test({
       ];
       for (const [args, re] of runs) oneLine(await runCli(args), 1, re);
       // What is left is what each run had finished: no temporaries, no partial outputs.
-      deepStrictEqual(tree(d), [
+      const logs = (n: string) =>
+        n.replace(/^run\/runs\/[A-Z][a-z]{2}\d\d_\d\d-\d\d-\d\d_[^/]+/, "run/runs/LOGDIR")
+          .replace(/\/events\.out\.tfevents\.\d{10}\.[^/]+$/, "/EVENTS");
+      deepStrictEqual(tree(d).map(logs), [
         "p",
         "p/.glm-finetune-output.json",
+        "p/.glm-finetune.lock",
         "p/data",
         "run",
         "run/.glm-finetune-output.json",
         "run/metrics.jsonl",
+        "run/runs",
+        "run/runs/LOGDIR",
+        "run/runs/LOGDIR/EVENTS",
       ]);
     });
   },

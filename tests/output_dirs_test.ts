@@ -198,7 +198,7 @@ Deno.test("pipeline: the run folder must be new, empty or an earlier run's", asy
     await Deno.mkdir(join(old, ".manifests"), { recursive: true });
     await runPipeline(file, { ...opts, out: old });
     await runPipeline(file, { ...opts, out: old });
-    deepStrictEqual(names(old), [".glm-finetune-output.json", ".manifests"]);
+    deepStrictEqual(names(old), [".glm-finetune-output.json", ".glm-finetune.lock", ".manifests"]);
   });
 });
 

@@ -340,7 +340,7 @@ Deno.test("bad pipeline files and flags are UserErrors with file:line", async ()
     assertMatch(
       (await rejects(run(`${FIX}/chain.yaml`, { sets: [`src=${t.src}/none`], out: t.out })))
         .message,
-      /step "a": input --in \S+none\/a\.txt does not exist/,
+      /^2 inputs of pipeline chain are missing or unusable; nothing was run:\n {2}\S+none\/a\.txt: no such file or directory \(read by step a\)\n {2}\S+none\/b\.txt: no such file or directory \(read by step b\)$/,
     );
   } finally {
     await t.cleanup();
@@ -505,6 +505,98 @@ Deno.test("the CLI parses its flags", async () => {
     assertMatch((await rejects(main(["lora", "--bogus"]))).message, /unknown flag --bogus/);
     assertMatch((await rejects(main([]))).message, /which pipeline\?/);
     assertMatch((await rejects(main(["nope"]))).message, /no pipeline "nope"/);
+  } finally {
+    await t.cleanup();
+  }
+});
+
+/** `fn` with console.log and console.error captured (real stages print their summaries). */
+async function captured<T>(
+  fn: () => Promise<T>,
+): Promise<{ value?: T; error?: Error; out: string }> {
+  const lines: string[] = [];
+  const [log, err] = [console.log, console.error];
+  console.log = console.error = (...a: unknown[]) => void lines.push(a.join(" "));
+  try {
+    return { value: await fn(), out: lines.join("\n") };
+  } catch (e) {
+    return { error: e as Error, out: lines.join("\n") };
+  } finally {
+    [console.log, console.error] = [log, err];
+  }
+}
+
+Deno.test("inputs are checked before any step runs: all problems at once, no run folder", async () => {
+  const t = await setup();
+  try {
+    const bins = join(t.src, "bin-model");
+    await Deno.mkdir(bins);
+    for (const f of ["config.json", "tokenizer.model"]) {
+      await Deno.copyFile(`data/demo-model/${f}`, join(bins, f));
+    }
+    for (const f of ["pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin"]) {
+      await Deno.writeTextFile(join(bins, f), "");
+    }
+    const r = await captured(() =>
+      runPipeline("pipelines/lora.yaml", {
+        sets: ["model=/no/such/model", `data=${t.src}/nodata`],
+        out: t.out,
+        log: () => {},
+      })
+    );
+    assert(r.error instanceof UserError, String(r.error));
+    assertEquals(
+      r.error.message,
+      "3 inputs of pipeline lora are missing or unusable; nothing was run:\n" +
+        `  ${t.src}/nodata/train.json: no such file or directory (read by steps validate, convert-train)\n` +
+        `  ${t.src}/nodata/dev.json: no such file or directory (read by steps validate, convert-dev)\n` +
+        "  /no/such/model: no such model directory (read by steps tokenize-train, tokenize-dev, " +
+        "evaluate-before, train, evaluate-after, merge-adapter)",
+    );
+    await Deno.stat(t.out).then(() => assert(false, "no run folder"), () => {});
+    // A model dir of PyTorch shards: the conversion command, before anything runs.
+    const b = await captured(() =>
+      runPipeline("pipelines/lora.yaml", { sets: [`model=${bins}`], out: t.out, log: () => {} })
+    );
+    assert(b.error instanceof UserError, String(b.error));
+    assertMatch(
+      b.error.message,
+      new RegExp(
+        `^${bins}: holds PyTorch weights only \\(pytorch_model-00001-of-00002\\.bin, ` +
+          `pytorch_model-00002-of-00002\\.bin\\); this tool reads safetensors\\. Convert once ` +
+          `with: python -c .*save_pretrained.* \\(read by steps evaluate-before, train, ` +
+          `evaluate-after, merge-adapter\\); nothing was run$`,
+      ),
+    );
+    await Deno.remove(join(bins, "tokenizer.model"));
+    const c = await captured(() =>
+      runPipeline("pipelines/lora.yaml", { sets: [`model=${bins}`], out: t.out, log: () => {} })
+    );
+    assertMatch(c.error!.message, /^\S+bin-model: no tokenizer\.model \(expected a chatglm3/);
+    await Deno.stat(t.out).then(() => assert(false, "no run folder"), () => {});
+  } finally {
+    await t.cleanup();
+  }
+});
+
+Deno.test("a set with no eval record stops the pipeline at mask-eval, with the reason", async () => {
+  const t = await setup();
+  try {
+    const lines: string[] = [];
+    const r = await captured(() =>
+      runPipeline("pipelines/lora.yaml", {
+        sets: ["data=tests/fixtures/sharegpt-system", "data_format=sharegpt"],
+        out: t.out,
+        log: (l) => lines.push(l),
+      })
+    );
+    assert(r.error instanceof UserError, `${r.error}\n${r.out}`);
+    assertMatch(
+      r.error.message,
+      /^step "mask-eval" \(stage mask\) failed: \S+dev\.tok\.jsonl: nothing to evaluate: 2 of 2 conversations gave no eval record: the tokens before the first assistant message already reach max_input_length \(64\)/,
+    );
+    assert(lines.some((l) => l.startsWith("run mask-train")), lines.join("\n"));
+    assert(!lines.some((l) => l.startsWith("run evaluate-before")), "evaluate never runs");
   } finally {
     await t.cleanup();
   }

@@ -11,6 +11,8 @@ import {
   writeReport,
 } from "../lib/pipeline/report.ts";
 import { escapeXml, lineChart, niceTicks } from "../lib/pipeline/svg.ts";
+import type { ReportPageData } from "../lib/pipeline/report_html.ts";
+import { diffText } from "../lib/pipeline/text_diff.ts";
 import { main as reportMain } from "../stages/report.ts";
 
 /**
@@ -307,7 +309,7 @@ Deno.test("report: metrics.jsonl when there is no trainer_state.json; clear erro
       LOG.map((e) => JSON.stringify(e)).join("\n"),
     );
     await Deno.mkdir(join(dir, "ev"));
-    await Deno.writeTextFile(join(dir, "ev", "metrics.json"), '{"rouge-1": 1}');
+    await Deno.writeTextFile(join(dir, "ev", "metrics.json"), '{"rouge-1": 1, "rouge-2": "high"}');
     await assert.rejects(
       writeReport({
         trainDir: dir,
@@ -315,7 +317,9 @@ Deno.test("report: metrics.jsonl when there is no trainer_state.json; clear erro
         summaryPath: join(dir, "s.json"),
         reportPath: join(dir, "r.md"),
       }),
-      (e) => e instanceof UserError && /metrics\.json: rouge-2: expected a number/.test(e.message),
+      (e) =>
+        e instanceof UserError &&
+        /metrics\.json: rouge-2: expected a number, found "high"$/.test(e.message),
     );
     await assert.rejects(
       reportMain(["--train", dir]),
@@ -324,4 +328,149 @@ Deno.test("report: metrics.jsonl when there is no trainer_state.json; clear erro
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("report: an evaluation of 0 records has no metrics: – in the report, a note, no failure", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await writeFixtureRun(dir);
+    // What evaluate writes for 0 records: no scores at all.
+    await Deno.writeTextFile(
+      join(dir, "before", "metrics.json"),
+      JSON.stringify({ examples: 0, eval_loss: null, eval_tokens: 0, wall_seconds: 0.1 }),
+    );
+    await Deno.writeTextFile(join(dir, "before", "predictions.jsonl"), "");
+    const args = [
+      "--train",
+      join(dir, "train"),
+      "--before",
+      join(dir, "before"),
+      "--after",
+      join(dir, "after"),
+      "--summary",
+      join(dir, "summary.json"),
+      "--report",
+      join(dir, "report.md"),
+    ];
+    const errs: string[] = [];
+    const orig = console.error;
+    console.error = (...a: unknown[]) => void errs.push(a.join(" "));
+    let rc;
+    try {
+      rc = await reportMain(args);
+    } finally {
+      console.error = orig;
+    }
+    assert.strictEqual(rc, 0);
+    const s = JSON.parse(await Deno.readTextFile(join(dir, "summary.json")));
+    assert.deepStrictEqual(s.metrics_before, {
+      examples: 0,
+      "rouge-1": null,
+      "rouge-2": null,
+      "rouge-l": null,
+      "bleu-4": null,
+    });
+    assert.strictEqual(s.metrics_after["rouge-l"], 80);
+    const md = await Deno.readTextFile(join(dir, "report.md"));
+    assert.match(md, /\| ROUGE-L \| – \| 80\.00 \|/);
+    const note = `${join(dir, "before", "metrics.json")} has no rouge-1, rouge-2, rouge-l, ` +
+      "bleu-4: no record was evaluated (examples: 0); shown as –";
+    assert.ok(md.includes(`- **note:** ${note}`), md);
+    assert.ok(errs.includes(`note: ${note}`), errs.join("\n"));
+    assert.match(errs.at(-1)!, /ROUGE-L – → 80\.00/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+/** The JSON the report page embeds, and the page without it. */
+function pageData(html: string): ReportPageData {
+  const m = /<script type="application\/json" id="report-data">([^<]*)<\/script>/.exec(html);
+  assert.ok(m, "report.html embeds its data");
+  return JSON.parse(m[1]);
+}
+
+Deno.test("report.html: self-contained; its embedded data is summary.json and the log history", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await writeFixtureRun(dir);
+    // A prediction that would end a <script> element if it were not escaped.
+    await Deno.writeTextFile(
+      join(dir, "after", "predictions.jsonl"),
+      JSON.stringify({ index: 0, prediction: "裙子</script><b>x", label: "裙子很好看" }) + "\n",
+    );
+    const quiet = console.error;
+    console.error = () => {};
+    try {
+      await reportMain([
+        ...["--train", join(dir, "train"), "--before", join(dir, "before")],
+        ...["--after", join(dir, "after"), "--config", join(dir, "config.yaml")],
+        ...["--train-data", join(dir, "train.masked.jsonl"), "--run", dir, "--pipeline", "lora"],
+        ...["--summary", join(dir, "summary.json"), "--report", join(dir, "report.md")],
+        ...["--html", join(dir, "report.html")],
+      ]);
+    } finally {
+      console.error = quiet;
+    }
+    const html = await Deno.readTextFile(join(dir, "report.html"));
+    const summary = JSON.parse(await Deno.readTextFile(join(dir, "summary.json")));
+    const data = pageData(html);
+    assert.deepStrictEqual(data.summary, summary);
+    const pts = (k: "loss" | "eval_loss" | "learning_rate") =>
+      LOG.filter((e) => e[k] !== undefined).map((e) => [e.step, e[k]]);
+    assert.deepStrictEqual(data.curves, {
+      loss: pts("loss"),
+      eval_loss: pts("eval_loss"),
+      learning_rate: pts("learning_rate"),
+    });
+    assert.deepStrictEqual(data.samples[0], {
+      index: 0,
+      prompt: `[gMASK]sop<|user|> \n 类型#裙*颜色#红色 0<|assistant|>`,
+      label: "裙子很好看",
+      before: "before 0 | *x*",
+      after: "裙子</script><b>x",
+    });
+    assert.ok(data.config?.includes("peft_type: LORA"));
+    // Offline: nothing is fetched — no src or href at all — and uPlot is inlined.
+    assert.ok(!/\s(src|href)\s*=/i.test(html), "no external resource");
+    assert.ok(/<script>\/\* uPlot 1\.6\.\d+, MIT License/.test(html));
+    assert.ok(html.includes("new uPlot(") && html.includes('id="loss-chart"'));
+    // The tables show summary.json's numbers; the diff marks what the label lacks or has.
+    assert.match(
+      html,
+      /<tr data-metric="rouge-l"><th>ROUGE-L<\/th><td class="n">10\.00<\/td><td class="n">80\.00<\/td><td class="n up">\+70\.00<\/td><\/tr>/,
+    );
+    assert.ok(
+      html.includes(
+        '<dd>裙子<del title="in the label, missing here">很好看</del>' +
+          '<ins title="not in the label">&lt;/script&gt;&lt;b&gt;x</ins></dd>',
+      ),
+    );
+    assert.strictEqual(html.match(/<script\b/g)!.length, 3, "the data, uPlot and the page's code");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("diffText: shared runs, additions and omissions in reading order", () => {
+  assert.deepStrictEqual(diffText("abc", "abd"), [
+    { op: "same", text: "ab" },
+    { op: "missing", text: "c" },
+    { op: "added", text: "d" },
+  ]);
+  assert.deepStrictEqual(diffText("这款裙子很好看", "这条裙子好看"), [
+    { op: "same", text: "这" },
+    { op: "missing", text: "款" },
+    { op: "added", text: "条" },
+    { op: "same", text: "裙子" },
+    { op: "missing", text: "很" },
+    { op: "same", text: "好看" },
+  ]);
+  assert.deepStrictEqual(diffText("", "x"), [{ op: "added", text: "x" }]);
+  assert.deepStrictEqual(diffText("same", "same"), [{ op: "same", text: "same" }]);
+  // astral characters are one character each
+  assert.deepStrictEqual(diffText("a😀", "😀"), [
+    { op: "missing", text: "a" },
+    { op: "same", text: "😀" },
+  ]);
 });

@@ -1,7 +1,8 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert";
 import { type ConvertResult, validateFile } from "../lib/data/convert.ts";
 import { checkConversation } from "../lib/data/schema.ts";
-import { runCli } from "./test_util.ts";
+import { join } from "node:path";
+import { runCli, withTempDir } from "./test_util.ts";
 
 const FIX = new URL("./fixtures/validate/", import.meta.url).pathname;
 
@@ -183,4 +184,44 @@ Deno.test("CLI: exit codes, text / github / json reports, never a stack trace", 
   const check = await runCli(["stage", "convert", "--in", `${FIX}bad.jsonl`, "--check"]);
   assertEquals(check.code, 1);
   assertEquals(check.out.trimEnd().split("\n").length, EXPECTED.length + 1);
+});
+
+Deno.test("CLI: an empty data file is an error unless --allow-empty; counts are singular for 1", async () => {
+  await withTempDir(async (dir) => {
+    const empty = join(dir, "empty.jsonl");
+    const array = join(dir, "empty.json");
+    const one = join(dir, "one.jsonl");
+    await Deno.writeTextFile(empty, "");
+    await Deno.writeTextFile(array, "[]\n");
+    await Deno.writeTextFile(
+      one,
+      '{"conversations": [{"role": "user", "content": "u"}, {"role": "assistent", "content": "a"}]}\n',
+    );
+    const r = await runCli(["validate", empty, array]);
+    assertEquals(r.code, 1, r.err);
+    assertEquals(r.out.trimEnd().split("\n"), [
+      `${empty}:1: the file holds no records (validate --allow-empty accepts an empty file)`,
+      `${empty}: 0 records, 0 bad, 1 problem — FAILED`,
+      `${array}:1: the file holds no records (validate --allow-empty accepts an empty file)`,
+      `${array}: 0 records, 0 bad, 1 problem — FAILED`,
+      "total: 2 files, 0 records, 0 bad, 2 problems",
+    ]);
+    const gh = await runCli(["validate", "--format", "github", empty]);
+    assertEquals(
+      gh.out.split("\n")[0],
+      `::error file=${empty},line=1::the file holds no records (validate --allow-empty accepts an empty file)`,
+    );
+    const allowed = await runCli(["validate", "--allow-empty", empty, array]);
+    assertEquals(allowed.code, 0, allowed.err);
+    assertEquals(
+      allowed.out.trimEnd().split("\n").at(-1),
+      "total: 2 files, 0 records, 0 bad, 0 problems",
+    );
+    const single = await runCli(["validate", one]);
+    assertEquals(single.code, 1);
+    assertEquals(
+      single.out.trimEnd().split("\n").at(-1),
+      `${one}: 1 record, 1 bad, 1 problem — FAILED`,
+    );
+  });
 });

@@ -602,6 +602,18 @@ class Validator {
       return INVALID;
     }
     let value = coerced;
+    if (field.enum && Array.isArray(value)) {
+      // a list of choices (report_to: [tensorboard]): each one checked, as a single one is
+      const hits = (value as string[]).map((x) =>
+        field.enum!.find((e) => e.toLowerCase() === x.toLowerCase())
+      );
+      const bad = hits.findIndex((h) => h === undefined);
+      if (bad >= 0) {
+        this.error(key, `${describe(value[bad])} is not one of ${field.enum.join(", ")}`);
+        return INVALID;
+      }
+      value = hits;
+    }
     if (field.enum && typeof value === "string") {
       const hit = field.enum.find((e) => e === value) ??
         field.enum.find((e) => e.toLowerCase() === (value as string).toLowerCase());

@@ -73,6 +73,9 @@ const only = (type: FieldType, def: unknown, extra: Partial<Field> = {}): Field 
 
 export const INTERVAL_STRATEGIES = ["no", "steps", "epoch"] as const;
 
+/** training_args.report_to values: what this toolkit can report to (TensorBoard, built in). */
+export const REPORT_TO = ["all", "none", "tensorboard"] as const;
+
 /** training_args.nan_policy: stop the run, or skip the optimizer update of such a step. */
 export const NAN_POLICIES = ["stop", "skip"] as const;
 
@@ -163,7 +166,8 @@ export const TRAINING_ARGS: Section = {
   log_level: na("string", "passive", NA_LOG),
   log_level_replica: na("string", "warning", NA_LOG),
   log_on_each_node: na("bool", true, NA_DISTRIBUTED),
-  logging_dir: na("string", null, "TensorBoard directory; logs go to trainer_state.json"),
+  // TensorBoard event files go here (default OUT/runs/<Mon DD_HH-MM-SS>_<host>, as HF).
+  logging_dir: f("string", null, { nullable: true }),
   logging_strategy: f("string", "steps", { enum: INTERVAL_STRATEGIES }),
   logging_first_step: f("bool", false),
   logging_steps: f("float", 500, { min: 0 }),
@@ -184,7 +188,9 @@ export const TRAINING_ARGS: Section = {
   remove_unused_columns: na("bool", true, "HF datasets column handling; records carry only ids"),
   label_names: na("strings", null, NA_TORCH),
   run_name: na("string", null, NA_HUB),
-  report_to: na("strings", null, NA_HUB),
+  // "all" (HF 4.x's default: every installed integration; here TensorBoard is built in),
+  // "tensorboard", or "none"; other trackers are not available (docs/training.md).
+  report_to: f("strings", "all", { nullable: true, enum: REPORT_TO }),
   disable_tqdm: na("bool", null, NA_LOG),
   push_to_hub: na("bool", false, NA_HUB),
   hub_model_id: na("string", null, NA_HUB),

@@ -3,6 +3,7 @@
  * (DESIGN §2–3), streamed: each record is converted, checked against the
  * schema, and handed on (or reported) before the next is read.
  */
+import { count } from "../plural.ts";
 import { located, UserError } from "../errors.ts";
 import { JsonlSink, type JsonRecord, readJsonRecords } from "../jsonl.ts";
 import { checkNotInput } from "../outdir.ts";
@@ -227,7 +228,10 @@ export interface FileReport {
 }
 
 /** Convert and check a file without writing anything (the `validate` command, `convert --check`). */
-export async function validateFile(path: string, opts: FileOptions = {}): Promise<FileReport> {
+export async function validateFile(
+  path: string,
+  opts: FileOptions & { allowEmpty?: boolean } = {},
+): Promise<FileReport> {
   const report: FileReport = {
     file: path === "-" ? "<stdin>" : path,
     records: 0,
@@ -241,6 +245,20 @@ export async function validateFile(path: string, opts: FileOptions = {}): Promis
       report.problems += r.problems.length;
       await opts.onBad?.(r);
     }
+  }
+  // An empty file is almost always a mistake (a failed export, the wrong path of a
+  // split); it would otherwise pass here and fail steps later, or train on nothing.
+  if (report.records === 0 && report.problems === 0 && !opts.allowEmpty) {
+    report.problems++;
+    await opts.onBad?.({
+      line: 1,
+      index: -1,
+      structural: true,
+      problems: [{
+        field: "",
+        message: "the file holds no records (validate --allow-empty accepts an empty file)",
+      }],
+    });
   }
   return report;
 }
@@ -303,13 +321,17 @@ export async function convertFile(
     if (structural > 0) {
       // A broken array may hide records; no option makes that safe to ignore.
       throw new UserError(
-        `${report.file}: the file's JSON structure is broken (${structural} problems); nothing written`,
+        `${report.file}: the file's JSON structure is broken (${
+          count(structural, "problem")
+        }); nothing written`,
       );
     }
     if (report.badRecords > 0 && !opts.skipInvalid) {
       throw new UserError(
-        `${report.file}: ${report.badRecords} of ${report.records} records are bad ` +
-          `(${report.problems} problems); nothing written (--skip-invalid leaves them out instead)`,
+        `${report.file}: ${report.badRecords} of ${count(report.records, "record")} ` +
+          `${report.badRecords === 1 ? "is" : "are"} bad (${
+            count(report.problems, "problem")
+          }); nothing written (--skip-invalid leaves them out instead)`,
       );
     }
     for (const [part, sink] of Object.entries(sinks)) {

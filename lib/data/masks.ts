@@ -5,6 +5,7 @@
  * numbers, so nothing here reads a tokenizer.
  */
 import { located, UserError } from "../errors.ts";
+import { count } from "../plural.ts";
 import { pythonStrRepr } from "../tokenizer/pyformat.ts";
 
 export const IGNORE_INDEX = -100;
@@ -172,6 +173,18 @@ export function checkTokenizedRecord(value: unknown, file: string, line: number)
   return value as TokenizedRecord;
 }
 
+/** A conversation that gave no eval record (or no learned token), and why. */
+export interface Unproductive {
+  line: number;
+  /** eval: tokens before the first assistant message; train: the record's full length */
+  tokens: number;
+  /** the messages before the first answer, as `role N` (eval), for the message */
+  before: string;
+}
+
+/** How many examples a message lists before "and N more". */
+const SHOWN = 3;
+
 /** Summary figures of a mask run. */
 export class MaskStats {
   records = 0;
@@ -182,6 +195,11 @@ export class MaskStats {
   /** Train records left with no learned token (their answer was cut off). */
   noLoss = 0;
   outputTruncated = 0;
+  /** Eval: assistant messages that gave no record (the context before them reached max_input_length). */
+  answersLeftOut = 0;
+  /** Conversations that gave nothing to learn or predict: how many, and the first few. */
+  unproductive = 0;
+  examples: Unproductive[] = [];
   private lengths: number[] = [];
 
   addTrain(r: TrainRecord, fullLength: number): void {
@@ -202,18 +220,55 @@ export class MaskStats {
     this.lengths.push(r.input_ids.length + r.output_ids.length);
   }
 
+  /** A conversation that gave no eval record, or a train record with nothing to learn. */
+  addUnproductive(u: Unproductive): void {
+    this.unproductive++;
+    if (this.examples.length < SHOWN) this.examples.push(u);
+  }
+
+  /**
+   * Why conversations gave nothing, naming the limit and the lengths: upstream's
+   * rules (process_batch_eval) drop an answer whose context has already reached
+   * max_input_length, and a train record cut before its answer learns nothing.
+   */
+  explain(mode: "train" | "eval", limits: Limits): string | undefined {
+    if (this.unproductive === 0) return undefined;
+    const more = this.unproductive > this.examples.length
+      ? `, and ${this.unproductive - this.examples.length} more`
+      : "";
+    if (mode === "eval") {
+      const shown = this.examples.map((u) => `line ${u.line}: ${u.tokens} tokens (${u.before})`);
+      return `${this.unproductive} of ${
+        count(this.conversations, "conversation")
+      } gave no eval record: the tokens before ` +
+        `the first assistant message already reach max_input_length (${limits.maxInputLength}), ` +
+        `and upstream's process_batch_eval stops there — ${shown.join("; ")}${more}. ` +
+        `Raise max_input_length or shorten the system prompt and first messages`;
+    }
+    const total = limits.maxInputLength + limits.maxOutputLength + 1;
+    const shown = this.examples.map((u) => `line ${u.line}: ${u.tokens} tokens`);
+    return `${this.unproductive} of ${
+      count(this.records, "train record")
+    } learn nothing: the record is cut to ` +
+      `max_input_length + max_output_length + 1 = ${total} tokens before its first learned token — ` +
+      `${shown.join("; ")}${more}. Raise the lengths or shorten the conversations`;
+  }
+
   /** Lines for stderr: counts, loss share, a power-of-two length histogram. */
   summary(mode: "train" | "eval"): string[] {
     const pct = (a: number, b: number) => (b === 0 ? "0.0" : ((100 * a) / b).toFixed(1));
     const lines = [
-      `${this.conversations} conversations -> ${this.records} ${mode} records, ${this.tokens} tokens`,
+      `${count(this.conversations, "conversation")} -> ${count(this.records, `${mode} record`)}, ${
+        count(this.tokens, "token")
+      }`,
       mode === "train"
         ? `tokens with loss: ${this.lossTokens} (${
           pct(this.lossTokens, this.tokens)
         }%); truncated: ${this.truncated}; no loss left: ${this.noLoss}`
         : `output tokens: ${this.lossTokens} (${
           pct(this.lossTokens, this.tokens)
-        }%); input truncated: ${this.truncated}; output truncated: ${this.outputTruncated}`,
+        }%); input truncated: ${this.truncated}; output truncated: ${this.outputTruncated}; ` +
+          `answers left out (context at max_input_length): ${this.answersLeftOut}`,
     ];
     if (this.lengths.length) {
       const sorted = [...this.lengths].sort((a, b) => a - b);
@@ -281,14 +336,29 @@ export async function* maskRecords(
       const r = trainRecord(rec.messages, ids, options, options);
       const full = 3 + rec.messages.reduce((s, m) => s + m.ids.length, 0);
       stats.addTrain(r, full);
+      if (!hasLoss(r)) stats.addUnproductive({ line, tokens: full, before: "" });
       yield r;
     } else {
-      yield* evalRecords(
+      const out = evalRecords(
         rec.messages,
         ids,
         options,
         (r, inCut, outCut) => stats.addEval(r, inCut, outCut),
       );
+      const answers = rec.messages.filter((m) => m.role === "assistant").length;
+      stats.answersLeftOut += answers - out.length;
+      if (out.length === 0) {
+        const first = rec.messages.findIndex((m) => m.role === "assistant");
+        const before = rec.messages.slice(0, first < 0 ? rec.messages.length : first);
+        stats.addUnproductive({
+          line,
+          tokens: 2 + before.reduce((s, m) => s + m.ids.length, 0),
+          before: ["[gMASK] sop 2", ...before.map((m) => `${m.role} ${m.ids.length}`)].join(
+            " + ",
+          ),
+        });
+      }
+      yield* out;
     }
   }
 }

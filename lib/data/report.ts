@@ -5,6 +5,7 @@
  */
 import type { ConvertResult, FileReport } from "./convert.ts";
 import { formatProblem } from "./convert.ts";
+import { count } from "../plural.ts";
 
 export type ReportFormat = "text" | "github" | "json";
 
@@ -68,8 +69,8 @@ export class Reporter {
       this.out(JSON.stringify({ ok: total.problems === 0, total, files: this.files }, null, 2));
     } else if (this.files.length > 1) {
       this.out(
-        `total: ${total.files} files, ${total.records} records, ${total.badRecords} bad, ` +
-          `${total.problems} problems`,
+        `total: ${count(total.files, "file")}, ${count(total.records, "record")}, ` +
+          `${total.badRecords} bad, ${count(total.problems, "problem")}`,
       );
     }
   }
@@ -77,5 +78,7 @@ export class Reporter {
 
 export function summaryLine(r: FileReport): string {
   const verdict = r.problems === 0 ? "ok" : "FAILED";
-  return `${r.file}: ${r.records} records, ${r.badRecords} bad, ${r.problems} problems — ${verdict}`;
+  return `${r.file}: ${count(r.records, "record")}, ${r.badRecords} bad, ${
+    count(r.problems, "problem")
+  } — ${verdict}`;
 }

@@ -5,6 +5,7 @@
  * big register tiles, tiny workgroups) is wrong on a real GPU, and vice versa.
  */
 import { UserError } from "../errors.ts";
+import { ensureRuntimeDir } from "./runtime_dir.ts";
 
 export type DeviceClass = "cpu" | "gpu";
 
@@ -68,6 +69,7 @@ function preferWideCpuVectors(): void {
 }
 
 async function acquire(opts: GpuOptions): Promise<Gpu> {
+  ensureRuntimeDir(); // before the drivers load: no libwayland "XDG_RUNTIME_DIR" line
   if (!("gpu" in navigator) || !navigator.gpu) {
     throw new UserError("WebGPU is not available in this Deno build (navigator.gpu is missing)");
   }

@@ -19,6 +19,7 @@ import { isAbsolute, join, resolve } from "node:path";
 import { UserError } from "../errors.ts";
 import { assertFiniteTensor } from "../finite.ts";
 import { readSafetensorsF32 } from "../safetensors/read.ts";
+import { checkWeightFiles } from "./weights.ts";
 import {
   type AdapterSpec,
   LINEAR_PATH,
@@ -372,18 +373,22 @@ async function readAdapterFiles(dir: string, fallback?: AdapterSpec): Promise<Ad
   return { dir, spec, tensors, shapes, baseModel: baseOf(cfg), configPath };
 }
 
-/** Whether `dir` holds model weights (config.json + safetensors or .bin) rather than an adapter. */
+/**
+ * Whether `dir` holds model weights (config.json + safetensors, or PyTorch
+ * .bin files — one, an index, or shards `pytorch_model-00001-of-00007.bin`
+ * as chatglm3-6b ships them) rather than an adapter.
+ */
 export async function isModelDir(dir: string): Promise<boolean> {
   if (!(await exists(join(dir, "config.json")))) return false;
-  for (
-    const f of [
-      "model.safetensors",
-      "model.safetensors.index.json",
-      "pytorch_model.bin",
-      "pytorch_model.bin.index.json",
-    ]
-  ) {
+  for (const f of ["model.safetensors", "model.safetensors.index.json"]) {
     if (await exists(join(dir, f))) return true;
+  }
+  try {
+    for await (const e of Deno.readDir(dir)) {
+      if (/^pytorch_model.*\.bin(\.index\.json)?$/.test(e.name)) return true;
+    }
+  } catch {
+    return false;
   }
   return false;
 }
@@ -419,6 +424,8 @@ export async function resolveModelOrAdapter(
           `${dir} is a model directory; --model applies to an adapter directory only`,
         );
       }
+      // PyTorch weights only: the conversion hint now, not after the GPU is acquired.
+      await checkWeightFiles(dir);
       return { modelDir: dir, adapter: null };
     }
     throw new UserError(
@@ -433,6 +440,7 @@ export async function resolveModelOrAdapter(
         `--model ${overrideBase}: not a model directory (expected config.json and model.safetensors)`,
       );
     }
+    await checkWeightFiles(overrideBase);
     return { modelDir: overrideBase, adapter };
   }
   const field =
@@ -451,7 +459,10 @@ export async function resolveModelOrAdapter(
     ? [adapter.baseModel]
     : [adapter.baseModel, resolve(dir, adapter.baseModel)];
   for (const c of candidates) {
-    if (await isModelDir(c)) return { modelDir: c, adapter };
+    if (await isModelDir(c)) {
+      await checkWeightFiles(c);
+      return { modelDir: c, adapter };
+    }
   }
   throw new UserError(
     `${where}: base_model_name_or_path is "${adapter.baseModel}", which is not a model directory ` +

@@ -91,21 +91,33 @@ async function listBins(dir: string): Promise<string[]> {
   return out.sort();
 }
 
+/**
+ * Why `dir` has no weights this tool reads: PyTorch `.bin` files only (with
+ * the command that converts them), or none at all. Every command that loads a
+ * model says the same (evaluate, chat, train, a pipeline's input check).
+ */
+export async function noWeightsError(dir: string): Promise<UserError> {
+  const bins = await listBins(dir);
+  if (bins.length) {
+    return new UserError(
+      `${dir}: holds PyTorch weights only (${bins.join(", ")}); this tool reads safetensors. ` +
+        `Convert once with: ${binConversionHint(dir)}`,
+    );
+  }
+  return new UserError(
+    `${dir}: no model.safetensors or model.safetensors.index.json (expected chatglm3 weights in safetensors format)`,
+  );
+}
+
+/** Check that `dir` holds safetensors weights whose headers (and index) read, without loading a tensor. */
+export async function checkWeightFiles(dir: string): Promise<void> {
+  if (!(await Checkpoint.open(dir))) throw await noWeightsError(dir);
+}
+
 /** Open the weights of `dir` and check them against `config`. */
 export async function openWeights(dir: string, config: GlmConfig): Promise<GlmWeights> {
   const ck = await Checkpoint.open(dir);
-  if (!ck) {
-    const bins = await listBins(dir);
-    if (bins.length) {
-      throw new UserError(
-        `${dir}: holds PyTorch weights only (${bins.join(", ")}); this tool reads safetensors. ` +
-          `Convert once with: ${binConversionHint(dir)}`,
-      );
-    }
-    throw new UserError(
-      `${dir}: no model.safetensors or model.safetensors.index.json (expected chatglm3 weights in safetensors format)`,
-    );
-  }
+  if (!ck) throw await noWeightsError(dir);
   const expected = glmWeightShapes(config);
   const missing: string[] = [];
   for (const [name, shape] of expected) {

@@ -56,7 +56,7 @@ const STEP_KEYS = ["name", "stage", "inputs", "outputs", "args", "description"];
  * Flags through which a stage writes. They belong under `outputs`, where they
  * are relative to the run folder; in `args` they would write anywhere.
  */
-const OUTPUT_FLAGS: Record<string, readonly string[]> = { report: ["summary", "report"] };
+const OUTPUT_FLAGS: Record<string, readonly string[]> = { report: ["summary", "report", "html"] };
 
 /** Whether `flag` is one through which `stage` writes (`out`, for every stage). */
 export function isOutputFlag(stage: string, flag: string): boolean {

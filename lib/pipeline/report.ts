@@ -4,6 +4,7 @@
  * after training, the step manifests), as `summary.json` for machines and
  * `report.md` (with an inline SVG loss curve) for people.
  */
+import { count } from "../plural.ts";
 import { join } from "node:path";
 import { writeFileAtomic, writeJsonAtomic } from "../atomic.ts";
 import { checkNotInput } from "../outdir.ts";
@@ -26,7 +27,8 @@ export interface LogEntry {
 }
 
 export const METRIC_KEYS = ["rouge-1", "rouge-2", "rouge-l", "bleu-4"] as const;
-export type Metrics = Record<typeof METRIC_KEYS[number], number> & { examples: number };
+/** A metric is null when metrics.json has none (an evaluation of 0 records, or a teacher-forced one). */
+export type Metrics = Record<typeof METRIC_KEYS[number], number | null> & { examples: number };
 
 /** One prediction of an evaluate dir's predictions.jsonl. */
 export interface Prediction {
@@ -40,6 +42,8 @@ export interface EvalData {
   dir: string;
   metrics: Metrics;
   predictions: Prediction[];
+  /** Why metrics are missing, for the report (one line), or undefined when all are there. */
+  missing?: string;
 }
 
 export interface ReportData {
@@ -159,6 +163,7 @@ function quote(s: string): string {
 export function renderReport(s: Summary, d: ReportData, samples = 5): string {
   const out: string[] = [];
   out.push(`# ${s.pipeline ? `Pipeline ${s.pipeline}` : "Training run"}: report`, "");
+  const notes = missingNotes(d);
   const facts = [
     s.run_dir && `run directory ${code(s.run_dir)}`,
     s.mode && `mode **${s.mode}**`,
@@ -180,12 +185,14 @@ export function renderReport(s: Summary, d: ReportData, samples = 5): string {
     `| examples | ${s.metrics_before?.examples ?? "–"} | ${s.metrics_after?.examples ?? "–"} |`,
     "",
   );
+  for (const n of notes) out.push(`- **note:** ${quote(n)}`);
+  if (notes.length) out.push("");
   out.push(
     `- training loss: ${f(s.train_loss_first, 4)} (first log) → ${
       f(s.train_loss_last, 4)
-    } (last), ${
-      s.train_loss_ratio === null ? "–" : `×${s.train_loss_ratio.toFixed(3)}`
-    } over ${s.train_steps} steps`,
+    } (last), ${s.train_loss_ratio === null ? "–" : `×${s.train_loss_ratio.toFixed(3)}`} over ${
+      count(s.train_steps, "step")
+    }`,
     `- eval loss (teacher-forced, dev records): ${f(s.eval_loss_first, 4)} → ${
       f(s.eval_loss_last, 4)
     }`,
@@ -270,15 +277,38 @@ export async function readLogHistory(trainDir: string): Promise<LogEntry[]> {
   return out;
 }
 
+/** The report's lines about missing metrics, before then after. */
+export function missingNotes(d: Pick<ReportData, "before" | "after">): string[] {
+  return [d.before?.missing, d.after?.missing].filter((x): x is string => !!x);
+}
+
 /** metrics.json and the first `limit` predictions of an evaluate dir. */
 export async function readEvalDir(dir: string, limit: number): Promise<EvalData> {
   const path = join(dir, "metrics.json");
   const m = await readJson(path) as Record<string, unknown>;
-  const metrics = { examples: num(m.examples) ? m.examples : 0 } as Metrics;
-  for (const k of METRIC_KEYS) {
-    if (!num(m[k])) throw new UserError(`${path}: ${k}: expected a number, found ${m[k]}`);
-    metrics[k] = m[k] as number;
+  if (typeof m !== "object" || m === null || Array.isArray(m)) {
+    throw new UserError(`${path}: expected a JSON object (evaluate's metrics)`);
   }
+  const metrics = { examples: num(m.examples) ? m.examples : 0 } as Metrics;
+  const absent: string[] = [];
+  for (const k of METRIC_KEYS) {
+    const v = m[k];
+    if (v === undefined || v === null) {
+      // evaluate writes no scores for 0 records, nor for teacher-forced (labels) records.
+      metrics[k] = null;
+      absent.push(k);
+    } else if (!num(v)) {
+      throw new UserError(`${path}: ${k}: expected a number, found ${JSON.stringify(v)}`);
+    } else metrics[k] = v;
+  }
+  const why = metrics.examples === 0
+    ? "no record was evaluated (examples: 0)"
+    : num(m.eval_loss)
+    ? "the records were scored by loss (teacher forcing), not generated"
+    : "the evaluation wrote none";
+  const missing = absent.length
+    ? `${path} has no ${absent.join(", ")}: ${why}; shown as –`
+    : undefined;
   const predictions: Prediction[] = [];
   const pf = join(dir, "predictions.jsonl");
   if (limit > 0 && await exists(pf)) {
@@ -295,7 +325,7 @@ export async function readEvalDir(dir: string, limit: number): Promise<EvalData>
       if (predictions.length >= limit) break;
     }
   }
-  return { dir, metrics, predictions };
+  return { dir, metrics, predictions, missing };
 }
 
 /** Seconds per step from `<run dir>/.manifests/*.json` (written by the runner), in finishing order. */
@@ -382,20 +412,30 @@ export async function collectReport(o: ReportOptions): Promise<ReportData> {
   return d;
 }
 
-/** Collect, then write summary.json and report.md (atomically); returns the summary. */
+/** Collect, then write summary.json, report.md and report.html (atomically); returns the summary and notes. */
 export async function writeReport(
-  o: ReportOptions & { summaryPath: string; reportPath: string },
-): Promise<Summary> {
+  o: ReportOptions & { summaryPath: string; reportPath: string; htmlPath?: string },
+): Promise<{ summary: Summary; notes: string[] }> {
   // The two files are the report's own; they must not replace what it reads.
   const inputs: [string, string | undefined][] = [
     ["--config", o.configPath],
     ["--train-data", o.trainData],
   ];
-  await checkNotInput(o.summaryPath, "--summary", [...inputs, ["--report", o.reportPath]]);
-  await checkNotInput(o.reportPath, "--report", inputs);
+  await checkNotInput(o.summaryPath, "--summary", [
+    ...inputs,
+    ["--report", o.reportPath],
+    ["--html", o.htmlPath],
+  ]);
+  await checkNotInput(o.reportPath, "--report", [...inputs, ["--html", o.htmlPath]]);
+  if (o.htmlPath) await checkNotInput(o.htmlPath, "--html", inputs);
   const d = await collectReport(o);
   const s = buildSummary(d);
   await writeJsonAtomic(o.summaryPath, s);
   await writeFileAtomic(o.reportPath, renderReport(s, d, o.samples ?? 5));
-  return s;
+  if (o.htmlPath) {
+    // Imported here: the page needs uPlot from npm, which summary and markdown do not.
+    const { renderReportHtml } = await import("./report_html.ts");
+    await writeFileAtomic(o.htmlPath, await renderReportHtml(s, d, o.samples ?? 5));
+  }
+  return { summary: s, notes: missingNotes(d) };
 }

@@ -8,7 +8,11 @@
  */
 import { dirname, join, relative, resolve } from "node:path";
 import { writeFileAtomic, writeJsonAtomic } from "../atomic.ts";
-import { describeOsError, osError, osErrorCode, UserError } from "../errors.ts";
+import { describeOsError, InterruptedError, osError, osErrorCode, UserError } from "../errors.ts";
+import { asPipelineStep } from "../invocation.ts";
+import { listCheckpoints } from "../train/checkpoint.ts";
+import { describeHolder, LOCK_FILE, lockRunDir, type RunLock } from "./lock.ts";
+import { checkExternalInputs, producerOf } from "./preflight.ts";
 import { claimOutputDir, markOutputDir } from "../outdir.ts";
 import { loadConfig, parseConfig, renderConfig } from "../config/config.ts";
 import { parseOverride } from "../config/overrides.ts";
@@ -50,6 +54,18 @@ export interface RunOptions {
   out?: string;
   /** run even in a non-empty directory that is not an earlier run folder */
   force?: boolean;
+  /** resume the train step from its newest checkpoint, if its last run did not finish */
+  resume?: boolean;
+  /**
+   * The command line that started the run: shown to a second run as the lock's
+   * holder, and, with --resume added, as the way to go on after Ctrl-C.
+   */
+  command?: string[];
+  /**
+   * Ctrl-C in a step that does not handle it itself stops the process (exit
+   * 130) after saying which step stopped and how to go on (the CLI).
+   */
+  handleSigint?: boolean;
   /** where stages come from (tests inject their own) */
   stages?: StageResolver;
   /** progress lines (default: console.log) */
@@ -94,21 +110,19 @@ const CONFIG_ROOTS = [
   "peft_config",
 ];
 
-/** The stages of stages/registry.ts, and `validate` (stages/validate.ts). */
+/** Stages that handle Ctrl-C themselves (train saves a checkpoint and returns 130). */
+const HANDLES_SIGINT = new Set(["train"]);
+
+/** The stages of stages/registry.ts that a pipeline step may run (not chat). */
 export const defaultStages: StageResolver = async (stage) => {
-  let file: URL;
-  if (stage === "validate") file = new URL("../../stages/validate.ts", import.meta.url);
-  else if (stage in STAGES) file = stageFile(stage);
-  else return null;
+  if (!Object.hasOwn(STAGES, stage) || !STAGES[stage].step) return null;
+  const file = stageFile(stage);
   try {
     await Deno.stat(file);
   } catch {
     return null;
   }
-  return {
-    file,
-    load: () => stage === "validate" ? import(file.href) as Promise<StageModule> : loadStage(stage),
-  };
+  return { file, load: () => loadStage(stage) };
 };
 
 /** Resolve `NAME` to `pipelines/NAME.yaml`; anything with a slash or a .yaml/.yml suffix is a path. */
@@ -251,6 +265,20 @@ export async function runPipeline(path: string, opts: RunOptions = {}): Promise<
   }
 
   const steps = resolveSteps({ file, params: resolved, runDir, config });
+  // Every input no step makes (data files, the model dir, the config) is checked
+  // before anything runs or the run folder is made.
+  const problems = await checkExternalInputs(steps, {
+    selected: (s) => !opts.only || s.name === opts.only,
+    pending: pendingConfig ? [pendingConfig.path] : [],
+  });
+  if (problems.length === 1) throw new UserError(`${problems[0]}; nothing was run`);
+  if (problems.length > 1) {
+    throw new UserError(
+      `${problems.length} inputs of pipeline ${file.name} are missing or unusable; nothing was run:\n  ${
+        problems.join("\n  ")
+      }`,
+    );
+  }
   // Steps write only inside the run folder (resolveSteps); the folder itself must be new,
   // empty or an earlier run's, so a mistyped --out never writes among someone's files.
   await claimOutputDir(runDir, "pipeline", {
@@ -258,138 +286,211 @@ export async function runPipeline(path: string, opts: RunOptions = {}): Promise<
     who: "a pipeline run",
     force: opts.force,
     forceDoes: "run in it anyway",
-    legacy: (entries) => entries.includes(".manifests"),
+    // An earlier run's, or one starting right now that has only taken its lock.
+    legacy: (entries) => entries.includes(".manifests") || entries.every((n) => n === LOCK_FILE),
   });
   const fromIdx = opts.from ? steps.findIndex((s) => s.name === opts.from) : -1;
   const manifestDir = join(runDir, ".manifests");
+  const command = opts.command ?? ["deno", "task", "pipeline", path];
 
   log(
     `pipeline ${file.name} (${path}) → ${runDir}${opts.dryRun ? " [dry run: nothing is run]" : ""}`,
   );
+  let lock: RunLock | undefined;
   if (!opts.dryRun) {
     try {
       await Deno.mkdir(runDir, { recursive: true });
     } catch (e) {
       throw osError(e, runDir, "create the run folder");
     }
+    // The marker first: its text is the same for every run, so a second run that
+    // rewrites it harms nothing, and the lock is taken before any step's output is.
     await markOutputDir(runDir, "pipeline");
+    lock = await lockRunDir(runDir, command.map(shellQuote).join(" "));
+    if (lock.stale) {
+      log(
+        `note: taking over the run lock of ${runDir} from ${
+          describeHolder(lock.stale)
+        }, which is no longer running`,
+      );
+    }
   }
-  if (pendingConfig && !opts.dryRun) {
-    const old = await Deno.readTextFile(pendingConfig.path).catch(() => undefined);
-    if (old !== pendingConfig.text) await writeFileAtomic(pendingConfig.path, pendingConfig.text);
-    hasher.pending.delete(resolve(pendingConfig.path));
-    hasher.forget(pendingConfig.path);
+  try {
+    return await runSteps();
+  } finally {
+    lock?.release();
   }
 
-  const reports: StepReport[] = [];
-  const willRun = new Set<string>();
-  let ran = 0;
-  let skipped = 0;
-  for (const [i, step] of steps.entries()) {
-    const report: StepReport = {
-      name: step.name,
-      stage: step.stage,
-      action: "run",
-      reason: "",
-      inputs: step.inputs,
-      outputs: step.outputs,
-      argv: step.argv,
-    };
-    reports.push(report);
-    if (opts.only && step.name !== opts.only) {
-      report.action = "not selected";
-      report.reason = `--only ${opts.only}`;
-      if (opts.dryRun) printPlan(log, report);
-      continue;
+  async function runSteps(): Promise<RunResult> {
+    if (pendingConfig && !opts.dryRun) {
+      const old = await Deno.readTextFile(pendingConfig.path).catch(() => undefined);
+      if (old !== pendingConfig.text) await writeFileAtomic(pendingConfig.path, pendingConfig.text);
+      hasher.pending.delete(resolve(pendingConfig.path));
+      hasher.forget(pendingConfig.path);
     }
-    const ref = await stages(step.stage);
-    const forced = opts.only ? "--only" : fromIdx >= 0 && i >= fromIdx ? `--from ${opts.from}` : "";
-    const decision = await decide(step, ref, {
-      hasher,
-      code,
-      manifestDir,
-      forced,
-      dryRun: !!opts.dryRun,
-      willRun,
-      steps,
-    });
-    report.action = decision.run ? "run" : "skip";
-    report.reason = decision.reason;
-    if (opts.dryRun) {
-      if (decision.run) willRun.add(step.name);
-      printPlan(log, report);
-      continue;
-    }
-    if (!decision.run) {
-      log(`skip ${step.name} (${decision.reason})`);
-      skipped++;
-      continue;
-    }
-    if (!ref) {
-      throw new UserError(
-        `step "${step.name}" (${where(file, step)}): stage "${step.stage}" is not implemented yet`,
-      );
-    }
-    for (const [k, p] of step.inputs) {
-      if (await hasher.hash(p) === null) {
-        const from = producer(steps, p);
-        throw new UserError(
-          `step "${step.name}": input ${k ? `--${k} ` : ""}${p} does not exist` +
-            (from ? ` (made by step "${from}"; run it first)` : ""),
-        );
+
+    const reports: StepReport[] = [];
+    const willRun = new Set<string>();
+    let ran = 0;
+    let skipped = 0;
+    for (const [i, step] of steps.entries()) {
+      const report: StepReport = {
+        name: step.name,
+        stage: step.stage,
+        action: "run",
+        reason: "",
+        inputs: step.inputs,
+        outputs: step.outputs,
+        argv: step.argv,
+      };
+      reports.push(report);
+      if (opts.only && step.name !== opts.only) {
+        report.action = "not selected";
+        report.reason = `--only ${opts.only}`;
+        if (opts.dryRun) printPlan(log, report);
+        continue;
       }
-    }
-    log(`run ${step.name} (${decision.reason})`);
-    log(`  $ ${step.stage} ${step.argv.map(shellQuote).join(" ")}`);
-    const manifestPath = join(manifestDir, `${step.name}.json`);
-    await Deno.remove(manifestPath).catch(() => {});
-    for (const [, p] of step.outputs) {
-      await Deno.mkdir(dirname(p), { recursive: true }).catch((e) => {
-        throw osError(e, dirname(p), "create the directory");
+      const ref = await stages(step.stage);
+      const forced = opts.only
+        ? "--only"
+        : fromIdx >= 0 && i >= fromIdx
+        ? `--from ${opts.from}`
+        : "";
+      const decision = await decide(step, ref, {
+        hasher,
+        code,
+        manifestDir,
+        forced,
+        dryRun: !!opts.dryRun,
+        willRun,
+        steps,
       });
-    }
-    const t0 = performance.now();
-    let rc: number | void;
-    try {
-      rc = await (await ref.load()).main([...step.argv]);
-    } catch (e) {
-      if (e instanceof UserError) {
-        throw new UserError(`step "${step.name}" (stage ${step.stage}) failed: ${e.message}`);
+      report.action = decision.run ? "run" : "skip";
+      report.reason = decision.reason;
+      if (opts.dryRun) {
+        if (decision.run) willRun.add(step.name);
+        printPlan(log, report);
+        continue;
       }
-      if (osErrorCode(e)) {
+      if (!decision.run) {
+        log(`skip ${step.name} (${decision.reason})`);
+        skipped++;
+        continue;
+      }
+      if (!ref) {
         throw new UserError(
-          `step "${step.name}" (stage ${step.stage}) failed: ${describeOsError(e as Error)}`,
+          `step "${step.name}" (${
+            where(file, step)
+          }): stage "${step.stage}" is not implemented yet`,
         );
       }
-      console.error(`step "${step.name}" (stage ${step.stage}) crashed:`);
-      throw e;
-    } finally {
-      for (const [, p] of step.outputs) hasher.forget(p);
+      for (const [k, p] of step.inputs) {
+        if (await hasher.hash(p) === null) {
+          const from = producer(steps, p);
+          throw new UserError(
+            `step "${step.name}": input ${k ? `--${k} ` : ""}${p} does not exist` +
+              (from ? ` (made by step "${from}"; run it first)` : ""),
+          );
+        }
+      }
+      // --resume continues a train step whose last run did not finish (it left no
+      // manifest) from its newest checkpoint. The flag is added to this run's argv
+      // only, not to the manifest: a resumed run ends where an uninterrupted one
+      // would, so the next run skips the step as usual.
+      let argv = step.argv;
+      let resuming = "";
+      if (opts.resume && step.stage === "train") {
+        const out = step.outputs.find(([k]) => k === "out")?.[1];
+        const newest = out ? (await listCheckpoints(out)).at(-1) : undefined;
+        if (decision.reason !== "no previous run") {
+          resuming = `; --resume: its last run finished, so it trains from the start`;
+        } else if (newest) {
+          argv = [...step.argv, "--resume", "yes"];
+          resuming = `; resuming from ${newest.dir} (--resume)`;
+        } else {
+          resuming = `; --resume: no checkpoint in ${out}, so it trains from the start`;
+        }
+      }
+      log(`run ${step.name} (${decision.reason}${resuming})`);
+      log(`  $ ${step.stage} ${argv.map(shellQuote).join(" ")}`);
+      const manifestPath = join(manifestDir, `${step.name}.json`);
+      await Deno.remove(manifestPath).catch(() => {});
+      for (const [, p] of step.outputs) {
+        await Deno.mkdir(dirname(p), { recursive: true }).catch((e) => {
+          throw osError(e, dirname(p), "create the directory");
+        });
+      }
+      const t0 = performance.now();
+      let rc: number | void;
+      // Ctrl-C in a step that does not handle it: its outputs are written atomically,
+      // so stopping now loses only this step's work; say how the run goes on.
+      const onSigint = () => {
+        console.error(
+          `\ninterrupted in step "${step.name}"; the steps before it are kept. Go on with: ${
+            command.map(shellQuote).join(" ")
+          }`,
+        );
+        lock?.release();
+        Deno.exit(130);
+      };
+      const ownSigint = HANDLES_SIGINT.has(step.stage);
+      const listen = !!opts.handleSigint && !ownSigint;
+      if (listen) Deno.addSignalListener("SIGINT", onSigint);
+      try {
+        const mod = await ref.load();
+        rc = await asPipelineStep(
+          { pipeline: file.name, step: step.name },
+          () => mod.main([...argv]),
+        );
+      } catch (e) {
+        if (e instanceof UserError) {
+          throw new UserError(`step "${step.name}" (stage ${step.stage}) failed: ${e.message}`);
+        }
+        if (osErrorCode(e)) {
+          throw new UserError(
+            `step "${step.name}" (stage ${step.stage}) failed: ${describeOsError(e as Error)}`,
+          );
+        }
+        console.error(`step "${step.name}" (stage ${step.stage}) crashed:`);
+        throw e;
+      } finally {
+        if (listen) Deno.removeSignalListener("SIGINT", onSigint);
+        for (const [, p] of step.outputs) hasher.forget(p);
+      }
+      if (rc === 130 && ownSigint) {
+        const resume = [...command.filter((a) => a !== "--resume"), "--resume"];
+        throw new InterruptedError(
+          `pipeline ${file.name}: step "${step.name}" was interrupted and saved a checkpoint; ` +
+            `resume it with: ${resume.map(shellQuote).join(" ")}`,
+        );
+      }
+      if (rc !== undefined && rc !== 0) {
+        throw new UserError(
+          `step "${step.name}" (stage ${step.stage}) failed with exit code ${rc}`,
+        );
+      }
+      const missing = [];
+      for (const [k, p] of step.outputs) {
+        if (await hasher.hash(p) === null) missing.push(`--${k} ${p}`);
+      }
+      if (missing.length > 0) {
+        throw new UserError(
+          `step "${step.name}" (stage ${step.stage}) finished but did not write ${
+            missing.join(", ")
+          }`,
+        );
+      }
+      const seconds = (performance.now() - t0) / 1000;
+      await writeJsonAtomic(manifestPath, {
+        ...await manifestOf(step, ref!, hasher, code),
+        seconds, // read by the report stage; not compared when deciding to skip
+      });
+      log(`  done ${step.name} in ${seconds.toFixed(1)} s`);
+      ran++;
     }
-    if (rc !== undefined && rc !== 0) {
-      throw new UserError(`step "${step.name}" (stage ${step.stage}) failed with exit code ${rc}`);
-    }
-    const missing = [];
-    for (const [k, p] of step.outputs) {
-      if (await hasher.hash(p) === null) missing.push(`--${k} ${p}`);
-    }
-    if (missing.length > 0) {
-      throw new UserError(
-        `step "${step.name}" (stage ${step.stage}) finished but did not write ${
-          missing.join(", ")
-        }`,
-      );
-    }
-    const seconds = (performance.now() - t0) / 1000;
-    await writeJsonAtomic(manifestPath, {
-      ...await manifestOf(step, ref!, hasher, code),
-      seconds, // read by the report stage; not compared when deciding to skip
-    });
-    log(`  done ${step.name} in ${seconds.toFixed(1)} s`);
-    ran++;
+    if (!opts.dryRun) log(`pipeline ${file.name}: ${ran} run, ${skipped} skipped`);
+    return { name: file.name, runDir, steps: reports };
   }
-  if (!opts.dryRun) log(`pipeline ${file.name}: ${ran} run, ${skipped} skipped`);
-  return { name: file.name, runDir, steps: reports };
 }
 
 async function manifestOf(
@@ -483,17 +584,7 @@ function diffArgv(a: string[], b: string[]): string {
   return text || "removed " + a.filter((x) => !b.includes(x)).slice(0, 4).join(" ");
 }
 
-/** The earlier step whose output is `path` or contains it. */
-function producer(steps: ResolvedStep[], path: string): string | undefined {
-  const abs = resolve(path);
-  for (const s of steps) {
-    for (const [, p] of s.outputs) {
-      const o = resolve(p);
-      if (abs === o || abs.startsWith(o + "/")) return s.name;
-    }
-  }
-  return undefined;
-}
+const producer = producerOf;
 
 function printPlan(log: (l: string) => void, r: StepReport): void {
   log(`${r.action === "not selected" ? "-   " : r.action.padEnd(4)} ${r.name} (${r.reason})`);

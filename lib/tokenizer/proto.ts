@@ -79,10 +79,21 @@ class Reader {
     }
     throw new Malformed("varint longer than 10 bytes");
   }
-  /** A varint read as a signed 32-bit value (negative int32 fields are sign-extended to 64 bits). */
+  /**
+   * A varint read as a signed 32-bit value. A negative int32 is written
+   * sign-extended to 64 bits (ten bytes); its low 32 bits are the value. (Read
+   * as one double, 2^64 - 1 rounds to 2^64 and pad_id -1 came out as 0; the
+   * check against protobufjs in tests/sentencepiece_proto_test.ts found it.)
+   */
   int32(): number {
-    const v = this.varint();
-    return v >= 2 ** 63 ? v - 2 ** 64 : v > 0x7fffffff ? v - 2 ** 32 : v;
+    let low = 0;
+    for (let i = 0, shift = 0; i < 10; i++, shift += 7) {
+      if (this.pos >= this.end) throw new Truncated();
+      const b = this.buf[this.pos++];
+      if (shift < 32) low |= (b & 0x7f) << shift;
+      if ((b & 0x80) === 0) return low | 0;
+    }
+    throw new Malformed("varint longer than 10 bytes");
   }
   fixed32Float(): number {
     if (this.pos + 4 > this.end) throw new Truncated();

@@ -56,20 +56,48 @@ export class Progress {
   }
 }
 
+/**
+ * Something that gets each log entry besides metrics.jsonl: the TensorBoard
+ * writer (lib/train/tensorboard_log.ts).
+ */
+export interface LogSink {
+  /** Before the first entry: the step the run starts from (0, or a resumed checkpoint's). */
+  open(startStep: number): Promise<void>;
+  /** An entry of log_history, with figures that are not part of it (tokens_per_second). */
+  append(e: LogEntry, extra?: Record<string, number>): Promise<void>;
+  close(): void;
+}
+
 /** metrics.jsonl in the output dir: rewritten from the restored log history on resume, then appended. */
 export class MetricsLog {
   private enc = new TextEncoder();
-  private constructor(private file: Deno.FsFile, private path: string) {}
-  static async open(outDir: string, history: readonly LogEntry[]): Promise<MetricsLog> {
+  private constructor(
+    private file: Deno.FsFile,
+    private path: string,
+    private sinks: LogSink[],
+  ) {}
+  static async open(
+    outDir: string,
+    history: readonly LogEntry[],
+    o: { sinks?: LogSink[]; startStep?: number } = {},
+  ): Promise<MetricsLog> {
     const path = join(outDir, "metrics.jsonl");
+    let log: MetricsLog;
     try {
       await Deno.writeTextFile(path, history.map((e) => JSON.stringify(e) + "\n").join(""));
-      return new MetricsLog(await Deno.open(path, { append: true }), path);
+      log = new MetricsLog(await Deno.open(path, { append: true }), path, o.sinks ?? []);
     } catch (e) {
       throw osError(e, path, "write");
     }
+    try {
+      for (const s of log.sinks) await s.open(o.startStep ?? 0);
+    } catch (e) {
+      log.close();
+      throw e;
+    }
+    return log;
   }
-  async append(e: LogEntry): Promise<void> {
+  async append(e: LogEntry, extra?: Record<string, number>): Promise<void> {
     const b = this.enc.encode(JSON.stringify(e) + "\n");
     let off = 0;
     try {
@@ -77,10 +105,12 @@ export class MetricsLog {
     } catch (err) {
       throw osError(err, this.path, "write");
     }
+    for (const s of this.sinks) await s.append(e, extra);
   }
   close(): void {
     try {
       this.file.close();
     } catch { /* already closed */ }
+    for (const s of this.sinks) s.close();
   }
 }

@@ -3,6 +3,7 @@
  * start it: config → arguments, masked data, the GLM model on the device with
  * its adapter, an optional initial adapter, then the trainer.
  */
+import { count } from "../plural.ts";
 import {
   type FinetuneConfig,
   finetuneMode,
@@ -23,6 +24,7 @@ import { trainArgsFromConfig } from "./args.ts";
 import { fullFiles, loraFiles, type ModelFiles, prefixFiles } from "./checkpoint.ts";
 import { maxLength, readMaskedJsonl } from "./data.ts";
 import { train, type TrainResult } from "./trainer.ts";
+import { tensorBoardLog } from "./tensorboard_log.ts";
 
 export interface RunOptions {
   modelDir: string;
@@ -230,12 +232,14 @@ export async function runTraining(o: RunOptions): Promise<TrainResult> {
     if (o.initAdapter && o.resume === undefined) {
       model.setParams(await readInitAdapter(o.initAdapter, spec));
     }
+    const tensorboard = tensorBoardLog(cfg.training_args, o.outDir);
     const trainable = model.params.reduce((a, p) => a + p.size, 0);
     console.error(
-      `train: ${mode}, ${model.params.length} trainable tensors (${trainable} values), ${trainRecs.length} records, on ${
-        describeGpu(gpu)
-      }`,
+      `train: ${mode}, ${count(model.params.length, "trainable tensor")} (${
+        count(trainable, "value")
+      }), ${count(trainRecs.length, "record")}, on ${describeGpu(gpu)}`,
     );
+    if (tensorboard) console.error(`train: TensorBoard event files in ${tensorboard.dir}`);
     return await train({
       gpu,
       model,
@@ -249,6 +253,7 @@ export async function runTraining(o: RunOptions): Promise<TrainResult> {
       handleSigint: o.handleSigint,
       rowsPerPass: o.rowsPerPass,
       vocabSize: vocab,
+      logSinks: tensorboard ? [tensorboard] : [],
       configEcho: {
         config_file: o.configPath,
         overrides: o.overrides ?? [],

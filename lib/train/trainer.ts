@@ -42,7 +42,7 @@ import {
   writeCheckpoint,
   writeFinal,
 } from "./checkpoint.ts";
-import { MetricsLog, Progress } from "./progress.ts";
+import { type LogSink, MetricsLog, Progress } from "./progress.ts";
 import {
   assertFiniteWeights,
   checkStep,
@@ -87,6 +87,8 @@ export interface TrainOptions {
   onStep?: (globalStep: number) => void;
   /** The model's vocabulary size, for the warning about a loss stuck at ln(vocab). */
   vocabSize?: number;
+  /** Also given every log entry (TensorBoard, lib/train/tensorboard_log.ts). */
+  logSinks?: LogSink[];
 }
 
 export interface TrainResult {
@@ -238,7 +240,10 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     }
   }
 
-  const metrics = await MetricsLog.open(o.outDir, logHistory);
+  const metrics = await MetricsLog.open(o.outDir, logHistory, {
+    sinks: o.logSinks,
+    startStep: globalStep,
+  });
   const progress = o.progress === undefined ? new Progress(maxSteps) : o.progress;
   const stop = o.stop ?? { requested: false };
   const onSigint = () => {
@@ -474,16 +479,16 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
           step: globalStep,
         };
         logHistory.push(entry);
-        await metrics.append(entry);
+        const tokensPerSec = windowTokens / Math.max((now - windowStart) / 1000, 1e-9);
+        await metrics.append(entry, { tokens_per_second: tokensPerSec });
         const collapsed = uniformWatch.observe(globalStep, entry.loss!, lastGradNorm);
         if (collapsed) warn(collapsed);
-        const secs = (now - windowStart) / 1000;
         progress?.log({
           step: globalStep,
           loss: entry.loss as number,
           lr: lastLr,
           gradNorm: lastGradNorm,
-          tokensPerSec: windowTokens / Math.max(secs, 1e-9),
+          tokensPerSec,
           etaSec: ((now - runStart) / 1000 / runStepsDone) * (maxSteps - globalStep),
         });
         window = { lossSum: 0, steps: 0, skipped: 0 };

@@ -1,0 +1,107 @@
+/**
+ * Before a pipeline runs anything: every input that no step of the pipeline
+ * makes — the data files, the model dir, the config, an adapter — is checked,
+ * so that a mistyped `--set model=…` is reported at once instead of after
+ * validate and both converts ran, leaving a half-made run folder.
+ *
+ * Existence for every such input, and for a model dir what the stage that
+ * reads it needs: tokenize its tokenizer.model; train, evaluate and
+ * merge-adapter also a config.json that parses and safetensors weights whose
+ * headers read (a dir of PyTorch `.bin` files gets the conversion command).
+ * The checks read headers only, never the weights themselves.
+ */
+import { join, resolve } from "node:path";
+import { osErrorCode, UserError } from "../errors.ts";
+import { loadGlmConfig } from "../model/config.ts";
+import { checkWeightFiles } from "../model/weights.ts";
+import type { ResolvedStep } from "./pipeline.ts";
+
+/** What a stage's `--model` must hold. */
+const MODEL_NEEDS: Record<string, "tokenizer" | "model"> = {
+  tokenize: "tokenizer",
+  train: "model",
+  evaluate: "model",
+  "merge-adapter": "model",
+};
+
+/** The earlier step whose output is `path` or holds it. */
+export function producerOf(steps: ResolvedStep[], path: string): string | undefined {
+  const abs = resolve(path);
+  for (const s of steps) {
+    for (const [, p] of s.outputs) {
+      const o = resolve(p);
+      if (abs === o || abs.startsWith(o + "/")) return s.name;
+    }
+  }
+  return undefined;
+}
+
+async function kind(path: string): Promise<"file" | "dir" | undefined> {
+  try {
+    return (await Deno.stat(path)).isDirectory ? "dir" : "file";
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound || osErrorCode(e) === "ENOTDIR") return undefined;
+    throw e;
+  }
+}
+
+/** Why the model dir `dir` cannot serve `need`, or undefined. */
+async function modelProblem(dir: string, need: "tokenizer" | "model"): Promise<string | undefined> {
+  const k = await kind(dir);
+  if (k === undefined) return `${dir}: no such model directory`;
+  if (k === "file") return `${dir}: a file, expected a model directory`;
+  if (await kind(join(dir, "tokenizer.model")) !== "file") {
+    return `${dir}: no tokenizer.model (expected a chatglm3 model directory)`;
+  }
+  if (need === "tokenizer") return undefined;
+  try {
+    await loadGlmConfig(dir);
+    await checkWeightFiles(dir);
+  } catch (e) {
+    if (e instanceof UserError) return e.message;
+    throw e;
+  }
+  return undefined;
+}
+
+/**
+ * The problems of the external inputs of `steps` (those `selected`), one line
+ * each, every path once however many steps read it; empty when all are usable.
+ */
+export async function checkExternalInputs(
+  steps: ResolvedStep[],
+  o: {
+    selected?: (s: ResolvedStep) => boolean;
+    /** files the runner writes before the steps run (the effective config.yaml) */
+    pending?: string[];
+  } = {},
+): Promise<string[]> {
+  const problems = new Map<string, { text: string; steps: string[] }>();
+  const pending = new Set((o.pending ?? []).map((p) => resolve(p)));
+  const checked = new Map<string, Promise<string | undefined>>();
+  for (const step of steps) {
+    if (o.selected && !o.selected(step)) continue;
+    for (const [flag, p] of step.inputs) {
+      if (producerOf(steps, p) || pending.has(resolve(p))) continue;
+      const need = flag === "model" ? MODEL_NEEDS[step.stage] : undefined;
+      // Each path is checked once per need; a problem is listed once with every step it stops.
+      const key = `${need ?? "exists"} ${resolve(p)}`;
+      if (!checked.has(key)) {
+        checked.set(
+          key,
+          need
+            ? modelProblem(p, need)
+            : kind(p).then((k) => k === undefined ? `${p}: no such file or directory` : undefined),
+        );
+      }
+      const text = await checked.get(key)!;
+      if (!text) continue;
+      const seen = problems.get(text);
+      if (seen) seen.steps.push(step.name);
+      else problems.set(text, { text, steps: [step.name] });
+    }
+  }
+  return [...problems.values()].map(({ text, steps }) =>
+    `${text} (read by step${steps.length > 1 ? "s" : ""} ${steps.join(", ")})`
+  );
+}
