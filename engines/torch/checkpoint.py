@@ -53,13 +53,25 @@ def _tmp_name(path: str) -> str:
     return os.path.join(d, f".{b}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
 
 
+def _fsync(path: str) -> None:
+    """Flush a file or directory to the disk (docs/reliability.md: durable before published)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_bytes_atomic(path: str, data: bytes) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = _tmp_name(path)
     try:
         with open(tmp, "wb") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync(os.path.dirname(path) or ".")
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -77,7 +89,9 @@ def save_tensors_atomic(path: str, tensors: dict[str, torch.Tensor]) -> None:
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata={"format": "pt"})
         # safetensors creates files owner-only; give them the mode every other output has.
         os.chmod(tmp, 0o666 & ~_UMASK)
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync(os.path.dirname(path) or ".")
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -91,11 +105,13 @@ def write_dir_atomic(path: str, fill) -> None:
     os.makedirs(tmp)
     try:
         fill(tmp)
+        _fsync(tmp)
         old = None
         if os.path.exists(path):
             old = _tmp_name(path)
             os.replace(path, old)
         os.replace(tmp, path)
+        _fsync(os.path.dirname(path) or ".")
         if old:
             shutil.rmtree(old)
     except BaseException:
@@ -320,8 +336,21 @@ def list_checkpoints(out_dir: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
+# The last file of a checkpoint, as lib/train/checkpoint.ts writes it: every other file and its size.
+COMPLETE_MARKER = "checkpoint_complete.json"
+
+
+def mark_complete(d: str, step: int) -> None:
+    files = {n: os.path.getsize(os.path.join(d, n)) for n in sorted(os.listdir(d))
+             if not n.startswith(".") and os.path.isfile(os.path.join(d, n))}
+    write_json_atomic(os.path.join(d, COMPLETE_MARKER), {"step": step, "files": files})
+
+
 def rotate_checkpoints(out_dir: str, limit: int) -> None:
-    """save_total_limit: delete the oldest complete checkpoints beyond `limit`, by step."""
+    """save_total_limit: delete the oldest complete checkpoints beyond `limit`, by step; each is
+    renamed aside first, so a checkpoint half deleted never keeps its name."""
     found = list_checkpoints(out_dir)
     for _, d in found[: max(0, len(found) - limit)]:
-        shutil.rmtree(d)
+        aside = _tmp_name(d)
+        os.replace(d, aside)
+        shutil.rmtree(aside)

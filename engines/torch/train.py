@@ -572,6 +572,7 @@ def make_trainer_class():
                         "data": job["data_info"],
                     })
                     self._write_state_files(d)
+                    ck.mark_complete(d, step)
 
                 ck.write_dir_atomic(target, fill)
                 if self.args.save_total_limit:

@@ -30,6 +30,10 @@ import { writeSafetensorsF32 } from "../safetensors/write.ts";
 import { findCheckpoint, listCheckpoints, removeStaleTemps } from "./checkpoint.ts";
 import { maskedRecords } from "./data.ts";
 import { claimOutputDir, markOutputDir } from "../outdir.ts";
+import type { TrainingArgs } from "../config/config.ts";
+import type { LogEntry } from "./checkpoint.ts";
+import type { LogSink } from "./progress.ts";
+import { tensorBoardLog } from "./tensorboard_log.ts";
 import { adapterSpec, readInitAdapter, type RunOptions, TRAIN_OUTPUT } from "./run.ts";
 
 /** The engine's Python files; named here so the pipeline's code hash of the train stage covers them. */
@@ -357,10 +361,27 @@ export async function runTorchTraining(o: TorchRunOptions): Promise<TorchRunResu
         world_size: world,
       },
     };
+    // TensorBoard logs come from this side, as the WebGPU engine writes them (lib/train/
+    // tensorboard_log.ts), fed from metrics.jsonl as the workers append to it: the same
+    // files whatever the engine, and no tensorboard package needed in the torch environment.
+    trainingArgs.report_to = "none";
+    const tensorboard = (launch.nodeRank ?? 0) === 0
+      ? tensorBoardLog(t as TrainingArgs, o.outDir)
+      : undefined;
+    const startStep = resumeDir ? Number(/checkpoint-(\d+)$/.exec(resumeDir)?.[1] ?? 0) : 0;
     const jobFile = join(tmp, "job.json");
     await Deno.writeTextFile(jobFile, JSON.stringify(job));
     const errorFile = join(tmp, "error.txt");
-    const code = await launch_(python, [LAUNCH, ...torchrun, TRAIN, jobFile], errorFile);
+    if (tensorboard) console.error(`train: TensorBoard event files in ${tensorboard.dir}`);
+    const follow = tensorboard
+      ? await followMetrics(join(o.outDir, "metrics.jsonl"), startStep, tensorboard)
+      : undefined;
+    let code: number;
+    try {
+      code = await launch_(python, [LAUNCH, ...torchrun, TRAIN, jobFile], errorFile);
+    } finally {
+      await follow?.stop();
+    }
     if (code === INTERRUPTED) return { exitCode: code };
     if (code === 0) {
       const st = await readJsonFile(join(o.outDir, "trainer_state.json"));
@@ -377,6 +398,49 @@ export async function runTorchTraining(o: TorchRunOptions): Promise<TorchRunResu
   } finally {
     await Deno.remove(tmp, { recursive: true }).catch(() => {});
   }
+}
+
+/**
+ * Give `sink` each entry the workers append to metrics.jsonl after `startStep`
+ * (the file is rewritten from the restored history on resume), polling once a
+ * second; `stop` forwards the rest and closes the sink.
+ */
+async function followMetrics(
+  path: string,
+  startStep: number,
+  sink: LogSink,
+): Promise<{ stop(): Promise<void> }> {
+  await sink.open(startStep);
+  const seen = new Set<string>();
+  const poll = async () => {
+    let text: string;
+    try {
+      text = await Deno.readTextFile(path);
+    } catch {
+      return; // not written yet
+    }
+    for (const line of text.split("\n")) {
+      if (!line.trim() || seen.has(line)) continue;
+      let e: LogEntry;
+      try {
+        e = JSON.parse(line);
+      } catch {
+        continue; // a line being written: read again next time
+      }
+      seen.add(line);
+      if (typeof e.step === "number" && e.step > startStep) await sink.append(e);
+    }
+  };
+  let busy = Promise.resolve();
+  const timer = setInterval(() => busy = busy.then(poll), 1000);
+  return {
+    async stop() {
+      clearInterval(timer);
+      await busy;
+      await poll();
+      sink.close();
+    },
+  };
 }
 
 async function readJsonFile(path: string): Promise<Record<string, unknown>> {
