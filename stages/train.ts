@@ -265,25 +265,8 @@ export async function main(argv: string[]): Promise<number> {
   ) {
     if (!v) throw new UsageError(`${flag} is required\n${usageOf(COMMAND)}`);
   }
-  if (engine === "torch") {
-    const { exitCode, globalStep } = await runTorchTraining({
-      modelDir: modelDir!,
-      configPath: configPath!,
-      overrides: sets,
-      trainFile: trainFile!,
-      evalFile,
-      outDir: outDir!,
-      resume: parseResume(resume),
-      initAdapter: values["init-adapter"] as string | undefined,
-      shuffle: !values["no-shuffle"],
-      force: !!values.force,
-      launch,
-    });
-    if (exitCode === INTERRUPTED) return INTERRUPTED;
-    console.error(`done: ${count(globalStep ?? 0, "step")}; outputs in ${outDir}`);
-    return 0;
-  }
-  const res = await runTraining({
+  // What either engine takes.
+  const job = {
     modelDir: modelDir!,
     configPath: configPath!,
     overrides: sets,
@@ -293,10 +276,15 @@ export async function main(argv: string[]): Promise<number> {
     resume: parseResume(resume),
     initAdapter: values["init-adapter"] as string | undefined,
     shuffle: !values["no-shuffle"],
-    rowsPerPass,
-    handleSigint: true,
     force: !!values.force,
-  });
+  };
+  if (engine === "torch") {
+    const { exitCode, globalStep } = await runTorchTraining({ ...job, launch });
+    if (exitCode === INTERRUPTED) return INTERRUPTED;
+    console.error(`done: ${count(globalStep ?? 0, "step")}; outputs in ${outDir}`);
+    return 0;
+  }
+  const res = await runTraining({ ...job, rowsPerPass, handleSigint: true });
   if (res.interrupted) {
     console.error(
       `interrupted after step ${res.globalStep}/${res.maxSteps}; checkpoint saved in ${res.checkpoint}` +

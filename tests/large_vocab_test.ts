@@ -15,6 +15,7 @@ import { deepStrictEqual as assertEquals, ok as assert } from "node:assert";
 import { join } from "node:path";
 import { evaluate } from "../lib/eval/evaluate.ts";
 import { getGpu } from "../lib/gpu/device.ts";
+import { mix } from "../lib/gpu/kernels/dropout.ts";
 import { glmWeightShapes } from "../lib/model/weights.ts";
 import { loadGlmModel } from "../lib/model/load.ts";
 import { mergeAdapter } from "../lib/model/merge.ts";
@@ -48,26 +49,17 @@ const expected: { seed: number; vocabs: { [v: string]: VocabCase } } = JSON.pars
   await Deno.readTextFile(new URL("./fixtures/vocab/expected.json", import.meta.url)),
 );
 
-function lowbias32(x: number): number {
-  x ^= x >>> 16;
-  x = Math.imul(x, 0x7feb352d);
-  x ^= x >>> 15;
-  x = Math.imul(x, 0x846ca68b);
-  x ^= x >>> 16;
-  return x >>> 0;
-}
-
 function fnv1a(name: string): number {
   let h = 0x811c9dc5;
   for (const b of new TextEncoder().encode(name)) h = Math.imul(h ^ b, 0x01000193) >>> 0;
   return h;
 }
 
-/** tools/make_vocab_fixtures.py's `hashed_values`. */
+/** tools/make_vocab_fixtures.py's `hashed_values` (`mix` is lowbias32). */
 function hashedValues(name: string, n: number, seed: number): Float32Array {
-  const salt = lowbias32((fnv1a(name) ^ seed) >>> 0);
+  const salt = mix((fnv1a(name) ^ seed) >>> 0);
   const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) out[i] = ((lowbias32((i ^ salt) >>> 0) >>> 21) - 1024) * 2 ** -13;
+  for (let i = 0; i < n; i++) out[i] = ((mix((i ^ salt) >>> 0) >>> 21) - 1024) * 2 ** -13;
   return out;
 }
 

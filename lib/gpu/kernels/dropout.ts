@@ -10,7 +10,7 @@ import { type ComputePass, dispatch, getPipeline, packUniforms, uniforms } from 
 import { entry, grid, rowWorkgroup } from "./grid.ts";
 
 /** lowbias32 (Chris Wellons' integer hash): good avalanche at two multiplies. */
-function mix(x: number): number {
+export function mix(x: number): number {
   x ^= x >>> 16;
   x = Math.imul(x, 0x7feb352d);
   x ^= x >>> 15;
