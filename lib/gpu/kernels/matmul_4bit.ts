@@ -126,7 +126,10 @@ export function setMatmul4bitProfile(p: Matmul4bitProfile | undefined): void {
   override = p;
 }
 
-/** The word kernel's tiles in force: an override, GLM_MATMUL4_PROFILE (tm=,tn=,wgm=,wgn=), or the class default. */
+/**
+ * The word kernel's tiles in force: an override, GLM_MATMUL4_PROFILE
+ * (tm=,tn=,wgm=,wgn=), or the class default.
+ */
 export function matmul4bitProfile(gpu: Gpu): Matmul4bitProfile {
   if (override) return override;
   const base = { ...DEFAULT_4BIT_PROFILES[gpu.deviceClass] };
@@ -139,7 +142,9 @@ export function matmul4bitProfile(gpu: Gpu): Matmul4bitProfile {
     ];
     const n = Number(v);
     if (!key || !Number.isInteger(n) || n <= 0) {
-      throw new Error(`GLM_MATMUL4_PROFILE: cannot read "${part}" (tm=,tn=,wgm=,wgn=)`);
+      throw new Error(
+        `GLM_MATMUL4_PROFILE: cannot read "${part}" (tm=,tn=,wgm=,wgn=)`,
+      );
     }
     base[key] = n;
   }
