@@ -4,7 +4,15 @@
  * run a subset: `deno task bench matmul train`. `scale` (chatglm3-6b's real
  * shape, ./scale.ts) runs only when named.
  */
-const BENCHES = ["tokenizer", "matmul", "forward", "train", "generate", "convert_memory"];
+const BENCHES = [
+  "tokenizer",
+  "matmul",
+  "matmul_4bit",
+  "forward",
+  "train",
+  "generate",
+  "convert_memory",
+];
 
 // Names first, then flags for them: `deno task bench scale --layers 2`.
 const flagAt = Deno.args.findIndex((a) => a.startsWith("--"));

@@ -8,7 +8,7 @@
  *        [--force] (write into a non-empty --out that is not an earlier evaluate output)
  *   deno task stage evaluate --metrics-only --in preds.jsonl --out DIR [--segmenter ...]
  */
-import { loadConfig } from "../lib/config/mod.ts";
+import { loadConfig, refuseQuantization } from "../lib/config/mod.ts";
 import { parseOverride } from "../lib/config/overrides.ts";
 import {
   type CommandSpec,
@@ -144,6 +144,7 @@ export async function main(args: string[]): Promise<number> {
   const sets = (values.set as string[] | undefined) ?? [];
   if (values.config) {
     const cfg = await loadConfig(values.config as string, sets);
+    refuseQuantization(cfg, "evaluate");
     const g = cfg.training_args.generation_config;
     if (g) {
       gen.maxNewTokens = g.max_new_tokens ?? Math.max(1, g.max_length);

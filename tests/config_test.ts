@@ -378,3 +378,109 @@ Deno.test("evaluation follows HF and finetune_hf.py rules", () => {
     "conflicts with eval_strategy",
   );
 });
+
+Deno.test("quantization: BitsAndBytesConfig keys and LLaMA-Factory's quantization_bit, with their defaults", () => {
+  const base = "data_config:\n  train_file: t.json\nmax_input_length: 8\nmax_output_length: 8\n" +
+    "peft_config:\n  peft_type: LORA\n";
+  assertEquals(parseConfig(base, "c.yaml").quantization, null);
+  // transformers' defaults: FP4, no double quantization.
+  const hf = parseConfig(base + "quantization_config:\n  load_in_4bit: true\n", "c.yaml");
+  assertEquals(hf.quantization, {
+    bits: 4,
+    quantType: "fp4",
+    doubleQuant: false,
+    blocksize: 64,
+    key: "quantization_config",
+  });
+  const nf4 = parseConfig(
+    base + "quantization_config:\n  load_in_4bit: true\n  bnb_4bit_quant_type: nf4\n" +
+      "  bnb_4bit_use_double_quant: true\n  bnb_4bit_compute_dtype: bfloat16\n" +
+      "  quant_method: bitsandbytes\n  llm_int8_threshold: 6.0\n",
+    "c.yaml",
+  );
+  assertEquals(nf4.quantization?.quantType, "nf4");
+  assertEquals(nf4.quantization?.doubleQuant, true);
+  // The compute dtype is the engine's (f32); said once, with the other inert keys.
+  assertMatch(formatNotApplicable(nf4), /quantization_config\.bnb_4bit_compute_dtype/);
+  // load_in_4bit false: no quantization (the section alone asks for nothing).
+  assertEquals(
+    parseConfig(base + "quantization_config:\n  load_in_4bit: false\n", "c.yaml")
+      .quantization,
+    null,
+  );
+  // LLaMA-Factory: quantization_bit 4 is NF4 with double quantization unless told otherwise.
+  const lf = parseConfig(base + "quantization_bit: 4\n", "c.yaml");
+  assertEquals(lf.quantization, {
+    bits: 4,
+    quantType: "nf4",
+    doubleQuant: true,
+    blocksize: 64,
+    key: "quantization_bit",
+  });
+  const lf2 = parseConfig(
+    base + "quantization_bit: 4\nquantization_type: fp4\ndouble_quantization: false\n" +
+      "quantization_method: bnb\n",
+    "c.yaml",
+  );
+  assertEquals([lf2.quantization?.quantType, lf2.quantization?.doubleQuant], ["fp4", false]);
+  // --set reaches both forms.
+  assertEquals(
+    parseConfig(base, "c.yaml", ["quantization_bit=4"]).quantization?.key,
+    "quantization_bit",
+  );
+  assertEquals(
+    parseConfig(base, "c.yaml", [
+      "quantization_config.load_in_4bit=true",
+      "quantization_config.bnb_4bit_quant_type=nf4",
+    ]).quantization?.quantType,
+    "nf4",
+  );
+  // P-Tuning v2 on a 4-bit base is allowed (the base is frozen there too).
+  const pt = "data_config:\n  train_file: t.json\nmax_input_length: 8\nmax_output_length: 8\n" +
+    "peft_config:\n  peft_type: PREFIX_TUNING\n  num_virtual_tokens: 4\nquantization_bit: 4\n";
+  assertEquals(parseConfig(pt, "c.yaml").quantization?.bits, 4);
+});
+
+Deno.test("quantization: what cannot be honoured is an error with file:line", () => {
+  const base = "data_config:\n  train_file: t.json\nmax_input_length: 8\nmax_output_length: 8\n";
+  const lora = "peft_config:\n  peft_type: LORA\n";
+  const cases: [string, RegExp][] = [
+    [
+      lora + "quantization_bit: 8\n",
+      /c\.yaml:7: quantization_bit: 8-bit \(LLM\.int8\) weights are not supported/,
+    ],
+    [lora + "quantization_bit: 3\n", /c\.yaml:7: quantization_bit: must be 4/],
+    [
+      lora + "quantization_bit: 4\nquantization_config:\n  load_in_4bit: true\n",
+      /c\.yaml:7: quantization_bit: give either quantization_bit .* or quantization_config/,
+    ],
+    [
+      lora + "quantization_config:\n  load_in_8bit: true\n",
+      /c\.yaml:8: quantization_config\.load_in_8bit: 8-bit \(LLM\.int8\) weights are not supported/,
+    ],
+    [
+      lora + "quantization_config:\n  load_in_4bit: true\n  bnb_4bit_quant_type: int4\n",
+      /c\.yaml:9: quantization_config\.bnb_4bit_quant_type: "int4" is not one of nf4, fp4/,
+    ],
+    [
+      lora + "quantization_config:\n  load_in_4bit: true\n  llm_int8_skip_modules: [dense]\n",
+      /c\.yaml:9: quantization_config\.llm_int8_skip_modules: .* is not supported \(only null\)/,
+    ],
+    [
+      lora + "quantization_config:\n  load_in_4bit: true\n  bnb_4bit_quant_typ: nf4\n",
+      /c\.yaml:9: quantization_config\.bnb_4bit_quant_typ: unknown key \(did you mean bnb_4bit_quant_type\?\)/,
+    ],
+    [
+      lora + "quantization_type: nf4\n",
+      /c\.yaml:7: quantization_type: applies with quantization_bit: 4/,
+    ],
+    [
+      "quantization_bit: 4\n",
+      /c\.yaml:5: quantization_bit: a 4-bit base is frozen: .*not full fine-tuning/,
+    ],
+  ];
+  for (const [extra, re] of cases) {
+    const e = assertThrows(() => parseConfig(base + extra, "c.yaml"), UserError);
+    assertMatch(e.message, re);
+  }
+});

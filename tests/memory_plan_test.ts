@@ -234,3 +234,57 @@ Deno.test("torch engine plan: ZeRO's 16 bytes per trained parameter, sharded by 
       t.activations + t.logits,
   );
 });
+
+Deno.test("QLoRA: 4-bit linears (half a byte a value + block scales), f16 tables, the rest unchanged", () => {
+  const L = 28, h = 4096, F = 13696, W = 4608, A = 4096, V = 65024;
+  const perLayer = W * h + h * A + 2 * F * h + h * F; // every per-layer linear weight
+  const f16 = memoryPlan(glm6b, { ...job, rowsPerPass: 1 });
+  for (const doubleQuant of [false, true]) {
+    const p = memoryPlan(glm6b, {
+      ...job,
+      rowsPerPass: 1,
+      quantization: { quantType: "nf4", doubleQuant },
+    });
+    const parts = Object.values(p.frozenParts);
+    assert.equal(parts[0], L * perLayer / 2); // the codes
+    // Each tensor's blocks of 64 (all four are multiples of 64 here).
+    const blocks = [W * h, h * A, 2 * F * h, h * F].map((n) => n / 64);
+    const scales = doubleQuant
+      ? L * blocks.reduce((s, b) => s + Math.ceil(b / 4) * 4 + 4 * Math.ceil(b / 256), 0) +
+        256 * 4 // the 8-bit code book, shared
+      : L * blocks.reduce((s, b) => s + 4 * b, 0);
+    assert.equal(parts[1], scales);
+    assert.equal(parts[2], 2 * V * h * 2); // embedding and output layer, f16
+    assert.equal(p.frozenWeights, parts.reduce((a, b) => a + b, 0));
+    // Only the frozen weights change.
+    assert.equal(p.total - p.frozenWeights, f16.total - f16.frozenWeights);
+    assert.equal(f16.frozenWeights - p.frozenWeights, L * perLayer * 2 - parts[0] - parts[1]);
+  }
+  const q = memoryPlan(glm6b, {
+    ...job,
+    rowsPerPass: 1,
+    quantization: { quantType: "nf4", doubleQuant: true },
+  });
+  console.log(formatMemoryPlan(q, "chatglm3-6b QLoRA r=8 qkv (NF4, double quantization), 1 × 769"));
+  assert(q.total < 5 * 2 ** 30, `${q.total / MiB} MiB`);
+  // FP4 takes the same room as NF4.
+  const fp4 = memoryPlan(glm6b, {
+    ...job,
+    rowsPerPass: 1,
+    quantization: { quantType: "fp4", doubleQuant: true },
+  });
+  assert.equal(fp4.total, q.total);
+  // On a CPU adapter the 4-bit kernel reads the weights from their buffers: no texture copies.
+  const cpu = (quantization?: { quantType: "nf4"; doubleQuant: boolean }) =>
+    memoryPlan(glm6b, { ...job, rowsPerPass: 1, deviceClass: "cpu", quantization }).scratch;
+  assert(cpu({ quantType: "nf4", doubleQuant: true }) < cpu());
+  assert.throws(
+    () =>
+      memoryPlan(glm6b, {
+        ...job,
+        adapter: { kind: "full" },
+        quantization: { quantType: "nf4", doubleQuant: false },
+      }),
+    /cannot be fully fine-tuned/,
+  );
+});

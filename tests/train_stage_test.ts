@@ -413,6 +413,79 @@ Deno.test("--init-adapter: any safetensors with the prefix embedding; mismatches
   await Deno.remove(dir, { recursive: true });
 });
 
+Deno.test("--dry-run with quantization_bit=4: chatglm3-6b QLoRA at upstream's LoRA job plans at most 6 GiB; training it is refused", async () => {
+  const { parseGlmConfig } = await import("../lib/model/config.ts");
+  const { formatMemoryPlan, largestRowsPerPass, memoryPlan } = await import(
+    "../lib/model/memory_plan.ts"
+  );
+  const dir = await Deno.makeTempDir();
+  try {
+    await Deno.copyFile(join(FIX, "chatglm3-6b-config.json"), join(dir, "config.json"));
+    const config = parseGlmConfig(
+      JSON.parse(await Deno.readTextFile(join(FIX, "chatglm3-6b-config.json"))),
+      "config.json",
+    );
+    // upstream lora.yaml (LoRA r=8 on query_key_value, batch 4, 256 + 512 + 1 tokens) with
+    // gradient checkpointing; LLaMA-Factory's quantization_bit: 4 is NF4, double-quantized.
+    const opts = {
+      adapter: {
+        kind: "lora",
+        r: 8,
+        alpha: 32,
+        dropout: 0.1,
+        targetModules: ["query_key_value"],
+      } as AdapterSpec,
+      batch: 4,
+      seq: 769,
+      gradientCheckpointing: true,
+      quantization: { quantType: "nf4", doubleQuant: true } as const,
+    };
+    const rows = largestRowsPerPass(config, opts, 6 * 2 ** 30);
+    assert(rows >= 1, "not even one record per pass fits 6 GiB");
+    const base = ["--model", dir, "--config", join(UPSTREAM, "lora.yaml")];
+    const sets = [
+      "--set",
+      "quantization_bit=4",
+      "--set",
+      "training_args.gradient_checkpointing=true",
+    ];
+    const out = await runCli([
+      "stage",
+      "train",
+      ...base,
+      ...sets,
+      "--dry-run",
+      "--rows-per-pass",
+      String(rows),
+    ]);
+    assert(out.code === 0, out.err);
+    console.log(out.out);
+    const plan = memoryPlan(config, { ...opts, rowsPerPass: rows });
+    const got = out.out.trimEnd().split("\n");
+    assert(/on a 4-bit NF4, double quantization base \(QLoRA\)/.test(got[0]), got[0]);
+    deepStrictEqual(got.slice(1), formatMemoryPlan(plan, "x").split("\n").slice(1));
+    assert(plan.total <= 6 * 2 ** 30, `${plan.total / 2 ** 20} MiB`);
+    // The model does not run a 4-bit base yet: train says so instead of training in f16.
+    const train = await runCli([
+      "stage",
+      "train",
+      ...base,
+      ...sets,
+      "--train",
+      join(dir, "none.jsonl"),
+      "--out",
+      join(dir, "out"),
+    ]);
+    assert(
+      train.code !== 0 && /quantization_bit: .*does not run a 4-bit base yet/.test(train.err),
+      train.err,
+    );
+    assert(!/\bat /.test(train.err), train.err);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("--dry-run prints the memory plan of the real chatglm3-6b config: no weights, exit 0", async () => {
   const { parseGlmConfig } = await import("../lib/model/config.ts");
   const { formatMemoryPlan, memoryPlan } = await import("../lib/model/memory_plan.ts");

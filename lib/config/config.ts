@@ -7,6 +7,12 @@ import { located, UserError } from "../errors.ts";
 import { lineOfKey, parseYaml } from "../yaml.ts";
 import { type Override, parseOverrides, setPath } from "./overrides.ts";
 import {
+  LLAMA_FACTORY_QUANTIZATION,
+  QUANTIZATION_CONFIG,
+  type QuantizationConfig,
+  quantizationFrom,
+} from "./quantization.ts";
+import {
   CHATGLM_LINEAR_MODULES,
   CHATGLM_LORA_TARGETS,
   DATA_CONFIG,
@@ -154,6 +160,11 @@ export interface FinetuneConfig {
   training_args: TrainingArgs;
   /** null: full-parameter fine-tuning */
   peft_config: PeftConfig | null;
+  /**
+   * A 4-bit frozen base (QLoRA), from `quantization_config` (transformers'
+   * BitsAndBytesConfig keys) or `quantization_bit: 4` (LLaMA-Factory); null: none.
+   */
+  quantization: QuantizationConfig | null;
   /** keys present in the file that only matter to PyTorch; see formatNotApplicable */
   notApplicable: NotApplicable[];
 }
@@ -412,11 +423,13 @@ class Validator {
   }
 
   config(tree: Record<string, unknown>): FinetuneConfig {
-    const known = [...Object.keys(TOP_LEVEL), ...TOP_SECTIONS];
+    const lfKeys = Object.keys(LLAMA_FACTORY_QUANTIZATION);
+    const known = [...Object.keys(TOP_LEVEL), ...lfKeys, ...TOP_SECTIONS];
     for (const k of Object.keys(tree)) {
       if (!known.includes(k)) this.error(k, `unknown key${suggest(k, known)}`);
     }
     const top = this.section(TOP_LEVEL, pick(tree, Object.keys(TOP_LEVEL)), "", false);
+    const lf = this.section(LLAMA_FACTORY_QUANTIZATION, pick(tree, lfKeys), "", false);
     const dataRaw = tree.data_config;
     let data_config = {} as DataConfig;
     if (dataRaw === undefined || dataRaw === null) {
@@ -426,6 +439,16 @@ class Validator {
     }
     const training_args = this.trainingArgs(tree.training_args, data_config);
     const peft_config = this.peft(tree.peft_config);
+    const qRaw = tree.quantization_config;
+    const quantization = quantizationFrom(
+      qRaw === undefined || qRaw === null
+        ? undefined
+        : this.section(QUANTIZATION_CONFIG, qRaw, "quantization_config"),
+      lf,
+      new Set(Object.keys(tree).filter((k) => tree[k] !== undefined && tree[k] !== null)),
+      peft_config?.peft_type ?? null,
+      (key, msg) => this.error(key, msg),
+    );
     return {
       path: this.file,
       data_config,
@@ -433,6 +456,7 @@ class Validator {
       max_output_length: top.max_output_length as number,
       training_args,
       peft_config,
+      quantization,
       notApplicable: this.notApplicable,
     };
   }

@@ -330,7 +330,13 @@ export const TOP_LEVEL: Section = {
   max_input_length: f("int", undefined, { required: true, min: 1 }),
   max_output_length: f("int", undefined, { required: true, min: 1 }),
 };
-export const TOP_SECTIONS = ["data_config", "training_args", "peft_config"] as const;
+/** Sections; quantization_config's keys are in ./quantization.ts, with LLaMA-Factory's top-level ones. */
+export const TOP_SECTIONS = [
+  "data_config",
+  "training_args",
+  "peft_config",
+  "quantization_config",
+] as const;
 
 /** PEFT's default LoRA target for the chatglm model type. */
 export const CHATGLM_LORA_TARGETS = ["query_key_value"];

@@ -24,13 +24,21 @@
  *    storage binding, and their gradient overwrites them in place;
  *  - a micro-batch may be fed to the model `rowsPerPass` records at a time
  *    (gradients add up, the loss scale covers the whole micro-batch), so the
- *    activation buffers are sized for rowsPerPass·seq tokens.
+ *    activation buffers are sized for rowsPerPass·seq tokens;
+ *  - with `quantization` (QLoRA), the frozen linear weights of every layer
+ *    (query_key_value, dense, dense_h_to_4h, dense_4h_to_h) are 4-bit codes,
+ *    half a byte per value, plus their block scales (lib/model/quant/device.ts);
+ *    the embedding and output tables stay as without it (f16), as do norm
+ *    weights and biases (f32): transformers' bitsandbytes integration replaces
+ *    only nn.Linear modules and keeps the last one, chatglm3's output_layer,
+ *    unquantized (docs/qlora.md).
  */
 import type { AdapterSpec } from "./adapter.ts";
 import type { GlmConfig } from "./config.ts";
 import { scoreBytes } from "../gpu/kernels/attention.ts";
 import { crossEntropyScratchBytes } from "../gpu/kernels/cross_entropy.ts";
 import { operandTextureBytes } from "../gpu/kernels/matmul_texture.ts";
+import { quant4Bytes } from "./quant/quantize.ts";
 
 /** The fields of a GlmConfig the plan reads. */
 export type PlanConfig = Pick<
@@ -71,6 +79,16 @@ export interface PlanOptions {
   deviceClass?: "cpu" | "gpu";
   /** Largest texture side (maxTextureDimension2D; llvmpipe's 16384 by default). */
   maxTextureSide?: number;
+  /** A 4-bit frozen base (QLoRA): the layers' linear weights quantized; not with full SFT. */
+  quantization?: PlanQuantization;
+}
+
+/** How the frozen linear weights are quantized (lib/config's QuantizationConfig carries these). */
+export interface PlanQuantization {
+  quantType: "nf4" | "fp4";
+  doubleQuant: boolean;
+  /** Values per block (64). */
+  blocksize?: number;
 }
 
 export interface MemoryPlan {
@@ -93,6 +111,8 @@ export interface MemoryPlan {
   tokensPerPass: number;
   /** The activation bytes split by buffer group, for the table. */
   activationParts: Record<string, number>;
+  /** The frozen weight bytes by kind, when the base is quantized (else empty). */
+  frozenParts: Record<string, number>;
 }
 
 const F32 = 4, F16 = 2, MiB = 2 ** 20;
@@ -141,7 +161,27 @@ export function memoryPlan(config: PlanConfig, opts: PlanOptions): MemoryPlan {
   }
   if (a.kind === "full") trainable = baseParams;
 
-  const frozenWeights = a.kind === "full" ? 0 : matrices * (frozenF16 ? F16 : F32) + vectors * F32;
+  const q = opts.quantization;
+  if (q && a.kind === "full") throw new Error("a quantized base cannot be fully fine-tuned");
+  const matrixBytes = frozenF16 ? F16 : F32;
+  const frozenParts: Record<string, number> = {};
+  let frozenWeights = a.kind === "full" ? 0 : matrices * matrixBytes + vectors * F32;
+  if (q && a.kind !== "full") {
+    // Each of a layer's four linear weights is quantized on its own (its own padding to words).
+    const qOpts = { type: q.quantType, doubleQuant: q.doubleQuant, blocksize: q.blocksize ?? 64 };
+    const layerQuant = [W * h, h * A, 2 * F * h, h * F]
+      .reduce((sum, n) => sum + quant4Bytes(n, qOpts), 0);
+    const codes = [W * h, h * A, 2 * F * h, h * F]
+      .reduce((sum, n) => sum + Math.ceil(n / 8) * 4, 0);
+    const type = q.quantType.toUpperCase();
+    frozenParts[`layer linear weights, 4-bit ${type} codes`] = L * codes;
+    frozenParts[`their block scales${q.doubleQuant ? " (double-quantized)" : " (f32 absmax)"}`] =
+      L * (layerQuant - codes) + (q.doubleQuant ? 256 * F32 : 0);
+    frozenParts[`embedding and output tables (${frozenF16 ? "f16" : "f32"})`] = 2 * V * h *
+      matrixBytes;
+    frozenParts["norm weights and qkv biases (f32)"] = vectors * F32;
+    frozenWeights = Object.values(frozenParts).reduce((x, y) => x + y, 0);
+  }
   const trainableWeights = trainable * F32;
   const trains = a.kind !== "none";
   const gradients = trains ? trainable * F32 : 0;
@@ -177,7 +217,7 @@ export function memoryPlan(config: PlanConfig, opts: PlanOptions): MemoryPlan {
   const kvCache = L * 2 * opts.batch * (opts.generateLength ?? opts.seq) * G * D * F32;
   const scratch = UNIFORM_ARENA +
     (opts.deviceClass === "cpu"
-      ? cpuMatmulScratch(config, T, P + opts.seq, binding, opts.maxTextureSide ?? 16384)
+      ? cpuMatmulScratch(config, T, P + opts.seq, binding, opts.maxTextureSide ?? 16384, !!q)
       : 0);
   const total = frozenWeights + trainableWeights + gradients + optimizerMoments + activations +
     logits + scratch;
@@ -194,6 +234,7 @@ export function memoryPlan(config: PlanConfig, opts: PlanOptions): MemoryPlan {
     logitRows,
     tokensPerPass: T,
     activationParts: parts,
+    frozenParts,
   };
 }
 
@@ -214,6 +255,8 @@ function cpuMatmulScratch(
   keys: number,
   binding: number,
   maxSide: number,
+  /** 4-bit linears: the 4-bit kernel reads them from their buffers, no texture copies. */
+  quantized = false,
 ): number {
   const h = c.hidden_size, F = c.ffn_hidden_size, D = c.kv_channels;
   const H = c.num_attention_heads;
@@ -230,7 +273,7 @@ function cpuMatmulScratch(
     bytes += operandTextureBytes(width, rows, 1, f16);
   };
   // Frozen weights [out, in], split in halves along `out` until a piece fits a binding.
-  for (const [out, inF] of [[W, h], [h, A], [2 * F, h], [h, F]]) {
+  for (const [out, inF] of quantized ? [] : [[W, h], [h, A], [2 * F, h], [h, F]]) {
     let rows = out;
     while (rows * Math.ceil((inF * 2) / 256) * 256 > binding && rows > 1) {
       rows = Math.ceil(rows / 2);
@@ -274,6 +317,7 @@ export function formatMemoryPlan(plan: MemoryPlan, title = "memory plan"): strin
   const lines = [
     `${title} (${plan.tokensPerPass} tokens per pass, logits in chunks of ${plan.logitRows} rows)`,
     row("frozen base weights", plan.frozenWeights),
+    ...Object.entries(plan.frozenParts).map(([n, b]) => row(`  ${n}`, b)),
     row("trainable weights (f32)", plan.trainableWeights),
     row("gradients (f32)", plan.gradients),
     row("AdamW moments m, v (f32)", plan.optimizerMoments),

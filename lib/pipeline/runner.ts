@@ -108,6 +108,11 @@ const CONFIG_ROOTS = [
   "max_output_length",
   "training_args",
   "peft_config",
+  "quantization_config",
+  "quantization_bit",
+  "quantization_type",
+  "double_quantization",
+  "quantization_method",
 ];
 
 /** Stages that handle Ctrl-C themselves (train saves a checkpoint and returns 130). */

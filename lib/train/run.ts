@@ -5,9 +5,11 @@
  */
 import { count } from "../plural.ts";
 import {
+  describeQuantization,
   type FinetuneConfig,
   finetuneMode,
   loadConfig,
+  refuseQuantization,
   reportNotApplicable,
 } from "../config/mod.ts";
 import { osError, UserError } from "../errors.ts";
@@ -163,16 +165,28 @@ export async function dryRunPlan(
   const seq = cfg.max_input_length + cfg.max_output_length + 1;
   const checkpointing = cfg.training_args.gradient_checkpointing;
   const rowsPerPass = Math.min(o.rowsPerPass ?? batch, batch);
+  const q = cfg.quantization;
   const plan = memoryPlan(config, {
     adapter,
     batch,
     seq,
     gradientCheckpointing: checkpointing,
     rowsPerPass,
+    ...(q
+      ? {
+        quantization: {
+          quantType: q.quantType,
+          doubleQuant: q.doubleQuant,
+          blocksize: q.blocksize,
+        },
+      }
+      : {}),
   });
   return formatMemoryPlan(
     plan,
-    `${finetuneMode(cfg)}, batch ${batch} × ${seq} tokens${
+    `${finetuneMode(cfg)}${
+      q ? ` on a ${describeQuantization(q)} base (QLoRA)` : ""
+    }, batch ${batch} × ${seq} tokens${
       rowsPerPass < batch ? ` in passes of ${rowsPerPass}` : ""
     }, gradient checkpointing ${checkpointing ? "on" : "off"}`,
   );
@@ -181,6 +195,7 @@ export async function dryRunPlan(
 export async function runTraining(o: RunOptions): Promise<TrainResult> {
   const cfg = await loadConfig(o.configPath, o.overrides ?? []);
   reportNotApplicable(cfg);
+  refuseQuantization(cfg, "the WebGPU engine's training");
   // The output dir must be new, empty or an earlier run's before anything is loaded.
   await claimOutputDir(o.outDir, "train", {
     force: o.force,

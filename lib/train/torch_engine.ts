@@ -20,7 +20,12 @@
  */
 import { dirname, isAbsolute, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { finetuneMode, loadConfig, reportNotApplicable } from "../config/mod.ts";
+import {
+  finetuneMode,
+  loadConfig,
+  refuseQuantization,
+  reportNotApplicable,
+} from "../config/mod.ts";
 import type { FinetuneConfig } from "../config/config.ts";
 import { TORCH_HONOURS, TRAINING_ARGS } from "../config/schema.ts";
 import { UserError } from "../errors.ts";
@@ -237,6 +242,7 @@ export function torchrunArgs(l: TorchLaunch): string[] {
 export async function runTorchTraining(o: TorchRunOptions): Promise<TorchRunResult> {
   const cfg = await loadConfig(o.configPath, o.overrides ?? []);
   reportNotApplicable(cfg, undefined, "torch");
+  refuseQuantization(cfg, "the torch engine");
   // As the WebGPU engine: a new, empty or earlier train output dir (lib/outdir.ts).
   await claimOutputDir(o.outDir, "train", {
     force: o.force,
@@ -495,6 +501,7 @@ export async function torchDryRunPlan(
   o: Pick<RunOptions, "modelDir" | "configPath" | "overrides"> & { launch?: TorchLaunch },
 ): Promise<string> {
   const cfg = await loadConfig(o.configPath, o.overrides ?? []);
+  refuseQuantization(cfg, "the torch engine");
   const config = await loadGlmConfig(o.modelDir);
   const t = cfg.training_args;
   const gpus = positive(o.launch?.nprocPerNode, "--nproc-per-node") *
