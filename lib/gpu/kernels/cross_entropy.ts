@@ -18,7 +18,14 @@
  */
 import type { Gpu } from "../device.ts";
 import { checkLoopBudget, LOOP_BUDGET, spans } from "../loop_budget.ts";
-import { type ComputePass, dispatch, getPipeline, packUniforms, uniforms } from "../runtime.ts";
+import {
+  type ComputePass,
+  dispatch,
+  getPipeline,
+  packUniforms,
+  uniforms,
+  type UniformValue,
+} from "../runtime.ts";
 import { entry, grid, rowWorkgroup } from "./grid.ts";
 
 /** Columns of a row one invocation walks. */
@@ -108,8 +115,8 @@ export interface CrossEntropyArgs {
   lossOff?: number;
   /** Scratch of at least crossEntropyScratchBytes(rows, V). */
   partials: GPUBuffer;
-  /** When set, logits are replaced by dlogits scaled by gradScale. */
-  gradScale?: number;
+  /** When set, logits are replaced by dlogits scaled by gradScale (a Knob in a recorded step). */
+  gradScale?: UniformValue;
 }
 
 export function encodeCrossEntropy(
@@ -176,7 +183,7 @@ export function encodeSum(
   x: GPUBuffer,
   n: number,
   y: GPUBuffer,
-  slot: number,
+  slot: UniformValue,
   opts: { off?: number; accumulate?: boolean } = {},
 ): void {
   spans(Math.max(n, 1), LOOP_BUDGET).forEach(([s, e], i) => {

@@ -136,6 +136,14 @@ function operandTexture(
   return t;
 }
 
+/** One view per texture, made once: a bind group over the same view is reused (../runtime.ts). */
+const views = new WeakMap<GPUTexture, GPUTextureView>();
+function arrayView(t: GPUTexture): GPUTextureView {
+  let v = views.get(t);
+  if (!v) views.set(t, v = t.createView({ dimension: "2d-array" }));
+  return v;
+}
+
 /**
  * Copy A and B into their textures (the pass is interrupted for it; an
  * operand whose rows are not 256 bytes apart is repacked first); their views
@@ -155,8 +163,7 @@ export function copyOperands(
     copyA(enc);
     copyB(enc);
   });
-  const view = (t: GPUTexture) => t.createView({ dimension: "2d-array" });
-  return [view(ta), view(tb)];
+  return [arrayView(ta), arrayView(tb)];
 }
 
 /**
