@@ -26,11 +26,18 @@ import {
   uniforms,
 } from "../runtime.ts";
 import { LOOP_BUDGET } from "../loop_budget.ts";
-import { type MatmulProfile, matmulProfile, stagesTiles, vec4Tiles } from "./matmul_profile.ts";
+import {
+  type MatmulProfile,
+  matmulProfile,
+  smallTiles,
+  stagesTiles,
+  vec4Tiles,
+} from "./matmul_profile.ts";
 import { matmulSharedShader } from "./matmul_shared.ts";
 import { type MatmulEpilogue, matmulVec4Shader } from "./matmul_vec4.ts";
 import { MATMUL_UNIFORMS, tileOrigin } from "./matmul_wgsl.ts";
 import { copyOperands, texturesFit } from "./matmul_texture.ts";
+import { kernelFeatures } from "../features.ts";
 
 export { bf16ToF16Packed, f32ToF16Packed, rawToF16Packed } from "../../safetensors/dtype.ts";
 export type { MatmulProfile } from "./matmul_profile.ts";
@@ -140,6 +147,9 @@ function matmulPipeline(
   bF16: boolean,
   epilogue: MatmulEpilogue,
 ): GPUComputePipeline {
+  // Frozen f16 weights read as vec4<f16> where the device has shader-f16 (the
+  // texture kernel reads them from rgba16float textures either way).
+  const f16Loads = bF16 && kind !== "texture" && kernelFeatures(gpu).f16;
   let memo = pipelineMemo.get(gpu.device);
   if (!memo) pipelineMemo.set(gpu.device, memo = new Map());
   const shared = kind === "vec4" && stagesTiles(prof, transB);
@@ -155,16 +165,17 @@ function matmulPipeline(
     bF16,
     kind !== "scalar" && epilogue.accumulate,
     kind !== "scalar" && epilogue.bias,
+    f16Loads,
   ].join(",");
   let p = memo.get(key);
   if (!p) {
     p = getPipeline(
       gpu,
       kind === "scalar"
-        ? matmulShader(prof, transA, transB, bF16)
+        ? matmulShader(prof, transA, transB, bF16, f16Loads)
         : shared
-        ? matmulSharedShader(prof, transA, transB, bF16, epilogue)
-        : matmulVec4Shader(prof, transA, transB, bF16, epilogue, kind === "texture"),
+        ? matmulSharedShader(prof, transA, transB, bF16, epilogue, f16Loads)
+        : matmulVec4Shader(prof, transA, transB, bF16, epilogue, kind === "texture", f16Loads),
     );
     memo.set(key, p);
   }
@@ -197,16 +208,12 @@ export function encodeMatmul(gpu: Gpu, pass: ComputePass, args: MatmulArgs): voi
   const pieces = splitToFit(piece, transA, transB, bF16, limit).flatMap((q) =>
     splitForLoops(q, transA, transB, (k) => {
       const kind = kernelFor(gpu, profile, k, transA, transB, bF16, !!interruptible);
-      return kTrips(
-        kind,
-        kind === "scalar" ? profile.scalar ?? profile : vec4Tiles(profile, k.M, k.N),
-        transB,
-      );
+      return kTrips(kind, tilesFor(profile, kind, k, transA), transB);
     })
   );
   for (const p of pieces) {
     const kind = kernelFor(gpu, profile, p, transA, transB, bF16, !!interruptible);
-    const prof = kind === "scalar" ? profile.scalar ?? profile : vec4Tiles(profile, p.M, p.N);
+    const prof = tilesFor(profile, kind, p, transA);
     const epilogue = { accumulate: p.accumulate, bias: p.useBias && !!args.bias };
     const pipeline = matmulPipeline(gpu, prof, kind, transA, transB, bF16, epilogue);
     const [cStart, cEnd] = rangeC(p);
@@ -271,6 +278,12 @@ export function encodeMatmul(gpu: Gpu, pass: ComputePass, args: MatmulArgs): voi
   }
 }
 
+/** The tiles a piece runs with under `profile` and its kernel. */
+function tilesFor(profile: MatmulProfile, kind: MatmulKernel, p: Piece, transA: boolean) {
+  if (kind === "scalar") return profile.scalar ?? profile;
+  return smallTiles(profile, p.M, transA) ?? vec4Tiles(profile, p.M, p.N);
+}
+
 /**
  * Whether a piece can take the vec4 kernel: every dimension that is read or
  * written contiguously, every leading dimension, offset and batch stride a
@@ -299,6 +312,7 @@ function kernelFor(
   splittable: boolean,
 ): MatmulKernel {
   if (!vec4Eligible(p, transA)) return "scalar";
+  if (smallTiles(profile, p.M, transA)) return "vec4";
   const tex = profile.textures && splittable && texturesFit(gpu, { ...p, transA, transB, bF16 });
   return tex ? "texture" : "vec4";
 }
@@ -518,18 +532,22 @@ export function matmulShader(
   transA: boolean,
   transB: boolean,
   bF16: boolean,
+  f16Loads = false,
 ): string {
   const { tm, tn, wgM, wgN } = prof;
   const tn4 = tn / 4;
+  const h = bF16 && f16Loads;
   const L: string[] = [];
-  L.push(`${MATMUL_UNIFORMS}
+  L.push(`${h ? "enable f16;\n" : ""}${MATMUL_UNIFORMS}
 @group(0) @binding(0) var<uniform> u: U;
 @group(0) @binding(1) var<storage, read> A: array<f32>;
-@group(0) @binding(2) var<storage, read> B: array<${bF16 ? "u32" : "f32"}>;
+@group(0) @binding(2) var<storage, read> B: array<${h ? "f16" : bF16 ? "u32" : "f32"}>;
 @group(0) @binding(3) var<storage, read_write> C: array<f32>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 ${
-    bF16
+    h
+      ? "fn ldB(e: u32) -> f32 { return f32(B[e]); }"
+      : bF16
       ? "fn ldB(e: u32) -> f32 { return unpack2x16float(B[e >> 1u] >> ((e & 1u) << 4u)).x; }"
       : "fn ldB(e: u32) -> f32 { return B[e]; }"
   }

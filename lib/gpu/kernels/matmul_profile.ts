@@ -7,8 +7,8 @@
  * and small workgroups. A real GPU wants the opposite: a few outputs per
  * thread and wide workgroups. Override with GLM_MATMUL_PROFILE, e.g.
  * `GLM_MATMUL_PROFILE=tm=8,tn=16,wgm=1,wgn=8` (`tex=0` turns the texture
- * kernel off), or `setMatmulProfile()`; an override applies to every size (it
- * drops the `large` tile).
+ * kernel off), or `setMatmulProfile()`; an override applies to every size but
+ * the small products' (it drops the `large` tile).
  */
 import type { DeviceClass, Gpu } from "../device.ts";
 
@@ -44,6 +44,15 @@ export interface MatmulProfile {
    * only the big products of training and scoring pay back.
    */
   large?: MatmulProfile & { minM: number; minN: number };
+  /**
+   * Products of at most maxM rows (a decoder's step: one row per sequence)
+   * without A transposed, on a profile without textures: tm is M rounded up
+   * to a power of two and one row of wgN invocations covers wgN·tn columns.
+   * The gpu profile's 64-row tiles would leave 63 of 64 rows of a one-row
+   * product idle. (On llvmpipe a one-row product cost the same CPU time with
+   * either tiles: its per-lane loads of the weight dominate; docs/engine.md.)
+   */
+  small?: { maxM: number; tn: number; wgN: number };
 }
 
 export const DEFAULT_PROFILES: Record<DeviceClass, MatmulProfile> = {
@@ -56,7 +65,7 @@ export const DEFAULT_PROFILES: Record<DeviceClass, MatmulProfile> = {
     scalar: { tm: 4, tn: 8, wgM: 1, wgN: 8 },
     large: { tm: 32, tn: 32, wgM: 1, wgN: 8, minM: 512, minN: 512 },
   },
-  gpu: { tm: 4, tn: 4, wgM: 16, wgN: 16, bk: 16 },
+  gpu: { tm: 4, tn: 4, wgM: 16, wgN: 16, bk: 16, small: { maxM: 8, tn: 4, wgN: 64 } },
 };
 
 let override: MatmulProfile | undefined;
@@ -105,6 +114,9 @@ function validate(p: MatmulProfile, where: string): void {
     throw new Error(`${where}: bk and tm must be multiples of 4 for the shared-memory kernel`);
   }
   if (p.large) validate(p.large, `${where} (large)`);
+  if (p.small && p.small.tn % 4 !== 0) {
+    throw new Error(`${where}: small.tn must be a multiple of 4`);
+  }
 }
 
 /** The profile in force for this device. */
@@ -131,6 +143,17 @@ export function withLanes(p: MatmulProfile, lanes: number): MatmulProfile {
 export function vec4Tiles(p: MatmulProfile, M: number, N: number): MatmulProfile {
   const l = p.large;
   return l && M >= l.minM && N >= l.minN ? l : p;
+}
+
+/** The small-product tiles for an M-row product (see `small`), or undefined when they do not apply. */
+export function smallTiles(
+  p: MatmulProfile,
+  M: number,
+  transA: boolean,
+): MatmulProfile | undefined {
+  const s = p.small;
+  if (!s || p.textures || transA || M > s.maxM) return undefined;
+  return { tm: 2 ** Math.ceil(Math.log2(Math.max(1, M))), tn: s.tn, wgM: 1, wgN: s.wgN };
 }
 
 /** Whether an aligned product under `p` takes the shared-memory kernel (see `bk`). */

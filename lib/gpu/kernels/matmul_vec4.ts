@@ -42,12 +42,13 @@ export function matmulVec4Shader(
   bF16: boolean,
   epilogue: MatmulEpilogue = { accumulate: false, bias: false },
   images = false,
+  f16Loads = false,
 ): string {
   const { tm, tn, wgM, wgN } = prof;
   if (tm % 4 !== 0 && transA) throw new Error("matmul vec4: tm must be a multiple of 4 for transA");
   const tn4 = tn / 4;
   const L: string[] = [];
-  L.push(`${images ? imageBindings(bF16, epilogue) : vec4Bindings(bF16, epilogue)}
+  L.push(`${images ? imageBindings(bF16, epilogue) : vec4Bindings(bF16, epilogue, f16Loads)}
 
 @compute @workgroup_size(${wgM * wgN})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
@@ -139,16 +140,23 @@ ${vec4Origin(prof)}`);
   return L.join("\n");
 }
 
-/** Declarations of the vec4 kernels (this one and ./matmul_shared.ts): uniforms, operands, `ldB`. */
-export function vec4Bindings(bF16: boolean, epilogue: MatmulEpilogue): string {
-  return `${MATMUL_UNIFORMS}
+/**
+ * Declarations of the vec4 kernels (this one and ./matmul_shared.ts): uniforms, operands, `ldB`.
+ * An f16 B is read as vec4<f16> with `f16Loads` (the device's shader-f16), else as two u32
+ * each unpacked into two halves; both give the same f32 values.
+ */
+export function vec4Bindings(bF16: boolean, epilogue: MatmulEpilogue, f16Loads = false): string {
+  const h = bF16 && f16Loads;
+  return `${h ? "enable f16;\n" : ""}${MATMUL_UNIFORMS}
 @group(0) @binding(0) var<uniform> u: U;
 @group(0) @binding(1) var<storage, read> A: array<vec4f>;
-@group(0) @binding(2) var<storage, read> B: array<${bF16 ? "vec2u" : "vec4f"}>;
+@group(0) @binding(2) var<storage, read> B: array<${h ? "vec4<f16>" : bF16 ? "vec2u" : "vec4f"}>;
 @group(0) @binding(3) var<storage, read_write> C: array<vec4f>;
 ${epilogue.bias ? "@group(0) @binding(4) var<storage, read> bias: array<vec4f>;" : ""}
 ${
-    bF16
+    h
+      ? "fn ldB(i: u32) -> vec4f { return vec4f(B[i]); }"
+      : bF16
       ? "fn ldB(i: u32) -> vec4f { let w = B[i]; return vec4f(unpack2x16float(w.x), unpack2x16float(w.y)); }"
       : "fn ldB(i: u32) -> vec4f { return B[i]; }"
   }`;
