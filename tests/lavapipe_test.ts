@@ -79,15 +79,17 @@ Deno.test({
     const dir = new URL(".", import.meta.url).pathname;
     const out = await new Deno.Command(Deno.execPath(), {
       args: ["test", "-A", ...TESTS.map((t) => dir + t)],
-      env: { ...(env as Record<string, string>), GLM_EXPECT_FEATURES: "subgroups,shader-f16" },
+      env: {
+        ...(env as Record<string, string>),
+        GLM_EXPECT_FEATURES: "subgroups,shader-f16",
+        NO_COLOR: "1",
+      },
       stdout: "piped",
       stderr: "piped",
     }).output();
     const text = new TextDecoder().decode(out.stdout) + new TextDecoder().decode(out.stderr);
     // deno test's summary line, e.g. "ok | 40 passed | 0 failed (1m2s)".
-    const summary = text.replace(/\x1b\[[0-9;]*m/g, "").split("\n").filter((l) =>
-      /^(ok|FAILED) \|/.test(l)
-    ).at(-1);
+    const summary = text.split("\n").filter((l) => /^(ok|FAILED) \|/.test(l)).at(-1);
     console.log(`lavapipe: ${summary ?? "(no summary)"}`);
     if (!out.success) console.log(text.split("\n").slice(-80).join("\n"));
     if (!out.success) throw new Error("the tests failed on lavapipe (output above)");
