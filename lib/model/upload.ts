@@ -4,7 +4,7 @@
  * u32) unless they train, the embedding and output tables split by rows into
  * slices that each fit a binding; then the trainable tensors of the adapter.
  */
-import { settleWrites } from "../gpu/runtime.ts";
+import { settleWrites, writeBuffer } from "../gpu/runtime.ts";
 import { f32ToF16Packed, rawToF16Packed } from "../gpu/kernels/matmul.ts";
 import { UserError } from "../errors.ts";
 import {
@@ -85,17 +85,12 @@ export async function uploadBase(
         `${name}: one row of ${rowBytes} bytes exceeds the adapter's binding limit`,
       );
     }
-    if (o.full && per < rows) {
-      throw new UserError(
-        `${name} is ${
-          rows * rowBytes
-        } bytes, over this adapter's binding limit of ${limit} bytes: full SFT of a model this size needs a GPU with larger buffers`,
-      );
-    }
     const slices: Table["slices"] = [];
     const dt = w.dtype(name);
     const raw = asF16 && dt !== "F32" ? await w.raw(name) : undefined;
     const all = raw ? undefined : await w.f32(name);
+    // A trained table is one buffer (up to maxBufferSize) bound a slice at a time.
+    const whole = o.full ? store.buf(rows * rowBytes, name) : undefined;
     for (let start = 0; start < rows; start += per) {
       const end = Math.min(rows, start + per);
       let data: Float32Array | Uint32Array;
@@ -104,7 +99,26 @@ export async function uploadBase(
         const part = all!.subarray(start * cols, end * cols);
         data = asF16 ? f32ToF16Packed(part) : part;
       }
-      slices.push({ buf: store.up(data, `${name}[${start}:${end}]`), start, end });
+      const size = (end - start) * rowBytes;
+      if (whole) {
+        const offset = start * rowBytes;
+        if (offset % gpu.limits.minStorageBufferOffsetAlignment !== 0) {
+          throw new UserError(
+            `${name}: rows of ${rowBytes} bytes do not start its slices at the adapter's binding alignment`,
+          );
+        }
+        writeBuffer(gpu, whole, offset, data);
+        slices.push({
+          buf: whole,
+          off: start * cols,
+          range: { buffer: whole, offset, size },
+          start,
+          end,
+        });
+      } else {
+        const buf = store.up(data, `${name}[${start}:${end}]`);
+        slices.push({ buf, off: 0, range: { buffer: buf, offset: 0, size }, start, end });
+      }
       await settleWrites(gpu);
     }
     return { f16: asF16, rows, cols, slices };

@@ -8,7 +8,14 @@
  * Reference: `embedding` / `embeddingBackward` in lib/model/cpu/ops.ts.
  */
 import type { Gpu } from "../device.ts";
-import { type ComputePass, dispatch, getPipeline, packUniforms, uniforms } from "../runtime.ts";
+import {
+  type Binding,
+  type ComputePass,
+  dispatch,
+  getPipeline,
+  packUniforms,
+  uniforms,
+} from "../runtime.ts";
 import { checkLoopBudget } from "../loop_budget.ts";
 import { entry, grid, rowWorkgroup } from "./grid.ts";
 import { kernelFeatures } from "../features.ts";
@@ -46,7 +53,8 @@ export function encodeEmbedding(
     ids: GPUBuffer;
     tokens: number;
     dim: number;
-    table: GPUBuffer;
+    /** The table's rows [rowStart, rowEnd), a buffer or a range of one. */
+    table: Binding;
     f16?: boolean;
     rowStart?: number;
     rowEnd?: number;
@@ -128,7 +136,8 @@ export function encodeEmbeddingBackward(
     tokens: number;
     dim: number;
     dy: GPUBuffer;
-    dtable: GPUBuffer;
+    /** The gradient's rows [rowStart, rowEnd), a buffer or a range of one. */
+    dtable: Binding;
     rowStart?: number;
     rowEnd?: number;
   },

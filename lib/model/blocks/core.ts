@@ -10,12 +10,24 @@ import type { AdapterSpec, LoraTarget } from "../adapter.ts";
 import type { Dims } from "../dims.ts";
 import type { TrainableParam } from "../types.ts";
 
-/** A weight matrix [rows, cols] split by rows into buffers that each fit one binding. */
+/**
+ * A weight matrix [rows, cols] split by rows into slices that each fit one
+ * binding: a buffer per slice (f16, frozen), or, when the table is trained,
+ * ranges of one buffer, which the optimizer sees as one tensor.
+ */
 export interface Table {
   f16: boolean;
   rows: number;
   cols: number;
-  slices: { buf: GPUBuffer; start: number; end: number }[];
+  slices: {
+    buf: GPUBuffer;
+    /** Element offset of the slice's first row in `buf`. */
+    off: number;
+    /** The slice's bytes of `buf`, for kernels that bind it directly. */
+    range: GPUBufferBinding;
+    start: number;
+    end: number;
+  }[];
 }
 
 export interface Linear {

@@ -22,7 +22,7 @@ export function embeddingForward(
       ids,
       tokens: T,
       dim: c.dims.hidden,
-      table: sl.buf,
+      table: sl.range,
       f16: c.embed.f16,
       rowStart: sl.start,
       rowEnd: sl.end,
@@ -31,14 +31,22 @@ export function embeddingForward(
   }
 }
 
-/** Full SFT: the table's gradient from s.dres (dLoss/dx₀) through the plan in s.plan. */
+/**
+ * Full SFT: the table's gradient from s.dres (dLoss/dx₀) through the plan in
+ * s.plan; the gradient has the table's slices (one binding each).
+ */
 export function embeddingBackward(c: Core, pass: ComputePass, T: number, unique: number): void {
-  encodeEmbeddingBackward(c.gpu, pass, {
-    plan: c.s.plan,
-    unique,
-    tokens: T,
-    dim: c.dims.hidden,
-    dy: c.s.dres,
-    dtable: c.byName.get(EMBEDDING)!.grad,
-  });
+  const grad = c.byName.get(EMBEDDING)!.grad;
+  for (const sl of c.embed.slices) {
+    encodeEmbeddingBackward(c.gpu, pass, {
+      plan: c.s.plan,
+      unique,
+      tokens: T,
+      dim: c.dims.hidden,
+      dy: c.s.dres,
+      dtable: { buffer: grad, offset: sl.range.offset, size: sl.range.size },
+      rowStart: sl.start,
+      rowEnd: sl.end,
+    });
+  }
 }
