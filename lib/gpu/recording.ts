@@ -129,12 +129,15 @@ export function submitPass(
   fill: (pass: SplittablePass) => void,
   finish?: (encoder: GPUCommandEncoder) => void,
 ): void {
+  const t0 = performance.now();
   const arena = uniforms(gpu);
   const encoder = gpu.device.createCommandEncoder();
   const pass = new SplittablePass(encoder);
   arena.deferred(() => fill(pass));
   pass.end();
   finish?.(encoder);
-  gpu.device.queue.submit([encoder.finish()]);
+  const commands = encoder.finish();
+  encodeStats.encodeMs += performance.now() - t0;
+  gpu.device.queue.submit([commands]);
   arena.reset();
 }

@@ -371,9 +371,17 @@ const BIND_GROUPS = 16384;
 /**
  * What encoding has cost since the process started, for benchmarks:
  * dispatches encoded (by `dispatch` or replayed from a recording), of them
- * replayed, and bind groups created and reused.
+ * replayed, bind groups created and reused, and the host milliseconds spent
+ * encoding passes through `submitPass` (../gpu/recording.ts; the submit
+ * itself not counted: on llvmpipe it runs the work before it returns).
  */
-export const encodeStats = { dispatches: 0, replayed: 0, bindGroups: 0, bindGroupsReused: 0 };
+export const encodeStats = {
+  dispatches: 0,
+  replayed: 0,
+  bindGroups: 0,
+  bindGroupsReused: 0,
+  encodeMs: 0,
+};
 
 function bindGroupFor(gpu: Gpu, pipeline: GPUComputePipeline, bindings: Binding[]): GPUBindGroup {
   let cache = bindGroups.get(gpu.device);

@@ -19,7 +19,8 @@
  * the LR the last step used, `epoch` the float epoch.
  */
 import type { Gpu } from "../gpu/device.ts";
-import { createBuffer, readF32, uniforms } from "../gpu/runtime.ts";
+import { createBuffer, readF32 } from "../gpu/runtime.ts";
+import { submitPass } from "../gpu/recording.ts";
 import { AdamWState } from "../gpu/kernels/adamw.ts";
 import { GradNorm } from "../gpu/kernels/grad_norm.ts";
 import type { TrainableModel } from "../model/types.ts";
@@ -351,14 +352,10 @@ class TrainingRun {
       }
     });
     this.lastLr = this.lrAt(this.globalStep);
-    const enc = gpu.device.createCommandEncoder();
-    const pass = enc.beginComputePass();
-    this.gradNorm.encode(pass, args.maxGradNorm);
-    pass.end();
-    enc.copyBufferToBuffer(this.gradNorm.result, 0, this.stage, 0, 8);
-    enc.copyBufferToBuffer(this.lossBuf, 0, this.stage, 8, 4 * meta.length);
-    gpu.device.queue.submit([enc.finish()]);
-    uniforms(gpu).reset();
+    submitPass(gpu, (pass) => this.gradNorm.encode(pass, args.maxGradNorm), (enc) => {
+      enc.copyBufferToBuffer(this.gradNorm.result, 0, this.stage, 0, 8);
+      enc.copyBufferToBuffer(this.lossBuf, 0, this.stage, 8, 4 * meta.length);
+    });
     this.pendingStep = {
       step: this.globalStep + 1,
       lr: this.lastLr,
@@ -410,23 +407,14 @@ class TrainingRun {
     this.window.lossSum += loss;
     this.window.steps++;
     this.stepLosses.set(p.step - 1, loss);
-    const enc = gpu.device.createCommandEncoder();
-    const pass = enc.beginComputePass();
-    this.adam.encode(
-      pass,
-      adamwScalars({
-        lr: p.lr,
-        beta1: args.beta1,
-        beta2: args.beta2,
-        eps: args.eps,
-        weightDecay: args.weightDecay,
-      }, p.step),
-      this.gradNorm.result,
-      1,
-    );
-    pass.end();
-    gpu.device.queue.submit([enc.finish()]);
-    uniforms(gpu).reset();
+    const scalars = adamwScalars({
+      lr: p.lr,
+      beta1: args.beta1,
+      beta2: args.beta2,
+      eps: args.eps,
+      weightDecay: args.weightDecay,
+    }, p.step);
+    submitPass(gpu, (pass) => this.adam.encode(pass, scalars, this.gradNorm.result, 1));
   }
 
   // ------------------------------------------------------------------ after a step
