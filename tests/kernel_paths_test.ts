@@ -21,6 +21,7 @@ import {
   uniforms,
   upload,
   withUniforms,
+  writeBuffer,
 } from "../lib/gpu/runtime.ts";
 import { Recording, submitPass } from "../lib/gpu/recording.ts";
 import { encodeRmsnorm, encodeRmsnormBackward } from "../lib/gpu/kernels/rmsnorm.ts";
@@ -32,7 +33,13 @@ import {
   encodeAttentionMaterialized,
   scoreBytes,
 } from "../lib/gpu/kernels/attention.ts";
-import { encodeMatmul, f32ToF16Packed, matmulRef } from "../lib/gpu/kernels/matmul.ts";
+import {
+  encodeMatmul,
+  f32ToF16Packed,
+  matmulKernelKind,
+  matmulRef,
+  releaseKeptTextures,
+} from "../lib/gpu/kernels/matmul.ts";
 import { DEFAULT_PROFILES, setMatmulProfile } from "../lib/gpu/kernels/matmul_profile.ts";
 import { encodeEmbedding } from "../lib/gpu/kernels/embedding.ts";
 import { encodeDropout } from "../lib/gpu/kernels/dropout.ts";
@@ -410,4 +417,34 @@ Deno.test("uniform arena: unchanged slots are not written again, deferred writes
     queue.writeBuffer = real;
     arena.destroy();
   }
+});
+
+Deno.test("a fixed B's texture is kept by a CPU adapter's small products, until released", async () => {
+  const gpu = await getGpu();
+  const M = 1, N = 36, K = 64;
+  const a = rand(M * K, 61), b1 = rand(N * K, 62), b2 = rand(N * K, 63);
+  const ba = upload(gpu, a), bb = upload(gpu, b1), c = createBuffer(gpu, M * N * 4);
+  const product = async (bFixed: boolean) => {
+    submitPass(
+      gpu,
+      (pass) => encodeMatmul(gpu, pass, { M, N, K, a: ba, b: bb, c, transB: true, bFixed }),
+    );
+    return await readF32(gpu, c);
+  };
+  const want = (b: Float32Array) => {
+    const out = new Float32Array(M * N);
+    matmulRef(a, b, out, { M, N, K, transB: true });
+    return out;
+  };
+  assert(relErr(await product(true), want(b1)) < 1e-6);
+  // B changes behind the kept texture's back: a fixed product still reads the kept copy
+  // where the cpu profile keeps one (the texture kernel), a plain product reads the new values.
+  writeBuffer(gpu, bb, 0, b2);
+  assert(relErr(await product(false), want(b2)) < 1e-6);
+  const kept = relErr(await product(true), want(b1)) < 1e-6;
+  const textures = matmulKernelKind({ M, N, K, transB: true }, gpu) === "texture";
+  assert.equal(kept, textures, `kept ${kept}, texture kernel ${textures}`);
+  releaseKeptTextures(gpu, [bb]);
+  assert(relErr(await product(true), want(b2)) < 1e-6, "released: the new values are copied");
+  releaseKeptTextures(gpu, [bb]);
 });

@@ -4,6 +4,7 @@
  */
 import type { Gpu } from "../gpu/device.ts";
 import { createBuffer, writeBuffer } from "../gpu/runtime.ts";
+import { releaseKeptTextures } from "../gpu/kernels/matmul.ts";
 import type { TrainableParam } from "./types.ts";
 
 /** HF Trainer: no weight decay for biases and norm weights. */
@@ -49,6 +50,7 @@ export class DeviceStore {
   }
 
   destroy(): void {
+    releaseKeptTextures(this.gpu, this.owned);
     for (const b of this.owned) b.destroy();
     this.owned.length = 0;
   }

@@ -40,6 +40,7 @@ import { copyOperands, texturesFit } from "./matmul_texture.ts";
 import { kernelFeatures } from "../features.ts";
 
 export { bf16ToF16Packed, f32ToF16Packed, rawToF16Packed } from "../../safetensors/dtype.ts";
+export { releaseKeptTextures } from "./matmul_texture.ts";
 export type { MatmulProfile } from "./matmul_profile.ts";
 
 export interface MatmulArgs {
@@ -71,6 +72,11 @@ export interface MatmulArgs {
   biasOffset?: number;
   /** B holds IEEE f16 values packed two per u32 (frozen weights); decoded with unpack2x16float, math in f32. */
   bF16?: boolean;
+  /**
+   * B's values never change while the process runs (a frozen weight): a CPU
+   * adapter's small products keep its texture copy (./matmul_texture.ts).
+   */
+  bFixed?: boolean;
   /** Strided batch: `count` independent products, with element strides between consecutive A, B and C. */
   batch?: { count: number; strideA: number; strideB: number; strideC: number };
   /**
@@ -222,7 +228,8 @@ export function encodeMatmul(gpu: Gpu, pass: ComputePass, args: MatmulArgs): voi
     let aRel = 0, bRel = 0;
     if (kind === "texture" && interruptible) {
       const o = { ...p, a: args.a, b: args.b, transA, transB, bF16 };
-      operands = copyOperands(gpu, interruptible, o);
+      const keep = !!args.bFixed && !!smallTiles(profile, p.M, transA);
+      operands = copyOperands(gpu, interruptible, o, keep);
     } else {
       const [aStart, aEnd] = rangeA(p, transA);
       const [bStart, bEnd] = rangeB(p, transB);
@@ -312,7 +319,6 @@ function kernelFor(
   splittable: boolean,
 ): MatmulKernel {
   if (!vec4Eligible(p, transA)) return "scalar";
-  if (smallTiles(profile, p.M, transA)) return "vec4";
   const tex = profile.textures && splittable && texturesFit(gpu, { ...p, transA, transB, bF16 });
   return tex ? "texture" : "vec4";
 }

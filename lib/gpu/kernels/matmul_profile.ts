@@ -46,11 +46,11 @@ export interface MatmulProfile {
   large?: MatmulProfile & { minM: number; minN: number };
   /**
    * Products of at most maxM rows (a decoder's step: one row per sequence)
-   * without A transposed, on a profile without textures: tm is M rounded up
-   * to a power of two and one row of wgN invocations covers wgN·tn columns.
-   * The gpu profile's 64-row tiles would leave 63 of 64 rows of a one-row
-   * product idle. (On llvmpipe a one-row product cost the same CPU time with
-   * either tiles: its per-lane loads of the weight dominate; docs/engine.md.)
+   * without A transposed: tm is M rounded up to a power of two and one row
+   * of wgN invocations covers wgN·tn columns. The gpu profile's 64-row tiles
+   * would leave 63 of 64 rows of a one-row product idle; the cpu profile's
+   * 16-row tiles did 16 times a one-row product's work, and its texture
+   * kernel copied the weight for every token (kept now: `bFixed`).
    */
   small?: { maxM: number; tn: number; wgN: number };
 }
@@ -64,6 +64,7 @@ export const DEFAULT_PROFILES: Record<DeviceClass, MatmulProfile> = {
     textures: true,
     scalar: { tm: 4, tn: 8, wgM: 1, wgN: 8 },
     large: { tm: 32, tn: 32, wgM: 1, wgN: 8, minM: 512, minN: 512 },
+    small: { maxM: 8, tn: 16, wgN: 8 },
   },
   gpu: { tm: 4, tn: 4, wgM: 16, wgN: 16, bk: 16, small: { maxM: 8, tn: 4, wgN: 64 } },
 };
@@ -130,13 +131,18 @@ export function matmulProfile(gpu: Gpu): MatmulProfile {
 }
 
 /**
- * A cpu profile whose large tiles (products of at least 512×512) take one
+ * A cpu profile whose large tiles (products of at least 512×512) and small
+ * products' tiles (a decoder's: a few rows, thousands of columns) take one
  * SIMD row of `lanes` invocations per workgroup (16 with 512-bit code). The
- * smaller tiles keep 8: a workgroup of 16 × 16 columns is wider than many of
+ * other tiles keep 8: a workgroup of 16 × 16 columns is wider than many of
  * the small model's products, whose lanes would idle.
  */
 export function withLanes(p: MatmulProfile, lanes: number): MatmulProfile {
-  return p.large ? { ...p, large: { ...p.large, wgM: 1, wgN: lanes } } : p;
+  return {
+    ...p,
+    ...(p.large ? { large: { ...p.large, wgM: 1, wgN: lanes } } : {}),
+    ...(p.small ? { small: { ...p.small, wgN: lanes } } : {}),
+  };
 }
 
 /** The vec4 tiles for an M × N product under profile `p`. */
@@ -152,7 +158,7 @@ export function smallTiles(
   transA: boolean,
 ): MatmulProfile | undefined {
   const s = p.small;
-  if (!s || p.textures || transA || M > s.maxM) return undefined;
+  if (!s || transA || M > s.maxM) return undefined;
   return { tm: 2 ** Math.ceil(Math.log2(Math.max(1, M))), tn: s.tn, wgM: 1, wgN: s.wgN };
 }
 

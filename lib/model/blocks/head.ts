@@ -46,6 +46,7 @@ export function outputForward(
       bOffset: sl.off,
       transB: true,
       bF16: c.output.f16,
+      bFixed: c.adapter.kind !== "full",
       c: logits,
       cOffset: sl.start,
       ldc: d.V,

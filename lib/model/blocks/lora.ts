@@ -68,6 +68,7 @@ export function linearForward(
     c: y,
     transB: true,
     bF16: l.f16,
+    bFixed: !l.wParam,
     bias: l.bias,
     accumulate,
   });
