@@ -40,7 +40,11 @@ import {
   matmulRef,
   releaseKeptTextures,
 } from "../lib/gpu/kernels/matmul.ts";
-import { DEFAULT_PROFILES, setMatmulProfile } from "../lib/gpu/kernels/matmul_profile.ts";
+import {
+  DEFAULT_PROFILES,
+  setMatmulProfile,
+  vec4Tiles,
+} from "../lib/gpu/kernels/matmul_profile.ts";
 import { encodeEmbedding } from "../lib/gpu/kernels/embedding.ts";
 import { encodeDropout } from "../lib/gpu/kernels/dropout.ts";
 import {
@@ -303,6 +307,46 @@ Deno.test("one-row matmul tiles (the gpu profile's small products) match the ref
         }));
       const e = relErr(await readF32(gpu, bc), want);
       console.log(`small tiles ${M}x${N}x${K}${bF16 ? " f16" : ""}: ${e.toExponential(1)}`);
+      assert(e < 1e-5);
+    }
+  } finally {
+    setMatmulProfile(undefined);
+  }
+});
+
+Deno.test("the gpu profile's large staged tiles: transposed-B products only, same results", async () => {
+  const gpu = await getGpu();
+  const large = DEFAULT_PROFILES.gpu.large!;
+  assert.equal(vec4Tiles(DEFAULT_PROFILES.gpu, 1024, 2048, true), large);
+  assert.equal(vec4Tiles(DEFAULT_PROFILES.gpu, 1024, 2048, false), DEFAULT_PROFILES.gpu);
+  assert.equal(vec4Tiles(DEFAULT_PROFILES.gpu, 1023, 2048, true), DEFAULT_PROFILES.gpu);
+  try {
+    setMatmulProfile({ ...DEFAULT_PROFILES.gpu, large: { ...large, minM: 1, minN: 1 } });
+    for (const bF16 of [true]) {
+      const M = 40, N = 300, K = 64;
+      const a = rand(M * K, 71), bf = rand(N * K, 72);
+      const b = bF16 ? f32ToF16Packed(bf) : bf;
+      const bRef = bF16
+        ? new Float32Array(N * K).map((_, i) =>
+          f16BitsToF32((b[i >> 1] >>> ((i & 1) * 16)) & 0xffff)
+        )
+        : bf;
+      const want = new Float32Array(M * N);
+      matmulRef(a, bRef, want, { M, N, K, transB: true });
+      const c = createBuffer(gpu, M * N * 4);
+      submit(gpu, (pass) =>
+        encodeMatmul(gpu, pass, {
+          M,
+          N,
+          K,
+          a: upload(gpu, a),
+          b: upload(gpu, b),
+          c,
+          transB: true,
+          bF16,
+        }));
+      const e = relErr(await readF32(gpu, c), want);
+      console.log(`large staged tiles ${M}x${N}x${K}${bF16 ? " f16" : ""}: ${e.toExponential(1)}`);
       assert(e < 1e-5);
     }
   } finally {

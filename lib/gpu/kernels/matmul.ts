@@ -214,12 +214,12 @@ export function encodeMatmul(gpu: Gpu, pass: ComputePass, args: MatmulArgs): voi
   const pieces = splitToFit(piece, transA, transB, bF16, limit).flatMap((q) =>
     splitForLoops(q, transA, transB, (k) => {
       const kind = kernelFor(gpu, profile, k, transA, transB, bF16, !!interruptible);
-      return kTrips(kind, tilesFor(profile, kind, k, transA), transB);
+      return kTrips(kind, tilesFor(profile, kind, k, transA, transB), transB);
     })
   );
   for (const p of pieces) {
     const kind = kernelFor(gpu, profile, p, transA, transB, bF16, !!interruptible);
-    const prof = tilesFor(profile, kind, p, transA);
+    const prof = tilesFor(profile, kind, p, transA, transB);
     const epilogue = { accumulate: p.accumulate, bias: p.useBias && !!args.bias };
     const pipeline = matmulPipeline(gpu, prof, kind, transA, transB, bF16, epilogue);
     const [cStart, cEnd] = rangeC(p);
@@ -286,9 +286,15 @@ export function encodeMatmul(gpu: Gpu, pass: ComputePass, args: MatmulArgs): voi
 }
 
 /** The tiles a piece runs with under `profile` and its kernel. */
-function tilesFor(profile: MatmulProfile, kind: MatmulKernel, p: Piece, transA: boolean) {
+function tilesFor(
+  profile: MatmulProfile,
+  kind: MatmulKernel,
+  p: Piece,
+  transA: boolean,
+  transB: boolean,
+) {
   if (kind === "scalar") return profile.scalar ?? profile;
-  return smallTiles(profile, p.M, transA) ?? vec4Tiles(profile, p.M, p.N);
+  return smallTiles(profile, p.M, transA) ?? vec4Tiles(profile, p.M, p.N, transB);
 }
 
 /**

@@ -43,7 +43,12 @@ export interface MatmulProfile {
    * per load, but a pipeline LLVM takes several times longer to build, which
    * only the big products of training and scoring pay back.
    */
-  large?: MatmulProfile & { minM: number; minN: number };
+  large?: MatmulProfile & {
+    minM: number;
+    minN: number;
+    /** Only for products that stage their tiles (`bk`: a transposed B). */
+    stagedOnly?: boolean;
+  };
   /**
    * Products of at most maxM rows (a decoder's step: one row per sequence)
    * without A transposed: tm is M rounded up to a power of two and one row
@@ -66,7 +71,18 @@ export const DEFAULT_PROFILES: Record<DeviceClass, MatmulProfile> = {
     large: { tm: 32, tn: 32, wgM: 1, wgN: 8, minM: 512, minN: 512 },
     small: { maxM: 8, tn: 16, wgN: 8 },
   },
-  gpu: { tm: 4, tn: 4, wgM: 16, wgN: 16, bk: 16, small: { maxM: 8, tn: 4, wgN: 64 } },
+  // The large tiles: on an H200, 8×8 outputs per invocation with 8 K steps staged ran the two
+  // widest forward products of the bench model (h→4h and the output layer) at 14.3 and 16.3
+  // TFLOP/s against ~10 with 4×4, and the other products slower (docs/engine.md, "On a GPU").
+  gpu: {
+    tm: 4,
+    tn: 4,
+    wgM: 16,
+    wgN: 16,
+    bk: 16,
+    large: { tm: 8, tn: 8, wgM: 16, wgN: 16, bk: 8, minM: 1024, minN: 2048, stagedOnly: true },
+    small: { maxM: 8, tn: 4, wgN: 64 },
+  },
 };
 
 let override: MatmulProfile | undefined;
@@ -145,10 +161,11 @@ export function withLanes(p: MatmulProfile, lanes: number): MatmulProfile {
   };
 }
 
-/** The vec4 tiles for an M × N product under profile `p`. */
-export function vec4Tiles(p: MatmulProfile, M: number, N: number): MatmulProfile {
+/** The vec4 tiles for an M × N product under profile `p` (`transB`: B is read transposed). */
+export function vec4Tiles(p: MatmulProfile, M: number, N: number, transB = false): MatmulProfile {
   const l = p.large;
-  return l && M >= l.minM && N >= l.minN ? l : p;
+  const staged = !l?.stagedOnly || stagesTiles(l, transB);
+  return l && M >= l.minM && N >= l.minN && staged ? l : p;
 }
 
 /** The small-product tiles for an M-row product (see `small`), or undefined when they do not apply. */
