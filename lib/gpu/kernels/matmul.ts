@@ -36,7 +36,7 @@ import {
 import { matmulSharedShader } from "./matmul_shared.ts";
 import { type MatmulEpilogue, matmulVec4Shader } from "./matmul_vec4.ts";
 import { MATMUL_UNIFORMS, tileOrigin } from "./matmul_wgsl.ts";
-import { copyOperands, texturesFit } from "./matmul_texture.ts";
+import { copyOperands, keptOperandB, texturesFit } from "./matmul_texture.ts";
 import { kernelFeatures } from "../features.ts";
 
 export { bf16ToF16Packed, f32ToF16Packed, rawToF16Packed } from "../../safetensors/dtype.ts";
@@ -152,6 +152,8 @@ function matmulPipeline(
   transB: boolean,
   bF16: boolean,
   epilogue: MatmulEpilogue,
+  /** The texture kernel with only B in a (kept) texture, A read from its buffer. */
+  keptB = false,
 ): GPUComputePipeline {
   // Frozen f16 weights read as vec4<f16> where the device has shader-f16 (the
   // texture kernel reads them from rgba16float textures either way).
@@ -172,6 +174,7 @@ function matmulPipeline(
     kind !== "scalar" && epilogue.accumulate,
     kind !== "scalar" && epilogue.bias,
     f16Loads,
+    keptB,
   ].join(",");
   let p = memo.get(key);
   if (!p) {
@@ -181,7 +184,15 @@ function matmulPipeline(
         ? matmulShader(prof, transA, transB, bF16, f16Loads)
         : shared
         ? matmulSharedShader(prof, transA, transB, bF16, epilogue, f16Loads)
-        : matmulVec4Shader(prof, transA, transB, bF16, epilogue, kind === "texture", f16Loads),
+        : matmulVec4Shader(
+          prof,
+          transA,
+          transB,
+          bF16,
+          epilogue,
+          kind !== "texture" ? false : keptB ? "b" : true,
+          f16Loads,
+        ),
     );
     memo.set(key, p);
   }
@@ -221,15 +232,23 @@ export function encodeMatmul(gpu: Gpu, pass: ComputePass, args: MatmulArgs): voi
     const kind = kernelFor(gpu, profile, p, transA, transB, bF16, !!interruptible);
     const prof = tilesFor(profile, kind, p, transA, transB);
     const epilogue = { accumulate: p.accumulate, bias: p.useBias && !!args.bias };
-    const pipeline = matmulPipeline(gpu, prof, kind, transA, transB, bF16, epilogue);
+    const o = { ...p, a: args.a, b: args.b, transA, transB, bF16 };
+    // A fixed B of a small product on the texture kernel: its kept texture, A from its buffer.
+    const keptB = kind === "texture" && args.bFixed && smallTiles(profile, p.M, transA)
+      ? keptOperandB(gpu, o)
+      : undefined;
+    const pipeline = matmulPipeline(gpu, prof, kind, transA, transB, bF16, epilogue, !!keptB);
     const [cStart, cEnd] = rangeC(p);
     const cBind = subRange(args.c, cStart, cEnd, 4, align);
     let operands: Binding[];
     let aRel = 0, bRel = 0;
-    if (kind === "texture" && interruptible) {
-      const o = { ...p, a: args.a, b: args.b, transA, transB, bF16 };
-      const keep = !!args.bFixed && !!smallTiles(profile, p.M, transA);
-      operands = copyOperands(gpu, interruptible, o, keep);
+    if (keptB) {
+      const [aStart, aEnd] = rangeA(p, transA);
+      const aBind = subRange(args.a, aStart, aEnd, 4, align);
+      operands = [aBind.binding, keptB];
+      aRel = aBind.rel;
+    } else if (kind === "texture" && interruptible) {
+      operands = copyOperands(gpu, interruptible, o);
     } else {
       const [aStart, aEnd] = rangeA(p, transA);
       const [bStart, bEnd] = rangeB(p, transB);

@@ -151,11 +151,13 @@ function arrayView(t: GPUTexture): GPUTextureView {
  * Textures of B operands that never change (frozen weights), kept from one
  * product to the next, by buffer and stored layout. A decoder's one-row
  * product reads its whole weight once per token, and copying the weight
- * into a texture each time cost as much again; kept, a token of the bench
- * model took a third of the host CPU time (docs/engine.md). Only the small
- * products that ask for it keep a texture (`keepB`), within
- * GLM_KEPT_TEXTURES_MB (default 256) per device; beyond that they copy as
- * the others do. `releaseKeptTextures` frees a buffer's when it goes.
+ * into a texture each time cost as much again; kept, and read beside an A
+ * read straight from its buffer (so the product interrupts no pass), a
+ * token of the bench model took a third of the host CPU time
+ * (docs/engine.md). Only the small products that ask for it keep a texture
+ * (`keptOperandB`), within GLM_KEPT_TEXTURES_MB (default 256) per device;
+ * beyond that they copy as the others do. `releaseKeptTextures` frees a
+ * buffer's when it goes.
  */
 const kept = new WeakMap<
   GPUDevice,
@@ -221,26 +223,29 @@ function keptTexture(gpu: Gpu, o: TextureOperands, sb: Stored): GPUTexture | und
 }
 
 /**
+ * The view of B's kept texture (see `kept`), for a product that reads A from
+ * its buffer and B from the texture: no copy, no interrupted pass. Undefined
+ * when B cannot be kept (a batch of B, or the budget spent).
+ */
+export function keptOperandB(gpu: Gpu, o: TextureOperands): GPUTextureView | undefined {
+  const t = keptTexture(gpu, o, stored(o)[1]);
+  return t && arrayView(t);
+}
+
+/**
  * Copy A and B into their textures (the pass is interrupted for it; an
  * operand whose rows are not 256 bytes apart is repacked first); their views
  * to bind, always as arrays (the kernel reads layer 0 of a shared operand).
- * With `keepB`, B's values never change: its texture is kept (see `kept`).
  */
 export function copyOperands(
   gpu: Gpu,
   pass: InterruptiblePass,
   o: TextureOperands,
-  keepB = false,
 ): [GPUTextureView, GPUTextureView] {
   const [sa, sb] = stored(o);
   const ta = operandTexture(gpu, "a", "rgba32float", extent(sa));
-  const copyA = copies(gpu, pass, "a", o.a, o.aOff, o.lda, o.sA, sa, 4, ta);
-  const keptB = keepB ? keptTexture(gpu, o, sb) : undefined;
-  if (keptB) {
-    pass.interrupt(copyA);
-    return [arrayView(ta), arrayView(keptB)];
-  }
   const tb = operandTexture(gpu, "b", o.bF16 ? "rgba16float" : "rgba32float", extent(sb));
+  const copyA = copies(gpu, pass, "a", o.a, o.aOff, o.lda, o.sA, sa, 4, ta);
   const copyB = copies(gpu, pass, "b", o.b, o.bOff, o.ldb, o.sB, sb, o.bF16 ? 2 : 4, tb);
   pass.interrupt((enc) => {
     copyA(enc);
