@@ -25,6 +25,7 @@ const TESTS = [
   "loop_budget_test.ts",
   "glm_gpu_test.ts",
   "generate_test.ts",
+  "generate_chunks_test.ts",
 ];
 
 /** The environment that selects lavapipe, or why there is none. */

@@ -11,12 +11,13 @@
  * top-k / top-p) stay on the device as the next step's input, positions and
  * a token counter advance there too (lib/gpu/kernels/kv_cache.ts), so a
  * step's dispatches never change: they are recorded once and replayed
- * (lib/gpu/recording.ts). The host submits TOKENS_PER_READ steps at a time
- * and reads their tokens back from a ring, one wait per read, with the next
- * batch of steps already queued behind it; it stops at the first read that
- * finds every row done (so at most two batches run past the end). Finished
- * rows keep decoding (their output is ignored); rows never interact, so the
- * tokens are those of a token-by-token loop.
+ * (lib/gpu/recording.ts). The host submits steps in chunks (4 tokens, then
+ * 8, then TOKENS_PER_READ) and reads their tokens back from a ring, one wait
+ * per chunk, on a GPU with the next chunk already queued behind it; it stops
+ * at the first read that finds every row done (so at most a chunk, or two on
+ * a GPU, runs past the end). Finished rows keep decoding (their output is
+ * ignored); rows never interact, so the tokens are those of a token-by-token
+ * loop.
  */
 import { createBuffer, type InterruptiblePass, writeBuffer } from "../gpu/runtime.ts";
 import { Recording, submitPass } from "../gpu/recording.ts";
@@ -42,8 +43,10 @@ export interface GenerateOptions {
   seed?: number;
   /** Called for every generated token (stop tokens excluded), in order, as tokens are read back. */
   onToken?: (row: number, id: number) => void;
-  /** Tokens decoded per readback (default TOKENS_PER_READ). */
+  /** The most tokens decoded per readback (default TOKENS_PER_READ). */
   tokensPerRead?: number;
+  /** Chunks of steps queued ahead of the read (default: 2 on a GPU, 1 on a CPU adapter). */
+  inFlight?: number;
 }
 
 /** What generation needs of the model (lib/model/glm.ts provides it). */
@@ -56,10 +59,11 @@ export interface Decoder {
 }
 
 /**
- * Steps between readbacks. A wait costs ~11 ms wherever Deno polls the
- * device; a token of the bench model costs a GPU a few ms and llvmpipe tens.
+ * The most steps between readbacks. A wait costs ~11 ms wherever Deno polls
+ * the device; a token of the bench model costs a GPU a few ms and llvmpipe
+ * tens.
  */
-export const TOKENS_PER_READ = 8;
+export const TOKENS_PER_READ = 16;
 
 export async function generate(
   m: Decoder,
@@ -95,7 +99,11 @@ export async function generate(
   const maxLen = maxPrompt + opts.maxNewTokens;
   m.ropeFor(maxLen);
   const k = Math.max(1, Math.floor(opts.tokensPerRead ?? TOKENS_PER_READ));
-  const slots = 2 * k;
+  // Chunks in flight: on a GPU the next one runs while the host reads the last; on a CPU
+  // adapter (Mesa's GL driver runs a submit's work before the submit returns) nothing would
+  // overlap, and a second chunk would only run past the end.
+  const inFlight = Math.max(1, Math.floor(opts.inFlight ?? (gpu.deviceClass === "cpu" ? 1 : 2)));
+  const slots = (inFlight + 1) * k;
   const Tmax = Math.max(maxPrompt, B);
   const GD = d.G * d.D;
   const owned: GPUBuffer[] = [];
@@ -134,7 +142,7 @@ export async function generate(
     state: buf(6 * B, "gen-sample-state"),
     cache: Array.from({ length: d.L }, (_, l) => buf(B * maxLen * 2 * GD, `kv-cache-${l}`)),
   };
-  const staging = [0, 1].map((i) => {
+  const staging = Array.from({ length: inFlight }, (_, i) => {
     const b = gpu.device.createBuffer({
       size: k * B * 4,
       usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
@@ -274,9 +282,12 @@ export async function generate(
       submitPass(gpu, (pass) => prefill(pass, b));
     }
     /** Queue the steps that choose tokens [from, from + count) and the copy of them to staging. */
-    const submitted: Array<{ from: number; count: number; read: Promise<void> }> = [];
+    const submitted: Array<
+      { from: number; count: number; target: GPUBuffer; read: Promise<void> }
+    > = [];
+    let chunks = 0;
     const queue = (from: number, count: number) => {
-      const target = staging[(from / k) % 2];
+      const target = staging[chunks++ % inFlight];
       submitPass(gpu, (pass) => {
         for (let t = from; t < from + count; t++) {
           if (t === 0) choose(pass, w.last);
@@ -284,30 +295,37 @@ export async function generate(
           else step = Recording.record(gpu, pass, decodeStep);
         }
       }, (enc) => {
-        // Tokens from..from+count-1 are consecutive slots of the ring (slots is a multiple of k).
-        enc.copyBufferToBuffer(w.ring, ((from % slots) * B) * 4, target, 0, count * B * 4);
+        // Token t sits in ring slot t mod slots: the chunk's tokens, in one or two runs.
+        const start = from % slots, first = Math.min(count, slots - start);
+        enc.copyBufferToBuffer(w.ring, start * B * 4, target, 0, first * B * 4);
+        if (first < count) {
+          enc.copyBufferToBuffer(w.ring, 0, target, first * B * 4, (count - first) * B * 4);
+        }
       });
       const read = target.mapAsync(GPUMapMode.READ, 0, count * B * 4);
       // A read still pending when generation ends is dropped with its buffer.
       read.catch(() => {});
-      submitted.push({ from, count, read });
+      submitted.push({ from, count, target, read });
     };
     const done = new Array(B).fill(false);
     const stop = new Set(opts.stopIds);
     const total = opts.maxNewTokens;
     let next = 0;
+    // Chunks grow from 4 tokens to k: a short answer overruns its end by few steps, a long one
+    // waits once per k tokens.
+    let size = Math.min(4, k);
     const more = () => {
       if (next >= total) return;
-      const count = Math.min(k, total - next);
+      const count = Math.min(size, total - next);
+      size = Math.min(k, 2 * size);
       queue(next, count);
       next += count;
     };
-    more();
-    more();
+    for (let i = 0; i < inFlight; i++) more();
     while (submitted.length > 0) {
       const s = submitted.shift()!;
       await s.read;
-      const target = staging[(s.from / k) % 2];
+      const target = s.target;
       const ids = new Uint32Array(target.getMappedRange(0, s.count * B * 4).slice(0));
       target.unmap();
       for (let t = 0; t < s.count && !done.every(Boolean); t++) {
