@@ -46,6 +46,7 @@ import { type Dims, dimsOf, type GlmConfigFields, type WeightSource } from "./di
 import { DeviceStore } from "./store.ts";
 import { fullParams, loraParams, prefixParams, uploadBase } from "./upload.ts";
 import { allocateStep } from "./buffers.ts";
+import { uploadBatch } from "./batch.ts";
 import { actsFor, type Core, type Step } from "./blocks/core.ts";
 import { embeddingBackward, embeddingForward } from "./blocks/embedding.ts";
 import { attentionBackward, attentionForward, ownLayout } from "./blocks/attention.ts";
@@ -201,49 +202,10 @@ export class GlmModel implements TrainableModel {
 
   /** Upload ids, shifted targets and positions of a batch; returns the step shape. */
   private prepare(batch: TrainBatch, training: boolean, seed: number): Step {
-    const { batch: B, seq: S } = batch;
-    if (!(B > 0 && S > 0)) throw new UserError(`empty batch (${B}×${S})`);
-    if (B > this.maxBatch || S > this.maxSeq) {
-      throw new UserError(
-        `batch ${B}×${S} exceeds the model's buffers (${this.maxBatch}×${this.maxSeq}); raise maxBatch/maxSeq`,
-      );
-    }
-    const T = B * S, V = this.dims.V, s = this.core.s;
-    if (batch.inputIds.length !== T) {
-      throw new UserError(`inputIds has ${batch.inputIds.length} ids, expected ${T}`);
-    }
-    for (let t = 0; t < T; t++) {
-      const id = batch.inputIds[t];
-      if (!(id >= 0 && id < V)) {
-        throw new UserError(
-          `input_ids: token ${id} at position ${t} is outside the vocabulary (0..${V - 1})`,
-        );
-      }
-    }
-    const pos = new Int32Array(T);
-    for (let t = 0; t < T; t++) pos[t] = t % S;
-    writeBuffer(this.gpu, s.ids, 0, batch.inputIds);
-    writeBuffer(this.gpu, s.pos, 0, pos);
-    if (batch.labels.length !== 0 && batch.labels.length !== T) {
-      throw new UserError(`labels has ${batch.labels.length} values, expected ${T}`);
-    }
-    if (batch.labels.length) {
-      const targets = new Int32Array(T).fill(-100);
-      for (let b = 0; b < B; b++) {
-        for (let t = 0; t + 1 < S; t++) {
-          const l = batch.labels[b * S + t + 1];
-          if (l !== -100 && !(l >= 0 && l < V)) {
-            throw new UserError(
-              `labels: ${l} at position ${b * S + t + 1} is neither -100 nor a token id`,
-            );
-          }
-          targets[b * S + t] = l;
-        }
-      }
-      writeBuffer(this.gpu, s.targets, 0, targets);
-    }
-    const perBatch = training && (this.core.prefix?.dropout ?? 0) > 0;
-    return { B, S, T, training, seed: seed >>> 0, prefixPerBatch: perBatch, pos: s.pos };
+    return uploadBatch(this.core, batch, { maxBatch: this.maxBatch, maxSeq: this.maxSeq }, {
+      training,
+      seed,
+    });
   }
 
   /** Layer i's forward over the step's own tokens: x[i] → x[i+1]. */
