@@ -87,10 +87,7 @@ async function forward(gpu: Gpu, model: GlmModel): Promise<[Cost, Cost]> {
 }
 
 /** Dispatches and encode ms per generated token: generations of 1 and 17 tokens, differenced. */
-async function perToken(
-  gpu: Gpu,
-  model: GlmModel,
-): Promise<{ dispatches: number; encodeMs: number }> {
+async function perToken(model: GlmModel): Promise<{ dispatches: number; encodeMs: number }> {
   const prompt = [Array.from({ length: 32 }, (_, i) => 3 + i * 7)];
   const run = async (n: number) => {
     const d0 = encodeStats.dispatches, e0 = encodeStats.encodeMs;
@@ -122,7 +119,7 @@ export async function run(): Promise<void> {
   console.log(line(`forward ${BENCH_BATCH}×${BENCH_SEQ} (f16 weights)`, f1, f2));
   results.forwardEncodeMs = f2.encodeMs;
   results.forwardMs = f2.wallMs;
-  const tok = await perToken(gpu, inference);
+  const tok = await perToken(inference);
   console.log(
     `  generated token (batch 1): ${tok.dispatches} dispatches, ${
       tok.encodeMs.toFixed(2)

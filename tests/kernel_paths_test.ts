@@ -257,9 +257,9 @@ Deno.test("f16 operand loads give the unpacking path's results bit for bit", asy
       encodeMatmul(gpu, pass, { M: 5, N: 7, K: 3, a: ba, b: bb, bOffset: 1, c: c3, bF16: true });
       encodeEmbedding(gpu, pass, { ids: bi, tokens: 4, dim: 12, table: bt, f16: true, y });
     });
-    return [c1, c2, c3, y].map((x) => readF32(gpu, x));
+    return await Promise.all([c1, c2, c3, y].map((x) => readF32(gpu, x)));
   });
-  const plain = await Promise.all(out.plain);
+  const plain = out.plain;
   // The plain path against the reference, with the f16 values as f32.
   const bHalf = new Float32Array(N * K).map((_, i) =>
     f16BitsToF32((b[i >> 1] >>> ((i & 1) * 16)) & 0xffff)
@@ -267,10 +267,7 @@ Deno.test("f16 operand loads give the unpacking path's results bit for bit", asy
   const want = new Float32Array(M * N);
   matmulRef(a, bHalf, want, { M, N, K, transB: true });
   assert(relErr(plain[0], want) < 1e-6);
-  if (out.features) {
-    const f = await Promise.all(out.features);
-    f.forEach((x, i) => assert.deepEqual(x, plain[i], `output ${i}`));
-  }
+  out.features?.forEach((x, i) => assert.deepEqual(x, plain[i], `output ${i}`));
 });
 
 Deno.test("one-row matmul tiles (the gpu profile's small products) match the reference", async () => {
