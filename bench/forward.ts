@@ -100,7 +100,9 @@ async function timeByKind(
       await wait(gpu);
       times.push(performance.now() - t0);
     }
-    out.set(kind, { s: Math.max(0, median(times) - waitMs) / 1000, n: mine.length });
+    // Dispatches only: the copies a kernel interrupts the pass for are not counted.
+    const n = mine.filter((r) => r.dispatch).length;
+    out.set(kind, { s: Math.max(0, median(times) - waitMs) / 1000, n });
   }
   return out;
 }

@@ -10,6 +10,7 @@ import { getGpu } from "../lib/gpu/device.ts";
 import { createGlmModel, memoryWeights } from "../lib/model/glm.ts";
 import { BENCH_CONFIG, benchWeights } from "./model.ts";
 import { runPeer } from "./peer.ts";
+import { results } from "./results.ts";
 
 const PROMPT = 64;
 const NEW = 64;
@@ -73,9 +74,13 @@ export async function run(): Promise<void> {
     new: NEW,
     runs: RUNS,
   });
+  results.generate = Object.fromEntries(
+    BATCHES.map((B) => [B, { ours: (B * NEW) / ours[B] }]),
+  );
   if (!peer) return;
   for (const B of BATCHES) {
     const p = peer[String(B)] as { seconds: number; tokens_per_s: number };
+    results.generate[B].peer = p.tokens_per_s;
     console.log(
       `  PyTorch CPU (${peer.threads} threads) batch ${B}: ${p.seconds.toFixed(3)} s, ${
         p.tokens_per_s.toFixed(1)

@@ -20,6 +20,7 @@ import { encodeMatmul, matmulKernelKind } from "../lib/gpu/kernels/matmul.ts";
 import {
   type MatmulProfile,
   matmulProfile,
+  smallTiles,
   stagesTiles,
   vec4Tiles,
 } from "../lib/gpu/kernels/matmul_profile.ts";
@@ -174,7 +175,7 @@ export async function run(): Promise<void> {
 function kernelName(gpu: Gpu, s: Shape, prof: MatmulProfile): string {
   const kind = matmulKernelKind(s, gpu);
   if (kind === "scalar") return "scalar";
-  const t = vec4Tiles(prof, s.M, s.N);
+  const t = smallTiles(prof, s.M, !!s.transA) ?? vec4Tiles(prof, s.M, s.N, !!s.transB);
   const name = kind === "texture" ? "texture" : stagesTiles(t, !!s.transB) ? "shared" : "vec4";
   return `${name} ${t.tm}×${t.tn}`;
 }

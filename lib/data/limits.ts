@@ -8,7 +8,7 @@
  * as Infinity, which JSON.stringify writes as null, and a lone surrogate
  * (`"\ud800"`) becomes U+FFFD when text is encoded for the tokenizer.
  */
-import type { Problem } from "./schema.ts";
+import type { Problem } from "./problem.ts";
 
 /**
  * Levels of arrays and objects a record may nest, the record itself counting

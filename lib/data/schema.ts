@@ -5,12 +5,9 @@
  */
 import type { Conversation } from "./record.ts";
 import { checkJsonValue } from "./limits.ts";
+import type { Problem } from "./problem.ts";
 
-export interface Problem {
-  /** Path of the offending field (`conversations[2].content`); "" for the record as a whole. */
-  field: string;
-  message: string;
-}
+export type { Problem } from "./problem.ts";
 
 export const ROLES = ["system", "user", "assistant", "tool"] as const;
 

@@ -14,7 +14,10 @@ export interface Gpu {
   adapterInfo: GPUAdapterInfo;
   /** "cpu" for a fallback adapter such as Mesa llvmpipe, else "gpu"; override with GLM_DEVICE_CLASS. */
   deviceClass: DeviceClass;
+  /** `shader-f16` was granted: kernels may read f16 operands as vec4<f16> (see `features`). */
   hasF16: boolean;
+  /** `subgroups` was granted: row and norm reductions may use subgroup operations (see `features`). */
+  hasSubgroups: boolean;
   hasTimestamps: boolean;
   limits: GPUSupportedLimits;
   /**
@@ -86,20 +89,31 @@ async function acquire(opts: GpuOptions): Promise<Gpu> {
   if (hasF16) wanted.push("shader-f16");
   if (hasTimestamps) wanted.push("timestamp-query");
   const l = adapter.limits;
-  const device = await adapter.requestDevice({
-    requiredFeatures: wanted,
-    requiredLimits: {
-      maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
-      maxBufferSize: l.maxBufferSize,
-      maxStorageBuffersPerShaderStage: l.maxStorageBuffersPerShaderStage,
-      maxComputeWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
-      maxComputeInvocationsPerWorkgroup: l.maxComputeInvocationsPerWorkgroup,
-      maxComputeWorkgroupSizeX: l.maxComputeWorkgroupSizeX,
-      maxComputeWorkgroupSizeY: l.maxComputeWorkgroupSizeY,
-      maxComputeWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
-      maxTextureDimension2D: l.maxTextureDimension2D,
-    },
-  });
+  const limits = {
+    maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
+    maxBufferSize: l.maxBufferSize,
+    maxStorageBuffersPerShaderStage: l.maxStorageBuffersPerShaderStage,
+    maxComputeWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
+    maxComputeInvocationsPerWorkgroup: l.maxComputeInvocationsPerWorkgroup,
+    maxComputeWorkgroupSizeX: l.maxComputeWorkgroupSizeX,
+    maxComputeWorkgroupSizeY: l.maxComputeWorkgroupSizeY,
+    maxComputeWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
+    maxTextureDimension2D: l.maxTextureDimension2D,
+  };
+  // Deno grants `subgroups` when asked for by name although adapter.features
+  // does not list it (wgpu counts it as native); where the backend has none
+  // (Mesa's GL driver) the request fails, and the device is made without it.
+  let device: GPUDevice;
+  let hasSubgroups = true;
+  try {
+    device = await adapter.requestDevice({
+      requiredFeatures: [...wanted, "subgroups" as GPUFeatureName],
+      requiredLimits: limits,
+    });
+  } catch {
+    hasSubgroups = false;
+    device = await adapter.requestDevice({ requiredFeatures: wanted, requiredLimits: limits });
+  }
   device.addEventListener("uncapturederror", (e) => {
     console.error(`WebGPU error: ${(e as GPUUncapturedErrorEvent).error.message}`);
   });
@@ -117,6 +131,7 @@ async function acquire(opts: GpuOptions): Promise<Gpu> {
     adapterInfo: info,
     deviceClass,
     hasF16,
+    hasSubgroups,
     hasTimestamps,
     limits: device.limits,
     cpuLanes,

@@ -116,63 +116,190 @@ export async function readF32(
 }
 
 /**
- * Uniform slots for one batch of work: each dispatch gets its own 256-byte
- * slot (the minimum uniform offset alignment), written with writeBuffer, so
- * many dispatches with different shapes can sit in one command encoder.
- * Call `reset()` after submitting: queue order guarantees later writes land
- * after the submitted work has read the old values.
+ * A uniform field of a recorded sequence (./recording.ts) that takes a new
+ * value each time the sequence is replayed: a dropout seed, a gradient scale,
+ * a loss slot. Kernels pack it like a number; the arena remembers where it
+ * went, and a replay writes the current `value` there.
+ */
+export class Knob {
+  constructor(public value: number) {}
+}
+
+/** A field of packUniforms: a number, or a Knob read at each replay. */
+export type UniformValue = number | Knob;
+
+/** Where packUniforms put a Knob: word index and how the word is written. */
+type KnobSite = { word: number; knob: Knob; as: "u" | "i" | "f" };
+
+/** Packed uniform words, with the Knobs among them. */
+export type UniformWords = Uint32Array & { knobs?: KnobSite[] };
+
+/** Write `v` into word `k` of `dv` as u32, i32 or f32. */
+function setWord(dv: DataView, k: number, as: "u" | "i" | "f", v: number): void {
+  if (as === "u") dv.setUint32(k * 4, v >>> 0, true);
+  else if (as === "i") dv.setInt32(k * 4, v, true);
+  else dv.setFloat32(k * 4, v, true);
+}
+
+/**
+ * Uniform slots for a batch of work: each dispatch gets its own 256-byte slot
+ * (the minimum uniform offset alignment), so many dispatches with different
+ * shapes can sit in one command encoder.
+ *
+ * The arena keeps a host copy of what its buffers hold. A slot whose words
+ * are already there is not written again (a repeated step of one shape
+ * writes nothing); the others are written at once, or, inside `deferred`,
+ * gathered and written with one writeBuffer per chunk at `flush` — a step's
+ * uniforms in one call instead of one per dispatch. Call `reset()` after
+ * submitting: queue order guarantees later writes land after the submitted
+ * work has read the old values.
  */
 export class UniformArena {
-  private static readonly SLOT = 256;
-  private static readonly SLOTS_PER_CHUNK = 4096;
-  private chunks: GPUBuffer[] = [];
+  static readonly SLOT = 256;
+  private chunks: Array<{ buffer: GPUBuffer; held: Uint32Array; lo: number; hi: number }> = [];
   private next = 0;
-  constructor(private gpu: Gpu) {}
+  private defer = 0;
+  /** Knobs packed into this arena's slots, by absolute word index (recordings use them). */
+  readonly knobs: Array<{ chunk: number; word: number; site: KnobSite }> = [];
+  constructor(private gpu: Gpu, private slotsPerChunk = 4096, private label = "uniforms") {}
 
   /** A binding holding `words` (u32/i32/f32 values as raw 32-bit words, at most 64). */
   alloc(words: ArrayBufferView): GPUBufferBinding {
-    const chunkIdx = Math.floor(this.next / UniformArena.SLOTS_PER_CHUNK);
-    const slot = this.next % UniformArena.SLOTS_PER_CHUNK;
+    const chunkIdx = Math.floor(this.next / this.slotsPerChunk);
+    const slot = this.next % this.slotsPerChunk;
     this.next++;
     if (chunkIdx === this.chunks.length) {
-      this.chunks.push(this.gpu.device.createBuffer({
-        size: UniformArena.SLOT * UniformArena.SLOTS_PER_CHUNK,
-        usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
-        label: `uniforms-${chunkIdx}`,
-      }));
+      const bytes = UniformArena.SLOT * this.slotsPerChunk;
+      this.chunks.push({
+        buffer: this.gpu.device.createBuffer({
+          size: bytes,
+          usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+          label: `${this.label}-${chunkIdx}`,
+        }),
+        held: new Uint32Array(bytes / 4),
+        lo: Infinity,
+        hi: 0,
+      });
     }
-    const buffer = this.chunks[chunkIdx];
-    const offset = slot * UniformArena.SLOT;
-    writeBuffer(this.gpu, buffer, offset, words);
-    return { buffer, offset, size: Math.max(16, Math.ceil(words.byteLength / 16) * 16) };
+    const c = this.chunks[chunkIdx];
+    const at = (slot * UniformArena.SLOT) / 4;
+    const w = new Uint32Array(words.buffer, words.byteOffset, Math.ceil(words.byteLength / 4));
+    let same = true;
+    for (let k = 0; k < w.length; k++) {
+      if (c.held[at + k] !== w[k]) {
+        same = false;
+        break;
+      }
+    }
+    if (!same) {
+      c.held.set(w, at);
+      c.lo = Math.min(c.lo, at);
+      c.hi = Math.max(c.hi, at + w.length);
+      if (this.defer === 0) this.flush();
+    }
+    for (const site of (words as UniformWords).knobs ?? []) {
+      this.knobs.push({ chunk: chunkIdx, word: at + site.word, site });
+    }
+    return {
+      buffer: c.buffer,
+      offset: slot * UniformArena.SLOT,
+      size: Math.max(16, Math.ceil(words.byteLength / 16) * 16),
+    };
+  }
+
+  /** Write every changed slot: one writeBuffer per chunk that has any. */
+  flush(): void {
+    for (const c of this.chunks) {
+      if (c.hi <= c.lo) continue;
+      writeBuffer(this.gpu, c.buffer, c.lo * 4, c.held.subarray(c.lo, c.hi));
+      c.lo = Infinity;
+      c.hi = 0;
+    }
+  }
+
+  /** Run `fill` with writes gathered, then flush them: its uniforms go in one call per chunk. */
+  deferred<T>(fill: () => T): T {
+    this.defer++;
+    try {
+      return fill();
+    } finally {
+      this.defer--;
+      if (this.defer === 0) this.flush();
+    }
+  }
+
+  /** Give each Knob packed here its current value (a recording's replay); then flush. */
+  updateKnobs(): void {
+    for (const { chunk, word, site } of this.knobs) {
+      const c = this.chunks[chunk];
+      const dv = new DataView(c.held.buffer);
+      const before = c.held[word];
+      setWord(dv, word, site.as, site.knob.value);
+      if (c.held[word] !== before) {
+        c.lo = Math.min(c.lo, word);
+        c.hi = Math.max(c.hi, word + 1);
+      }
+    }
+    this.flush();
+  }
+
+  /** Slots handed out so far. */
+  get used(): number {
+    return this.next;
   }
 
   reset(): void {
     this.next = 0;
+    this.knobs.length = 0;
+  }
+
+  destroy(): void {
+    for (const c of this.chunks) c.buffer.destroy();
+    this.chunks.length = 0;
   }
 }
 
 const arenas = new WeakMap<GPUDevice, UniformArena>();
+/** An arena standing in for the device's own while a sequence is recorded (./recording.ts). */
+const current = new WeakMap<GPUDevice, UniformArena>();
 
-/** The device's shared uniform arena. */
+/** The arena kernels allocate their uniforms from: the device's shared one, or a recording's. */
 export function uniforms(gpu: Gpu): UniformArena {
+  const r = current.get(gpu.device);
+  if (r) return r;
   let a = arenas.get(gpu.device);
   if (!a) arenas.set(gpu.device, a = new UniformArena(gpu));
   return a;
 }
 
-/** Pack mixed u32/i32/f32 uniform fields into 32-bit words, in order. */
+/** Run `fill` with `arena` as the device's uniform arena (recordings own theirs). */
+export function withUniforms<T>(gpu: Gpu, arena: UniformArena, fill: () => T): T {
+  const before = current.get(gpu.device);
+  current.set(gpu.device, arena);
+  try {
+    return fill();
+  } finally {
+    if (before) current.set(gpu.device, before);
+    else current.delete(gpu.device);
+  }
+}
+
+/** Pack mixed u32/i32/f32 uniform fields into 32-bit words, in order (Knobs at their current value). */
 export function packUniforms(
-  fields: Array<{ u: number } | { i: number } | { f: number }>,
-): Uint32Array {
+  fields: Array<{ u: UniformValue } | { i: UniformValue } | { f: UniformValue }>,
+): UniformWords {
   const buf = new ArrayBuffer(Math.max(16, Math.ceil(fields.length / 4) * 16));
   const dv = new DataView(buf);
+  const out: UniformWords = new Uint32Array(buf);
   fields.forEach((x, k) => {
-    if ("u" in x) dv.setUint32(k * 4, x.u >>> 0, true);
-    else if ("i" in x) dv.setInt32(k * 4, x.i, true);
-    else dv.setFloat32(k * 4, x.f, true);
+    const as = "u" in x ? "u" : "i" in x ? "i" : "f";
+    const v = (x as Record<string, UniformValue>)[as];
+    if (v instanceof Knob) {
+      (out.knobs ??= []).push({ word: k, knob: v, as });
+      setWord(dv, k, as, v.value);
+    } else setWord(dv, k, as, v);
   });
-  return new Uint32Array(buf);
+  return out;
 }
 
 export type Binding = GPUBuffer | GPUBufferBinding | GPUTextureView;
@@ -223,6 +350,67 @@ export class SplittablePass implements InterruptiblePass {
   }
 }
 
+/** A small number per object, for cache keys (never reused). */
+const ids = new WeakMap<object, number>();
+let nextId = 1;
+export function objectId(o: object): number {
+  let i = ids.get(o);
+  if (i === undefined) ids.set(o, i = nextId++);
+  return i;
+}
+
+/**
+ * Bind groups by pipeline and bindings. Creating one costs ~16 µs of CPU on a
+ * GPU machine and more on llvmpipe, for every dispatch of every step; the
+ * same kernel over the same buffers (and uniform slot) reuses the one made
+ * first. Least recently used entries go past BIND_GROUPS.
+ */
+const bindGroups = new WeakMap<GPUDevice, Map<string, GPUBindGroup>>();
+const BIND_GROUPS = 16384;
+
+/**
+ * What encoding has cost since the process started, for benchmarks:
+ * dispatches encoded (by `dispatch` or replayed from a recording), of them
+ * replayed, bind groups created and reused, and the host milliseconds spent
+ * encoding passes through `submitPass` (../gpu/recording.ts; the submit
+ * itself not counted: on llvmpipe it runs the work before it returns).
+ */
+export const encodeStats = {
+  dispatches: 0,
+  replayed: 0,
+  bindGroups: 0,
+  bindGroupsReused: 0,
+  encodeMs: 0,
+};
+
+function bindGroupFor(gpu: Gpu, pipeline: GPUComputePipeline, bindings: Binding[]): GPUBindGroup {
+  let cache = bindGroups.get(gpu.device);
+  if (!cache) bindGroups.set(gpu.device, cache = new Map());
+  let key = String(objectId(pipeline));
+  for (const b of bindings) {
+    if (b instanceof GPUBuffer) key += ` ${objectId(b)}`;
+    else if (b instanceof GPUTextureView) key += ` v${objectId(b)}`;
+    else key += ` ${objectId(b.buffer)}@${b.offset ?? 0}+${b.size ?? -1}`;
+  }
+  let group = cache.get(key);
+  if (group) {
+    encodeStats.bindGroupsReused++;
+    // Refresh its place in the LRU order.
+    cache.delete(key);
+    cache.set(key, group);
+    return group;
+  }
+  const entries: GPUBindGroupEntry[] = bindings.map((b, binding) => ({
+    binding,
+    resource: b instanceof GPUBuffer ? { buffer: b } : b,
+  }));
+  group = gpu.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
+  encodeStats.bindGroups++;
+  cache.set(key, group);
+  if (cache.size > BIND_GROUPS) cache.delete(cache.keys().next().value!);
+  return group;
+}
+
 /**
  * Encode one dispatch: bind group 0 gets `bindings` at 0..n-1 (storage buffers,
  * a uniform binding from the arena, texture views), in the order the
@@ -235,17 +423,13 @@ export function dispatch(
   bindings: Binding[],
   workgroups: [number, number?, number?],
 ): void {
-  const entries: GPUBindGroupEntry[] = bindings.map((b, binding) => ({
-    binding,
-    resource: b instanceof GPUBuffer ? { buffer: b } : b,
-  }));
-  const group = gpu.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
-  pass.setPipeline(pipeline);
-  pass.setBindGroup(0, group);
   const [x, y = 1, z = 1] = workgroups;
   const max = gpu.limits.maxComputeWorkgroupsPerDimension;
   if (x > max || y > max || z > max) {
     throw new Error(`dispatch of ${x}×${y}×${z} workgroups exceeds the limit ${max} per dimension`);
   }
+  pass.setPipeline(pipeline);
+  pass.setBindGroup(0, bindGroupFor(gpu, pipeline, bindings));
   pass.dispatchWorkgroups(x, y, z);
+  encodeStats.dispatches++;
 }

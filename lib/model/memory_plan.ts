@@ -3,7 +3,7 @@
  * a micro-batch shape, by kind of buffer, computed without a device (so it
  * runs for the real chatglm3-6b config on any machine: `--dry-run`).
  *
- * The plan mirrors the buffers lib/model/glm.ts allocates; docs/model.md
+ * The plan mirrors the buffers lib/model/ allocates (upload.ts, buffers.ts); docs/model.md
  * lists them one by one. Assumptions, in short:
  *  - frozen weight matrices f16 (2 bytes) when frozenF16, else f32; norm
  *    weights and biases f32; trainable tensors, their gradients and AdamW's
@@ -205,7 +205,7 @@ export function memoryPlan(config: PlanConfig, opts: PlanOptions): MemoryPlan {
     "prefix keys/values": P ? (2 * rows * P * C + P * C + 2 * P * prefixHidden) * F32 : 0,
   };
   const binding = opts.maxBindingBytes ?? 2 ** 30;
-  // The block budget is the one lib/model/glm.ts applies when it allocates.
+  // The block budget is the one lib/model/buffers.ts applies when it allocates.
   const scores = scoreBytes({ batch: rows, heads: H, seq: opts.seq, prefix: P });
   const rowAttention = opts.rowAttention ?? envRowAttention();
   parts["attention score block" + (trains ? " and its gradient" : "")] =
@@ -280,7 +280,7 @@ function cpuMatmulScratch(
     }
     add(inF, rows, true);
   }
-  // The output layer, in the slices a binding takes (lib/model/glm.ts), and the logits
+  // The output layer, in the slices a binding takes (lib/model/upload.ts), and the logits
   // fed back through it.
   const per = tableSliceRows(c.padded_vocab_size, h * 2, binding);
   for (const rows of new Set([per, c.padded_vocab_size % per || per])) {

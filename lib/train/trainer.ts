@@ -19,7 +19,8 @@
  * the LR the last step used, `epoch` the float epoch.
  */
 import type { Gpu } from "../gpu/device.ts";
-import { createBuffer, readF32, uniforms } from "../gpu/runtime.ts";
+import { createBuffer, readF32 } from "../gpu/runtime.ts";
+import { submitPass } from "../gpu/recording.ts";
 import { AdamWState } from "../gpu/kernels/adamw.ts";
 import { GradNorm } from "../gpu/kernels/grad_norm.ts";
 import type { TrainableModel } from "../model/types.ts";
@@ -123,79 +124,133 @@ interface PendingStep {
   values: Promise<Float32Array>;
 }
 
-export async function train(o: TrainOptions): Promise<TrainResult> {
-  const { gpu, model, args } = o;
-  const rowsPerPass = o.rowsPerPass ?? Infinity;
-  const plan = new DataPlan(o.train, {
-    batchSize: args.batchSize,
-    accumulation: args.accumulation,
-    maxSteps: args.maxSteps,
-    numTrainEpochs: args.numTrainEpochs,
-    dropLast: args.dropLast,
-    shuffle: args.shuffle,
-    seed: args.seed,
-  });
-  const maxSteps = plan.maxSteps;
-  const logEvery = args.loggingStrategy === "steps"
-    ? intervalSteps(args.loggingSteps, maxSteps)
-    : 0;
-  const saveEvery = args.saveStrategy === "steps" ? intervalSteps(args.saveSteps, maxSteps) : 0;
-  const evalEvery = args.evalStrategy === "steps"
-    ? intervalSteps(args.evalSteps ?? args.loggingSteps, maxSteps)
-    : 0;
-  if (args.evalStrategy !== "no" && !(o.eval && o.eval.length > 0)) {
-    throw new UserError(
-      `training_args.eval_strategy is "${args.evalStrategy}" but no evaluation data was given (--eval FILE, or set eval_strategy: no)`,
-    );
-  }
-  if (args.evalStrategy === "steps" && !(evalEvery > 0)) {
-    throw new UserError("training_args.eval_steps must be > 0 with eval_strategy: steps");
-  }
-  const lrAt = makeSchedule({
-    type: args.lrSchedulerType,
-    baseLr: args.learningRate,
-    totalSteps: maxSteps,
-    warmupSteps: warmupSteps(
-      { warmup_steps: args.warmupSteps, warmup_ratio: args.warmupRatio },
-      maxSteps,
-    ),
-    kwargs: args.lrSchedulerKwargs,
-  });
-
-  const params = model.params;
-  const adam = new AdamWState(gpu, params);
-  const gradNorm = new GradNorm(gpu, params);
-  const lossBuf = createBuffer(gpu, LOSS_SLOTS * 4, "train-loss");
-  const evalBuf = createBuffer(gpu, LOSS_SLOTS * 4, "eval-loss");
-  // Where each step's grad norm, clip and loss sums are copied for the host.
-  const stage = gpu.device.createBuffer({
-    size: 8 + LOSS_SLOTS * 4,
-    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-    label: "train-step-values",
-  });
-
-  await prepareOutDir(o.outDir, o.resume === undefined, !!o.overwrite);
-
-  const dataInfo = {
-    num_records: o.train.length,
-    train_batch_size: args.batchSize,
-    gradient_accumulation_steps: args.accumulation,
-    seed: args.seed,
-    shuffle: args.shuffle,
-    drop_last: args.dropLast,
+/**
+ * A training run in named phases: `train` below reads as the loop it is,
+ * and each phase is a method that can be read on its own.
+ */
+class TrainingRun {
+  readonly gpu: Gpu;
+  readonly model: TrainerModel;
+  readonly args: TrainArgs;
+  readonly rowsPerPass: number;
+  readonly plan: DataPlan;
+  readonly maxSteps: number;
+  readonly logEvery: number;
+  readonly saveEvery: number;
+  readonly evalEvery: number;
+  readonly lrAt: (step: number) => number;
+  readonly dataInfo: Record<string, unknown>;
+  // Device state: optimizer, norm, loss slots, the staging buffer of each step's values.
+  readonly adam: AdamWState;
+  readonly gradNorm: GradNorm;
+  readonly lossBuf: GPUBuffer;
+  readonly evalBuf: GPUBuffer;
+  readonly stage: GPUBuffer;
+  // State a checkpoint carries.
+  globalStep = 0;
+  epoch = 0;
+  logHistory: LogEntry[] = [];
+  window = { lossSum: 0, steps: 0, skipped: 0 };
+  lastLoggedStep = 0;
+  // This process's run.
+  metrics!: MetricsLog;
+  progress: Progress | null = null;
+  readonly stop: { requested: boolean };
+  readonly stepLosses = new Map<number, number>();
+  readonly skippedSteps: number[] = [];
+  readonly uniformWatch: UniformLossWatch;
+  pendingStep: PendingStep | undefined;
+  lastGradNorm = NaN;
+  lastLr = 0;
+  windowTokens = 0;
+  windowStart = performance.now();
+  readonly runStart = performance.now();
+  runStepsDone = 0;
+  interrupted = false;
+  checkpoint: string | undefined;
+  private listening = false;
+  private readonly onSigint = () => {
+    if (this.stop.requested) return;
+    this.stop.requested = true;
+    this.progress?.note("interrupt: finishing the current step, then saving a checkpoint");
   };
 
-  // State that a checkpoint carries.
-  let globalStep = 0;
-  let epoch = 0;
-  let logHistory: LogEntry[] = [];
-  let window = { lossSum: 0, steps: 0, skipped: 0 };
-  let lastLoggedStep = 0;
+  constructor(readonly o: TrainOptions) {
+    const { gpu, model, args } = o;
+    this.gpu = gpu;
+    this.model = model;
+    this.args = args;
+    this.rowsPerPass = o.rowsPerPass ?? Infinity;
+    this.plan = new DataPlan(o.train, {
+      batchSize: args.batchSize,
+      accumulation: args.accumulation,
+      maxSteps: args.maxSteps,
+      numTrainEpochs: args.numTrainEpochs,
+      dropLast: args.dropLast,
+      shuffle: args.shuffle,
+      seed: args.seed,
+    });
+    const maxSteps = this.maxSteps = this.plan.maxSteps;
+    this.logEvery = args.loggingStrategy === "steps"
+      ? intervalSteps(args.loggingSteps, maxSteps)
+      : 0;
+    this.saveEvery = args.saveStrategy === "steps" ? intervalSteps(args.saveSteps, maxSteps) : 0;
+    this.evalEvery = args.evalStrategy === "steps"
+      ? intervalSteps(args.evalSteps ?? args.loggingSteps, maxSteps)
+      : 0;
+    if (args.evalStrategy !== "no" && !(o.eval && o.eval.length > 0)) {
+      throw new UserError(
+        `training_args.eval_strategy is "${args.evalStrategy}" but no evaluation data was given (--eval FILE, or set eval_strategy: no)`,
+      );
+    }
+    if (args.evalStrategy === "steps" && !(this.evalEvery > 0)) {
+      throw new UserError("training_args.eval_steps must be > 0 with eval_strategy: steps");
+    }
+    this.lrAt = makeSchedule({
+      type: args.lrSchedulerType,
+      baseLr: args.learningRate,
+      totalSteps: maxSteps,
+      warmupSteps: warmupSteps(
+        { warmup_steps: args.warmupSteps, warmup_ratio: args.warmupRatio },
+        maxSteps,
+      ),
+      kwargs: args.lrSchedulerKwargs,
+    });
+    this.adam = new AdamWState(gpu, model.params);
+    this.gradNorm = new GradNorm(gpu, model.params);
+    this.lossBuf = createBuffer(gpu, LOSS_SLOTS * 4, "train-loss");
+    this.evalBuf = createBuffer(gpu, LOSS_SLOTS * 4, "eval-loss");
+    this.stage = gpu.device.createBuffer({
+      size: 8 + LOSS_SLOTS * 4,
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+      label: "train-step-values",
+    });
+    this.dataInfo = {
+      num_records: o.train.length,
+      train_batch_size: args.batchSize,
+      gradient_accumulation_steps: args.accumulation,
+      seed: args.seed,
+      shuffle: args.shuffle,
+      drop_last: args.dropLast,
+    };
+    this.stop = o.stop ?? { requested: false };
+    this.uniformWatch = new UniformLossWatch(o.vocabSize);
+  }
 
-  if (o.resume !== undefined) {
-    const dir = await findCheckpoint(o.outDir, o.resume);
+  warn(line: string): void {
+    if (this.progress) this.progress.note(line);
+    else console.error(line);
+  }
+
+  // ------------------------------------------------------------------ start
+
+  /** Continue from a checkpoint: its weights, optimizer moments and counters. */
+  async resume(which: "yes" | number): Promise<void> {
+    const { o, model, gpu, adam } = this;
+    const params = model.params;
+    const dir = await findCheckpoint(o.outDir, which);
     const ck = await readCheckpoint(dir, o.files);
-    for (const [k, v] of Object.entries(dataInfo)) {
+    for (const [k, v] of Object.entries(this.dataInfo)) {
       const was = (ck.data as Record<string, unknown>)[k];
       if (was !== v) {
         throw new UserError(
@@ -205,9 +260,9 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
         );
       }
     }
-    if (ck.maxSteps !== maxSteps) {
+    if (ck.maxSteps !== this.maxSteps) {
       console.error(
-        `note: ${dir} was written by a run of ${ck.maxSteps} steps; continuing to ${maxSteps}`,
+        `note: ${dir} was written by a run of ${ck.maxSteps} steps; continuing to ${this.maxSteps}`,
       );
     }
     model.setParams(ck.params);
@@ -228,50 +283,104 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
         `${dir}: optimizer state holds ${ck.moments.size} tensors, the model trains ${params.length}`,
       );
     }
-    globalStep = ck.globalStep;
-    epoch = ck.epoch;
-    logHistory = ck.logHistory;
-    window = ck.window;
-    lastLoggedStep = ck.lastLoggedStep;
-    if (globalStep >= maxSteps) {
+    this.globalStep = ck.globalStep;
+    this.epoch = ck.epoch;
+    this.logHistory = ck.logHistory;
+    this.window = ck.window;
+    this.lastLoggedStep = ck.lastLoggedStep;
+    if (this.globalStep >= this.maxSteps) {
       console.error(
-        `note: ${dir} is at step ${globalStep}, the run has ${maxSteps}; nothing to do`,
+        `note: ${dir} is at step ${this.globalStep}, the run has ${this.maxSteps}; nothing to do`,
       );
     }
   }
 
-  const metrics = await MetricsLog.open(o.outDir, logHistory, {
-    sinks: o.logSinks,
-    startStep: globalStep,
-  });
-  const progress = o.progress === undefined ? new Progress(maxSteps) : o.progress;
-  const stop = o.stop ?? { requested: false };
-  const onSigint = () => {
-    if (stop.requested) return;
-    stop.requested = true;
-    progress?.note("interrupt: finishing the current step, then saving a checkpoint");
-  };
-  if (o.handleSigint) Deno.addSignalListener("SIGINT", onSigint);
+  /** The metrics log, progress lines and the SIGINT listener. */
+  async open(): Promise<void> {
+    const o = this.o;
+    this.metrics = await MetricsLog.open(o.outDir, this.logHistory, {
+      sinks: o.logSinks,
+      startStep: this.globalStep,
+    });
+    this.progress = o.progress === undefined ? new Progress(this.maxSteps) : o.progress;
+    if (o.handleSigint) {
+      Deno.addSignalListener("SIGINT", this.onSigint);
+      this.listening = true;
+    }
+    this.progress?.start(this.globalStep);
+  }
 
-  const stepLosses = new Map<number, number>();
-  const skippedSteps: number[] = [];
-  const uniformWatch = new UniformLossWatch(o.vocabSize);
-  const warn = (line: string) => progress ? progress.note(line) : console.error(line);
-  let pendingStep: PendingStep | undefined;
-  let lastGradNorm = NaN;
-  let lastLr = 0;
-  let windowTokens = 0;
-  let windowStart = performance.now();
-  const runStart = performance.now();
-  let runStepsDone = 0;
+  // ------------------------------------------------------------------ a step
+
+  /**
+   * Submit the next optimizer step: after the previous step has settled,
+   * zero the gradients, forward and backward every pass of every
+   * micro-batch, then the grad norm and a copy of the step's values to the
+   * staging buffer. Nothing here waits.
+   */
+  async submitStep(): Promise<{ endsEpoch: boolean }> {
+    const { gpu, model, args, plan } = this;
+    const sp = plan.step(this.globalStep);
+    const nMicro = sp.micro.length;
+    const batches = sp.micro.map((i) => plan.microBatch(sp.epoch, i));
+    const passes = batches.map((b) => splitRows(b, this.rowsPerPass));
+    const nPasses = passes.reduce((a, p) => a + p.length, 0);
+    if (nPasses > LOSS_SLOTS) {
+      throw new UserError(
+        `a step of ${nPasses} forward/backward passes is more than the ${LOSS_SLOTS} this trainer ` +
+          `keeps losses for; lower gradient_accumulation_steps or raise --rows-per-pass`,
+      );
+    }
+    // The previous step: its one wait, its checks, its update (queued before this step's work).
+    await this.settle();
+
+    const zero = gpu.device.createCommandEncoder();
+    model.zeroGrads(zero);
+    gpu.device.queue.submit([zero.finish()]);
+    const meta: PassMeta[] = [];
+    batches.forEach((b, i) => {
+      if (b.validTokens === 0) this.window.skipped++;
+      passes[i].forEach((p, k) => {
+        const slot = meta.length;
+        meta.push({ valid: b.validTokens, weight: 1 / nMicro });
+        model.forwardBackward(p, {
+          gradScale: b.validTokens > 0 ? 1 / (b.validTokens * nMicro) : 0,
+          lossBuffer: this.lossBuf,
+          lossSlot: slot,
+          training: true,
+          // Passes after the first draw their own dropout masks.
+          dropoutSeed: (dropoutSeed(args.seed, this.globalStep, i) + k * 0x9e3779b1) >>> 0,
+        });
+      });
+      for (let r = 0; r < b.batch; r++) {
+        for (let t = 0; t < b.seq; t++) if (b.inputIds[r * b.seq + t] !== 0) this.windowTokens++;
+      }
+    });
+    this.lastLr = this.lrAt(this.globalStep);
+    submitPass(gpu, (pass) => this.gradNorm.encode(pass, args.maxGradNorm), (enc) => {
+      enc.copyBufferToBuffer(this.gradNorm.result, 0, this.stage, 0, 8);
+      enc.copyBufferToBuffer(this.lossBuf, 0, this.stage, 8, 4 * meta.length);
+    });
+    this.pendingStep = {
+      step: this.globalStep + 1,
+      lr: this.lastLr,
+      passes: meta,
+      values: this.stepValues(meta.length),
+    };
+    this.globalStep++;
+    this.runStepsDone++;
+    this.o.onStep?.(this.globalStep);
+    this.epoch = sp.epochAfter;
+    return { endsEpoch: sp.endsEpoch };
+  }
 
   /** Map the staging buffer once the step that filled it has run: the step's one wait. */
-  const stepValues = async (n: number): Promise<Float32Array> => {
-    await stage.mapAsync(GPUMapMode.READ, 0, 8 + n * 4);
-    const v = new Float32Array(stage.getMappedRange(0, 8 + n * 4).slice(0));
-    stage.unmap();
+  private async stepValues(n: number): Promise<Float32Array> {
+    await this.stage.mapAsync(GPUMapMode.READ, 0, 8 + n * 4);
+    const v = new Float32Array(this.stage.getMappedRange(0, 8 + n * 4).slice(0));
+    this.stage.unmap();
     return v;
-  };
+  }
 
   /**
    * Finish the last submitted step: wait for its loss and grad norm, check
@@ -279,56 +388,100 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
    * run (nan_policy: stop) or leave the update out (skip). Every log, eval and
    * save settles first, so they see the step's values and updated weights.
    */
-  const settle = async () => {
-    const p = pendingStep;
+  async settle(): Promise<void> {
+    const p = this.pendingStep;
     if (!p) return;
-    pendingStep = undefined;
+    const { gpu, args } = this;
+    this.pendingStep = undefined;
     const v = await p.values;
     let loss = 0;
     p.passes.forEach((m, i) => {
       if (m.valid > 0) loss += (v[2 + i] / m.valid) * m.weight;
     });
-    lastGradNorm = v[0];
+    this.lastGradNorm = v[0];
     const bad = checkStep(loss, v[0]);
     if (bad && args.nanPolicy === "stop") {
-      const last = (await listCheckpoints(o.outDir)).at(-1)?.dir;
+      const last = (await listCheckpoints(this.o.outDir)).at(-1)?.dir;
       throw divergedError(p.step, bad, last);
     }
     if (bad) {
-      skippedSteps.push(p.step);
-      warn(skippedNote(p.step, bad));
+      this.skippedSteps.push(p.step);
+      this.warn(skippedNote(p.step, bad));
       return;
     }
-    window.lossSum += loss;
-    window.steps++;
-    stepLosses.set(p.step - 1, loss);
-    const enc = gpu.device.createCommandEncoder();
-    const pass = enc.beginComputePass();
-    adam.encode(
-      pass,
-      adamwScalars({
-        lr: p.lr,
-        beta1: args.beta1,
-        beta2: args.beta2,
-        eps: args.eps,
-        weightDecay: args.weightDecay,
-      }, p.step),
-      gradNorm.result,
-      1,
-    );
-    pass.end();
-    gpu.device.queue.submit([enc.finish()]);
-    uniforms(gpu).reset();
-  };
+    this.window.lossSum += loss;
+    this.window.steps++;
+    this.stepLosses.set(p.step - 1, loss);
+    const scalars = adamwScalars({
+      lr: p.lr,
+      beta1: args.beta1,
+      beta2: args.beta2,
+      eps: args.eps,
+      weightDecay: args.weightDecay,
+    }, p.step);
+    submitPass(gpu, (pass) => this.adam.encode(pass, scalars, this.gradNorm.result, 1));
+  }
 
-  const evaluate = async (): Promise<number> => {
-    await settle();
+  // ------------------------------------------------------------------ after a step
+
+  /** What the step just submitted is due for: a log line, an evaluation, a checkpoint. */
+  due(endsEpoch: boolean): { log: boolean; eval: boolean; save: boolean } {
+    const { args, globalStep, epoch } = this;
+    const atEnd = globalStep >= this.maxSteps;
+    return {
+      log: (globalStep === 1 && args.loggingFirstStep) ||
+        (this.logEvery > 0 && globalStep % this.logEvery === 0) ||
+        (args.loggingStrategy === "epoch" && endsEpoch),
+      eval: (this.evalEvery > 0 && globalStep % this.evalEvery === 0 &&
+        args.evalDelay <= globalStep) ||
+        (args.evalStrategy === "epoch" && endsEpoch && args.evalDelay <= epoch) ||
+        (atEnd && this.evalEvery > 0 && args.evalDelay <= globalStep),
+      save: (this.saveEvery > 0 && globalStep % this.saveEvery === 0) ||
+        (args.saveStrategy === "epoch" && endsEpoch) ||
+        (atEnd && args.saveStrategy === "steps") || this.stop.requested,
+    };
+  }
+
+  /** A log entry of the window since the last one (HF's averaged loss), and the progress line. */
+  async log(): Promise<void> {
+    const now = performance.now();
+    const { globalStep, lastGradNorm, lastLr } = this;
+    const entry: LogEntry = {
+      loss: this.window.steps > 0 ? this.window.lossSum / this.window.steps : NaN,
+      grad_norm: lastGradNorm,
+      learning_rate: lastLr,
+      epoch: this.epoch,
+      step: globalStep,
+    };
+    this.logHistory.push(entry);
+    const tokensPerSec = this.windowTokens / Math.max((now - this.windowStart) / 1000, 1e-9);
+    await this.metrics.append(entry, { tokens_per_second: tokensPerSec });
+    const collapsed = this.uniformWatch.observe(globalStep, entry.loss!, lastGradNorm);
+    if (collapsed) this.warn(collapsed);
+    this.progress?.log({
+      step: globalStep,
+      loss: entry.loss as number,
+      lr: lastLr,
+      gradNorm: lastGradNorm,
+      tokensPerSec,
+      etaSec: ((now - this.runStart) / 1000 / this.runStepsDone) * (this.maxSteps - globalStep),
+    });
+    this.window = { lossSum: 0, steps: 0, skipped: 0 };
+    this.lastLoggedStep = globalStep;
+    this.windowTokens = 0;
+    this.windowStart = now;
+  }
+
+  /** eval_loss over the evaluation records, weighted by batch rows; logged. */
+  async evaluate(): Promise<void> {
+    await this.settle();
+    const { gpu, model, o, args } = this;
     let weighted = 0;
     let rows = 0;
     // One entry per pass: its loss sum over the batch's valid tokens, weighted by the batch's rows.
     const meta: Array<{ slot: number; valid: number; batchRows: number; firstPass: boolean }> = [];
     const read = async () => {
-      const l = await readF32(gpu, evalBuf, meta.length);
+      const l = await readF32(gpu, this.evalBuf, meta.length);
       meta.forEach((m, i) => {
         if (m.valid > 0) {
           weighted += (l[i] / m.valid) * m.batchRows;
@@ -338,10 +491,10 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
       meta.length = 0;
     };
     for (const b of evalBatches(o.eval!, args.evalBatchSize)) {
-      const passes = splitRows(b, rowsPerPass);
+      const passes = splitRows(b, this.rowsPerPass);
       if (meta.length + passes.length > LOSS_SLOTS) await read();
       passes.forEach((p, i) => {
-        model.forwardLoss(p, evalBuf, meta.length);
+        model.forwardLoss(p, this.evalBuf, meta.length);
         meta.push({
           slot: meta.length,
           valid: b.validTokens,
@@ -351,27 +504,36 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
       });
     }
     await read();
-    return rows > 0 ? weighted / rows : NaN;
-  };
+    const evalLoss = rows > 0 ? weighted / rows : NaN;
+    const entry: LogEntry = { eval_loss: evalLoss, epoch: this.epoch, step: this.globalStep };
+    this.logHistory.push(entry);
+    await this.metrics.append(entry);
+    this.progress?.eval(this.globalStep, evalLoss);
+  }
 
-  const stateNow = (): CheckpointState => ({
-    globalStep,
-    epoch,
-    maxSteps,
-    logHistory,
-    window: { ...window },
-    lastLoggedStep,
-    data: dataInfo,
-    args,
-    logEvery,
-    saveEvery,
-    evalEvery,
-    lr: { type: args.lrSchedulerType, base: args.learningRate, next: lrAt(globalStep) },
-    configEcho: o.configEcho ?? {},
-  });
+  stateNow(): CheckpointState {
+    const { args, o } = this;
+    return {
+      globalStep: this.globalStep,
+      epoch: this.epoch,
+      maxSteps: this.maxSteps,
+      logHistory: this.logHistory,
+      window: { ...this.window },
+      lastLoggedStep: this.lastLoggedStep,
+      data: this.dataInfo,
+      args,
+      logEvery: this.logEvery,
+      saveEvery: this.saveEvery,
+      evalEvery: this.evalEvery,
+      lr: { type: args.lrSchedulerType, base: args.learningRate, next: this.lrAt(this.globalStep) },
+      configEcho: o.configEcho ?? {},
+    };
+  }
 
-  const save = async (): Promise<string> => {
-    await settle();
+  /** checkpoint-N with weights, optimizer moments and state; older ones rotated out. */
+  async save(): Promise<string> {
+    await this.settle();
+    const { gpu, model, o, args, globalStep } = this;
     const what = `checkpoint-${globalStep}`;
     const tensors = await model.readParams();
     assertFiniteWeights(globalStep, what, tensors);
@@ -381,191 +543,110 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
       assertFiniteWeights(globalStep, what, [[name, data]]);
       return data;
     };
-    const moments = params.map((p, k) => ({
+    const moments = model.params.map((p, k) => ({
       name: p.name,
       size: p.size,
-      m: () => moment(`${p.name}.exp_avg`, adam.m[k], p.size),
-      v: () => moment(`${p.name}.exp_avg_sq`, adam.v[k], p.size),
+      m: () => moment(`${p.name}.exp_avg`, this.adam.m[k], p.size),
+      v: () => moment(`${p.name}.exp_avg_sq`, this.adam.v[k], p.size),
     }));
-    const dir = await writeCheckpoint(o.outDir, stateNow(), tensors, moments, o.files);
+    const dir = await writeCheckpoint(o.outDir, this.stateNow(), tensors, moments, o.files);
     if (args.saveTotalLimit !== null && args.saveTotalLimit > 0) {
       await rotateCheckpoints(o.outDir, args.saveTotalLimit);
     }
     return dir;
-  };
+  }
 
-  let interrupted = false;
-  let checkpoint: string | undefined;
+  // ------------------------------------------------------------------ end
+
+  /** The run's summary entry and the final save (not after an interruption). */
+  async finish(): Promise<void> {
+    await this.settle();
+    if (this.interrupted) return;
+    const runtime = (performance.now() - this.runStart) / 1000;
+    // A log window of skipped steps only (nan_policy: skip) has no loss to average.
+    const total = this.logHistory.filter((e) => e.loss !== undefined && Number.isFinite(e.loss));
+    const summary: LogEntry = {
+      epoch: this.epoch,
+      step: this.globalStep,
+      train_runtime: runtime,
+      train_steps_per_second: this.runStepsDone / Math.max(runtime, 1e-9),
+      train_loss: total.length
+        ? total.reduce((a, e) => a + (e.loss as number), 0) / total.length
+        : NaN,
+    };
+    if (this.runStepsDone > 0) {
+      this.logHistory.push(summary);
+      await this.metrics.append(summary);
+    }
+    const skipped = this.skippedSteps;
+    if (skipped.length > 0) {
+      this.warn(
+        `${skipped.length} step(s) had non-finite values and were skipped ` +
+          `(nan_policy: skip): ${skipped.slice(0, 10).join(", ")}${
+            skipped.length > 10 ? ", …" : ""
+          }`,
+      );
+    }
+    const tensors = await this.model.readParams();
+    assertFiniteWeights(this.globalStep, "the final save", tensors);
+    await writeFinal(this.o.outDir, this.stateNow(), tensors, this.o.files);
+  }
+
+  /** Listeners off, logs closed, in-flight work done, device buffers freed. */
+  async close(): Promise<void> {
+    if (this.listening) Deno.removeSignalListener("SIGINT", this.onSigint);
+    this.progress?.end();
+    this.metrics?.close();
+    // A step still in flight (a run stopped by an error) finishes before its buffers go.
+    if (this.pendingStep) await this.pendingStep.values.catch(() => {});
+    await this.gpu.device.queue.onSubmittedWorkDone();
+    this.adam.destroy();
+    this.gradNorm.destroy();
+    this.lossBuf.destroy();
+    this.evalBuf.destroy();
+    this.stage.destroy();
+  }
+
+  result(): TrainResult {
+    return {
+      globalStep: this.globalStep,
+      maxSteps: this.maxSteps,
+      interrupted: this.interrupted,
+      checkpoint: this.checkpoint,
+      logHistory: this.logHistory,
+      stepLosses: this.stepLosses,
+      skippedSteps: this.skippedSteps,
+    };
+  }
+}
+
+export async function train(o: TrainOptions): Promise<TrainResult> {
+  const run = new TrainingRun(o);
   try {
-    progress?.start(globalStep);
-    while (globalStep < maxSteps) {
-      const sp = plan.step(globalStep);
-      const nMicro = sp.micro.length;
-      const batches = sp.micro.map((i) => plan.microBatch(sp.epoch, i));
-      const passes = batches.map((b) => splitRows(b, rowsPerPass));
-      const nPasses = passes.reduce((a, p) => a + p.length, 0);
-      if (nPasses > LOSS_SLOTS) {
-        throw new UserError(
-          `a step of ${nPasses} forward/backward passes is more than the ${LOSS_SLOTS} this trainer ` +
-            `keeps losses for; lower gradient_accumulation_steps or raise --rows-per-pass`,
-        );
-      }
-      // The previous step: its one wait, its checks, its update (queued before this step's work).
-      await settle();
-
-      const zero = gpu.device.createCommandEncoder();
-      model.zeroGrads(zero);
-      gpu.device.queue.submit([zero.finish()]);
-      const meta: PassMeta[] = [];
-      batches.forEach((b, i) => {
-        if (b.validTokens === 0) window.skipped++;
-        passes[i].forEach((p, k) => {
-          const slot = meta.length;
-          meta.push({ valid: b.validTokens, weight: 1 / nMicro });
-          model.forwardBackward(p, {
-            gradScale: b.validTokens > 0 ? 1 / (b.validTokens * nMicro) : 0,
-            lossBuffer: lossBuf,
-            lossSlot: slot,
-            training: true,
-            // Passes after the first draw their own dropout masks.
-            dropoutSeed: (dropoutSeed(args.seed, globalStep, i) + k * 0x9e3779b1) >>> 0,
-          });
-        });
-        for (let r = 0; r < b.batch; r++) {
-          for (let t = 0; t < b.seq; t++) if (b.inputIds[r * b.seq + t] !== 0) windowTokens++;
-        }
-      });
-      lastLr = lrAt(globalStep);
-      const enc = gpu.device.createCommandEncoder();
-      const pass = enc.beginComputePass();
-      gradNorm.encode(pass, args.maxGradNorm);
-      pass.end();
-      enc.copyBufferToBuffer(gradNorm.result, 0, stage, 0, 8);
-      enc.copyBufferToBuffer(lossBuf, 0, stage, 8, 4 * meta.length);
-      gpu.device.queue.submit([enc.finish()]);
-      uniforms(gpu).reset();
-      pendingStep = {
-        step: globalStep + 1,
-        lr: lastLr,
-        passes: meta,
-        values: stepValues(meta.length),
-      };
-
-      globalStep++;
-      runStepsDone++;
-      o.onStep?.(globalStep);
-      epoch = sp.epochAfter;
-      const atEnd = globalStep >= maxSteps;
-
-      const shouldLog = (globalStep === 1 && args.loggingFirstStep) ||
-        (logEvery > 0 && globalStep % logEvery === 0) ||
-        (args.loggingStrategy === "epoch" && sp.endsEpoch);
-      const shouldEval = (evalEvery > 0 && globalStep % evalEvery === 0 &&
-        args.evalDelay <= globalStep) ||
-        (args.evalStrategy === "epoch" && sp.endsEpoch && args.evalDelay <= epoch) ||
-        (atEnd && evalEvery > 0 && args.evalDelay <= globalStep);
-      const shouldSave = (saveEvery > 0 && globalStep % saveEvery === 0) ||
-        (args.saveStrategy === "epoch" && sp.endsEpoch) ||
-        (atEnd && args.saveStrategy === "steps") || stop.requested;
-
-      if (shouldLog || shouldEval || shouldSave) await settle();
-      if (shouldLog) {
-        const now = performance.now();
-        const entry: LogEntry = {
-          loss: window.steps > 0 ? window.lossSum / window.steps : NaN,
-          grad_norm: lastGradNorm,
-          learning_rate: lastLr,
-          epoch,
-          step: globalStep,
-        };
-        logHistory.push(entry);
-        const tokensPerSec = windowTokens / Math.max((now - windowStart) / 1000, 1e-9);
-        await metrics.append(entry, { tokens_per_second: tokensPerSec });
-        const collapsed = uniformWatch.observe(globalStep, entry.loss!, lastGradNorm);
-        if (collapsed) warn(collapsed);
-        progress?.log({
-          step: globalStep,
-          loss: entry.loss as number,
-          lr: lastLr,
-          gradNorm: lastGradNorm,
-          tokensPerSec,
-          etaSec: ((now - runStart) / 1000 / runStepsDone) * (maxSteps - globalStep),
-        });
-        window = { lossSum: 0, steps: 0, skipped: 0 };
-        lastLoggedStep = globalStep;
-        windowTokens = 0;
-        windowStart = now;
-      } else {
-        progress?.tick(globalStep);
-      }
-      if (shouldEval) {
-        const evalLoss = await evaluate();
-        const entry: LogEntry = { eval_loss: evalLoss, epoch, step: globalStep };
-        logHistory.push(entry);
-        await metrics.append(entry);
-        progress?.eval(globalStep, evalLoss);
-      }
-      if (shouldSave) {
-        const dir = await save();
-        if (stop.requested) {
-          interrupted = true;
-          checkpoint = dir;
+    await prepareOutDir(o.outDir, o.resume === undefined, !!o.overwrite);
+    if (o.resume !== undefined) await run.resume(o.resume);
+    await run.open();
+    while (run.globalStep < run.maxSteps) {
+      const { endsEpoch } = await run.submitStep();
+      const due = run.due(endsEpoch);
+      if (due.log || due.eval || due.save) await run.settle();
+      if (due.log) await run.log();
+      else run.progress?.tick(run.globalStep);
+      if (due.eval) await run.evaluate();
+      if (due.save) {
+        const dir = await run.save();
+        if (run.stop.requested) {
+          run.interrupted = true;
+          run.checkpoint = dir;
           break;
         }
       }
     }
-    await settle();
-    if (!interrupted) {
-      const runtime = (performance.now() - runStart) / 1000;
-      // A log window of skipped steps only (nan_policy: skip) has no loss to average.
-      const total = logHistory.filter((e) => e.loss !== undefined && Number.isFinite(e.loss));
-      const summary: LogEntry = {
-        epoch,
-        step: globalStep,
-        train_runtime: runtime,
-        train_steps_per_second: runStepsDone / Math.max(runtime, 1e-9),
-        train_loss: total.length
-          ? total.reduce((a, e) => a + (e.loss as number), 0) / total.length
-          : NaN,
-      };
-      if (runStepsDone > 0) {
-        logHistory.push(summary);
-        await metrics.append(summary);
-      }
-      if (skippedSteps.length > 0) {
-        warn(
-          `${skippedSteps.length} step(s) had non-finite values and were skipped ` +
-            `(nan_policy: skip): ${skippedSteps.slice(0, 10).join(", ")}${
-              skippedSteps.length > 10 ? ", …" : ""
-            }`,
-        );
-      }
-      const tensors = await model.readParams();
-      assertFiniteWeights(globalStep, "the final save", tensors);
-      await writeFinal(o.outDir, stateNow(), tensors, o.files);
-    }
+    await run.finish();
   } finally {
-    if (o.handleSigint) Deno.removeSignalListener("SIGINT", onSigint);
-    progress?.end();
-    metrics.close();
-    // A step still in flight (a run stopped by an error) finishes before its buffers go.
-    if (pendingStep) await pendingStep.values.catch(() => {});
-    await gpu.device.queue.onSubmittedWorkDone();
-    adam.destroy();
-    gradNorm.destroy();
-    lossBuf.destroy();
-    evalBuf.destroy();
-    stage.destroy();
+    await run.close();
   }
-  return {
-    globalStep,
-    maxSteps,
-    interrupted,
-    checkpoint,
-    logHistory,
-    stepLosses,
-    skippedSteps,
-  };
+  return run.result();
 }
 
 /**

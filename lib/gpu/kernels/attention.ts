@@ -28,6 +28,8 @@ import { checkLoopBudget, LOOP_BUDGET, spans } from "../loop_budget.ts";
 import { type ComputePass, dispatch, getPipeline, packUniforms, uniforms } from "../runtime.ts";
 import { entry, grid, rowWorkgroup } from "./grid.ts";
 import { encodeMatmul } from "./matmul.ts";
+import { kernelFeatures } from "../features.ts";
+import { SUBGROUP_ENTRY, SUBGROUP_WG, subgroupGrid, subgroupReductions } from "./reduce.ts";
 
 export interface AttentionLayout {
   batch: number;
@@ -527,6 +529,70 @@ ${VISIBLE_KEYS}
 }`;
 }
 
+/**
+ * The subgroup paths of the two row kernels (../features.ts): a workgroup
+ * per score row, each invocation walking every SUBGROUP_WG-th key, the row's
+ * max and sums reduced through subgroups.
+ */
+function softmaxSubgroupShader(): string {
+  const W = SUBGROUP_WG;
+  return `struct U { rows: u32, S: u32, H: u32, L: u32, P: u32 }
+@group(0) @binding(0) var<uniform> u: U;
+@group(0) @binding(1) var<storage, read_write> sc: array<f32>;
+@group(0) @binding(2) var<storage, read> pos: array<i32>;
+@group(0) @binding(3) var<storage, read_write> stats: array<f32>;
+${subgroupReductions(W)}
+${SUBGROUP_ENTRY}
+  if (idx >= u.rows) { return; }
+${VISIBLE_KEYS}
+  let o = idx * u.L;
+  var mj = -3.0e38;
+  for (var j = l; j < n; j += ${W}u) { mj = max(mj, sc[o + j]); }
+  let m = wgMax(mj, sg, nsg, lane);
+  var zj = 0.0;
+  for (var j = l; j < n; j += ${W}u) { zj += exp(sc[o + j] - m); }
+  let z = wgSum(zj, sg, nsg, lane);
+  let inv = 1.0 / z;
+  for (var j = l; j < n; j += ${W}u) { sc[o + j] = exp(sc[o + j] - m) * inv; }
+  for (var j = n + l; j < u.L; j += ${W}u) { sc[o + j] = 0.0; }
+  if (l == 0u) { stats[idx] = m + log(z); }
+}`;
+}
+
+function softmaxBackwardSubgroupShader(): string {
+  const W = SUBGROUP_WG;
+  return `struct U { rows: u32, S: u32, H: u32, L: u32, P: u32, scale: f32 }
+@group(0) @binding(0) var<uniform> u: U;
+@group(0) @binding(1) var<storage, read> p: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dp: array<f32>;
+@group(0) @binding(3) var<storage, read> pos: array<i32>;
+${subgroupReductions(W)}
+${SUBGROUP_ENTRY}
+  if (idx >= u.rows) { return; }
+${VISIBLE_KEYS}
+  let o = idx * u.L;
+  var dj = 0.0;
+  for (var j = l; j < n; j += ${W}u) { dj = fma(p[o + j], dp[o + j], dj); }
+  let dot = wgSum(dj, sg, nsg, lane);
+  for (var j = l; j < n; j += ${W}u) { dp[o + j] = p[o + j] * (dp[o + j] - dot) * u.scale; }
+  for (var j = n + l; j < u.L; j += ${W}u) { dp[o + j] = 0.0; }
+}`;
+}
+
+/** A score-row kernel's pipeline and grid: the subgroup form where the device has subgroups. */
+function scoreRowKernel(
+  gpu: Gpu,
+  rows: number,
+  plain: (wg: number) => string,
+  subgroup: () => string,
+): { pipeline: GPUComputePipeline; groups: [number, number] } {
+  if (kernelFeatures(gpu).subgroups) {
+    return { pipeline: getPipeline(gpu, subgroup()), groups: subgroupGrid(gpu, rows) };
+  }
+  const wg = rowWorkgroup(gpu);
+  return { pipeline: getPipeline(gpu, plain(wg)), groups: grid(gpu, rows, wg) };
+}
+
 function softmaxBackwardShader(wg: number): string {
   return `struct U { rows: u32, S: u32, H: u32, L: u32, P: u32, scale: f32 }
 @group(0) @binding(0) var<uniform> u: U;
@@ -595,19 +661,13 @@ function encodeScores(
       cUpper: 0,
     });
   }
-  const wg = rowWorkgroup(gpu);
   const rows = B * H * S;
   checkLoopBudget("attention softmax", 3 * L);
+  const k = scoreRowKernel(gpu, rows, softmaxShader, softmaxSubgroupShader);
   const u = uniforms(gpu).alloc(
     packUniforms([{ u: rows }, { u: S }, { u: H }, { u: L }, { u: P }]),
   );
-  dispatch(
-    gpu,
-    pass,
-    getPipeline(gpu, softmaxShader(wg)),
-    [u, sc, l.pos, l.stats],
-    grid(gpu, rows, wg),
-  );
+  dispatch(gpu, pass, k.pipeline, [u, sc, l.pos, l.stats], k.groups);
 }
 
 /**
@@ -714,19 +774,13 @@ export function encodeAttentionBackwardMaterialized(
     });
   }
   // dS = P ⊙ (dP − Σ P·dP)·scale, in place.
-  const wg = rowWorkgroup(gpu);
   const rows = B * H * S;
   checkLoopBudget("attention softmax backward", 3 * L);
+  const k = scoreRowKernel(gpu, rows, softmaxBackwardShader, softmaxBackwardSubgroupShader);
   const u = uniforms(gpu).alloc(
     packUniforms([{ u: rows }, { u: S }, { u: H }, { u: L }, { u: P }, { f: l.scale }]),
   );
-  dispatch(
-    gpu,
-    pass,
-    getPipeline(gpu, softmaxBackwardShader(wg)),
-    [u, scores, dscores, l.pos],
-    grid(gpu, rows, wg),
-  );
+  dispatch(gpu, pass, k.pipeline, [u, scores, dscores, l.pos], k.groups);
   const dRowsBatch = S * gr.dRow;
   for (let h = 0; h < H; h++) {
     const g = Math.floor(h / hpg), first = h % hpg === 0;

@@ -14,12 +14,24 @@
  * 3. (gradient) per chunk, x ← exp(x − lse)·gradScale, minus gradScale at the target.
  * With one chunk (V ≤ CHUNK) this is exactly the single-row computation.
  * The per-row losses are summed in order by one invocation into a slot of a
- * loss buffer (deterministic). Reference: `crossEntropy` in lib/model/cpu/ops.ts.
+ * loss buffer (deterministic). Where the device has subgroups
+ * (../features.ts), passes 1 and 3 take a workgroup per (row, chunk), its
+ * invocations walking every SUBGROUP_WG-th column and the chunk's max and sum
+ * reduced through subgroups. Reference: `crossEntropy` in lib/model/cpu/ops.ts.
  */
 import type { Gpu } from "../device.ts";
 import { checkLoopBudget, LOOP_BUDGET, spans } from "../loop_budget.ts";
-import { type ComputePass, dispatch, getPipeline, packUniforms, uniforms } from "../runtime.ts";
+import {
+  type ComputePass,
+  dispatch,
+  getPipeline,
+  packUniforms,
+  uniforms,
+  type UniformValue,
+} from "../runtime.ts";
 import { entry, grid, rowWorkgroup } from "./grid.ts";
+import { kernelFeatures } from "../features.ts";
+import { SUBGROUP_ENTRY, SUBGROUP_WG, subgroupGrid, subgroupReductions } from "./reduce.ts";
 
 /** Columns of a row one invocation walks. */
 export const CHUNK = 4096;
@@ -57,6 +69,53 @@ ${CHUNK_INDEX}
   for (var i = lo; i < hi; i++) { s += exp(logits[o + i] - m); }
   part[2u * idx] = m;
   part[2u * idx + 1u] = s;
+}`;
+}
+
+/** Per (row, chunk), a workgroup each: `idx` is the (row, chunk) index. */
+const CHUNK_GROUP = `  if (idx >= u.rows * u.nC) { return; }
+  let r = idx / u.nC;
+  let lo = (idx % u.nC) * ${CHUNK}u;
+  let hi = min(lo + ${CHUNK}u, u.V);
+  let o = u.logitOff + r * u.ld;
+  let t = targets[u.targetOff + r];`;
+
+function partialSubgroupShader(): string {
+  const W = SUBGROUP_WG;
+  return `${HEAD}
+${subgroupReductions(W)}
+${SUBGROUP_ENTRY}
+${CHUNK_GROUP}
+  if (t < 0) { return; }
+  var mi = -3.0e38;
+  for (var i = lo + l; i < hi; i += ${W}u) { mi = max(mi, logits[o + i]); }
+  let m = wgMax(mi, sg, nsg, lane);
+  var si = 0.0;
+  for (var i = lo + l; i < hi; i += ${W}u) { si += exp(logits[o + i] - m); }
+  let s = wgSum(si, sg, nsg, lane);
+  if (l == 0u) {
+    part[2u * idx] = m;
+    part[2u * idx + 1u] = s;
+  }
+}`;
+}
+
+function gradSubgroupShader(): string {
+  const W = SUBGROUP_WG;
+  return `${HEAD}
+${SUBGROUP_ENTRY}
+${CHUNK_GROUP}
+  if (t < 0) {
+    for (var i = lo + l; i < hi; i += ${W}u) { logits[o + i] = 0.0; }
+    return;
+  }
+  let lse = part[2u * u.rows * u.nC + r];
+  let tu = u32(t);
+  for (var i = lo + l; i < hi; i += ${W}u) {
+    var g = exp(logits[o + i] - lse) * u.gradScale;
+    if (i == tu) { g -= u.gradScale; }
+    logits[o + i] = g;
+  }
 }`;
 }
 
@@ -108,8 +167,8 @@ export interface CrossEntropyArgs {
   lossOff?: number;
   /** Scratch of at least crossEntropyScratchBytes(rows, V). */
   partials: GPUBuffer;
-  /** When set, logits are replaced by dlogits scaled by gradScale. */
-  gradScale?: number;
+  /** When set, logits are replaced by dlogits scaled by gradScale (a Knob in a recorded step). */
+  gradScale?: UniformValue;
 }
 
 export function encodeCrossEntropy(
@@ -139,7 +198,8 @@ export function encodeCrossEntropy(
     { f: a.gradScale ?? 0 },
   ]);
   const common = [a.logits, a.targets, a.partials];
-  const perChunk = grid(gpu, a.rows * nC, wg);
+  const subgroups = kernelFeatures(gpu).subgroups;
+  const perChunk = subgroups ? subgroupGrid(gpu, a.rows * nC) : grid(gpu, a.rows * nC, wg);
   const run = (code: string, extra: GPUBuffer[], g: [number, number]) =>
     dispatch(
       gpu,
@@ -148,9 +208,11 @@ export function encodeCrossEntropy(
       [uniforms(gpu).alloc(words), ...common, ...extra],
       g,
     );
-  run(partialShader(wg), [], perChunk);
+  run(subgroups ? partialSubgroupShader() : partialShader(wg), [], perChunk);
   run(finishShader(wg), [a.rowLoss], grid(gpu, a.rows, wg));
-  if (a.gradScale !== undefined) run(gradShader(wg), [], perChunk);
+  if (a.gradScale !== undefined) {
+    run(subgroups ? gradSubgroupShader() : gradShader(wg), [], perChunk);
+  }
 }
 
 const SUM = `struct U { n: u32, off: u32, slot: u32, accumulate: u32 }
@@ -176,7 +238,7 @@ export function encodeSum(
   x: GPUBuffer,
   n: number,
   y: GPUBuffer,
-  slot: number,
+  slot: UniformValue,
   opts: { off?: number; accumulate?: boolean } = {},
 ): void {
   spans(Math.max(n, 1), LOOP_BUDGET).forEach(([s, e], i) => {

@@ -6,7 +6,14 @@
  * the same bits.
  */
 import type { Gpu } from "../device.ts";
-import { type ComputePass, dispatch, getPipeline, packUniforms, uniforms } from "../runtime.ts";
+import {
+  type ComputePass,
+  dispatch,
+  getPipeline,
+  packUniforms,
+  uniforms,
+  type UniformValue,
+} from "../runtime.ts";
 import { entry, grid, rowWorkgroup } from "./grid.ts";
 
 /** lowbias32 (Chris Wellons' integer hash): good avalanche at two multiplies. */
@@ -72,7 +79,8 @@ export function encodeDropout(
     yOff?: number;
     n: number;
     p: number;
-    seed: number;
+    /** A number, or a Knob of a recorded step (lib/gpu/recording.ts). */
+    seed: UniformValue;
     stream: number;
     beta?: number;
   },

@@ -18,12 +18,15 @@ import {
 } from "../runtime.ts";
 import { checkLoopBudget } from "../loop_budget.ts";
 import { entry, grid, rowWorkgroup } from "./grid.ts";
+import { kernelFeatures } from "../features.ts";
 
-function gatherShader(wg: number, f16: boolean): string {
-  return `struct U { n: u32, dim: u32, rowStart: u32, rowEnd: u32 }
+/** `f16Loads`: an f16 table read as f16 values (the device's shader-f16), not unpacked from u32. */
+function gatherShader(wg: number, f16: boolean, f16Loads: boolean): string {
+  const h = f16 && f16Loads;
+  return `${h ? "enable f16;\n" : ""}struct U { n: u32, dim: u32, rowStart: u32, rowEnd: u32 }
 @group(0) @binding(0) var<uniform> u: U;
 @group(0) @binding(1) var<storage, read> ids: array<i32>;
-@group(0) @binding(2) var<storage, read> table: array<${f16 ? "u32" : "f32"}>;
+@group(0) @binding(2) var<storage, read> table: array<${h ? "f16" : f16 ? "u32" : "f32"}>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 ${entry(wg)}
   if (idx >= u.n) { return; }
@@ -32,7 +35,13 @@ ${entry(wg)}
   let id = u32(ids[t]);
   if (id < u.rowStart || id >= u.rowEnd) { return; }
   let e = (id - u.rowStart) * u.dim + i;
-  ${f16 ? "y[idx] = unpack2x16float(table[e >> 1u])[e & 1u];" : "y[idx] = table[e];"}
+  ${
+    h
+      ? "y[idx] = f32(table[e]);"
+      : f16
+      ? "y[idx] = unpack2x16float(table[e >> 1u])[e & 1u];"
+      : "y[idx] = table[e];"
+  }
 }`;
 }
 
@@ -64,7 +73,7 @@ export function encodeEmbedding(
   dispatch(
     gpu,
     pass,
-    getPipeline(gpu, gatherShader(wg, !!a.f16)),
+    getPipeline(gpu, gatherShader(wg, !!a.f16, kernelFeatures(gpu).f16)),
     [u, a.ids, a.table, a.y],
     grid(gpu, n, wg),
   );

@@ -6,7 +6,9 @@
  * AdamW kernel reads `clip` from it directly.
  *
  * Two passes: each gradient chunk's workgroups write partial sums of squares
- * into their own slots, then one workgroup adds the slots up.
+ * into their own slots, then one workgroup adds the slots up. A workgroup's
+ * sum is a tree in workgroup memory, or, where the device has subgroups
+ * (../features.ts), subgroup sums added in order.
  */
 import type { Gpu } from "../device.ts";
 import {
@@ -18,6 +20,8 @@ import {
   uniforms,
 } from "../runtime.ts";
 import { chunks } from "./adamw.ts";
+import { kernelFeatures } from "../features.ts";
+import { SUBGROUP_ARGS, subgroupReductions } from "./reduce.ts";
 
 const WG = 64;
 /** Most workgroups (partial slots) per chunk; each walks the chunk with a grid stride. */
@@ -80,6 +84,52 @@ fn main(@builtin(local_invocation_id) lid: vec3<u32>) {
 }
 `;
 
+/** The two passes with their workgroup sums through subgroups. */
+const PARTIAL_SUBGROUPS = /* wgsl */ `
+struct U { n: u32, slot: u32, _a: u32, _b: u32 };
+@group(0) @binding(0) var<storage, read> g: array<f32>;
+@group(0) @binding(1) var<storage, read_write> parts: array<f32>;
+@group(0) @binding(2) var<uniform> u: U;
+${subgroupReductions(WG)}
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>,
+        @builtin(workgroup_id) wid: vec3<u32>,
+        @builtin(num_workgroups) nwg: vec3<u32>,
+        ${SUBGROUP_ARGS}) {
+  var s = 0.0;
+  let stride = nwg.x * ${WG}u;
+  for (var i = gid.x; i < u.n; i += stride) {
+    let x = g[i];
+    s += x * x;
+  }
+  let t = wgSum(s, sg, nsg, lane);
+  if (l == 0u) { parts[u.slot + wid.x] = t; }
+}
+`;
+
+const FINAL_SUBGROUPS = /* wgsl */ `
+struct U { count: u32, has_max: u32, max_norm: f32, _b: u32 };
+@group(0) @binding(0) var<storage, read> parts: array<f32>;
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<uniform> u: U;
+${subgroupReductions(WG)}
+
+@compute @workgroup_size(${WG})
+fn main(${SUBGROUP_ARGS}) {
+  var s = 0.0;
+  for (var i = l; i < u.count; i += ${WG}u) { s += parts[i]; }
+  let t = wgSum(s, sg, nsg, lane);
+  if (l == 0u) {
+    let norm = sqrt(t);
+    out[0] = norm;
+    var c = 1.0;
+    if (u.has_max != 0u) { c = min(1.0, u.max_norm / (norm + 1e-6)); }
+    out[1] = c;
+  }
+}
+`;
+
 interface Piece {
   grad: GPUBuffer;
   start: number;
@@ -110,7 +160,8 @@ export class GradNorm {
   /** Encode norm and clip into `result`; `maxNorm` null or ≤ 0 leaves clip at 1. */
   encode(pass: ComputePass, maxNorm: number | null): void {
     const gpu = this.gpu;
-    const partial = getPipeline(gpu, PARTIAL);
+    const subgroups = kernelFeatures(gpu).subgroups;
+    const partial = getPipeline(gpu, subgroups ? PARTIAL_SUBGROUPS : PARTIAL);
     for (const p of this.pieces) {
       const u = uniforms(gpu).alloc(packUniforms([{ u: p.n }, { u: p.slot }, { u: 0 }, { u: 0 }]));
       dispatch(gpu, pass, partial, [
@@ -126,7 +177,8 @@ export class GradNorm {
       { f: has ? maxNorm : 0 },
       { u: 0 },
     ]));
-    dispatch(gpu, pass, getPipeline(gpu, FINAL), [this.parts, this.result, u], [1]);
+    const final = getPipeline(gpu, subgroups ? FINAL_SUBGROUPS : FINAL);
+    dispatch(gpu, pass, final, [this.parts, this.result, u], [1]);
   }
 
   destroy(): void {

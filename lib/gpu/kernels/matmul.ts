@@ -26,13 +26,21 @@ import {
   uniforms,
 } from "../runtime.ts";
 import { LOOP_BUDGET } from "../loop_budget.ts";
-import { type MatmulProfile, matmulProfile, stagesTiles, vec4Tiles } from "./matmul_profile.ts";
+import {
+  type MatmulProfile,
+  matmulProfile,
+  smallTiles,
+  stagesTiles,
+  vec4Tiles,
+} from "./matmul_profile.ts";
 import { matmulSharedShader } from "./matmul_shared.ts";
 import { type MatmulEpilogue, matmulVec4Shader } from "./matmul_vec4.ts";
 import { MATMUL_UNIFORMS, tileOrigin } from "./matmul_wgsl.ts";
-import { copyOperands, texturesFit } from "./matmul_texture.ts";
+import { copyOperands, keptOperandB, texturesFit } from "./matmul_texture.ts";
+import { kernelFeatures } from "../features.ts";
 
 export { bf16ToF16Packed, f32ToF16Packed, rawToF16Packed } from "../../safetensors/dtype.ts";
+export { releaseKeptTextures } from "./matmul_texture.ts";
 export type { MatmulProfile } from "./matmul_profile.ts";
 
 export interface MatmulArgs {
@@ -64,6 +72,11 @@ export interface MatmulArgs {
   biasOffset?: number;
   /** B holds IEEE f16 values packed two per u32 (frozen weights); decoded with unpack2x16float, math in f32. */
   bF16?: boolean;
+  /**
+   * B's values never change while the process runs (a frozen weight): a CPU
+   * adapter's small products keep its texture copy (./matmul_texture.ts).
+   */
+  bFixed?: boolean;
   /** Strided batch: `count` independent products, with element strides between consecutive A, B and C. */
   batch?: { count: number; strideA: number; strideB: number; strideC: number };
   /**
@@ -139,7 +152,12 @@ function matmulPipeline(
   transB: boolean,
   bF16: boolean,
   epilogue: MatmulEpilogue,
+  /** The texture kernel with only B in a (kept) texture, A read from its buffer. */
+  keptB = false,
 ): GPUComputePipeline {
+  // Frozen f16 weights read as vec4<f16> where the device has shader-f16 (the
+  // texture kernel reads them from rgba16float textures either way).
+  const f16Loads = bF16 && kind !== "texture" && kernelFeatures(gpu).f16;
   let memo = pipelineMemo.get(gpu.device);
   if (!memo) pipelineMemo.set(gpu.device, memo = new Map());
   const shared = kind === "vec4" && stagesTiles(prof, transB);
@@ -155,16 +173,26 @@ function matmulPipeline(
     bF16,
     kind !== "scalar" && epilogue.accumulate,
     kind !== "scalar" && epilogue.bias,
+    f16Loads,
+    keptB,
   ].join(",");
   let p = memo.get(key);
   if (!p) {
     p = getPipeline(
       gpu,
       kind === "scalar"
-        ? matmulShader(prof, transA, transB, bF16)
+        ? matmulShader(prof, transA, transB, bF16, f16Loads)
         : shared
-        ? matmulSharedShader(prof, transA, transB, bF16, epilogue)
-        : matmulVec4Shader(prof, transA, transB, bF16, epilogue, kind === "texture"),
+        ? matmulSharedShader(prof, transA, transB, bF16, epilogue, f16Loads)
+        : matmulVec4Shader(
+          prof,
+          transA,
+          transB,
+          bF16,
+          epilogue,
+          kind !== "texture" ? false : keptB ? "b" : true,
+          f16Loads,
+        ),
     );
     memo.set(key, p);
   }
@@ -197,24 +225,29 @@ export function encodeMatmul(gpu: Gpu, pass: ComputePass, args: MatmulArgs): voi
   const pieces = splitToFit(piece, transA, transB, bF16, limit).flatMap((q) =>
     splitForLoops(q, transA, transB, (k) => {
       const kind = kernelFor(gpu, profile, k, transA, transB, bF16, !!interruptible);
-      return kTrips(
-        kind,
-        kind === "scalar" ? profile.scalar ?? profile : vec4Tiles(profile, k.M, k.N),
-        transB,
-      );
+      return kTrips(kind, tilesFor(profile, kind, k, transA, transB), transB);
     })
   );
   for (const p of pieces) {
     const kind = kernelFor(gpu, profile, p, transA, transB, bF16, !!interruptible);
-    const prof = kind === "scalar" ? profile.scalar ?? profile : vec4Tiles(profile, p.M, p.N);
+    const prof = tilesFor(profile, kind, p, transA, transB);
     const epilogue = { accumulate: p.accumulate, bias: p.useBias && !!args.bias };
-    const pipeline = matmulPipeline(gpu, prof, kind, transA, transB, bF16, epilogue);
+    const o = { ...p, a: args.a, b: args.b, transA, transB, bF16 };
+    // A fixed B of a small product on the texture kernel: its kept texture, A from its buffer.
+    const keptB = kind === "texture" && args.bFixed && smallTiles(profile, p.M, transA)
+      ? keptOperandB(gpu, o)
+      : undefined;
+    const pipeline = matmulPipeline(gpu, prof, kind, transA, transB, bF16, epilogue, !!keptB);
     const [cStart, cEnd] = rangeC(p);
     const cBind = subRange(args.c, cStart, cEnd, 4, align);
     let operands: Binding[];
     let aRel = 0, bRel = 0;
-    if (kind === "texture" && interruptible) {
-      const o = { ...p, a: args.a, b: args.b, transA, transB, bF16 };
+    if (keptB) {
+      const [aStart, aEnd] = rangeA(p, transA);
+      const aBind = subRange(args.a, aStart, aEnd, 4, align);
+      operands = [aBind.binding, keptB];
+      aRel = aBind.rel;
+    } else if (kind === "texture" && interruptible) {
       operands = copyOperands(gpu, interruptible, o);
     } else {
       const [aStart, aEnd] = rangeA(p, transA);
@@ -269,6 +302,18 @@ export function encodeMatmul(gpu: Gpu, pass: ComputePass, args: MatmulArgs): voi
     if (biasBind) bindings.push(biasBind);
     dispatch(gpu, pass, pipeline, bindings, [x, y, z]);
   }
+}
+
+/** The tiles a piece runs with under `profile` and its kernel. */
+function tilesFor(
+  profile: MatmulProfile,
+  kind: MatmulKernel,
+  p: Piece,
+  transA: boolean,
+  transB: boolean,
+) {
+  if (kind === "scalar") return profile.scalar ?? profile;
+  return smallTiles(profile, p.M, transA) ?? vec4Tiles(profile, p.M, p.N, transB);
 }
 
 /**
@@ -518,18 +563,22 @@ export function matmulShader(
   transA: boolean,
   transB: boolean,
   bF16: boolean,
+  f16Loads = false,
 ): string {
   const { tm, tn, wgM, wgN } = prof;
   const tn4 = tn / 4;
+  const h = bF16 && f16Loads;
   const L: string[] = [];
-  L.push(`${MATMUL_UNIFORMS}
+  L.push(`${h ? "enable f16;\n" : ""}${MATMUL_UNIFORMS}
 @group(0) @binding(0) var<uniform> u: U;
 @group(0) @binding(1) var<storage, read> A: array<f32>;
-@group(0) @binding(2) var<storage, read> B: array<${bF16 ? "u32" : "f32"}>;
+@group(0) @binding(2) var<storage, read> B: array<${h ? "f16" : bF16 ? "u32" : "f32"}>;
 @group(0) @binding(3) var<storage, read_write> C: array<f32>;
 @group(0) @binding(4) var<storage, read> bias: array<f32>;
 ${
-    bF16
+    h
+      ? "fn ldB(e: u32) -> f32 { return f32(B[e]); }"
+      : bF16
       ? "fn ldB(e: u32) -> f32 { return unpack2x16float(B[e >> 1u] >> ((e & 1u) << 4u)).x; }"
       : "fn ldB(e: u32) -> f32 { return B[e]; }"
   }

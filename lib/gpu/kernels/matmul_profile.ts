@@ -7,8 +7,8 @@
  * and small workgroups. A real GPU wants the opposite: a few outputs per
  * thread and wide workgroups. Override with GLM_MATMUL_PROFILE, e.g.
  * `GLM_MATMUL_PROFILE=tm=8,tn=16,wgm=1,wgn=8` (`tex=0` turns the texture
- * kernel off), or `setMatmulProfile()`; an override applies to every size (it
- * drops the `large` tile).
+ * kernel off), or `setMatmulProfile()`; an override applies to every size but
+ * the small products' (it drops the `large` tile).
  */
 import type { DeviceClass, Gpu } from "../device.ts";
 
@@ -43,7 +43,21 @@ export interface MatmulProfile {
    * per load, but a pipeline LLVM takes several times longer to build, which
    * only the big products of training and scoring pay back.
    */
-  large?: MatmulProfile & { minM: number; minN: number };
+  large?: MatmulProfile & {
+    minM: number;
+    minN: number;
+    /** Only for products that stage their tiles (`bk`: a transposed B). */
+    stagedOnly?: boolean;
+  };
+  /**
+   * Products of at most maxM rows (a decoder's step: one row per sequence)
+   * without A transposed: tm is M rounded up to a power of two and one row
+   * of wgN invocations covers wgN·tn columns. The gpu profile's 64-row tiles
+   * would leave 63 of 64 rows of a one-row product idle; the cpu profile's
+   * 16-row tiles did 16 times a one-row product's work, and its texture
+   * kernel copied the weight for every token (kept now: `bFixed`).
+   */
+  small?: { maxM: number; tn: number; wgN: number };
 }
 
 export const DEFAULT_PROFILES: Record<DeviceClass, MatmulProfile> = {
@@ -55,8 +69,20 @@ export const DEFAULT_PROFILES: Record<DeviceClass, MatmulProfile> = {
     textures: true,
     scalar: { tm: 4, tn: 8, wgM: 1, wgN: 8 },
     large: { tm: 32, tn: 32, wgM: 1, wgN: 8, minM: 512, minN: 512 },
+    small: { maxM: 8, tn: 16, wgN: 8 },
   },
-  gpu: { tm: 4, tn: 4, wgM: 16, wgN: 16, bk: 16 },
+  // The large tiles: on an H200, 8×8 outputs per invocation with 8 K steps staged ran the two
+  // widest forward products of the bench model (h→4h and the output layer) at 14.3 and 16.3
+  // TFLOP/s against ~10 with 4×4, and the other products slower (docs/engine.md, "On a GPU").
+  gpu: {
+    tm: 4,
+    tn: 4,
+    wgM: 16,
+    wgN: 16,
+    bk: 16,
+    large: { tm: 8, tn: 8, wgM: 16, wgN: 16, bk: 8, minM: 1024, minN: 2048, stagedOnly: true },
+    small: { maxM: 8, tn: 4, wgN: 64 },
+  },
 };
 
 let override: MatmulProfile | undefined;
@@ -105,6 +131,9 @@ function validate(p: MatmulProfile, where: string): void {
     throw new Error(`${where}: bk and tm must be multiples of 4 for the shared-memory kernel`);
   }
   if (p.large) validate(p.large, `${where} (large)`);
+  if (p.small && p.small.tn % 4 !== 0) {
+    throw new Error(`${where}: small.tn must be a multiple of 4`);
+  }
 }
 
 /** The profile in force for this device. */
@@ -118,19 +147,36 @@ export function matmulProfile(gpu: Gpu): MatmulProfile {
 }
 
 /**
- * A cpu profile whose large tiles (products of at least 512×512) take one
+ * A cpu profile whose large tiles (products of at least 512×512) and small
+ * products' tiles (a decoder's: a few rows, thousands of columns) take one
  * SIMD row of `lanes` invocations per workgroup (16 with 512-bit code). The
- * smaller tiles keep 8: a workgroup of 16 × 16 columns is wider than many of
+ * other tiles keep 8: a workgroup of 16 × 16 columns is wider than many of
  * the small model's products, whose lanes would idle.
  */
 export function withLanes(p: MatmulProfile, lanes: number): MatmulProfile {
-  return p.large ? { ...p, large: { ...p.large, wgM: 1, wgN: lanes } } : p;
+  return {
+    ...p,
+    ...(p.large ? { large: { ...p.large, wgM: 1, wgN: lanes } } : {}),
+    ...(p.small ? { small: { ...p.small, wgN: lanes } } : {}),
+  };
 }
 
-/** The vec4 tiles for an M × N product under profile `p`. */
-export function vec4Tiles(p: MatmulProfile, M: number, N: number): MatmulProfile {
+/** The vec4 tiles for an M × N product under profile `p` (`transB`: B is read transposed). */
+export function vec4Tiles(p: MatmulProfile, M: number, N: number, transB = false): MatmulProfile {
   const l = p.large;
-  return l && M >= l.minM && N >= l.minN ? l : p;
+  const staged = !l?.stagedOnly || stagesTiles(l, transB);
+  return l && M >= l.minM && N >= l.minN && staged ? l : p;
+}
+
+/** The small-product tiles for an M-row product (see `small`), or undefined when they do not apply. */
+export function smallTiles(
+  p: MatmulProfile,
+  M: number,
+  transA: boolean,
+): MatmulProfile | undefined {
+  const s = p.small;
+  if (!s || transA || M > s.maxM) return undefined;
+  return { tm: 2 ** Math.ceil(Math.log2(Math.max(1, M))), tn: s.tn, wgM: 1, wgN: s.wgN };
 }
 
 /** Whether an aligned product under `p` takes the shared-memory kernel (see `bk`). */

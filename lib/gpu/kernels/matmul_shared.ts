@@ -25,6 +25,7 @@ export function matmulSharedShader(
   transB: boolean,
   bF16: boolean,
   epilogue: MatmulEpilogue = { accumulate: false, bias: false },
+  f16Loads = false,
 ): string {
   const { tm, tn, wgM, wgN } = prof;
   const bk = prof.bk ?? 16;
@@ -35,7 +36,7 @@ export function matmulSharedShader(
   const tn4 = tn / 4, tm4 = tm / 4;
   const SA = BM + 4, SB = BN + 4;
   const L: string[] = [];
-  L.push(`${vec4Bindings(bF16, epilogue)}
+  L.push(`${vec4Bindings(bF16, epilogue, f16Loads)}
 
 var<workgroup> As: array<vec4f, ${bk * SA / 4}>;
 var<workgroup> Bs: array<vec4f, ${bk * SB / 4}>;

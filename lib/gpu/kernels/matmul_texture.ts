@@ -30,7 +30,10 @@ import {
   getPipeline,
   type InterruptiblePass,
   packUniforms,
+  SplittablePass,
+  UniformArena,
   uniforms,
+  withUniforms,
 } from "../runtime.ts";
 
 /** The stored operands of one product (or strided batch), as the copies see them. */
@@ -136,6 +139,99 @@ function operandTexture(
   return t;
 }
 
+/** One view per texture, made once: a bind group over the same view is reused (../runtime.ts). */
+const views = new WeakMap<GPUTexture, GPUTextureView>();
+function arrayView(t: GPUTexture): GPUTextureView {
+  let v = views.get(t);
+  if (!v) views.set(t, v = t.createView({ dimension: "2d-array" }));
+  return v;
+}
+
+/**
+ * Textures of B operands that never change (frozen weights), kept from one
+ * product to the next, by buffer and stored layout. A decoder's one-row
+ * product reads its whole weight once per token, and copying the weight
+ * into a texture each time cost as much again; kept, and read beside an A
+ * read straight from its buffer (so the product interrupts no pass), a
+ * token of the bench model took a third of the host CPU time
+ * (docs/engine.md). Only the small products that ask for it keep a texture
+ * (`keptOperandB`), within GLM_KEPT_TEXTURES_MB (default 256) per device;
+ * beyond that they copy as the others do. `releaseKeptTextures` frees a
+ * buffer's when it goes.
+ */
+const kept = new WeakMap<
+  GPUDevice,
+  { bytes: number; of: Map<GPUBuffer, Map<string, GPUTexture>> }
+>();
+
+function keptBudget(): number {
+  const mb = Number(Deno.env.get("GLM_KEPT_TEXTURES_MB") ?? 256);
+  return (Number.isFinite(mb) && mb >= 0 ? mb : 256) * 2 ** 20;
+}
+
+/** Free the kept textures of `buffers` (a model's weights, when the model is destroyed). */
+export function releaseKeptTextures(gpu: Gpu, buffers: Iterable<GPUBuffer>): void {
+  const k = kept.get(gpu.device);
+  if (!k) return;
+  for (const b of buffers) {
+    for (const t of k.of.get(b)?.values() ?? []) {
+      k.bytes -= t.width * t.height * t.depthOrArrayLayers * (t.format === "rgba16float" ? 8 : 16);
+      t.destroy();
+    }
+    k.of.delete(b);
+  }
+}
+
+/**
+ * B's kept texture, made and filled now (in a submit of its own, so a
+ * recording of this product never repeats the copy) when it is not kept yet
+ * and the budget allows; undefined otherwise.
+ */
+function keptTexture(gpu: Gpu, o: TextureOperands, sb: Stored): GPUTexture | undefined {
+  if (o.sB !== 0 && o.count > 1) return undefined;
+  let k = kept.get(gpu.device);
+  if (!k) kept.set(gpu.device, k = { bytes: 0, of: new Map() });
+  const key = `${o.bF16} ${o.bOff} ${o.ldb} ${sb.width}x${sb.rows}`;
+  const mine = k.of.get(o.b);
+  const hit = mine?.get(key);
+  if (hit) return hit;
+  const [w, h] = extent(sb);
+  const bytes = operandTextureBytes(sb.width, sb.rows, 1, o.bF16);
+  if (k.bytes + bytes > keptBudget()) return undefined;
+  const t = gpu.device.createTexture({
+    size: [pow2(w), pow2(h), 1],
+    format: o.bF16 ? "rgba16float" : "rgba32float",
+    usage: GPUTextureUsage.STORAGE_BINDING | GPUTextureUsage.COPY_DST,
+    label: `matmul-kept-${o.b.label}`,
+  });
+  k.bytes += bytes;
+  if (mine) mine.set(key, t);
+  else k.of.set(o.b, new Map([[key, t]]));
+  const arena = new UniformArena(gpu, 1, "kept-texture-uniforms");
+  const enc = gpu.device.createCommandEncoder();
+  const pass = new SplittablePass(enc);
+  const copy = withUniforms(
+    gpu,
+    arena,
+    () => copies(gpu, pass, "b", o.b, o.bOff, o.ldb, 0, sb, o.bF16 ? 2 : 4, t),
+  );
+  pass.end();
+  copy(enc);
+  gpu.device.queue.submit([enc.finish()]);
+  arena.destroy();
+  return t;
+}
+
+/**
+ * The view of B's kept texture (see `kept`), for a product that reads A from
+ * its buffer and B from the texture: no copy, no interrupted pass. Undefined
+ * when B cannot be kept (a batch of B, or the budget spent).
+ */
+export function keptOperandB(gpu: Gpu, o: TextureOperands): GPUTextureView | undefined {
+  const t = keptTexture(gpu, o, stored(o)[1]);
+  return t && arrayView(t);
+}
+
 /**
  * Copy A and B into their textures (the pass is interrupted for it; an
  * operand whose rows are not 256 bytes apart is repacked first); their views
@@ -155,8 +251,7 @@ export function copyOperands(
     copyA(enc);
     copyB(enc);
   });
-  const view = (t: GPUTexture) => t.createView({ dimension: "2d-array" });
-  return [view(ta), view(tb)];
+  return [arrayView(ta), arrayView(tb)];
 }
 
 /**

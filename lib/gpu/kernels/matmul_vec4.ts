@@ -41,24 +41,35 @@ export function matmulVec4Shader(
   transB: boolean,
   bF16: boolean,
   epilogue: MatmulEpilogue = { accumulate: false, bias: false },
-  images = false,
+  /** Operands read from textures: both (the texture kernel), only B (a kept weight), or none. */
+  images: boolean | "b" = false,
+  f16Loads = false,
 ): string {
   const { tm, tn, wgM, wgN } = prof;
   if (tm % 4 !== 0 && transA) throw new Error("matmul vec4: tm must be a multiple of 4 for transA");
   const tn4 = tn / 4;
+  const aImage = images === true, bImage = images !== false;
   const L: string[] = [];
-  L.push(`${images ? imageBindings(bF16, epilogue) : vec4Bindings(bF16, epilogue)}
+  L.push(
+    `${
+      aImage
+        ? imageBindings(bF16, epilogue)
+        : bImage
+        ? imageBBindings(bF16, epilogue)
+        : vec4Bindings(bF16, epilogue, f16Loads)
+    }
 
 @compute @workgroup_size(${wgM * wgN})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) lid: u32) {
-${vec4Origin(prof)}`);
+${vec4Origin(prof)}`,
+  );
   // Per-row / per-column bases, clamped so edge lanes read valid (duplicate)
   // data; their results are dropped at the store. In a buffer a base is the
   // vec4 index the moving part (along K) is added to; in an image it is the
   // fixed coordinate, the moving part the other one.
-  const aRow = images ? "" : "aBase + ", aLd = images ? "" : " * lda4";
-  const bRow = images ? "" : "bBase + ", bLd = images ? "" : " * ldb4";
+  const aRow = aImage ? "" : "aBase + ", aLd = aImage ? "" : " * lda4";
+  const bRow = bImage ? "" : "bBase + ", bLd = bImage ? "" : " * ldb4";
   if (!transA) {
     for (let i = 0; i < tm; i++) L.push(`  let ra${i} = ${aRow}min(m0 + ${i}u, lastM)${aLd};`);
   } else {
@@ -76,17 +87,14 @@ ${vec4Origin(prof)}`);
   // The vec4 of operand X at a base and a moving part; the moving part runs
   // along a stored row (x) for a row-major A and a transposed B.
   const load = (x: "A" | "B", base: string, moving: string, alongRow: boolean) => {
-    if (!images) return x === "A" ? `A[${base} + ${moving}]` : `ldB(${base} + ${moving})`;
+    if (x === "A" && !aImage) return `A[${base} + ${moving}]`;
+    if (x === "B" && !bImage) return `ldB(${base} + ${moving})`;
     const xy = alongRow ? `${moving}, ${base}` : `${base}, ${moving}`;
     return `textureLoad(${x}, vec2u(${xy}), lay${x})`;
   };
-  if (images) {
-    // A batch entry's layer; an operand shared by the batch (stride 0) has one.
-    L.push(
-      `  let layA = select(0u, bat, u.sA != 0u);`,
-      `  let layB = select(0u, bat, u.sB != 0u);`,
-    );
-  }
+  // A batch entry's layer; an operand shared by the batch (stride 0) has one.
+  if (aImage) L.push(`  let layA = select(0u, bat, u.sA != 0u);`);
+  if (bImage) L.push(`  let layB = select(0u, bat, u.sB != 0u);`);
   for (let i = 0; i < tm; i++) {
     for (let j = 0; j < tn4; j++) L.push(`  var acc${i}_${j} = vec4f(0.0);`);
   }
@@ -139,16 +147,23 @@ ${vec4Origin(prof)}`);
   return L.join("\n");
 }
 
-/** Declarations of the vec4 kernels (this one and ./matmul_shared.ts): uniforms, operands, `ldB`. */
-export function vec4Bindings(bF16: boolean, epilogue: MatmulEpilogue): string {
-  return `${MATMUL_UNIFORMS}
+/**
+ * Declarations of the vec4 kernels (this one and ./matmul_shared.ts): uniforms, operands, `ldB`.
+ * An f16 B is read as vec4<f16> with `f16Loads` (the device's shader-f16), else as two u32
+ * each unpacked into two halves; both give the same f32 values.
+ */
+export function vec4Bindings(bF16: boolean, epilogue: MatmulEpilogue, f16Loads = false): string {
+  const h = bF16 && f16Loads;
+  return `${h ? "enable f16;\n" : ""}${MATMUL_UNIFORMS}
 @group(0) @binding(0) var<uniform> u: U;
 @group(0) @binding(1) var<storage, read> A: array<vec4f>;
-@group(0) @binding(2) var<storage, read> B: array<${bF16 ? "vec2u" : "vec4f"}>;
+@group(0) @binding(2) var<storage, read> B: array<${h ? "vec4<f16>" : bF16 ? "vec2u" : "vec4f"}>;
 @group(0) @binding(3) var<storage, read_write> C: array<vec4f>;
 ${epilogue.bias ? "@group(0) @binding(4) var<storage, read> bias: array<vec4f>;" : ""}
 ${
-    bF16
+    h
+      ? "fn ldB(i: u32) -> vec4f { return vec4f(B[i]); }"
+      : bF16
       ? "fn ldB(i: u32) -> vec4f { let w = B[i]; return vec4f(unpack2x16float(w.x), unpack2x16float(w.y)); }"
       : "fn ldB(i: u32) -> vec4f { return B[i]; }"
   }`;
@@ -159,6 +174,18 @@ function imageBindings(bF16: boolean, epilogue: MatmulEpilogue): string {
   return `${MATMUL_UNIFORMS}
 @group(0) @binding(0) var<uniform> u: U;
 @group(0) @binding(1) var A: texture_storage_2d_array<rgba32float, read>;
+@group(0) @binding(2) var B: texture_storage_2d_array<${
+    bF16 ? "rgba16float" : "rgba32float"
+  }, read>;
+@group(0) @binding(3) var<storage, read_write> C: array<vec4f>;
+${epilogue.bias ? "@group(0) @binding(4) var<storage, read> bias: array<vec4f>;" : ""}`;
+}
+
+/** Declarations of the kernel over a buffer A and a kept texture B (a decoder's small products). */
+function imageBBindings(bF16: boolean, epilogue: MatmulEpilogue): string {
+  return `${MATMUL_UNIFORMS}
+@group(0) @binding(0) var<uniform> u: U;
+@group(0) @binding(1) var<storage, read> A: array<vec4f>;
 @group(0) @binding(2) var B: texture_storage_2d_array<${
     bF16 ? "rgba16float" : "rgba32float"
   }, read>;

@@ -2,13 +2,81 @@
  * RMSNorm forward (saving 1/rms per row for backward) and backward: dx per row,
  * and the weight gradient as a column reduction over rows (full SFT only).
  * One invocation per row (or per column for dweight): on llvmpipe this beat a
- * workgroup tree reduction. Reference: `rmsnorm` / `rmsnormBackward` in
+ * workgroup tree reduction. Where the device has subgroups (../features.ts),
+ * a workgroup per row instead, each invocation walking a strided share and
+ * the row's sum reduced through subgroups: a GPU gets rows × 64 invocations
+ * rather than one per row. Reference: `rmsnorm` / `rmsnormBackward` in
  * lib/model/cpu/ops.ts.
  */
+
+/** The row of a workgroup-per-row kernel, and its early return (uniform across the workgroup). */
+const WG_ROW = `  let row = idx;
+  if (row >= u.rows) { return; }
+  let o = row * u.dim;`;
+
+function forwardSubgroupShader(): string {
+  return `struct U { rows: u32, dim: u32, eps: f32 }
+@group(0) @binding(0) var<uniform> u: U;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<storage, read_write> rstd: array<f32>;
+${subgroupReductions(SUBGROUP_WG)}
+${SUBGROUP_ENTRY}
+${WG_ROW}
+  var ss = 0.0;
+  for (var i = l; i < u.dim; i += ${SUBGROUP_WG}u) { let v = x[o + i]; ss = fma(v, v, ss); }
+  let s = inverseSqrt(wgSum(ss, sg, nsg, lane) / f32(u.dim) + u.eps);
+  if (l == 0u) { rstd[row] = s; }
+  for (var i = l; i < u.dim; i += ${SUBGROUP_WG}u) { y[o + i] = w[i] * (x[o + i] * s); }
+}`;
+}
+
+function backwardSubgroupShader(): string {
+  return `struct U { rows: u32, dim: u32, beta: f32 }
+@group(0) @binding(0) var<uniform> u: U;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> w: array<f32>;
+@group(0) @binding(3) var<storage, read> rstd: array<f32>;
+@group(0) @binding(4) var<storage, read> dy: array<f32>;
+@group(0) @binding(5) var<storage, read_write> dx: array<f32>;
+${subgroupReductions(SUBGROUP_WG)}
+${SUBGROUP_ENTRY}
+${WG_ROW}
+  let s = rstd[row];
+  var dot = 0.0;
+  for (var i = l; i < u.dim; i += ${SUBGROUP_WG}u) { dot = fma(dy[o + i] * w[i], x[o + i], dot); }
+  let c = s * s * s * wgSum(dot, sg, nsg, lane) / f32(u.dim);
+  for (var i = l; i < u.dim; i += ${SUBGROUP_WG}u) {
+    var v = dy[o + i] * w[i] * s - x[o + i] * c;
+    if (u.beta != 0.0) { v += u.beta * dx[o + i]; }
+    dx[o + i] = v;
+  }
+}`;
+}
+
+/** The pipeline and grid of a row kernel: a workgroup per row with subgroups, else an invocation per row. */
+function rowKernel(
+  gpu: Gpu,
+  rows: number,
+  plain: (wg: number) => string,
+  subgroup: () => string,
+): { pipeline: GPUComputePipeline; groups: [number, number] } {
+  if (kernelFeatures(gpu).subgroups) {
+    return {
+      pipeline: getPipeline(gpu, subgroup()),
+      groups: subgroupGrid(gpu, rows),
+    };
+  }
+  const wg = rowWorkgroup(gpu);
+  return { pipeline: getPipeline(gpu, plain(wg)), groups: grid(gpu, rows, wg) };
+}
 import type { Gpu } from "../device.ts";
 import { type ComputePass, dispatch, getPipeline, packUniforms, uniforms } from "../runtime.ts";
 import { checkLoopBudget, LOOP_BUDGET, spans } from "../loop_budget.ts";
 import { entry, grid, rowWorkgroup } from "./grid.ts";
+import { kernelFeatures } from "../features.ts";
+import { SUBGROUP_ENTRY, SUBGROUP_WG, subgroupGrid, subgroupReductions } from "./reduce.ts";
 
 function forwardShader(wg: number): string {
   return `struct U { rows: u32, dim: u32, eps: f32 }
@@ -44,15 +112,9 @@ export function encodeRmsnorm(
 ): void {
   if (a.rows <= 0) return;
   checkLoopBudget("rmsnorm", 2 * a.dim);
-  const wg = rowWorkgroup(gpu);
+  const k = rowKernel(gpu, a.rows, forwardShader, forwardSubgroupShader);
   const u = uniforms(gpu).alloc(packUniforms([{ u: a.rows }, { u: a.dim }, { f: a.eps }]));
-  dispatch(
-    gpu,
-    pass,
-    getPipeline(gpu, forwardShader(wg)),
-    [u, a.x, a.w, a.y, a.rstd],
-    grid(gpu, a.rows, wg),
-  );
+  dispatch(gpu, pass, k.pipeline, [u, a.x, a.w, a.y, a.rstd], k.groups);
 }
 
 function backwardShader(wg: number): string {
@@ -115,15 +177,10 @@ export function encodeRmsnormBackward(
 ): void {
   if (a.rows <= 0) return;
   checkLoopBudget("rmsnorm backward", 2 * a.dim);
-  const wg = rowWorkgroup(gpu);
+  const k = rowKernel(gpu, a.rows, backwardShader, backwardSubgroupShader);
   const u = uniforms(gpu).alloc(packUniforms([{ u: a.rows }, { u: a.dim }, { f: a.beta ?? 0 }]));
-  dispatch(
-    gpu,
-    pass,
-    getPipeline(gpu, backwardShader(wg)),
-    [u, a.x, a.w, a.rstd, a.dy, a.dx],
-    grid(gpu, a.rows, wg),
-  );
+  dispatch(gpu, pass, k.pipeline, [u, a.x, a.w, a.rstd, a.dy, a.dx], k.groups);
+  const wg = rowWorkgroup(gpu);
   if (a.dw) {
     // Rows [r0, rows) per dispatch, within the loop budget; each adds onto dw.
     for (const [r0, r1] of spans(a.rows, LOOP_BUDGET)) {

@@ -120,7 +120,7 @@ const argmaxShader = (WG: number) =>
  * kernel with both bisections was miscompiled by llvmpipe):
  * 1. the max and the top-k cut-off, 2. the top-p cut-off, 3. the draw.
  */
-function sampleShaders(WG: number): string[] {
+function sampleShaders(WG: number, counted = false): string[] {
   const state = "@group(0) @binding(2) var<storage, read_write> st: array<f32>;";
   const topK = rowShader(
     WG,
@@ -160,10 +160,11 @@ function sampleShaders(WG: number): string[] {
     WG,
     `${state}
 @group(0) @binding(3) var<storage, read_write> ids: array<u32>;
+${counted ? "@group(0) @binding(4) var<storage, read> counter: array<u32>;" : ""}
 ${WGSL_HASH}`,
     `  let so = row * 6u;
   let tp = st[so + 4u];
-  let r = uniform01(u.seed, u.stream, row) * st[so + 5u];
+  let r = uniform01(u.seed, u.stream${counted ? " + counter[0]" : ""}, row) * st[so + 5u];
   red[l] = massAbove(o, lo, hi, m, tp);
   workgroupBarrier();
   if (l == 0u) {
@@ -243,6 +244,8 @@ export function encodeSample(
     off?: number;
     ids: GPUBuffer;
     state: GPUBuffer;
+    /** u32 [1] added to `stream` (a decoder's token counter, advanced on the device). */
+    counter?: GPUBuffer;
   },
   s: SampleOptions,
 ): void {
@@ -259,7 +262,7 @@ export function encodeSample(
     { u: s.seed },
     { u: s.stream },
   ]);
-  const [k, p, d] = sampleShaders(wg);
+  const [k, p, d] = sampleShaders(wg, !!a.counter);
   const g = rowsDispatch(gpu, a.rows);
   dispatch(gpu, pass, getPipeline(gpu, k), [uniforms(gpu).alloc(words), a.logits, a.state], g);
   dispatch(gpu, pass, getPipeline(gpu, p), [uniforms(gpu).alloc(words), a.logits, a.state], g);
@@ -267,7 +270,7 @@ export function encodeSample(
     gpu,
     pass,
     getPipeline(gpu, d),
-    [uniforms(gpu).alloc(words), a.logits, a.state, a.ids],
+    [uniforms(gpu).alloc(words), a.logits, a.state, a.ids, ...(a.counter ? [a.counter] : [])],
     g,
   );
 }
