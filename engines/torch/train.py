@@ -83,7 +83,20 @@ def main(argv: list[str]) -> None:
         code = run(job)
     except (JobError, ModelDirError, CheckpointError) as e:
         fail(str(e))
+    if code == 0:
+        close_process_group()
     sys.exit(code)
+
+
+def close_process_group() -> None:
+    """Every process done, then the process group taken down before exit: left to the interpreter's
+    teardown, gloo's threads were sometimes destroyed while running ("terminate called without an
+    active exception", the process aborted after a finished run)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 # ---- what the job asks for, in HF TrainingArguments terms ----
