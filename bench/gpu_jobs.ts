@@ -22,7 +22,14 @@ import { loadGlmConfig } from "../lib/model/config.ts";
 import { gpuForModel, loadGlmModel } from "../lib/model/load.ts";
 import { largestRowsPerPass, memoryPlan } from "../lib/model/memory_plan.ts";
 import { DeviceMemory } from "./device_memory.ts";
-import { peakRss, seededIds, trainSteps } from "./jobs.ts";
+import {
+  peakRss,
+  planDevice,
+  seededIds,
+  trainSteps,
+  UPSTREAM_LORA,
+  UPSTREAM_PTUNING,
+} from "./jobs.ts";
 import { makeShapedCheckpoint, shapedDir } from "./shaped_checkpoint.ts";
 
 /** What PyTorch + PEFT needs for upstream's LoRA job (README, docs/model.md). */
@@ -49,7 +56,7 @@ export async function runJobs(o: {
     {
       name: "lora",
       layers: o.layers,
-      adapter: { kind: "lora", r: 8, alpha: 32, dropout: 0, targetModules: ["query_key_value"] },
+      adapter: UPSTREAM_LORA,
       batch,
       seq,
       checkpointing: true,
@@ -57,7 +64,7 @@ export async function runJobs(o: {
     {
       name: "ptuning",
       layers: o.layers,
-      adapter: { kind: "prefix", preSeqLen: 128, prefixProjection: false },
+      adapter: UPSTREAM_PTUNING,
       batch,
       seq,
       checkpointing: true,
@@ -88,13 +95,7 @@ export async function runJobs(o: {
       1,
       largestRowsPerPass(config, planOpts, PYTORCH_LORA_MIB * MiB) || 1,
     );
-    const plan = memoryPlan(config, {
-      ...planOpts,
-      rowsPerPass,
-      maxBindingBytes: Math.min(gpu.limits.maxStorageBufferBindingSize, gpu.limits.maxBufferSize),
-      deviceClass: gpu.deviceClass,
-      maxTextureSide: gpu.limits.maxTextureDimension2D,
-    });
+    const plan = memoryPlan(config, { ...planOpts, rowsPerPass, ...planDevice(gpu) });
     const mem = new DeviceMemory(gpu);
     const t0 = performance.now();
     const model = await loadGlmModel(gpu, dir, {

@@ -8,8 +8,35 @@ import type { Gpu } from "../lib/gpu/device.ts";
 import { createBuffer, readF32, uniforms } from "../lib/gpu/runtime.ts";
 import { AdamWState } from "../lib/gpu/kernels/adamw.ts";
 import { GradNorm } from "../lib/gpu/kernels/grad_norm.ts";
+import type { AdapterSpec } from "../lib/model/adapter.ts";
 import type { GlmModel } from "../lib/model/glm.ts";
+import type { PlanOptions } from "../lib/model/memory_plan.ts";
 import { adamwScalars } from "../lib/train/adamw.ts";
+
+/** Upstream finetune_demo's LoRA (lora.yaml, without dropout) and P-Tuning v2 (ptuning_v2.yaml). */
+export const UPSTREAM_LORA: AdapterSpec = {
+  kind: "lora",
+  r: 8,
+  alpha: 32,
+  dropout: 0,
+  targetModules: ["query_key_value"],
+};
+export const UPSTREAM_PTUNING: AdapterSpec = {
+  kind: "prefix",
+  preSeqLen: 128,
+  prefixProjection: false,
+};
+
+/** The memory plan's options for what `gpu` is: its binding limit, device class and texture size. */
+export function planDevice(
+  gpu: Gpu,
+): Pick<PlanOptions, "maxBindingBytes" | "deviceClass" | "maxTextureSide"> {
+  return {
+    maxBindingBytes: Math.min(gpu.limits.maxStorageBufferBindingSize, gpu.limits.maxBufferSize),
+    deviceClass: gpu.deviceClass,
+    maxTextureSide: gpu.limits.maxTextureDimension2D,
+  };
+}
 
 /** The process's peak resident set (VmHWM), in bytes. */
 export function peakRss(): number {

@@ -16,25 +16,23 @@
 import { parseFlags, positiveIntFlag } from "../lib/args.ts";
 import { writeJsonAtomic } from "../lib/atomic.ts";
 import { describeGpu } from "../lib/gpu/device.ts";
-import type { AdapterSpec } from "../lib/model/adapter.ts";
 import { loadGlmConfig } from "../lib/model/config.ts";
 import { gpuForModel, loadGlmModel } from "../lib/model/load.ts";
 import { type MemoryPlan, memoryPlan } from "../lib/model/memory_plan.ts";
 import { DeviceMemory, type MemoryKind } from "./device_memory.ts";
-import { peakRss, seededIds, trainSteps } from "./jobs.ts";
+import {
+  peakRss,
+  planDevice,
+  seededIds,
+  trainSteps,
+  UPSTREAM_LORA,
+  UPSTREAM_PTUNING,
+} from "./jobs.ts";
 import { makeShapedCheckpoint, shapedDir } from "./shaped_checkpoint.ts";
 
 const SEQ = 128;
 const PROMPT = 32;
 const NEW_TOKENS = 4;
-const LORA: AdapterSpec = {
-  kind: "lora",
-  r: 8,
-  alpha: 32,
-  dropout: 0,
-  targetModules: ["query_key_value"],
-};
-const PREFIX: AdapterSpec = { kind: "prefix", preSeqLen: 128, prefixProjection: false };
 
 const GiB = 2 ** 30, MiB = 2 ** 20;
 const secs = (t0: number) => (performance.now() - t0) / 1000;
@@ -95,7 +93,7 @@ export async function run(argv: string[] = []): Promise<void> {
   const record = seededIds(SEQ, V, 7);
   const out: Record<string, unknown> = { layers, device: describeGpu(gpu) };
 
-  for (const [name, adapter] of [["lora", LORA], ["ptuning", PREFIX]] as const) {
+  for (const [name, adapter] of [["lora", UPSTREAM_LORA], ["ptuning", UPSTREAM_PTUNING]] as const) {
     mem.reset();
     const opts = { adapter, batch: 1, seq: SEQ, gradientCheckpointing: true };
     t0 = performance.now();
@@ -122,12 +120,7 @@ export async function run(argv: string[] = []): Promise<void> {
         stepS.toFixed(1)
       } s, loss ${loss.toFixed(4)} (ln V = ${Math.log(V).toFixed(4)})`,
     );
-    const plan = memoryPlan(config, {
-      ...opts,
-      maxBindingBytes: Math.min(gpu.limits.maxStorageBufferBindingSize, gpu.limits.maxBufferSize),
-      deviceClass: gpu.deviceClass,
-      maxTextureSide: gpu.limits.maxTextureDimension2D,
-    });
+    const plan = memoryPlan(config, { ...opts, ...planDevice(gpu) });
     // The step's buffers, before generation adds its own.
     const rows = kindRows(mem, plan);
     printRows(rows);
