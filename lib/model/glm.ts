@@ -46,6 +46,7 @@ import { type Dims, dimsOf, type GlmConfigFields, type WeightSource } from "./di
 import { DeviceStore } from "./store.ts";
 import { fullParams, loraParams, prefixParams, uploadBase } from "./upload.ts";
 import { allocateStep } from "./buffers.ts";
+import type { PlanQuantization } from "./memory_plan.ts";
 import { uploadBatch } from "./batch.ts";
 import { actsFor, type Core, type Step } from "./blocks/core.ts";
 import { embeddingBackward, embeddingForward } from "./blocks/embedding.ts";
@@ -68,6 +69,12 @@ export interface GlmModelOptions {
   adapter: AdapterSpec;
   /** Store frozen base weights as f16 (packed u32, unpack2x16float). Default: true for LoRA/prefix/none, false for full. */
   frozenF16?: boolean;
+  /**
+   * Hold the layers' linear weights 4-bit (QLoRA: NF4 or FP4, bitsandbytes'
+   * algorithm), quantized as they load; not with full SFT. The embedding and
+   * output tables stay as `frozenF16` says.
+   */
+  quantization?: PlanQuantization;
   gradientCheckpointing?: boolean;
   /** Largest micro-batch shape the buffers are sized for. */
   maxBatch: number;
@@ -137,7 +144,7 @@ export class GlmModel implements TrainableModel {
     if (full && f16) {
       throw new UserError("full SFT trains every weight in f32: frozenF16 cannot be set");
     }
-    const base = await uploadBase(store, d, w, { full, f16 });
+    const base = await uploadBase(store, d, w, { full, f16, quant: this.opts.quantization });
     const finalNormParam = full ? fullParams(store, d, base).finalNormParam : undefined;
     if (a.kind === "lora") loraParams(store, base, a);
     const prefix = a.kind === "prefix" ? prefixParams(store, d, a) : undefined;
