@@ -257,3 +257,173 @@ Deno.test("QLoRA: full fine-tuning of a 4-bit base is refused", async () => {
     /4-bit base is frozen/,
   );
 });
+
+// ---- the stages with --set quantization_bit=4 ----
+
+/** What chat prints for `prompt` on the tiny base held 4-bit with `adapterDir`'s LoRA (greedy). */
+async function chatReply(
+  prompt: string,
+  q: PlanQuantization | undefined,
+  adapterDir: string,
+  n: number,
+) {
+  const { readAdapterDir, adapterTensorsFor } = await import("../lib/model/adapter_dir.ts");
+  const { ChatSession, formatReply } = await import("../lib/eval/chat.ts");
+  const { ChatGLMTokenizer } = await import("../lib/tokenizer/chatglm.ts");
+  const a = await readAdapterDir(adapterDir);
+  const m = await loadGlmModel(await getGpu(), TINY, {
+    adapter: a.spec,
+    maxBatch: 1,
+    maxSeq: 128,
+    seed: 42,
+    gradientCheckpointing: true,
+    ...(q ? { quantization: q } : {}),
+  });
+  try {
+    m.setParams(adapterTensorsFor(m.params, a));
+    const session = new ChatSession(m, await ChatGLMTokenizer.load(TINY), {
+      maxNewTokens: n,
+      doSample: false,
+      temperature: 1,
+      topP: 1,
+      topK: 0,
+      seed: 42,
+    });
+    return formatReply(await session.ask(prompt));
+  } finally {
+    m.destroy();
+  }
+}
+
+Deno.test("QLoRA through the stages: train, evaluate and chat with --set quantization_bit=4; the adapter is PEFT's and merges into the unquantized base", async () => {
+  const { runCli } = await import("./test_util.ts");
+  const dir = await Deno.makeTempDir({ prefix: "qlora-stages-" });
+  const data = join(TRAJ, "data.jsonl");
+  const q4 = ["--set", "quantization_bit=4"];
+  try {
+    const train = await runCli([
+      "stage",
+      "train",
+      "--model",
+      TINY,
+      "--config",
+      join(FIX, "config", "upstream", "lora.yaml"),
+      "--train",
+      data,
+      "--out",
+      join(dir, "train"),
+      "--no-shuffle",
+      ...q4,
+      "--set",
+      "training_args.max_steps=8",
+      "--set",
+      "training_args.learning_rate=0.01",
+      "--set",
+      "training_args.per_device_train_batch_size=2",
+      "--set",
+      "training_args.save_strategy=no",
+      "--set",
+      "training_args.logging_steps=1",
+    ]);
+    assert.equal(train.code, 0, train.err);
+    assert.match(train.err, /train: lora on a 4-bit NF4, double quantization base \(QLoRA\)/);
+    // A plain PEFT LoRA adapter: its config names no quantization.
+    const cfg = JSON.parse(await Deno.readTextFile(join(dir, "train", "adapter_config.json")));
+    assert.equal(cfg.peft_type, "LORA");
+    assert(!JSON.stringify(cfg).includes("quant"), JSON.stringify(cfg));
+
+    // Teacher-forced loss of the training records: on the 4-bit base before and after training,
+    // and on the unquantized base (a different number: the flag is honoured).
+    const evaluate = async (name: string, ...extra: string[]) => {
+      const r = await runCli([
+        "stage",
+        "evaluate",
+        ...(extra.includes("--model") ? [] : ["--model", TINY]),
+        "--in",
+        data,
+        "--out",
+        join(dir, name),
+        ...extra,
+      ]);
+      assert.equal(r.code, 0, r.err);
+      return JSON.parse(await Deno.readTextFile(join(dir, name, "metrics.json"))).eval_loss;
+    };
+    const before4 = await evaluate("before4", ...q4);
+    const before16 = await evaluate("before16");
+    const after4 = await evaluate("after4", "--adapter", join(dir, "train"), ...q4);
+    assert(Math.abs(before4 - before16) > 1e-4 * before16, `${before4} vs ${before16}`);
+    assert(after4 < 0.9 * before4, `loss ${before4} → ${after4}`);
+    // The same base from a config that asks for it.
+    const cfgFile = join(dir, "q.yaml");
+    await Deno.writeTextFile(
+      cfgFile,
+      (await Deno.readTextFile(join(FIX, "config", "upstream", "lora.yaml"))) +
+        "quantization_bit: 4\n",
+    );
+    assert.equal(await evaluate("before4cfg", "--config", cfgFile), before4);
+
+    // chat on the 4-bit base with the adapter: what the 4-bit model in this process says.
+    const want = await chatReply(
+      "你好",
+      { quantType: "nf4", doubleQuant: true },
+      join(dir, "train"),
+      8,
+    );
+    // (the unquantized base answers otherwise, so the comparison tells the two apart)
+    assert.notEqual(await chatReply("你好", undefined, join(dir, "train"), 8), want);
+    const chat = await runCli([
+      "chat",
+      join(dir, "train"),
+      "--model",
+      TINY,
+      "--prompt",
+      "你好",
+      "--max-new-tokens",
+      "8",
+      ...q4,
+    ]);
+    assert.equal(chat.code, 0, chat.err);
+    assert.equal(chat.out, want + "\n");
+    const bad = await runCli(["chat", TINY, "--prompt", "x", "--set", "temperature=2"]);
+    assert(bad.code !== 0 && /chat takes only the quantization keys/.test(bad.err), bad.err);
+
+    // merge-adapter: into the unquantized base, as PEFT advises for a QLoRA adapter.
+    const merge = await runCli([
+      "stage",
+      "merge-adapter",
+      "--model",
+      TINY,
+      "--adapter",
+      join(dir, "train"),
+      "--out",
+      join(dir, "merged"),
+    ]);
+    assert.equal(merge.code, 0, merge.err);
+    const merged = await evaluate("merged-eval", "--model", join(dir, "merged"));
+    const after16 = await evaluate("after16", "--adapter", join(dir, "train"));
+    // The merged model is base + adapter in f16/f32 (not the 4-bit base): it scores as the
+    // unquantized base with the adapter does.
+    assert(Math.abs(merged - after16) <= 1e-3 * after16, `${merged} vs ${after16}`);
+
+    // The torch engine refuses a 4-bit base, saying why.
+    const torch = await runCli([
+      "stage",
+      "train",
+      "--engine",
+      "torch",
+      "--model",
+      TINY,
+      "--config",
+      join(FIX, "config", "upstream", "lora.yaml"),
+      "--train",
+      data,
+      "--out",
+      join(dir, "torch"),
+      ...q4,
+    ]);
+    assert(torch.code !== 0 && /needs bitsandbytes/.test(torch.err), torch.err);
+    assert(!/\bat /.test(torch.err), torch.err);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
