@@ -3,8 +3,8 @@
  * texture created through the device while this is installed is counted
  * until destroyed, under a kind read off its label (weights by their HF
  * names, `.grad`, `.exp_avg`/`.exp_avg_sq`, the matmul's textures and
- * repack buffers, uniforms, readback staging; anything else the model's
- * activations), and the peak of each kind is kept.
+ * repack buffers, uniforms (recorded steps' too), readback staging;
+ * anything else the model's activations), and the peak of each kind is kept.
  */
 import type { Gpu } from "../lib/gpu/device.ts";
 import { DYNAMIC_MAP_LABEL } from "../lib/model/quant/device.ts";
@@ -19,7 +19,10 @@ export function memoryKind(label: string, usage: number): MemoryKind {
   // Base weights by their HF names (4-bit ones as NAME.packed / .scales / .absmax2), and the
   // 8-bit code book of double quantization.
   if (/^transformer\./.test(label) || label === DYNAMIC_MAP_LABEL) return "frozen";
-  if (/^(matmul-|uniforms|grad-norm|bench-)/.test(label) || usage & GPUBufferUsage.MAP_READ) {
+  if (
+    /^(matmul-|uniforms|recorded-uniforms|grad-norm|bench-)/.test(label) ||
+    usage & GPUBufferUsage.MAP_READ
+  ) {
     return "scratch";
   }
   return "activations";

@@ -106,6 +106,8 @@ export class GlmModel implements TrainableModel {
   private readonly opts: GlmModelOptions;
   private readonly store: DeviceStore;
   private core!: Core;
+  /** What loading took that a user may want to know (benchmarks report it). */
+  loadStats = { quantizeSeconds: 0 };
   private readonly recordings = new Map<string, StepRecording>();
 
   constructor(gpu: Gpu, config: GlmConfigFields & Partial<GlmConfig>, opts: GlmModelOptions) {
@@ -145,6 +147,7 @@ export class GlmModel implements TrainableModel {
       throw new UserError("full SFT trains every weight in f32: frozenF16 cannot be set");
     }
     const base = await uploadBase(store, d, w, { full, f16, quant: this.opts.quantization });
+    this.loadStats = { quantizeSeconds: base.quantizeSeconds };
     const finalNormParam = full ? fullParams(store, d, base).finalNormParam : undefined;
     if (a.kind === "lora") loraParams(store, base, a);
     const prefix = a.kind === "prefix" ? prefixParams(store, d, a) : undefined;

@@ -35,6 +35,8 @@ export interface BaseWeights {
   layers: Layer[];
   finalNorm: GPUBuffer;
   output: Table;
+  /** Host seconds spent quantizing the 4-bit weights (0 without quantization). */
+  quantizeSeconds: number;
 }
 
 /**
@@ -138,13 +140,17 @@ export async function uploadBase(
   const up = (data: Uint32Array | Float32Array, label: string) => store.up(data, label);
   // The 8-bit code book of double quantization: one per model, so that it goes with the model.
   const code = q?.doubleQuant ? uploadDynamicMap(up) : undefined;
+  let quantizeSeconds = 0;
   const quantized = async (name: string, shape: number[]): Promise<Quant4Weight> => {
     check(name, shape);
-    const t = quantizeRaw(await w.raw(name), w.dtype(name), shape, {
+    const raw = await w.raw(name);
+    const t0 = performance.now();
+    const t = quantizeRaw(raw, w.dtype(name), shape, {
       type: q!.quantType,
       doubleQuant: q!.doubleQuant,
       blocksize: q!.blocksize ?? 64,
     });
+    quantizeSeconds += (performance.now() - t0) / 1000;
     const weight = uploadQuant4(gpu, t, name, { up, code });
     await settleWrites(gpu);
     return weight;
@@ -172,7 +178,7 @@ export async function uploadBase(
   }
   const finalNorm = await vector(FINAL_NORM, d.hidden);
   const output = await table(OUTPUT_LAYER, d.V, d.hidden, o.f16);
-  return { embed, layers, finalNorm, output };
+  return { embed, layers, finalNorm, output, quantizeSeconds };
 }
 
 /** Full SFT: every base weight becomes a trainable param, in HF state-dict order. */
