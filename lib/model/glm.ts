@@ -1,6 +1,7 @@
 /**
  * The ChatGLM3 model on WebGPU: frozen base weights uploaded once (f16 packed
- * when frozen, f32 when trained), a forward pass for inference and scoring,
+ * when frozen, f32 when trained, the layers' linears 4-bit for QLoRA), a
+ * forward pass for inference and scoring,
  * and an explicit per-layer backward in the manner of llm.c for LoRA,
  * P-Tuning v2 and full SFT. A training micro-batch is one command encoder
  * and one compute pass with no wait: gradients are added into each

@@ -8,8 +8,9 @@
  * dynamic map in blocks of 256.
  *
  * The model quantizes each frozen linear weight once, when it loads
- * (`quantize4bit` on the f32 values decoded from the checkpoint's
- * f16/bf16/f32), and uploads the result as ./device.ts lays it out.
+ * (`quantizeRaw` on the checkpoint's f16/bf16/f32 bytes, decoded a chunk at a
+ * time; lib/model/upload.ts), and uploads the result as ./device.ts lays it
+ * out.
  */
 import { type DType, DTYPE_BYTES, toF32 } from "../../safetensors/dtype.ts";
 import {
