@@ -3,10 +3,11 @@
  * texture created through the device while this is installed is counted
  * until destroyed, under a kind read off its label (weights by their HF
  * names, `.grad`, `.exp_avg`/`.exp_avg_sq`, the matmul's textures and
- * repack buffers, uniforms, readback staging; anything else the model's
- * activations), and the peak of each kind is kept.
+ * repack buffers, uniforms (recorded steps' too), readback staging;
+ * anything else the model's activations), and the peak of each kind is kept.
  */
 import type { Gpu } from "../lib/gpu/device.ts";
+import { DYNAMIC_MAP_LABEL } from "../lib/model/quant/device.ts";
 
 export type MemoryKind = "frozen" | "trainable" | "optimizer" | "activations" | "scratch";
 const KINDS: MemoryKind[] = ["frozen", "trainable", "optimizer", "activations", "scratch"];
@@ -15,8 +16,13 @@ const KINDS: MemoryKind[] = ["frozen", "trainable", "optimizer", "activations", 
 export function memoryKind(label: string, usage: number): MemoryKind {
   if (/\.exp_avg(_sq)?$/.test(label)) return "optimizer";
   if (/\.grad$/.test(label) || /lora_[AB]|prefix_encoder/.test(label)) return "trainable";
-  if (/^transformer\./.test(label)) return "frozen";
-  if (/^(matmul-|uniforms|grad-norm|bench-)/.test(label) || usage & GPUBufferUsage.MAP_READ) {
+  // Base weights by their HF names (4-bit ones as NAME.packed / .scales / .absmax2), and the
+  // 8-bit code book of double quantization.
+  if (/^transformer\./.test(label) || label === DYNAMIC_MAP_LABEL) return "frozen";
+  if (
+    /^(matmul-|uniforms|recorded-uniforms|grad-norm|bench-)/.test(label) ||
+    usage & GPUBufferUsage.MAP_READ
+  ) {
     return "scratch";
   }
   return "activations";

@@ -8,17 +8,23 @@
  * losses, the tokens, the process's peak RSS, and the device buffers actually
  * allocated by kind beside the `train --dry-run` plan for the same job.
  *
- *   deno task bench scale [--layers N] [--json FILE]
+ *   deno task bench scale [--layers N] [--quant 4 [--quant-type nf4|fp4] [--no-double-quant]] [--json FILE]
+ *
+ * With --quant 4 the base's layer linears are held 4-bit (QLoRA; NF4 with
+ * double quantization by default, LLaMA-Factory's quantization_bit: 4),
+ * quantized as they load: the LoRA job only (the QLoRA step), with the
+ * quantization's host time beside the load time.
  *
  * Not in the default `deno task bench`: at 28 layers it writes a 12.5 GB
  * checkpoint (once, under runs/shaped/) and runs for minutes on a CPU.
  */
 import { parseFlags, positiveIntFlag } from "../lib/args.ts";
+import { UsageError } from "../lib/errors.ts";
 import { writeJsonAtomic } from "../lib/atomic.ts";
 import { describeGpu } from "../lib/gpu/device.ts";
 import { loadGlmConfig } from "../lib/model/config.ts";
 import { gpuForModel, loadGlmModel } from "../lib/model/load.ts";
-import { type MemoryPlan, memoryPlan } from "../lib/model/memory_plan.ts";
+import { type MemoryPlan, memoryPlan, type PlanQuantization } from "../lib/model/memory_plan.ts";
 import { DeviceMemory, type MemoryKind } from "./device_memory.ts";
 import {
   peakRss,
@@ -72,11 +78,22 @@ function printRows(rows: KindRow[]): void {
 }
 
 export async function run(argv: string[] = []): Promise<void> {
+  const usage = "usage: deno task bench scale [--layers N] [--quant 4 [--quant-type nf4|fp4] " +
+    "[--no-double-quant]] [--json FILE]";
   const { values } = parseFlags(argv, {
     layers: { type: "string" },
+    quant: { type: "string" },
+    "quant-type": { type: "string" },
+    "no-double-quant": { type: "boolean" },
     json: { type: "string" },
-  }, "usage: deno task bench scale [--layers N] [--json FILE]");
+  }, usage);
   const layers = positiveIntFlag(values.layers, "--layers") ?? 28;
+  let quantization: PlanQuantization | undefined;
+  if (values.quant !== undefined) {
+    const type = (values["quant-type"] ?? "nf4") as string;
+    if (values.quant !== "4" || (type !== "nf4" && type !== "fp4")) throw new UsageError(usage);
+    quantization = { quantType: type, doubleQuant: !values["no-double-quant"] };
+  }
   const dir = shapedDir(layers);
   let t0 = performance.now();
   const wrote = await makeShapedCheckpoint(dir, { layers });
@@ -91,11 +108,27 @@ export async function run(argv: string[] = []): Promise<void> {
   const mem = new DeviceMemory(gpu);
   const V = config.padded_vocab_size;
   const record = seededIds(SEQ, V, 7);
-  const out: Record<string, unknown> = { layers, device: describeGpu(gpu) };
+  const out: Record<string, unknown> = { layers, device: describeGpu(gpu), quantization };
+  if (quantization) {
+    console.log(
+      `  QLoRA: layer linears ${quantization.quantType.toUpperCase()}${
+        quantization.doubleQuant ? ", double quantization" : ""
+      }, quantized as they load`,
+    );
+  }
+  const jobs = quantization
+    ? [["qlora", UPSTREAM_LORA] as const]
+    : [["lora", UPSTREAM_LORA] as const, ["ptuning", UPSTREAM_PTUNING] as const];
 
-  for (const [name, adapter] of [["lora", UPSTREAM_LORA], ["ptuning", UPSTREAM_PTUNING]] as const) {
+  for (const [name, adapter] of jobs) {
     mem.reset();
-    const opts = { adapter, batch: 1, seq: SEQ, gradientCheckpointing: true };
+    const opts = {
+      adapter,
+      batch: 1,
+      seq: SEQ,
+      gradientCheckpointing: true,
+      ...(quantization ? { quantization } : {}),
+    };
     t0 = performance.now();
     const model = await loadGlmModel(gpu, dir, {
       adapter,
@@ -103,8 +136,10 @@ export async function run(argv: string[] = []): Promise<void> {
       maxSeq: SEQ,
       seed: 42,
       gradientCheckpointing: true,
+      ...(quantization ? { quantization } : {}),
     });
     const loadS = secs(t0);
+    const quantizeS = model.loadStats.quantizeSeconds;
     t0 = performance.now();
     const [loss] = (await trainSteps(gpu, model, {
       ids: record,
@@ -115,16 +150,19 @@ export async function run(argv: string[] = []): Promise<void> {
     })).losses;
     const stepS = secs(t0);
     const res: Record<string, unknown> = { load_s: loadS, step_s: stepS, loss };
+    if (quantization) res.quantize_s = quantizeS;
     console.log(
-      `  ${name}: load ${loadS.toFixed(1)} s, step (1 × ${SEQ} tokens) ${
-        stepS.toFixed(1)
-      } s, loss ${loss.toFixed(4)} (ln V = ${Math.log(V).toFixed(4)})`,
+      `  ${name}: load ${loadS.toFixed(1)} s${
+        quantization ? ` (quantizing ${quantizeS.toFixed(1)} s of it)` : ""
+      }, step (1 × ${SEQ} tokens) ${stepS.toFixed(1)} s, loss ${loss.toFixed(4)} (ln V = ${
+        Math.log(V).toFixed(4)
+      })`,
     );
     const plan = memoryPlan(config, { ...opts, ...planDevice(gpu) });
     // The step's buffers, before generation adds its own.
     const rows = kindRows(mem, plan);
     printRows(rows);
-    if (name === "lora") {
+    if (name !== "ptuning") {
       t0 = performance.now();
       const [tokens] = await model.generate([Array.from(record.subarray(0, PROMPT))], {
         maxNewTokens: NEW_TOKENS,

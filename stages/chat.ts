@@ -11,6 +11,12 @@ import { adapterTensorsFor, resolveModelOrAdapter } from "../lib/model/adapter_d
 import { loadGlmConfig } from "../lib/model/config.ts";
 import { gpuForModel, loadGlmModel } from "../lib/model/load.ts";
 import { ChatGLMTokenizer } from "../lib/tokenizer/chatglm.ts";
+import {
+  isQuantizationKey,
+  parseOverride,
+  QUANTIZATION_KEYS,
+  quantizationFromOverrides,
+} from "../lib/config/mod.ts";
 
 export const COMMAND: CommandSpec = {
   name: "deno task chat",
@@ -19,6 +25,7 @@ export const COMMAND: CommandSpec = {
   usage: [
     "deno task chat MODEL_OR_ADAPTER_DIR [--prompt TEXT] [--system TEXT] [--model BASE_DIR]",
     "  [--max-new-tokens N] [--do-sample --temperature T --top-p P --top-k K] [--seed N]",
+    "  [--set quantization_bit=4]",
   ],
   positionals: [[
     "MODEL_OR_ADAPTER_DIR",
@@ -67,6 +74,13 @@ export const COMMAND: CommandSpec = {
       help: "sample among the K most likely tokens",
     },
     seed: { type: "string", arg: "N", defaultText: "42", help: "the sampling seed" },
+    set: {
+      type: "string",
+      arg: "KEY=VALUE",
+      multiple: true,
+      help: "QLoRA: hold the base's linear weights 4-bit (quantization_bit=4, quantization_type, " +
+        "double_quantization, or transformers' quantization_config.*), as the adapter was trained",
+    },
   },
   notes: `In a session: a line is a message; /reset clears the history, /system TEXT sets
 the system prompt (and clears the history), /observation TEXT answers a tool
@@ -98,6 +112,17 @@ export async function main(args: string[]): Promise<number> {
     seed: numberFlag(values.seed, "--seed", { integer: true, min: 0 }) ?? 42,
   };
 
+  // Only the base's quantization may be set here (generation has its own flags).
+  const sets = (values.set as string[] | undefined) ?? [];
+  for (const text of sets) {
+    if (!isQuantizationKey(parseOverride(text).path[0])) {
+      throw new UserError(
+        `--set ${text}: chat takes only the quantization keys (${QUANTIZATION_KEYS.join(", ")})`,
+      );
+    }
+  }
+  const quantization = quantizationFromOverrides(sets, "chat --set");
+
   const { modelDir, adapter } = await resolveModelOrAdapter(
     positionals[0],
     values.model as string | undefined,
@@ -118,6 +143,7 @@ export async function main(args: string[]): Promise<number> {
     maxSeq: context,
     seed: opts.seed,
     gradientCheckpointing: true,
+    ...(quantization ? { quantization } : {}),
   });
   const enc = new TextEncoder();
   const print = (s: string) => Deno.stdout.writeSync(enc.encode(s));

@@ -4,11 +4,18 @@
  *
  *   deno task stage evaluate --model MODEL_DIR [--adapter DIR] --in records.jsonl --out EVAL_DIR
  *        [--limit N] [--batch-size N] [--config CFG] [--set key=value ...] [--segmenter jieba|space|char]
+ *        [--set quantization_bit=4]  (QLoRA: the base's linear weights 4-bit, as in training)
  *        [--f32]   (frozen weights in f32 rather than f16: exact f32 math, twice the memory)
  *        [--force] (write into a non-empty --out that is not an earlier evaluate output)
  *   deno task stage evaluate --metrics-only --in preds.jsonl --out DIR [--segmenter ...]
  */
-import { loadConfig, refuseQuantization } from "../lib/config/mod.ts";
+import {
+  describeQuantization,
+  isQuantizationKey,
+  loadConfig,
+  type QuantizationConfig,
+  quantizationFromOverrides,
+} from "../lib/config/mod.ts";
 import { parseOverride } from "../lib/config/overrides.ts";
 import {
   type CommandSpec,
@@ -79,7 +86,8 @@ export const COMMAND: CommandSpec = {
       arg: "KEY=VALUE",
       multiple: true,
       help:
-        "a generation setting (max_new_tokens, do_sample, temperature, top_p, top_k, seed), or with --config any config key",
+        "a generation setting (max_new_tokens, do_sample, temperature, top_p, top_k, seed), a 4-bit base " +
+        "(quantization_bit=4, quantization_type, double_quantization, quantization_config.*), or with --config any config key",
     },
     segmenter: {
       type: "string",
@@ -142,9 +150,11 @@ export async function main(args: string[]): Promise<number> {
     seed: 42,
   };
   const sets = (values.set as string[] | undefined) ?? [];
+  // QLoRA: the base held 4-bit, from the config or from --set quantization_bit=4.
+  let quantization: QuantizationConfig | null = null;
   if (values.config) {
     const cfg = await loadConfig(values.config as string, sets);
-    refuseQuantization(cfg, "evaluate");
+    quantization = cfg.quantization;
     const g = cfg.training_args.generation_config;
     if (g) {
       gen.maxNewTokens = g.max_new_tokens ?? Math.max(1, g.max_length);
@@ -155,12 +165,17 @@ export async function main(args: string[]): Promise<number> {
     }
     gen.seed = cfg.training_args.seed;
   } else {
+    const quantSets: string[] = [];
     for (const text of sets) {
       const o = parseOverride(text);
       const key = o.path[0] === "generation_config" ? o.path.slice(1).join(".") : o.path.join(".");
       const v = o.value;
       // a config's unset (null) value, as a pipeline passes it: keep the default
       if (v === null) continue;
+      if (isQuantizationKey(o.path[0])) {
+        quantSets.push(text);
+        continue;
+      }
       switch (key as typeof GENERATION_KEYS[number]) {
         case "max_new_tokens":
         case "top_k":
@@ -188,12 +203,14 @@ export async function main(args: string[]): Promise<number> {
           throw new UserError(
             `--set ${text}: evaluate knows ${
               GENERATION_KEYS.join(", ")
-            } (optionally under generation_config.); ` +
+            } (optionally under generation_config.) and the quantization keys; ` +
               `pass --config CFG to override other config keys`,
           );
       }
     }
+    quantization = quantizationFromOverrides(quantSets, "evaluate --set");
   }
+  if (quantization) console.error(`evaluate: on a ${describeQuantization(quantization)} base`);
 
   const result = await evaluate({
     modelDir: values.model as string | undefined,
@@ -206,6 +223,7 @@ export async function main(args: string[]): Promise<number> {
     segmenter,
     metricsOnly,
     ...(values.f32 ? { frozenF16: false } : {}),
+    ...(quantization ? { quantization } : {}),
     force: !!values.force,
   });
   const shown = Object.entries(result)

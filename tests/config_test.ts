@@ -7,6 +7,7 @@ import {
   loadConfig,
   loraDefaults,
   parseConfig,
+  quantizationFromOverrides,
   renderConfig,
   reportNotApplicable,
   trainingSteps,
@@ -439,6 +440,26 @@ Deno.test("quantization: BitsAndBytesConfig keys and LLaMA-Factory's quantizatio
   const pt = "data_config:\n  train_file: t.json\nmax_input_length: 8\nmax_output_length: 8\n" +
     "peft_config:\n  peft_type: PREFIX_TUNING\n  num_virtual_tokens: 4\nquantization_bit: 4\n";
   assertEquals(parseConfig(pt, "c.yaml").quantization?.bits, 4);
+  // The same base as --set overrides for evaluate and chat, read back to the same settings.
+  assertEquals(parseConfig(base, "c.yaml").quantization_overrides, []);
+  assertEquals(hf.quantization_overrides, [
+    "quantization_bit=4",
+    "quantization_type=fp4",
+    "double_quantization=false",
+  ]);
+  for (const c of [hf, nf4, lf, lf2]) {
+    const back = quantizationFromOverrides(c.quantization_overrides, "evaluate --set");
+    assertEquals(
+      [back?.quantType, back?.doubleQuant],
+      [c.quantization?.quantType, c.quantization?.doubleQuant],
+    );
+  }
+  assertEquals(quantizationFromOverrides([], "evaluate --set"), null);
+  assertThrows(
+    () => quantizationFromOverrides(["quantization_bit=8"], "evaluate --set"),
+    UserError,
+    "evaluate --set: quantization_bit: 8-bit (LLM.int8) weights are not supported",
+  );
 });
 
 Deno.test("quantization: what cannot be honoured is an error with file:line", () => {

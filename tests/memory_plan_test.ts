@@ -3,7 +3,12 @@ import assert from "node:assert";
 import type { AdapterSpec } from "../lib/model/adapter.ts";
 import { glmParameterCount, parseGlmConfig } from "../lib/model/config.ts";
 import { trainableShapes } from "../lib/model/cpu/glm.ts";
-import { formatMemoryPlan, largestRowsPerPass, memoryPlan } from "../lib/model/memory_plan.ts";
+import {
+  formatMemoryPlan,
+  largestRowsPerPass,
+  memoryPlan,
+  type PlanQuantization,
+} from "../lib/model/memory_plan.ts";
 import { glmWeightShapes } from "../lib/model/weights.ts";
 
 const fixture = (p: string) => new URL(`./fixtures/${p}`, import.meta.url);
@@ -118,7 +123,7 @@ Deno.test("the KV cache line: layers × (k, v) × batch × length × groups × k
   assert.equal(p.kvCache, 28 * 2 * 4 * 1024 * 2 * 128 * 4);
 });
 
-Deno.test("the plan is what the WebGPU model allocates (tiny model, every adapter kind)", async () => {
+Deno.test("the plan is what the WebGPU model allocates (tiny model, every adapter kind, 4-bit bases)", async () => {
   const { getGpu } = await import("../lib/gpu/device.ts");
   const { loadGlmModel } = await import("../lib/model/load.ts");
   const gpu = await getGpu();
@@ -130,7 +135,9 @@ Deno.test("the plan is what the WebGPU model allocates (tiny model, every adapte
     return create.call(device, d);
   };
   const binding = Math.min(device.limits.maxStorageBufferBindingSize, device.limits.maxBufferSize);
-  const cases: [AdapterSpec, boolean][] = [
+  const nf4 = { quantType: "nf4", doubleQuant: true } as const;
+  const fp4 = { quantType: "fp4", doubleQuant: false } as const;
+  const cases: [AdapterSpec, boolean, PlanQuantization?][] = [
     [{ kind: "lora", r: 4, alpha: 32, dropout: 0, targetModules: ["query_key_value"] }, true],
     [
       { kind: "lora", r: 2, alpha: 4, dropout: 0, targetModules: ["dense", "dense_4h_to_h"] },
@@ -140,9 +147,14 @@ Deno.test("the plan is what the WebGPU model allocates (tiny model, every adapte
     [{ kind: "prefix", preSeqLen: 3, prefixProjection: false }, false],
     [{ kind: "full" }, true],
     [{ kind: "none" }, false],
+    // QLoRA: the layers' linears as 4-bit codes and scales (double-quantized or f32 absmax).
+    [{ kind: "lora", r: 4, alpha: 32, dropout: 0, targetModules: ["query_key_value"] }, true, nf4],
+    [{ kind: "lora", r: 2, alpha: 4, dropout: 0.1, targetModules: ["dense"] }, false, fp4],
+    [{ kind: "prefix", preSeqLen: 4, prefixProjection: false }, true, nf4],
+    [{ kind: "none" }, false, nf4],
   ];
   try {
-    for (const [adapter, gradientCheckpointing] of cases) {
+    for (const [adapter, gradientCheckpointing, quantization] of cases) {
       allocated = 0;
       const model = await loadGlmModel(gpu, fixture("tiny").pathname, {
         adapter,
@@ -150,6 +162,7 @@ Deno.test("the plan is what the WebGPU model allocates (tiny model, every adapte
         maxSeq: 16,
         seed: 1,
         gradientCheckpointing,
+        quantization,
       });
       model.destroy();
       const plan = memoryPlan(tiny, {
@@ -158,13 +171,19 @@ Deno.test("the plan is what the WebGPU model allocates (tiny model, every adapte
         seq: 16,
         gradientCheckpointing,
         maxBindingBytes: binding,
+        quantization,
       });
       // The optimizer moments belong to the trainer, the kernel scratch to the device.
       const planned = plan.total - plan.optimizerMoments - plan.scratch;
+      const what = `${adapter.kind}${quantization ? ` on ${quantization.quantType}` : ""}`;
       assert(
         Math.abs(allocated - planned) <= 64,
-        `${adapter.kind} (checkpointing ${gradientCheckpointing}): the model allocates ${allocated} bytes, the plan says ${planned}`,
+        `${what} (checkpointing ${gradientCheckpointing}): the model allocates ${allocated} bytes, the plan says ${planned}`,
       );
+      if (quantization) {
+        const f16 = memoryPlan(tiny, { adapter, batch: 2, seq: 16, gradientCheckpointing });
+        assert(plan.frozenWeights < f16.frozenWeights, `${what}: 4-bit weights take less`);
+      }
     }
   } finally {
     device.createBuffer = create;

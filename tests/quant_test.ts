@@ -12,9 +12,11 @@ import {
   NF4_THRESHOLDS,
   NF4_VALUES,
   quant4Bytes,
+  quant4Code,
   quant4Host,
   type Quant4Tensor,
   type Quant4Type,
+  quantize4bit,
   quantizeBlockwise8,
   quantizeRaw,
 } from "../lib/model/quant/mod.ts";
@@ -115,6 +117,15 @@ for (const c of cases) {
     } else {
       assertEquals(bitsOf(t.absmax!), bitsOf(f32(await read(`${c.name}.absmax.bin`))));
     }
+    // Decoded and quantized two blocks at a time (as a large tensor is, a chunk at a time):
+    // the same bytes.
+    const chunked = quantizeRaw(raw, DTYPE[c.dtype], c.shape, {
+      type: c.quant_type,
+      doubleQuant: c.double_quant,
+      blocksize: c.blocksize,
+    }, 2 * c.blocksize);
+    assert(chunked.packed.every((b, i) => b === packed[i]), "packed, in chunks of two blocks");
+    assertEquals(chunked.nested?.codes ?? chunked.absmax, t.nested?.codes ?? t.absmax);
     const deq = dequantize4bit(t);
     assertEquals(await sha256(deq), c.dequant_sha256, `${c.name}: dequantized values differ`);
     try {
@@ -188,4 +199,57 @@ Deno.test("quant: the device layout keeps bitsandbytes' bytes; element g is word
   const plain = quantizeRaw(await read(c.input), "F16", c.shape, { type: "nf4" });
   const hp = quant4Host(plain);
   assertEquals(quant4Bytes(t.n, { type: "nf4" }), hp.packed.byteLength + hp.scales.byteLength);
+});
+
+Deno.test("quant: the coder's cell table gives the comparison tree's code for every value", () => {
+  // Values that probe the table: every pivot and 3 ulps either side, every cell edge and
+  // its neighbours, ±1 and just past it, ±0, NaN, and normal draws; each scaled to a block
+  // of 64 with a fixed absmax so that the coder sees x = v · (1 / absmax) as the tree does.
+  const probes: number[] = [0, -0, 1, -1, NaN];
+  const ulps = (x: number, k: number) => {
+    const b = new Float32Array([x]), u = new Int32Array(b.buffer);
+    const out: number[] = [];
+    for (let d = -k; d <= k; d++) {
+      u[0] = new Int32Array(new Float32Array([x]).buffer)[0] + d;
+      out.push(b[0]);
+    }
+    return out;
+  };
+  for (const t of [...NF4_THRESHOLDS, ...FP4_THRESHOLDS]) {
+    probes.push(...ulps(t, 3), ...ulps(-t, 3));
+  }
+  for (let c = 0; c <= 256; c++) probes.push(...ulps(-1 + c / 128, 2), ...ulps(c / 256, 2));
+  probes.push(...ulps(1, 4), ...ulps(-1, 4));
+  let s = 11;
+  for (let i = 0; i < 20000; i++) {
+    s = (Math.imul(s, 1103515245) + 12345) >>> 0;
+    const u1 = s / 2 ** 32 + 1e-9;
+    s = (Math.imul(s, 1103515245) + 12345) >>> 0;
+    probes.push(Math.sqrt(-2 * Math.log(u1)) * Math.cos(2 * Math.PI * s / 2 ** 32) / 3);
+  }
+  for (const absmax of [1, 0.0173, 1e-39 /* reciprocal overflows: the tree's own path */]) {
+    const vals = new Float32Array(
+      probes.map((p) => Number.isNaN(p) ? 0 : Math.max(-1, Math.min(1, p)) * absmax),
+    );
+    // Every block of 64 holds ±absmax, so each block's scale is `absmax` (rounded to f32).
+    const n = Math.ceil(vals.length / 62) * 64 + 1; // an odd count: the padded last nibble too
+    const v = new Float32Array(n);
+    for (let b = 0, j = 0; b * 64 < n; b++) {
+      const blk = v.subarray(b * 64, Math.min(n, b * 64 + 64));
+      blk[0] = absmax;
+      if (blk.length > 1) blk[1] = -absmax;
+      for (let i = 2; i < blk.length && j < vals.length; i++) blk[i] = vals[j++];
+    }
+    for (const type of ["nf4", "fp4"] as const) {
+      const t = quantize4bit(v, [n], { type });
+      const inv = Math.fround(1 / Math.fround(absmax));
+      for (let i = 0; i < n + 1; i++) {
+        const x = Math.fround((i < n ? v[i] : 0) * inv);
+        const got = i % 2 === 0 ? t.packed[i >> 1] >> 4 : t.packed[i >> 1] & 15;
+        if (got !== quant4Code(x, type)) {
+          throw new Error(`${type}, absmax ${absmax}: value ${v[i]} (x ${x}) coded ${got}`);
+        }
+      }
+    }
+  }
 });

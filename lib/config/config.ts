@@ -165,6 +165,13 @@ export interface FinetuneConfig {
    * BitsAndBytesConfig keys) or `quantization_bit: 4` (LLaMA-Factory); null: none.
    */
   quantization: QuantizationConfig | null;
+  /**
+   * The same 4-bit base as `--set` overrides in LLaMA-Factory's keys
+   * (`quantization_bit=4`, `quantization_type=…`, `double_quantization=…`),
+   * empty without one: what evaluate and chat take to hold the base as
+   * training did. Pipelines pass `${config.quantization_overrides}`.
+   */
+  quantization_overrides: string[];
   /** keys present in the file that only matter to PyTorch; see formatNotApplicable */
   notApplicable: NotApplicable[];
 }
@@ -344,6 +351,37 @@ export function parseConfig(text: string, path: string, overrides: string[] = []
  * that must hand the effective config to several stages. Throws a UserError
  * if the result is not a valid config.
  */
+/** The top-level keys that say how the base is quantized (both spellings). */
+export const QUANTIZATION_KEYS = [
+  "quantization_config",
+  "quantization_bit",
+  "quantization_type",
+  "double_quantization",
+  "quantization_method",
+] as const;
+
+/** Whether a `--set` (its dotted path's first part) is about the base's quantization. */
+export function isQuantizationKey(head: string): boolean {
+  return (QUANTIZATION_KEYS as readonly string[]).includes(head);
+}
+
+/**
+ * The quantization a list of `--set` overrides asks for, without a config
+ * file (evaluate and chat: `--set quantization_bit=4`), checked by the same
+ * rules and with the same messages as in a config; `where` names the command.
+ */
+export function quantizationFromOverrides(
+  overrides: string[],
+  where: string,
+): QuantizationConfig | null {
+  if (overrides.length === 0) return null;
+  // A config that asks for nothing else: only the quantization keys are read from it.
+  const minimal =
+    "data_config: {train_file: t, val_file: v, test_file: t}\nmax_input_length: 1\nmax_output_length: 1\n" +
+    "peft_config: {peft_type: LORA}\n";
+  return parseConfig(minimal, where, overrides).quantization;
+}
+
 export function renderConfig(text: string, path: string, overrides: string[]): string {
   parseConfig(text, path, overrides);
   const { doc } = parseYaml(text, path);
@@ -457,6 +495,13 @@ class Validator {
       training_args,
       peft_config,
       quantization,
+      quantization_overrides: quantization
+        ? [
+          "quantization_bit=4",
+          `quantization_type=${quantization.quantType}`,
+          `double_quantization=${quantization.doubleQuant}`,
+        ]
+        : [],
       notApplicable: this.notApplicable,
     };
   }

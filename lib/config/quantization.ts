@@ -147,17 +147,15 @@ export function describeQuantization(q: QuantizationConfig): string {
 }
 
 /**
- * The model does not run a 4-bit base yet (only `train --dry-run` plans one):
- * a run that asks for it is refused, never trained on the f16 base instead.
+ * Refuse a run that asks for a 4-bit base where it cannot have one (the torch
+ * engine: docs/qlora.md), never running it on the unquantized base instead.
  */
 export function refuseQuantization(
   cfg: { path: string; quantization: QuantizationConfig | null },
   what: string,
+  why: string,
 ): void {
   const q = cfg.quantization;
   if (!q) return;
-  throw new UserError(
-    `${cfg.path}: ${q.key}: ${what} does not run a 4-bit base yet; ` +
-      "`deno task stage train --dry-run` plans its memory (docs/qlora.md)",
-  );
+  throw new UserError(`${cfg.path}: ${q.key}: ${what} does not run a 4-bit base: ${why}`);
 }

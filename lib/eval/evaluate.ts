@@ -25,6 +25,7 @@ import type { AdapterSpec } from "../model/adapter.ts";
 import { type AdapterDir, adapterTensorsFor, readAdapterDir } from "../model/adapter_dir.ts";
 import { createBuffer, readF32 } from "../gpu/runtime.ts";
 import type { GlmModel } from "../model/glm.ts";
+import type { PlanQuantization } from "../model/memory_plan.ts";
 import { loadGlmConfig } from "../model/config.ts";
 import { gpuForModel, loadGlmModel } from "../model/load.ts";
 import { ChatGLMTokenizer } from "../tokenizer/chatglm.ts";
@@ -51,6 +52,8 @@ export interface EvaluateOptions {
   metricsOnly?: boolean;
   /** Keep frozen weights in f32 instead of f16 (twice the memory; exact f32 math). */
   frozenF16?: boolean;
+  /** QLoRA: hold the base's linear weights 4-bit, quantized at load as in training. */
+  quantization?: PlanQuantization;
   /** Quiet mode for tests. */
   quiet?: boolean;
   /** Write into `outDir` even when it is a non-empty directory evaluate did not write. */
@@ -415,6 +418,7 @@ async function evaluateFrom(o: EvaluateOptions, src: Source): Promise<EvaluateRe
       // Inference keeps no per-layer activations for a backward pass.
       gradientCheckpointing: true,
       ...(o.frozenF16 === undefined ? {} : { frozenF16: o.frozenF16 }),
+      ...(o.quantization ? { quantization: o.quantization } : {}),
     });
     predictor = { model, tokenizer, generation: o.generation, batchSize: o.batchSize };
     try {

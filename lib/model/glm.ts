@@ -1,6 +1,7 @@
 /**
  * The ChatGLM3 model on WebGPU: frozen base weights uploaded once (f16 packed
- * when frozen, f32 when trained), a forward pass for inference and scoring,
+ * when frozen, f32 when trained, the layers' linears 4-bit for QLoRA), a
+ * forward pass for inference and scoring,
  * and an explicit per-layer backward in the manner of llm.c for LoRA,
  * P-Tuning v2 and full SFT. A training micro-batch is one command encoder
  * and one compute pass with no wait: gradients are added into each
@@ -46,6 +47,7 @@ import { type Dims, dimsOf, type GlmConfigFields, type WeightSource } from "./di
 import { DeviceStore } from "./store.ts";
 import { fullParams, loraParams, prefixParams, uploadBase } from "./upload.ts";
 import { allocateStep } from "./buffers.ts";
+import type { PlanQuantization } from "./memory_plan.ts";
 import { uploadBatch } from "./batch.ts";
 import { actsFor, type Core, type Step } from "./blocks/core.ts";
 import { embeddingBackward, embeddingForward } from "./blocks/embedding.ts";
@@ -68,6 +70,12 @@ export interface GlmModelOptions {
   adapter: AdapterSpec;
   /** Store frozen base weights as f16 (packed u32, unpack2x16float). Default: true for LoRA/prefix/none, false for full. */
   frozenF16?: boolean;
+  /**
+   * Hold the layers' linear weights 4-bit (QLoRA: NF4 or FP4, bitsandbytes'
+   * algorithm), quantized as they load; not with full SFT. The embedding and
+   * output tables stay as `frozenF16` says.
+   */
+  quantization?: PlanQuantization;
   gradientCheckpointing?: boolean;
   /** Largest micro-batch shape the buffers are sized for. */
   maxBatch: number;
@@ -99,6 +107,8 @@ export class GlmModel implements TrainableModel {
   private readonly opts: GlmModelOptions;
   private readonly store: DeviceStore;
   private core!: Core;
+  /** What loading took that a user may want to know (benchmarks report it). */
+  loadStats = { quantizeSeconds: 0 };
   private readonly recordings = new Map<string, StepRecording>();
 
   constructor(gpu: Gpu, config: GlmConfigFields & Partial<GlmConfig>, opts: GlmModelOptions) {
@@ -137,7 +147,8 @@ export class GlmModel implements TrainableModel {
     if (full && f16) {
       throw new UserError("full SFT trains every weight in f32: frozenF16 cannot be set");
     }
-    const base = await uploadBase(store, d, w, { full, f16 });
+    const base = await uploadBase(store, d, w, { full, f16, quant: this.opts.quantization });
+    this.loadStats = { quantizeSeconds: base.quantizeSeconds };
     const finalNormParam = full ? fullParams(store, d, base).finalNormParam : undefined;
     if (a.kind === "lora") loraParams(store, base, a);
     const prefix = a.kind === "prefix" ? prefixParams(store, d, a) : undefined;

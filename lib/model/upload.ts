@@ -1,8 +1,9 @@
 /**
  * Base weights onto the device, once: every tensor checked against the
  * shape the config implies, frozen matrices stored as f16 (packed two per
- * u32) unless they train, the embedding and output tables split by rows into
- * slices that each fit a binding; then the trainable tensors of the adapter.
+ * u32) unless they train, or the layers' linears as 4-bit codes (QLoRA), the
+ * embedding and output tables split by rows into slices that each fit a
+ * binding; then the trainable tensors of the adapter.
  */
 import { settleWrites, writeBuffer } from "../gpu/runtime.ts";
 import { f32ToF16Packed, rawToF16Packed } from "../gpu/kernels/matmul.ts";
@@ -22,7 +23,9 @@ import {
   PREFIX_TRANS,
 } from "./adapter.ts";
 import { type Dims, linearShape, type WeightSource } from "./dims.ts";
-import { tableSliceRows } from "./memory_plan.ts";
+import { type PlanQuantization, tableSliceRows } from "./memory_plan.ts";
+import { quantizeRaw, uploadDynamicMap, uploadQuant4 } from "./quant/mod.ts";
+import type { Quant4Weight } from "../gpu/kernels/matmul_4bit.ts";
 import type { DeviceStore } from "./store.ts";
 import type { Layer, Linear, Prefix, Table } from "./blocks/core.ts";
 import type { TrainableParam } from "./types.ts";
@@ -32,14 +35,22 @@ export interface BaseWeights {
   layers: Layer[];
   finalNorm: GPUBuffer;
   output: Table;
+  /** Host seconds spent quantizing the 4-bit weights (0 without quantization). */
+  quantizeSeconds: number;
 }
 
-/** Upload every base weight of `w` (f16 matrices when `f16`; full SFT keeps them f32). */
+/**
+ * Upload every base weight of `w` (f16 matrices when `f16`; full SFT keeps
+ * them f32). With `quant`, each layer's four linear weights are quantized to
+ * 4 bits as they load, one tensor at a time (./quant), and only their codes
+ * and scales go to the device; the embedding and output tables, norm weights
+ * and the qkv bias load as without it (docs/qlora.md says why).
+ */
 export async function uploadBase(
   store: DeviceStore,
   d: Dims,
   w: WeightSource,
-  o: { full: boolean; f16: boolean },
+  o: { full: boolean; f16: boolean; quant?: PlanQuantization },
 ): Promise<BaseWeights> {
   const gpu = store.gpu;
   const check = (name: string, shape: number[]) => {
@@ -124,6 +135,27 @@ export async function uploadBase(
     return { f16: asF16, rows, cols, slices };
   };
 
+  const q = o.quant;
+  if (q && o.full) throw new UserError("a 4-bit base is frozen: it cannot be fully fine-tuned");
+  const up = (data: Uint32Array | Float32Array, label: string) => store.up(data, label);
+  // The 8-bit code book of double quantization: one per model, so that it goes with the model.
+  const code = q?.doubleQuant ? uploadDynamicMap(up) : undefined;
+  let quantizeSeconds = 0;
+  const quantized = async (name: string, shape: number[]): Promise<Quant4Weight> => {
+    check(name, shape);
+    const raw = await w.raw(name);
+    const t0 = performance.now();
+    const t = quantizeRaw(raw, w.dtype(name), shape, {
+      type: q!.quantType,
+      doubleQuant: q!.doubleQuant,
+      blocksize: q!.blocksize ?? 64,
+    });
+    quantizeSeconds += (performance.now() - t0) / 1000;
+    const weight = uploadQuant4(gpu, t, name, { up, code });
+    await settleWrites(gpu);
+    return weight;
+  };
+
   const embed = await table(EMBEDDING, d.V, d.hidden, o.f16);
   const layers: Layer[] = [];
   for (let i = 0; i < d.L; i++) {
@@ -134,13 +166,9 @@ export async function uploadBase(
     for (const kind of LORA_TARGETS) {
       const [inF, outF] = linearShape(d, kind);
       const name = p + LINEAR_PATH[kind] + ".weight";
-      const l: Linear = {
-        kind,
-        in: inF,
-        out: outF,
-        w: await matrix(name, [outF, inF], o.f16),
-        f16: o.f16,
-      };
+      const l: Linear = q
+        ? { kind, in: inF, out: outF, q4: await quantized(name, [outF, inF]), f16: false }
+        : { kind, in: inF, out: outF, w: await matrix(name, [outF, inF], o.f16), f16: o.f16 };
       if (kind === "query_key_value" && d.qkvBias) {
         l.bias = await vector(p + LINEAR_PATH[kind] + ".bias", outF);
       }
@@ -150,7 +178,7 @@ export async function uploadBase(
   }
   const finalNorm = await vector(FINAL_NORM, d.hidden);
   const output = await table(OUTPUT_LAYER, d.V, d.hidden, o.f16);
-  return { embed, layers, finalNorm, output };
+  return { embed, layers, finalNorm, output, quantizeSeconds };
 }
 
 /** Full SFT: every base weight becomes a trainable param, in HF state-dict order. */
@@ -168,7 +196,7 @@ export function fullParams(
       if (kind === "dense_h_to_4h") {
         ly.ln2Param = store.addParam(p + "post_attention_layernorm.weight", [d.hidden], ly.ln2);
       }
-      l.wParam = store.addParam(p + LINEAR_PATH[kind] + ".weight", [l.out, l.in], l.w);
+      l.wParam = store.addParam(p + LINEAR_PATH[kind] + ".weight", [l.out, l.in], l.w!);
       if (l.bias) l.bParam = store.addParam(p + LINEAR_PATH[kind] + ".bias", [l.out], l.bias);
     }
   }

@@ -14,7 +14,7 @@ import { listCheckpoints } from "../train/checkpoint.ts";
 import { describeHolder, LOCK_FILE, lockRunDir, type RunLock } from "./lock.ts";
 import { checkExternalInputs, producerOf } from "./preflight.ts";
 import { claimOutputDir, markOutputDir } from "../outdir.ts";
-import { loadConfig, parseConfig, renderConfig } from "../config/config.ts";
+import { loadConfig, parseConfig, QUANTIZATION_KEYS, renderConfig } from "../config/config.ts";
 import { parseOverride } from "../config/overrides.ts";
 import { CodeHasher, Hasher } from "./hash.ts";
 import {
@@ -108,11 +108,7 @@ const CONFIG_ROOTS = [
   "max_output_length",
   "training_args",
   "peft_config",
-  "quantization_config",
-  "quantization_bit",
-  "quantization_type",
-  "double_quantization",
-  "quantization_method",
+  ...QUANTIZATION_KEYS,
 ];
 
 /** Stages that handle Ctrl-C themselves (train saves a checkpoint and returns 130). */

@@ -9,7 +9,6 @@ import {
   type FinetuneConfig,
   finetuneMode,
   loadConfig,
-  refuseQuantization,
   reportNotApplicable,
 } from "../config/mod.ts";
 import { osError, UserError } from "../errors.ts";
@@ -195,7 +194,6 @@ export async function dryRunPlan(
 export async function runTraining(o: RunOptions): Promise<TrainResult> {
   const cfg = await loadConfig(o.configPath, o.overrides ?? []);
   reportNotApplicable(cfg);
-  refuseQuantization(cfg, "the WebGPU engine's training");
   // The output dir must be new, empty or an earlier run's before anything is loaded.
   await claimOutputDir(o.outDir, "train", {
     force: o.force,
@@ -223,6 +221,8 @@ export async function runTraining(o: RunOptions): Promise<TrainResult> {
     maxSeq,
     seed: cfg.training_args.seed,
     gradientCheckpointing: cfg.training_args.gradient_checkpointing,
+    // QLoRA: the layers' linear weights quantized to 4 bits as they load.
+    ...(cfg.quantization ? { quantization: cfg.quantization } : {}),
   });
   try {
     const vocab = model.config.padded_vocab_size;
@@ -249,10 +249,13 @@ export async function runTraining(o: RunOptions): Promise<TrainResult> {
     }
     const tensorboard = tensorBoardLog(cfg.training_args, o.outDir);
     const trainable = model.params.reduce((a, p) => a + p.size, 0);
+    const q = cfg.quantization;
     console.error(
-      `train: ${mode}, ${count(model.params.length, "trainable tensor")} (${
-        count(trainable, "value")
-      }), ${count(trainRecs.length, "record")}, on ${describeGpu(gpu)}`,
+      `train: ${mode}${q ? ` on a ${describeQuantization(q)} base (QLoRA)` : ""}, ${
+        count(model.params.length, "trainable tensor")
+      } (${count(trainable, "value")}), ${count(trainRecs.length, "record")}, on ${
+        describeGpu(gpu)
+      }`,
     );
     if (tensorboard) console.error(`train: TensorBoard event files in ${tensorboard.dir}`);
     return await train({
@@ -276,6 +279,15 @@ export async function runTraining(o: RunOptions): Promise<TrainResult> {
         train_file: o.trainFile,
         eval_file: o.evalFile ?? null,
         mode,
+        // How the base was held while the adapter trained (evaluate and chat take the same
+        // --set to run on it; the adapter itself is a plain PEFT LoRA adapter).
+        quantization: cfg.quantization
+          ? {
+            quant_type: cfg.quantization.quantType,
+            double_quant: cfg.quantization.doubleQuant,
+            blocksize: cfg.quantization.blocksize,
+          }
+          : null,
       },
     });
   } finally {

@@ -54,6 +54,15 @@ const LAUNCH = fileURLToPath(TORCH_ENGINE_FILES[0]);
 const TRAIN = fileURLToPath(TORCH_ENGINE_FILES[1]);
 // (Directories are derived from a file: the pipeline's code hash reads every `new URL` asset as a file.)
 const REPO = resolve(dirname(LAUNCH), "..", "..");
+/**
+ * Why the torch engine refuses a 4-bit base: PyTorch's QLoRA is bitsandbytes'
+ * (transformers' BitsAndBytesConfig), which the environment `deno task
+ * setup-torch` builds from the package mirror cannot install, so a QLoRA path
+ * there could never be run or tested (docs/qlora.md).
+ */
+const TORCH_QLORA = "PyTorch's QLoRA needs bitsandbytes, which its environment " +
+  "(deno task setup-torch) cannot install; train the 4-bit base with --engine webgpu (the default)";
+
 /** Where `deno task setup-torch` puts its virtual environment by default. */
 export const DEFAULT_VENV = join(REPO, ".venv-torch");
 /** The shipped configs (ds_zero_2.json / ds_zero_3.json), the last place a relative deepspeed path is looked for. */
@@ -242,7 +251,7 @@ export function torchrunArgs(l: TorchLaunch): string[] {
 export async function runTorchTraining(o: TorchRunOptions): Promise<TorchRunResult> {
   const cfg = await loadConfig(o.configPath, o.overrides ?? []);
   reportNotApplicable(cfg, undefined, "torch");
-  refuseQuantization(cfg, "the torch engine");
+  refuseQuantization(cfg, "the torch engine", TORCH_QLORA);
   // As the WebGPU engine: a new, empty or earlier train output dir (lib/outdir.ts).
   await claimOutputDir(o.outDir, "train", {
     force: o.force,
@@ -501,7 +510,7 @@ export async function torchDryRunPlan(
   o: Pick<RunOptions, "modelDir" | "configPath" | "overrides"> & { launch?: TorchLaunch },
 ): Promise<string> {
   const cfg = await loadConfig(o.configPath, o.overrides ?? []);
-  refuseQuantization(cfg, "the torch engine");
+  refuseQuantization(cfg, "the torch engine", TORCH_QLORA);
   const config = await loadGlmConfig(o.modelDir);
   const t = cfg.training_args;
   const gpus = positive(o.launch?.nprocPerNode, "--nproc-per-node") *

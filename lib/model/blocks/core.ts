@@ -6,6 +6,7 @@
  */
 import type { Gpu } from "../../gpu/device.ts";
 import type { UniformValue } from "../../gpu/runtime.ts";
+import type { Quant4Weight } from "../../gpu/kernels/matmul_4bit.ts";
 import type { AdapterSpec, LoraTarget } from "../adapter.ts";
 import type { Dims } from "../dims.ts";
 import type { TrainableParam } from "../types.ts";
@@ -34,8 +35,11 @@ export interface Linear {
   kind: LoraTarget;
   in: number;
   out: number;
-  w: GPUBuffer;
+  /** The weight [out, in], f16-packed or f32; absent when it is held 4-bit (`q4`). */
+  w?: GPUBuffer;
   f16: boolean;
+  /** The weight quantized to 4 bits (QLoRA's frozen base), read by the 4-bit matmul. */
+  q4?: Quant4Weight;
   bias?: GPUBuffer;
   wParam?: TrainableParam;
   bParam?: TrainableParam;

@@ -1,11 +1,14 @@
 /**
  * A linear layer with its LoRA branch (PEFT semantics):
- * y = x·Wᵀ (+ b) + (alpha/r)·B·A·dropout(x), forward and backward. The
+ * y = x·Wᵀ (+ b) + (alpha/r)·B·A·dropout(x), forward and backward. W is
+ * f16, f32, or 4-bit (QLoRA: the 4-bit matmul dequantizes it in the kernel;
+ * a 4-bit W is frozen, so it needs only the input gradient). The
  * forward keeps A·dropout(x) for backward; backward draws the same dropout
  * mask again (same seed and stream) instead of keeping it.
  */
 import type { ComputePass } from "../../gpu/runtime.ts";
 import { encodeMatmul } from "../../gpu/kernels/matmul.ts";
+import { encodeMatmul4bit } from "../../gpu/kernels/matmul_4bit.ts";
 import { encodeDropout } from "../../gpu/kernels/dropout.ts";
 import { encodeColSum } from "../../gpu/kernels/elementwise.ts";
 import { LORA_TARGETS, type LoraTarget } from "../adapter.ts";
@@ -59,19 +62,34 @@ export function linearForward(
   loraSave?: GPUBuffer,
 ): void {
   const T = st.T;
-  encodeMatmul(c.gpu, pass, {
-    M: T,
-    N: l.out,
-    K: l.in,
-    a: x,
-    b: l.w,
-    c: y,
-    transB: true,
-    bF16: l.f16,
-    bFixed: !l.wParam,
-    bias: l.bias,
-    accumulate,
-  });
+  if (l.q4) {
+    // A 4-bit frozen weight, dequantized inside the product.
+    encodeMatmul4bit(c.gpu, pass, {
+      M: T,
+      N: l.out,
+      K: l.in,
+      a: x,
+      w: l.q4,
+      c: y,
+      transW: true,
+      bias: l.bias,
+      accumulate,
+    });
+  } else {
+    encodeMatmul(c.gpu, pass, {
+      M: T,
+      N: l.out,
+      K: l.in,
+      a: x,
+      b: l.w!,
+      c: y,
+      transB: true,
+      bF16: l.f16,
+      bFixed: !l.wParam,
+      bias: l.bias,
+      accumulate,
+    });
+  }
   if (!l.lora) return;
   const r = l.lora.A.shape[0];
   const xin = loraInput(c, pass, st, layer, l, x);
@@ -111,7 +129,12 @@ export function linearBackward(
   loraSaved?: GPUBuffer,
 ): void {
   const T = st.T, gpu = c.gpu;
-  if (dx) encodeMatmul(gpu, pass, { M: T, N: l.in, K: l.out, a: dy, b: l.w, c: dx, bF16: l.f16 });
+  if (dx && l.q4) {
+    // dx = dy·W with W [out, in] read as [K, N]: the 4-bit weight needs no transpose.
+    encodeMatmul4bit(gpu, pass, { M: T, N: l.in, K: l.out, a: dy, w: l.q4, c: dx, transW: false });
+  } else if (dx) {
+    encodeMatmul(gpu, pass, { M: T, N: l.in, K: l.out, a: dy, b: l.w!, c: dx, bF16: l.f16 });
+  }
   if (l.wParam) {
     encodeMatmul(gpu, pass, {
       M: l.out,

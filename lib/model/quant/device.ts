@@ -53,36 +53,56 @@ export function quant4Host(t: Quant4Tensor): Quant4Host {
 
 const codeBuffers = new WeakMap<GPUDevice, GPUBuffer>();
 
+/** Where uploadQuant4 puts a tensor's buffers (a model's store, so that they go with it). */
+export type Quant4Allocator = (data: Uint32Array | Float32Array, label: string) => GPUBuffer;
+
+/** The label of the 8-bit code book's buffer (benchmarks count it with the frozen weights). */
+export const DYNAMIC_MAP_LABEL = "quant-dynamic-map";
+
 /** The 8-bit dynamic map on the device, one buffer shared by every double-quantized tensor. */
 function dynamicMapBuffer(gpu: Gpu): GPUBuffer {
   let b = codeBuffers.get(gpu.device);
   if (!b) {
-    b = createBuffer(gpu, 256 * 4, "quant-dynamic-map");
+    b = createBuffer(gpu, 256 * 4, DYNAMIC_MAP_LABEL);
     writeBuffer(gpu, b, 0, dynamicMap());
     codeBuffers.set(gpu.device, b);
   }
   return b;
 }
 
-/** Upload a quantized tensor; the result is what encodeMatmul4bit takes as `w`. */
-export function uploadQuant4(gpu: Gpu, t: Quant4Tensor, label = "quant4"): Quant4Weight {
+/** The dynamic map in a buffer of `up`'s (a model's own copy, destroyed with it). */
+export function uploadDynamicMap(up: Quant4Allocator): GPUBuffer {
+  return up(dynamicMap(), DYNAMIC_MAP_LABEL);
+}
+
+/**
+ * Upload a quantized tensor; the result is what encodeMatmul4bit takes as `w`.
+ * With `o.up` the buffers are made by it (else plain buffers the caller frees
+ * with destroyQuant4), with `o.code` a double-quantized tensor reads that
+ * dynamic map (else one shared by the device).
+ */
+export function uploadQuant4(
+  gpu: Gpu,
+  t: Quant4Tensor,
+  label = "quant4",
+  o: { up?: Quant4Allocator; code?: GPUBuffer } = {},
+): Quant4Weight {
   const h = quant4Host(t);
-  const packed = createBuffer(gpu, h.packed.byteLength, `${label}.packed`);
-  writeBuffer(gpu, packed, 0, h.packed);
-  const scales = createBuffer(gpu, h.scales.byteLength, `${label}.scales`);
-  writeBuffer(gpu, scales, 0, h.scales);
+  const up = o.up ?? ((data, name) => {
+    const b = createBuffer(gpu, data.byteLength, name);
+    writeBuffer(gpu, b, 0, data);
+    return b;
+  });
   const w: Quant4Weight = {
-    packed,
-    scales,
+    packed: up(h.packed, `${label}.packed`),
+    scales: up(h.scales, `${label}.scales`),
     values: quant4Values(t.type),
     blocksize: t.blocksize,
   };
   if (t.nested) {
-    const absmax = createBuffer(gpu, h.nestedAbsmax!.byteLength, `${label}.absmax2`);
-    writeBuffer(gpu, absmax, 0, h.nestedAbsmax!);
     w.nested = {
-      absmax,
-      code: dynamicMapBuffer(gpu),
+      absmax: up(h.nestedAbsmax!, `${label}.absmax2`),
+      code: o.code ?? dynamicMapBuffer(gpu),
       offset: t.nested.offset,
       blocksize: t.nested.blocksize,
     };
