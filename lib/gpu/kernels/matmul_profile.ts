@@ -147,18 +147,17 @@ export function matmulProfile(gpu: Gpu): MatmulProfile {
 }
 
 /**
- * A cpu profile whose large tiles (products of at least 512×512) and small
- * products' tiles (a decoder's: a few rows, thousands of columns) take one
+ * A cpu profile whose large tiles (products of at least 512×512) take one
  * SIMD row of `lanes` invocations per workgroup (16 with 512-bit code). The
  * other tiles keep 8: a workgroup of 16 × 16 columns is wider than many of
- * the small model's products, whose lanes would idle.
+ * the small model's products, whose lanes would idle. A decoder's small
+ * products among them: with 16 invocations the bench model's per-token
+ * products took 17–26 ms at batch 1 and 48–64 ms at batch 8, with 8 16–21 ms
+ * and 40–50 ms (alternated, 512-bit code; docs/engine.md). Each output's sum
+ * is the same either way.
  */
 export function withLanes(p: MatmulProfile, lanes: number): MatmulProfile {
-  return {
-    ...p,
-    ...(p.large ? { large: { ...p.large, wgM: 1, wgN: lanes } } : {}),
-    ...(p.small ? { small: { ...p.small, wgN: lanes } } : {}),
-  };
+  return { ...p, ...(p.large ? { large: { ...p.large, wgM: 1, wgN: lanes } } : {}) };
 }
 
 /** The vec4 tiles for an M × N product under profile `p` (`transB`: B is read transposed). */
