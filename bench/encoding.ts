@@ -8,7 +8,9 @@
  * queue submit runs the work before it returns, so the encoding is timed up
  * to the submit (encodeStats.encodeMs, lib/gpu/runtime.ts).
  */
-import { getGpu, type Gpu, wantsWideCpuVectors } from "../lib/gpu/device.ts";
+import type { Gpu } from "../lib/gpu/device.ts";
+import { gpuForModel } from "../lib/model/load.ts";
+import { UPSTREAM_LORA } from "./jobs.ts";
 import { kernelFeatures } from "../lib/gpu/features.ts";
 import { createBuffer, encodeStats } from "../lib/gpu/runtime.ts";
 import { submitPass } from "../lib/gpu/recording.ts";
@@ -100,7 +102,7 @@ async function perToken(model: GlmModel): Promise<{ dispatches: number; encodeMs
 }
 
 export async function run(): Promise<void> {
-  const gpu = await getGpu({ wideCpuVectors: wantsWideCpuVectors(BENCH_CONFIG.hidden_size) });
+  const gpu = await gpuForModel(BENCH_CONFIG);
   const f = kernelFeatures(gpu);
   console.log(
     `  device: ${gpu.adapterInfo.description} (${gpu.deviceClass}); subgroups ${f.subgroups}, ` +
@@ -127,7 +129,7 @@ export async function run(): Promise<void> {
   );
   inference.destroy();
   const lora = await createGlmModel(gpu, BENCH_CONFIG, memoryWeights(weights), {
-    adapter: { kind: "lora", r: 8, alpha: 32, dropout: 0, targetModules: ["query_key_value"] },
+    adapter: UPSTREAM_LORA,
     maxBatch: BENCH_BATCH,
     maxSeq: BENCH_SEQ,
     seed: 42,

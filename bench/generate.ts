@@ -6,8 +6,8 @@
  * keeps them), against transformers' GlmForCausalLM.generate with its KV
  * cache on the CPU with 2 threads (tools/peers/generate_peer.py), as ratios.
  */
-import { getGpu, wantsWideCpuVectors } from "../lib/gpu/device.ts";
 import { createGlmModel, memoryWeights } from "../lib/model/glm.ts";
+import { gpuForModel } from "../lib/model/load.ts";
 import { BENCH_CONFIG, benchWeights } from "./model.ts";
 import { runPeer } from "./peer.ts";
 import { results } from "./results.ts";
@@ -29,7 +29,7 @@ function prompts(batch: number, seed: number): number[][] {
 }
 
 export async function run(): Promise<void> {
-  const gpu = await getGpu({ wideCpuVectors: wantsWideCpuVectors(BENCH_CONFIG.hidden_size) });
+  const gpu = await gpuForModel(BENCH_CONFIG);
   const model = await createGlmModel(
     gpu,
     BENCH_CONFIG,

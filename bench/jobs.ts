@@ -96,14 +96,7 @@ export async function trainSteps(
           dropoutSeed: k,
         });
       }
-      const enc = gpu.device.createCommandEncoder();
-      const pass = enc.beginComputePass();
-      gn.encode(pass, 1.0);
-      const hp = { lr: 1e-4, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0 };
-      adam.encode(pass, adamwScalars(hp, k), gn.result, 1);
-      pass.end();
-      gpu.device.queue.submit([enc.finish()]);
-      uniforms(gpu).reset();
+      optimizerStep(gpu, gn, adam, 1e-4, k);
       const sums = await readF32(gpu, loss, passes);
       out.stepS.push((performance.now() - t0) / 1000);
       out.losses.push(sums.reduce((a, b) => a + b, 0) / valid);
@@ -114,4 +107,26 @@ export async function trainSteps(
     gn.destroy();
     loss.destroy();
   }
+}
+
+/**
+ * One optimizer step after the gradients: the gradient norm and AdamW (betas
+ * 0.9, 0.999, eps 1e-8, no weight decay) at `lr` for step `step`, unclipped,
+ * in a submit of its own.
+ */
+export function optimizerStep(
+  gpu: Gpu,
+  gn: GradNorm,
+  adam: AdamWState,
+  lr: number,
+  step: number,
+): void {
+  const enc = gpu.device.createCommandEncoder();
+  const pass = enc.beginComputePass();
+  gn.encode(pass, 1.0);
+  const hp = { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0 };
+  adam.encode(pass, adamwScalars(hp, step), gn.result, 1);
+  pass.end();
+  gpu.device.queue.submit([enc.finish()]);
+  uniforms(gpu).reset();
 }

@@ -68,6 +68,42 @@ export function benchShapes(): Shape[] {
   return out;
 }
 
+/**
+ * Milliseconds of wall and CPU time per product `encode` encodes, and the
+ * first dispatch's (it builds the pipeline). A wait costs ~10 ms whatever the
+ * device; on a GPU, `reps` products take less than that, so more are timed
+ * until the work dominates (≥ 0.25 s a batch).
+ */
+export async function timeProducts(
+  gpu: Gpu,
+  encode: (pass: SplittablePass) => void,
+  reps: number,
+): Promise<{ firstMs: number; ms: number; cpuMs: number }> {
+  const batch = async (n: number) => {
+    const enc = gpu.device.createCommandEncoder();
+    const pass = new SplittablePass(enc);
+    for (let i = 0; i < n; i++) encode(pass);
+    pass.end();
+    gpu.device.queue.submit([enc.finish()]);
+    await gpu.device.queue.onSubmittedWorkDone();
+    uniforms(gpu).reset();
+  };
+  const t0 = performance.now();
+  await batch(1);
+  const firstMs = performance.now() - t0;
+  let n = reps, elapsed = 0, cpu = process.cpuUsage();
+  for (;;) {
+    const cpu0 = process.cpuUsage();
+    const t = performance.now();
+    await batch(n);
+    elapsed = performance.now() - t;
+    cpu = process.cpuUsage(cpu0);
+    if (elapsed >= 250 || n >= 4000) break;
+    n = Math.min(4000, Math.ceil(n * 300 / Math.max(elapsed, 1)));
+  }
+  return { firstMs, ms: elapsed / n, cpuMs: (cpu.user + cpu.system) / 1000 / n };
+}
+
 export async function run(): Promise<void> {
   const gpu = await getGpu({ wideCpuVectors: wantsWideCpuVectors(BENCH_CONFIG.hidden_size) });
   const reps = Number(Deno.env.get("MATMUL_BENCH_REPS") ?? 20);
@@ -109,32 +145,11 @@ export async function run(): Promise<void> {
     const a = createBuffer(gpu, aElems * 4, "bench-a");
     const b = createBuffer(gpu, s.bF16 ? Math.ceil(bElems / 2) * 4 : bElems * 4, "bench-b");
     const c = createBuffer(gpu, s.M * s.N * 4, "bench-c");
-    const batch = async (n: number) => {
-      const enc = gpu.device.createCommandEncoder();
-      const pass = new SplittablePass(enc);
-      for (let i = 0; i < n; i++) encodeMatmul(gpu, pass, { ...s, a, b, c });
-      pass.end();
-      gpu.device.queue.submit([enc.finish()]);
-      await gpu.device.queue.onSubmittedWorkDone();
-      uniforms(gpu).reset();
-    };
-    const tFirst = performance.now();
-    await batch(1); // compile + warm
-    const firstMs = performance.now() - tFirst;
-    // A wait costs ~10 ms whatever the device. On a GPU, 20 products take less
-    // than that: time more of them until the work dominates (≥ 0.25 s a batch).
-    let n = reps, elapsed = 0, cpu = process.cpuUsage();
-    for (;;) {
-      const cpu0 = process.cpuUsage();
-      const t0 = performance.now();
-      await batch(n);
-      elapsed = performance.now() - t0;
-      cpu = process.cpuUsage(cpu0);
-      if (elapsed >= 250 || n >= 4000) break;
-      n = Math.min(4000, Math.ceil(n * 300 / Math.max(elapsed, 1)));
-    }
-    const ms = elapsed / n;
-    const cpuMs = (cpu.user + cpu.system) / 1000 / n;
+    const { firstMs, ms, cpuMs } = await timeProducts(
+      gpu,
+      (pass) => encodeMatmul(gpu, pass, { ...s, a, b, c }),
+      reps,
+    );
     const flops = 2 * s.M * s.N * s.K;
     const ours = flops / ms / 1e6;
     const theirs = peerBy.get(s.name);

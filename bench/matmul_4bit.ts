@@ -13,9 +13,8 @@
  * CPU-second, the two kernels interleaved shape by shape. MATMUL_BENCH_ONLY=text
  * keeps the shapes whose name holds it.
  */
-import process from "node:process";
-import { describeGpu, getGpu, type Gpu, wantsWideCpuVectors } from "../lib/gpu/device.ts";
-import { createBuffer, SplittablePass, uniforms, writeBuffer } from "../lib/gpu/runtime.ts";
+import { describeGpu } from "../lib/gpu/device.ts";
+import { createBuffer, writeBuffer } from "../lib/gpu/runtime.ts";
 import { encodeMatmul, f32ToF16Packed } from "../lib/gpu/kernels/matmul.ts";
 import {
   encodeMatmul4bit,
@@ -23,6 +22,9 @@ import {
   matmul4bitProfile,
 } from "../lib/gpu/kernels/matmul_4bit.ts";
 import { destroyQuant4, quantize4bit, uploadQuant4 } from "../lib/model/quant/mod.ts";
+import { gpuForModel } from "../lib/model/load.ts";
+import { rand } from "../tests/test_util.ts";
+import { timeProducts } from "./matmul.ts";
 import { BENCH_BATCH, BENCH_CONFIG, BENCH_SEQ } from "./model.ts";
 
 const ROWS = BENCH_BATCH * BENCH_SEQ;
@@ -35,47 +37,8 @@ const LINEARS: [string, number, number][] = [
   ["4h_to_h", c.ffn_hidden_size, c.hidden_size],
 ];
 
-/** Seconds of wall and CPU per product, timed as bench/matmul.ts does. */
-async function time(gpu: Gpu, encode: (pass: SplittablePass) => void, reps: number) {
-  const batch = async (n: number) => {
-    const enc = gpu.device.createCommandEncoder();
-    const pass = new SplittablePass(enc);
-    for (let i = 0; i < n; i++) encode(pass);
-    pass.end();
-    gpu.device.queue.submit([enc.finish()]);
-    await gpu.device.queue.onSubmittedWorkDone();
-    uniforms(gpu).reset();
-  };
-  const t0 = performance.now();
-  await batch(1);
-  const firstMs = performance.now() - t0;
-  let n = reps, elapsed = 0, cpu = process.cpuUsage();
-  for (;;) {
-    const cpu0 = process.cpuUsage();
-    const t = performance.now();
-    await batch(n);
-    elapsed = performance.now() - t;
-    cpu = process.cpuUsage(cpu0);
-    if (elapsed >= 250 || n >= 4000) break;
-    n = Math.min(4000, Math.ceil(n * 300 / Math.max(elapsed, 1)));
-  }
-  return { firstMs, ms: elapsed / n, cpuMs: (cpu.user + cpu.system) / 1000 / n };
-}
-
-function seeded(n: number, seed: number, scale: number): Float32Array {
-  let s = seed >>> 0 || 1;
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    out[i] = (((s >>> 0) / 2 ** 32) * 2 - 1) * scale;
-  }
-  return out;
-}
-
 export async function run(): Promise<void> {
-  const gpu = await getGpu({ wideCpuVectors: wantsWideCpuVectors(BENCH_CONFIG.hidden_size) });
+  const gpu = await gpuForModel(BENCH_CONFIG);
   const reps = Number(Deno.env.get("MATMUL_BENCH_REPS") ?? 20);
   const only = Deno.env.get("MATMUL_BENCH_ONLY");
   const p = matmul4bitProfile(gpu);
@@ -98,7 +61,7 @@ export async function run(): Promise<void> {
   let t4 = 0, t16 = 0, flopsAll = 0;
   let seed = 1;
   for (const [name, inF, outF] of LINEARS) {
-    const wValues = seeded(outF * inF, seed++, 0.05);
+    const wValues = rand(outF * inF, seed++, 0.05);
     const q = quantize4bit(wValues, [outF, inF], { type: "nf4", doubleQuant: true });
     const w4 = uploadQuant4(gpu, q, `bench-${name}`);
     const f16 = f32ToF16Packed(wValues);
@@ -109,14 +72,14 @@ export async function run(): Promise<void> {
       // forward: x [rows, in] · Wᵀ → [rows, out]; input gradient: dy [rows, out] · W → [rows, in]
       const M = ROWS, K = transW ? inF : outF, N = transW ? outF : inF;
       const a = createBuffer(gpu, M * K * 4, "bench-a");
-      writeBuffer(gpu, a, 0, seeded(M * K, seed++, 1));
+      writeBuffer(gpu, a, 0, rand(M * K, seed++, 1));
       const out = createBuffer(gpu, M * N * 4, "bench-c");
-      const r4 = await time(
+      const r4 = await timeProducts(
         gpu,
         (pass) => encodeMatmul4bit(gpu, pass, { M, N, K, a, w: w4, c: out, transW }),
         reps,
       );
-      const r16 = await time(
+      const r16 = await timeProducts(
         gpu,
         (pass) =>
           encodeMatmul(gpu, pass, { M, N, K, a, b: w16, c: out, transB: transW, bF16: true }),

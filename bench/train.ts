@@ -7,13 +7,13 @@
  * breakdown of a step: forward, backward, grad norm + AdamW.
  */
 import { getGpu, type Gpu, wantsWideCpuVectors } from "../lib/gpu/device.ts";
-import { createBuffer, uniforms } from "../lib/gpu/runtime.ts";
+import { createBuffer } from "../lib/gpu/runtime.ts";
 import { AdamWState } from "../lib/gpu/kernels/adamw.ts";
 import { GradNorm } from "../lib/gpu/kernels/grad_norm.ts";
 import type { AdapterSpec } from "../lib/model/adapter.ts";
 import { createGlmModel, type GlmModel, memoryWeights } from "../lib/model/glm.ts";
-import { adamwScalars } from "../lib/train/adamw.ts";
 import type { F32Tensor } from "../lib/safetensors/read.ts";
+import { optimizerStep, UPSTREAM_LORA } from "./jobs.ts";
 import { BENCH_BATCH, BENCH_CONFIG, BENCH_SEQ, benchBatch, benchWeights } from "./model.ts";
 import { runPeer } from "./peer.ts";
 
@@ -40,20 +40,7 @@ async function measure(gpu: Gpu, model: GlmModel): Promise<Timing> {
   const adam = new AdamWState(gpu, model.params);
   const gn = new GradNorm(gpu, model.params);
   const loss = createBuffer(gpu, 64);
-  const optimizer = (lr: number) => {
-    const enc = gpu.device.createCommandEncoder();
-    const pass = enc.beginComputePass();
-    gn.encode(pass, 1.0);
-    adam.encode(
-      pass,
-      adamwScalars({ lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0 }, 1),
-      gn.result,
-      1,
-    );
-    pass.end();
-    gpu.device.queue.submit([enc.finish()]);
-    uniforms(gpu).reset();
-  };
+  const optimizer = (lr: number) => optimizerStep(gpu, gn, adam, lr, 1);
   let t0 = performance.now();
   const z = gpu.device.createCommandEncoder();
   model.zeroGrads(z);
@@ -134,13 +121,7 @@ export async function run(): Promise<void> {
     console.log(
       `  model: hidden 512, 8 layers, 8 heads, kv 64, 2 groups, ffn 1368, vocab 8192; batch ${BATCH} × seq ${SEQ}`,
     );
-    await one(gpu, weights, "LoRA r8 qkv", {
-      kind: "lora",
-      r: 8,
-      alpha: 32,
-      dropout: 0,
-      targetModules: ["query_key_value"],
-    });
+    await one(gpu, weights, "LoRA r8 qkv", UPSTREAM_LORA);
     await one(gpu, weights, "full SFT", { kind: "full" });
   }
 }
