@@ -13,7 +13,13 @@ files. Compared:
 Passes when every value agrees within 1e-3 relative. Prints the table that
 docs/engine.md records. Needs ~8 GB of memory and some minutes on a CPU.
 
+With --quantization-bit 4 both sides run QLoRA's base (NF4 with double
+quantization, `--set quantization_bit=4`): the stages quantize the layers'
+linear weights as they load, and PyTorch gets the same weights quantized by
+tools/bnb_quant.py and dequantized (docs/qlora.md).
+
 Run: .venv-tools/bin/python tools/check_scale_fidelity.py [--checkpoint DIR] [--deno deno]
+       [--quantization-bit 4]
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 
+import numpy as np
 import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import save_file
@@ -32,7 +39,9 @@ from safetensors.torch import save_file
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "engines", "torch"))
+import bnb_quant as bq  # noqa: E402
 from chatglm import load_model  # noqa: E402
+from make_qlora_fixtures import LINEARS  # noqa: E402
 from make_training_fixtures import saved_name, train  # noqa: E402
 
 TOL = 1e-3
@@ -49,6 +58,16 @@ def records(vocab: int) -> list[tuple[list[int], list[int]]]:
         cut = n // 3
         out.append((ids, [-100] * cut + ids[cut:]))
     return out
+
+
+def dequantize_linears(model) -> None:
+    """Each layer's linear weights replaced by their NF4 (double quantization) dequantization."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if any(f".{lin}.weight" in name for lin in LINEARS):
+                w = p.detach().numpy().astype(np.float32).reshape(-1)
+                state = bq.quantize_4bit(w, "nf4", 64, True)
+                p.copy_(torch.from_numpy(bq.dequantize_4bit(state).reshape(p.shape)))
 
 
 def run(cmd: list[str]) -> None:
@@ -71,11 +90,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--checkpoint", default=os.path.join(ROOT, "runs", "shaped", "chatglm3-6b-L2-s1"))
     ap.add_argument("--deno", default="deno")
+    ap.add_argument("--quantization-bit", type=int, choices=[4])
     a = ap.parse_args()
+    quant = ["--set", "quantization_bit=4"] if a.quantization_bit else []
     if not os.path.exists(os.path.join(a.checkpoint, "config.json")):
         run([a.deno, "run", "-A", "bench/shaped_checkpoint.ts", "--layers", "2", "--out", a.checkpoint])
     torch.manual_seed(0)
     base = load_model(a.checkpoint).eval()  # f32 from the f16 file, torch's fused attention
+    if a.quantization_bit:
+        dequantize_linears(base)
     vocab = base.config.padded_vocab_size
     recs = records(vocab)
     with torch.no_grad():
@@ -114,11 +137,11 @@ peft_config: {{peft_type: LORA, task_type: CAUSAL_LM, r: {LORA['r']}, lora_alpha
   lora_dropout: 0.0, target_modules: [query_key_value]}}
 """)
         run([a.deno, "task", "stage", "evaluate", "--model", a.checkpoint, "--in", data,
-             "--out", os.path.join(tmp, "eval")])
+             "--out", os.path.join(tmp, "eval"), *quant])
         with open(os.path.join(tmp, "eval", "predictions.jsonl")) as f:
             our_losses = [json.loads(line)["loss"] for line in f]
         run([a.deno, "task", "stage", "train", "--model", a.checkpoint, "--config", cfg, "--train", data,
-             "--out", os.path.join(tmp, "train"), "--init-adapter", adapter, "--no-shuffle"])
+             "--out", os.path.join(tmp, "train"), "--init-adapter", adapter, "--no-shuffle", *quant])
         with open(os.path.join(tmp, "train", "metrics.jsonl")) as f:
             our_steps = [r["loss"] for r in map(json.loads, f) if "loss" in r and "step" in r
                          and "eval_loss" not in r]
