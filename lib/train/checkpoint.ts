@@ -29,7 +29,7 @@ import { basename, join } from "node:path";
 import { removeDirAtomic, writeDirAtomic, writeFileAtomic, writeJsonAtomic } from "../atomic.ts";
 import { stepCounts } from "../config/config.ts";
 import { PEFT_CONFIG, PEFT_WEIGHTS, PREFIX_CONFIG, PREFIX_WEIGHTS } from "../model/adapter_dir.ts";
-import { UserError } from "../errors.ts";
+import { osError, UserError } from "../errors.ts";
 import type { TrainArgs } from "./args.ts";
 import { type F32Tensor, readSafetensorsF32 } from "../safetensors/read.ts";
 import { writeSafetensors, writeSafetensorsF32 } from "../safetensors/write.ts";
@@ -352,6 +352,35 @@ export async function removeStaleTemps(outDir: string): Promise<void> {
       await Deno.remove(join(outDir, e.name), { recursive: true }).catch(() => {});
     }
   }
+}
+
+/**
+ * The output dir before a run: created; temporaries of a killed run removed;
+ * for a fresh run, an earlier run's checkpoints refused, or with
+ * `overwrite` (HF overwrite_output_dir) removed — each renamed aside before
+ * it is deleted, so none is ever left half-deleted under its name.
+ */
+export async function prepareOutDir(
+  outDir: string,
+  fresh: boolean,
+  overwrite: boolean,
+): Promise<void> {
+  try {
+    await Deno.mkdir(outDir, { recursive: true });
+  } catch (e) {
+    throw osError(e, outDir, "create the output dir");
+  }
+  await removeStaleTemps(outDir);
+  if (!fresh) return;
+  const old = await listCheckpoints(outDir);
+  if (old.length > 0 && !overwrite) {
+    throw new UserError(
+      `${outDir} already holds checkpoints of an earlier run (${
+        old.map((c) => `checkpoint-${c.step}`).join(", ")
+      }); continue it with --resume yes, choose another output dir, or set training_args.overwrite_output_dir=true to delete them`,
+    );
+  }
+  for (const c of old) await removeDirAtomic(c.dir);
 }
 
 // ---- ModelFiles for the three kinds of training ----

@@ -32,7 +32,7 @@ import { UserError } from "../errors.ts";
 import { loadGlmConfig } from "../model/config.ts";
 import { formatTorchMemoryPlan, type Sharding, torchMemoryPlan } from "../model/memory_plan.ts";
 import { writeSafetensorsF32 } from "../safetensors/write.ts";
-import { findCheckpoint, listCheckpoints, removeStaleTemps } from "./checkpoint.ts";
+import { findCheckpoint, prepareOutDir } from "./checkpoint.ts";
 import { maskedRecords } from "./data.ts";
 import { claimOutputDir, markOutputDir } from "../outdir.ts";
 import type { TrainingArgs } from "../config/config.ts";
@@ -292,20 +292,10 @@ export async function runTorchTraining(o: TorchRunOptions): Promise<TorchRunResu
 
   await Deno.mkdir(o.outDir, { recursive: true });
   await markOutputDir(o.outDir, "train");
-  await removeStaleTemps(o.outDir);
+  await prepareOutDir(o.outDir, o.resume === undefined, t.overwrite_output_dir);
   let resumeDir: string | undefined;
   let resumeWindow: unknown;
-  if (o.resume === undefined) {
-    const old = await listCheckpoints(o.outDir);
-    if (old.length > 0 && !t.overwrite_output_dir) {
-      throw new UserError(
-        `${o.outDir} already holds checkpoints of an earlier run (${
-          old.map((c) => `checkpoint-${c.step}`).join(", ")
-        }); continue it with --resume yes, choose another output dir, or set training_args.overwrite_output_dir=true to delete them`,
-      );
-    }
-    for (const c of old) await Deno.remove(c.dir, { recursive: true });
-  } else {
+  if (o.resume !== undefined) {
     resumeDir = await findCheckpoint(o.outDir, o.resume);
     const rs = await readJsonFile(join(resumeDir, "resume_state.json"));
     const was = (rs.data ?? {}) as Record<string, unknown>;

@@ -24,8 +24,7 @@ import { submitPass } from "../gpu/recording.ts";
 import { AdamWState } from "../gpu/kernels/adamw.ts";
 import { GradNorm } from "../gpu/kernels/grad_norm.ts";
 import type { TrainableModel } from "../model/types.ts";
-import { osError, UserError } from "../errors.ts";
-import { removeDirAtomic } from "../atomic.ts";
+import { UserError } from "../errors.ts";
 import { adamwScalars } from "./adamw.ts";
 import { intervalSteps, warmupSteps } from "../config/config.ts";
 import type { TrainArgs } from "./args.ts";
@@ -37,8 +36,8 @@ import {
   listCheckpoints,
   type LogEntry,
   type ModelFiles,
+  prepareOutDir,
   readCheckpoint,
-  removeStaleTemps,
   rotateCheckpoints,
   writeCheckpoint,
   writeFinal,
@@ -647,31 +646,6 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
     await run.close();
   }
   return run.result();
-}
-
-/**
- * The output dir before a run: created; temporaries of a killed run removed;
- * for a fresh run, an earlier run's checkpoints refused, or with
- * `overwrite` (HF overwrite_output_dir) removed — each renamed aside before
- * it is deleted, so none is ever left half-deleted under its name.
- */
-async function prepareOutDir(outDir: string, fresh: boolean, overwrite: boolean): Promise<void> {
-  try {
-    await Deno.mkdir(outDir, { recursive: true });
-  } catch (e) {
-    throw osError(e, outDir, "create the output dir");
-  }
-  await removeStaleTemps(outDir);
-  if (!fresh) return;
-  const old = await listCheckpoints(outDir);
-  if (old.length > 0 && !overwrite) {
-    throw new UserError(
-      `${outDir} already holds checkpoints of an earlier run (${
-        old.map((c) => `checkpoint-${c.step}`).join(", ")
-      }); continue it with --resume yes, choose another output dir, or set training_args.overwrite_output_dir=true to delete them`,
-    );
-  }
-  for (const c of old) await removeDirAtomic(c.dir);
 }
 
 /** Dropout seed of micro-batch `micro` of optimizer step `step`: a function of the run seed only, so resumes replay it. */
