@@ -243,11 +243,6 @@ export class UniformArena {
     this.flush();
   }
 
-  /** Slots handed out so far. */
-  get used(): number {
-    return this.next;
-  }
-
   reset(): void {
     this.next = 0;
     this.knobs.length = 0;

@@ -28,8 +28,7 @@ import { checkLoopBudget, LOOP_BUDGET, spans } from "../loop_budget.ts";
 import { type ComputePass, dispatch, getPipeline, packUniforms, uniforms } from "../runtime.ts";
 import { entry, grid, rowWorkgroup } from "./grid.ts";
 import { encodeMatmul } from "./matmul.ts";
-import { kernelFeatures } from "../features.ts";
-import { SUBGROUP_ENTRY, SUBGROUP_WG, subgroupGrid, subgroupReductions } from "./reduce.ts";
+import { rowKernel, SUBGROUP_ENTRY, SUBGROUP_WG, subgroupReductions } from "./reduce.ts";
 
 export interface AttentionLayout {
   batch: number;
@@ -128,6 +127,17 @@ function forD(D: number, body: string): string {
   return out;
 }
 
+/**
+ * Shader text by kernel and sizes, built once: the written-out head-dim
+ * loops make each 20–40 KB, too much to build again at every encode.
+ */
+const shaders = new Map<string, string>();
+function shader(key: string, make: () => string): string {
+  let code = shaders.get(key);
+  if (code === undefined) shaders.set(key, code = make());
+  return code;
+}
+
 /** Keys a query row walks in the forward and dQ passes: one loop iteration each. */
 function checkKeyWalk(l: AttentionLayout): void {
   checkLoopBudget("attention", l.prefix + (l.keys ?? l.seq));
@@ -204,15 +214,21 @@ export function encodeAttention(
   checkKeyWalk(l);
   const wg = rowWorkgroup(gpu);
   const u = uniforms(gpu).alloc(packLayout(l, { off: out.off, row: out.row }));
-  dispatch(gpu, pass, getPipeline(gpu, forwardShader(l.headDim, wg)), [
-    u,
-    l.q,
-    l.kv,
-    l.pkv ?? l.kv,
-    l.pos,
-    out.buffer,
-    l.stats,
-  ], grid(gpu, rows, wg));
+  dispatch(
+    gpu,
+    pass,
+    getPipeline(gpu, shader(`fwd ${l.headDim} ${wg}`, () => forwardShader(l.headDim, wg))),
+    [
+      u,
+      l.q,
+      l.kv,
+      l.pkv ?? l.kv,
+      l.pos,
+      out.buffer,
+      l.stats,
+    ],
+    grid(gpu, rows, wg),
+  );
 }
 
 function rowDotShader(D: number, wg: number): string {
@@ -394,7 +410,7 @@ export function encodeAttentionBackward(
   dispatch(
     gpu,
     pass,
-    getPipeline(gpu, rowDotShader(D, wg)),
+    getPipeline(gpu, shader(`rowdot ${D} ${wg}`, () => rowDotShader(D, wg))),
     [u1, gr.dOut, gr.out, l.stats],
     grid(gpu, rows, wg),
   );
@@ -407,7 +423,7 @@ export function encodeAttentionBackward(
       pBatch: 0,
     }),
   );
-  dispatch(gpu, pass, getPipeline(gpu, dqShader(D, wg)), [
+  dispatch(gpu, pass, getPipeline(gpu, shader(`dq ${D} ${wg}`, () => dqShader(D, wg))), [
     u2,
     l.q,
     l.kv,
@@ -435,15 +451,21 @@ export function encodeAttentionBackward(
       const u = uniforms(gpu).alloc(
         packLayout(l, { off: gr.oOff, row: gr.oRow }, dl, { sLo, sHi, accum: i > 0 }),
       );
-      dispatch(gpu, pass, getPipeline(gpu, dkvShader(D, wg, prefix)), [
-        u,
-        l.q,
-        kvBuf,
-        l.pos,
-        gr.dOut,
-        l.stats,
-        out,
-      ], grid(gpu, keys, wg));
+      dispatch(
+        gpu,
+        pass,
+        getPipeline(gpu, shader(`dkv ${D} ${wg} ${prefix}`, () => dkvShader(D, wg, prefix))),
+        [
+          u,
+          l.q,
+          kvBuf,
+          l.pos,
+          gr.dOut,
+          l.stats,
+          out,
+        ],
+        grid(gpu, keys, wg),
+      );
     });
   };
   keyPass(
@@ -579,20 +601,6 @@ ${VISIBLE_KEYS}
 }`;
 }
 
-/** A score-row kernel's pipeline and grid: the subgroup form where the device has subgroups. */
-function scoreRowKernel(
-  gpu: Gpu,
-  rows: number,
-  plain: (wg: number) => string,
-  subgroup: () => string,
-): { pipeline: GPUComputePipeline; groups: [number, number] } {
-  if (kernelFeatures(gpu).subgroups) {
-    return { pipeline: getPipeline(gpu, subgroup()), groups: subgroupGrid(gpu, rows) };
-  }
-  const wg = rowWorkgroup(gpu);
-  return { pipeline: getPipeline(gpu, plain(wg)), groups: grid(gpu, rows, wg) };
-}
-
 function softmaxBackwardShader(wg: number): string {
   return `struct U { rows: u32, S: u32, H: u32, L: u32, P: u32, scale: f32 }
 @group(0) @binding(0) var<uniform> u: U;
@@ -663,7 +671,7 @@ function encodeScores(
   }
   const rows = B * H * S;
   checkLoopBudget("attention softmax", 3 * L);
-  const k = scoreRowKernel(gpu, rows, softmaxShader, softmaxSubgroupShader);
+  const k = rowKernel(gpu, rows, softmaxShader, softmaxSubgroupShader);
   const u = uniforms(gpu).alloc(
     packUniforms([{ u: rows }, { u: S }, { u: H }, { u: L }, { u: P }]),
   );
@@ -776,7 +784,7 @@ export function encodeAttentionBackwardMaterialized(
   // dS = P ⊙ (dP − Σ P·dP)·scale, in place.
   const rows = B * H * S;
   checkLoopBudget("attention softmax backward", 3 * L);
-  const k = scoreRowKernel(gpu, rows, softmaxBackwardShader, softmaxBackwardSubgroupShader);
+  const k = rowKernel(gpu, rows, softmaxBackwardShader, softmaxBackwardSubgroupShader);
   const u = uniforms(gpu).alloc(
     packUniforms([{ u: rows }, { u: S }, { u: H }, { u: L }, { u: P }, { f: l.scale }]),
   );

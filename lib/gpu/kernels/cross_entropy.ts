@@ -50,7 +50,7 @@ const HEAD =
 @group(0) @binding(2) var<storage, read> targets: array<i32>;
 @group(0) @binding(3) var<storage, read_write> part: array<f32>;`;
 
-/** Per (row, chunk): the chunk's bounds, its row's logits and target. */
+/** Per (row, chunk) `idx` (an invocation each, or with subgroups a workgroup each): the chunk's bounds, its row's logits and target. */
 const CHUNK_INDEX = `  if (idx >= u.rows * u.nC) { return; }
   let r = idx / u.nC;
   let lo = (idx % u.nC) * ${CHUNK}u;
@@ -72,20 +72,12 @@ ${CHUNK_INDEX}
 }`;
 }
 
-/** Per (row, chunk), a workgroup each: `idx` is the (row, chunk) index. */
-const CHUNK_GROUP = `  if (idx >= u.rows * u.nC) { return; }
-  let r = idx / u.nC;
-  let lo = (idx % u.nC) * ${CHUNK}u;
-  let hi = min(lo + ${CHUNK}u, u.V);
-  let o = u.logitOff + r * u.ld;
-  let t = targets[u.targetOff + r];`;
-
 function partialSubgroupShader(): string {
   const W = SUBGROUP_WG;
   return `${HEAD}
 ${subgroupReductions(W)}
 ${SUBGROUP_ENTRY}
-${CHUNK_GROUP}
+${CHUNK_INDEX}
   if (t < 0) { return; }
   var mi = -3.0e38;
   for (var i = lo + l; i < hi; i += ${W}u) { mi = max(mi, logits[o + i]); }
@@ -104,7 +96,7 @@ function gradSubgroupShader(): string {
   const W = SUBGROUP_WG;
   return `${HEAD}
 ${SUBGROUP_ENTRY}
-${CHUNK_GROUP}
+${CHUNK_INDEX}
   if (t < 0) {
     for (var i = lo + l; i < hi; i += ${W}u) { logits[o + i] = 0.0; }
     return;

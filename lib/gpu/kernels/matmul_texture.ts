@@ -175,7 +175,12 @@ export function releaseKeptTextures(gpu: Gpu, buffers: Iterable<GPUBuffer>): voi
   if (!k) return;
   for (const b of buffers) {
     for (const t of k.of.get(b)?.values() ?? []) {
-      k.bytes -= t.width * t.height * t.depthOrArrayLayers * (t.format === "rgba16float" ? 8 : 16);
+      k.bytes -= operandTextureBytes(
+        4 * t.width,
+        t.height,
+        t.depthOrArrayLayers,
+        t.format === "rgba16float",
+      );
       t.destroy();
     }
     k.of.delete(b);

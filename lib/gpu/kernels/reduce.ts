@@ -10,7 +10,9 @@
  */
 
 import type { Gpu } from "../device.ts";
-import { grid } from "./grid.ts";
+import { kernelFeatures } from "../features.ts";
+import { getPipeline } from "../runtime.ts";
+import { grid, rowWorkgroup } from "./grid.ts";
 
 /**
  * Entry-point parameters the reductions need, after the kernel's own:
@@ -53,4 +55,21 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
 /** Workgroup counts for `rows` rows of SUBGROUP_ENTRY kernels. */
 export function subgroupGrid(gpu: Gpu, rows: number): [number, number] {
   return grid(gpu, rows * SUBGROUP_WG, SUBGROUP_WG);
+}
+
+/**
+ * A row kernel's pipeline and grid: with subgroups a workgroup per row
+ * (`subgroup()`'s shader), else an invocation per row (`plain(wg)`'s).
+ */
+export function rowKernel(
+  gpu: Gpu,
+  rows: number,
+  plain: (wg: number) => string,
+  subgroup: () => string,
+): { pipeline: GPUComputePipeline; groups: [number, number] } {
+  if (kernelFeatures(gpu).subgroups) {
+    return { pipeline: getPipeline(gpu, subgroup()), groups: subgroupGrid(gpu, rows) };
+  }
+  const wg = rowWorkgroup(gpu);
+  return { pipeline: getPipeline(gpu, plain(wg)), groups: grid(gpu, rows, wg) };
 }

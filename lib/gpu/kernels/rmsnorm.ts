@@ -55,28 +55,11 @@ ${WG_ROW}
 }`;
 }
 
-/** The pipeline and grid of a row kernel: a workgroup per row with subgroups, else an invocation per row. */
-function rowKernel(
-  gpu: Gpu,
-  rows: number,
-  plain: (wg: number) => string,
-  subgroup: () => string,
-): { pipeline: GPUComputePipeline; groups: [number, number] } {
-  if (kernelFeatures(gpu).subgroups) {
-    return {
-      pipeline: getPipeline(gpu, subgroup()),
-      groups: subgroupGrid(gpu, rows),
-    };
-  }
-  const wg = rowWorkgroup(gpu);
-  return { pipeline: getPipeline(gpu, plain(wg)), groups: grid(gpu, rows, wg) };
-}
 import type { Gpu } from "../device.ts";
 import { type ComputePass, dispatch, getPipeline, packUniforms, uniforms } from "../runtime.ts";
 import { checkLoopBudget, LOOP_BUDGET, spans } from "../loop_budget.ts";
 import { entry, grid, rowWorkgroup } from "./grid.ts";
-import { kernelFeatures } from "../features.ts";
-import { SUBGROUP_ENTRY, SUBGROUP_WG, subgroupGrid, subgroupReductions } from "./reduce.ts";
+import { rowKernel, SUBGROUP_ENTRY, SUBGROUP_WG, subgroupReductions } from "./reduce.ts";
 
 function forwardShader(wg: number): string {
   return `struct U { rows: u32, dim: u32, eps: f32 }
