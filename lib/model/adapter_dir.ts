@@ -19,7 +19,7 @@ import { isAbsolute, join, resolve } from "node:path";
 import { UserError } from "../errors.ts";
 import { assertFiniteTensor } from "../finite.ts";
 import { readSafetensorsF32 } from "../safetensors/read.ts";
-import { checkWeightFiles } from "./weights.ts";
+import { checkWeightFiles, listBins } from "./weights.ts";
 import {
   type AdapterSpec,
   LINEAR_PATH,
@@ -383,14 +383,7 @@ export async function isModelDir(dir: string): Promise<boolean> {
   for (const f of ["model.safetensors", "model.safetensors.index.json"]) {
     if (await exists(join(dir, f))) return true;
   }
-  try {
-    for await (const e of Deno.readDir(dir)) {
-      if (/^pytorch_model.*\.bin(\.index\.json)?$/.test(e.name)) return true;
-    }
-  } catch {
-    return false;
-  }
-  return false;
+  return (await listBins(dir).catch(() => [])).length > 0;
 }
 
 /** Whether `dir` looks like an adapter dir (without reading its tensors). */

@@ -29,7 +29,7 @@ import type { Acts, Core, Step } from "./blocks/core.ts";
 import { embeddingForward } from "./blocks/embedding.ts";
 import { attentionForward, type AttentionSite, ownLayout } from "./blocks/attention.ts";
 import { mlpForward } from "./blocks/mlp.ts";
-import { prefixBinding, prefixForInference } from "./blocks/prefix.ts";
+import { prefixForInference } from "./blocks/prefix.ts";
 import { finalNormForward, outputForward } from "./blocks/head.ts";
 
 export interface GenerateOptions {
@@ -204,27 +204,17 @@ export async function generate(
   /** One decode step: every row's token in w.tok at its position in w.tokPos. */
   const decodeStep = (pass: InterruptiblePass) => {
     embeddingForward(c, pass, w.tok, B, w.x);
-    const x = layers(pass, { ...inference(B, w.tokPos), B, S: 1 }, (l) => ({
+    const st = { ...inference(B, w.tokPos), B, S: 1 };
+    const x = layers(pass, st, (l) => ({
+      // the step's own query; keys and values from the cache, up to each row's position
       layout: {
-        batch: B,
-        seq: 1,
-        heads: d.H,
-        groups: d.G,
-        headDim: d.D,
-        prefix: c.prefix?.P ?? 0,
-        scale: 1 / Math.sqrt(d.D),
-        q: acts.qkv,
-        qOff: 0,
-        qRow: d.W,
+        ...ownLayout(c, st, l, acts.qkv, acts.stats),
         kv: w.cache[l],
         kOff: 0,
         vOff: GD,
         kvRow: 2 * GD,
         kvBatch: maxLen * 2 * GD,
-        pos: w.tokPos,
         keys: maxLen,
-        stats: acts.stats,
-        ...prefixBinding(c, l, false),
       },
       store: (p) =>
         encodeKvStore(gpu, p, {

@@ -78,7 +78,7 @@ export function binConversionHint(dir: string): string {
     `.save_pretrained('${dir}', safe_serialization=True)"`;
 }
 
-async function listBins(dir: string): Promise<string[]> {
+export async function listBins(dir: string): Promise<string[]> {
   const out: string[] = [];
   try {
     for await (const e of Deno.readDir(dir)) {

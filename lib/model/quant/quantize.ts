@@ -157,15 +157,7 @@ class Quantizer4 {
       throw new Error("quantize4bit: values must come in whole blocks");
     }
     const absmax = this.absmax;
-    for (let s = 0; s < v.length; s += bs) {
-      const e = Math.min(v.length, s + bs);
-      let m = 0;
-      for (let i = s; i < e; i++) {
-        const a = Math.abs(v[i]);
-        if (a > m) m = a;
-      }
-      absmax[(first + s) / bs] = m;
-    }
+    absmax.set(blockAbsmax(v, bs), first / bs);
     if (this.opts.type === "nf4") codeNf4(v, first, bs, absmax, this.packed);
     else codeFp4(v, first, bs, absmax, this.packed);
     this.done += v.length;
