@@ -10,7 +10,7 @@ import { basename, dirname, join } from "node:path";
 import { osError, UserError } from "./errors.ts";
 
 /** A temporary name beside `path`: `.NAME.<pid>.<rand>.tmp` (hidden; cleaned by the writers). */
-export function tmpName(path: string): string {
+function tmpName(path: string): string {
   const rand = crypto.getRandomValues(new Uint32Array(1))[0].toString(36);
   return join(dirname(path), `.${basename(path)}.${Deno.pid}.${rand}.tmp`);
 }
@@ -50,28 +50,21 @@ export async function syncFile(path: string): Promise<void> {
   }
 }
 
-async function writeAll(f: Deno.FsFile, bytes: Uint8Array): Promise<void> {
+/** Write all of `bytes` to `f` (a write may take fewer). */
+export async function writeAll(f: Deno.FsFile, bytes: Uint8Array): Promise<void> {
   let off = 0;
   while (off < bytes.length) off += await f.write(bytes.subarray(off));
 }
 
 /** Write bytes or text to `path` atomically and durably. */
 export async function writeFileAtomic(path: string, data: Uint8Array | string): Promise<void> {
-  await makeParent(path);
-  const tmp = tmpName(path);
+  const f = await AtomicFile.create(path);
   try {
-    const f = await Deno.open(tmp, { write: true, createNew: true });
-    try {
-      await writeAll(f, typeof data === "string" ? new TextEncoder().encode(data) : data);
-      await f.sync();
-    } finally {
-      f.close();
-    }
-    await Deno.rename(tmp, path);
-    await syncDir(dirname(path));
+    await f.write(typeof data === "string" ? new TextEncoder().encode(data) : data);
+    await f.commit();
   } catch (e) {
-    await Deno.remove(tmp).catch(() => {});
-    throw osError(e, path, "write");
+    await f.abort();
+    throw e;
   }
 }
 

@@ -14,6 +14,7 @@ import { join } from "node:path";
 import { loadConfig } from "../lib/config/mod.ts";
 import {
   type CommandSpec,
+  missingFlag,
   numberFlag,
   parseCommand,
   positiveIntFlag,
@@ -233,8 +234,8 @@ export async function main(argv: string[]): Promise<number> {
     outDir ??= cfg.training_args.output_dir;
   }
   if (values["dry-run"]) {
-    for (const [flag, v] of [["--model", modelDir], ["--config", configPath]]) {
-      if (!v) throw new UsageError(`${flag} is required\n${usageOf(COMMAND)}`);
+    for (const [flag, v] of Object.entries({ model: modelDir, config: configPath })) {
+      if (!v) throw missingFlag(flag, COMMAND);
     }
     if (engine === "torch") {
       console.log(
@@ -257,14 +258,8 @@ export async function main(argv: string[]): Promise<number> {
     );
     return 0;
   }
-  for (
-    const [flag, v] of [["--model", modelDir], ["--config", configPath], ["--train", trainFile], [
-      "--out",
-      outDir,
-    ]]
-  ) {
-    if (!v) throw new UsageError(`${flag} is required\n${usageOf(COMMAND)}`);
-  }
+  const required = { model: modelDir, config: configPath, train: trainFile, out: outDir };
+  for (const [flag, v] of Object.entries(required)) if (!v) throw missingFlag(flag, COMMAND);
   // What either engine takes.
   const job = {
     modelDir: modelDir!,

@@ -346,11 +346,6 @@ export function parseConfig(text: string, path: string, overrides: string[] = []
   return cfg;
 }
 
-/**
- * The config text with overrides written into it (comments kept), for a run
- * that must hand the effective config to several stages. Throws a UserError
- * if the result is not a valid config.
- */
 /** The top-level keys that say how the base is quantized (both spellings). */
 export const QUANTIZATION_KEYS = [
   "quantization_config",
@@ -382,6 +377,11 @@ export function quantizationFromOverrides(
   return parseConfig(minimal, where, overrides).quantization;
 }
 
+/**
+ * The config text with overrides written into it (comments kept), for a run
+ * that must hand the effective config to several stages. Throws a UserError
+ * if the result is not a valid config.
+ */
 export function renderConfig(text: string, path: string, overrides: string[]): string {
   parseConfig(text, path, overrides);
   const { doc } = parseYaml(text, path);

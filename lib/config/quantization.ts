@@ -70,6 +70,21 @@ export interface QuantizationConfig {
   key: "quantization_config" | "quantization_bit";
 }
 
+/** bitsandbytes' 4-bit quantization in blocks of 64, with the (checked) type and double quantization. */
+function fourBit(
+  quantType: unknown,
+  doubleQuant: unknown,
+  key: QuantizationConfig["key"],
+): QuantizationConfig {
+  return {
+    bits: 4,
+    quantType: quantType as "nf4" | "fp4",
+    doubleQuant: doubleQuant as boolean,
+    blocksize: 64,
+    key,
+  };
+}
+
 /** Reports a problem at a dotted key (the config validator's error). */
 export type ErrorAt = (key: string, msg: string) => void;
 
@@ -94,13 +109,11 @@ export function quantizationFrom(
         "8-bit (LLM.int8) weights are not supported; use load_in_4bit: true (QLoRA)",
       );
     } else if (section.load_in_4bit === true) {
-      q = {
-        bits: 4,
-        quantType: section.bnb_4bit_quant_type as "nf4" | "fp4",
-        doubleQuant: section.bnb_4bit_use_double_quant as boolean,
-        blocksize: 64,
-        key: "quantization_config",
-      };
+      q = fourBit(
+        section.bnb_4bit_quant_type,
+        section.bnb_4bit_use_double_quant,
+        "quantization_config",
+      );
     }
   }
   const bit = top.quantization_bit as number | null;
@@ -118,13 +131,7 @@ export function quantizationFrom(
         "give either quantization_bit (LLaMA-Factory) or quantization_config (transformers), not both",
       );
     } else {
-      q = {
-        bits: 4,
-        quantType: top.quantization_type as "nf4" | "fp4",
-        doubleQuant: top.double_quantization as boolean,
-        blocksize: 64,
-        key: "quantization_bit",
-      };
+      q = fourBit(top.quantization_type, top.double_quantization, "quantization_bit");
     }
   } else {
     for (const k of ["quantization_type", "double_quantization", "quantization_method"]) {

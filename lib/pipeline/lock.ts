@@ -15,6 +15,7 @@
  */
 import { hostname } from "node:os";
 import { join } from "node:path";
+import { writeAll } from "../atomic.ts";
 import { osError, UserError } from "../errors.ts";
 
 export const LOCK_FILE = ".glm-finetune.lock";
@@ -98,7 +99,7 @@ export async function lockRunDir(runDir: string, command: string): Promise<RunLo
     await file.truncate(0);
     await file.seek(0, Deno.SeekMode.Start);
     const bytes = new TextEncoder().encode(JSON.stringify(info) + "\n");
-    for (let off = 0; off < bytes.length;) off += await file.write(bytes.subarray(off));
+    await writeAll(file, bytes);
   } catch {
     // The flock is what locks; the text only names the holder. On a full disk the run
     // goes on holding the lock, and fails where it actually needs the space.

@@ -387,7 +387,7 @@ export async function runPipeline(path: string, opts: RunOptions = {}): Promise<
       }
       for (const [k, p] of step.inputs) {
         if (await hasher.hash(p) === null) {
-          const from = producer(steps, p);
+          const from = producerOf(steps, p);
           throw new UserError(
             `step "${step.name}": input ${k ? `--${k} ` : ""}${p} does not exist` +
               (from ? ` (made by step "${from}"; run it first)` : ""),
@@ -535,7 +535,7 @@ async function decide(
   if (!ref) return { run: true, reason: `stage "${step.stage}" is not implemented yet` };
   if (ctx.forced) return { run: true, reason: `forced by ${ctx.forced}` };
   if (ctx.dryRun) {
-    const up = step.inputs.map(([, p]) => producer(ctx.steps, p)).find((s) =>
+    const up = step.inputs.map(([, p]) => producerOf(ctx.steps, p)).find((s) =>
       s && ctx.willRun.has(s)
     );
     if (up) return { run: true, reason: `reads the outputs of "${up}", which runs first` };
@@ -584,8 +584,6 @@ function diffArgv(a: string[], b: string[]): string {
   const text = changed.slice(0, 4).join(" ");
   return text || "removed " + a.filter((x) => !b.includes(x)).slice(0, 4).join(" ");
 }
-
-const producer = producerOf;
 
 function printPlan(log: (l: string) => void, r: StepReport): void {
   log(`${r.action === "not selected" ? "-   " : r.action.padEnd(4)} ${r.name} (${r.reason})`);

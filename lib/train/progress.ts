@@ -5,6 +5,7 @@
  * or tailed while training.
  */
 import { join } from "node:path";
+import { writeAll } from "../atomic.ts";
 import { osError } from "../errors.ts";
 import { formatDuration, StatusLine } from "../progress.ts";
 import type { LogEntry } from "./checkpoint.ts";
@@ -99,9 +100,8 @@ export class MetricsLog {
   }
   async append(e: LogEntry, extra?: Record<string, number>): Promise<void> {
     const b = this.enc.encode(JSON.stringify(e) + "\n");
-    let off = 0;
     try {
-      while (off < b.length) off += await this.file.write(b.subarray(off));
+      await writeAll(this.file, b);
     } catch (err) {
       throw osError(err, this.path, "write");
     }
