@@ -45,6 +45,7 @@ import {
   uniforms,
 } from "../runtime.ts";
 import { LOOP_BUDGET } from "../loop_budget.ts";
+import { matmulRef } from "./matmul.ts";
 
 /** A 4-bit quantized matrix on the device (see the module comment for the layout). */
 export interface Quant4Weight {
@@ -670,20 +671,6 @@ export function matmul4bitRef(
   args: Omit<Matmul4bitArgs, "a" | "w" | "c" | "bias">,
   bias?: Float32Array,
 ): void {
-  const p = pieceOf(args);
-  const alpha = args.alpha ?? 1;
-  for (let m = 0; m < p.M; m++) {
-    for (let n = 0; n < p.N; n++) {
-      let s = 0;
-      for (let k = 0; k < p.K; k++) {
-        const wv = w[p.wOff + (args.transW ? n * p.ldw + k : k * p.ldw + n)];
-        s += a[p.aOff + m * p.lda + k] * wv;
-      }
-      const ci = p.cOff + m * p.ldc + n;
-      let v = alpha * s;
-      if (p.accumulate) v += p.beta * c[ci];
-      if (bias) v += bias[p.biasOff + n];
-      c[ci] = v;
-    }
-  }
+  const { transW, wOffset, ldw, ...rest } = args;
+  matmulRef(a, w, c, { ...rest, transB: transW, bOffset: wOffset, ldb: ldw }, bias);
 }
