@@ -13,7 +13,7 @@ export type MemoryKind = "frozen" | "trainable" | "optimizer" | "activations" | 
 const KINDS: MemoryKind[] = ["frozen", "trainable", "optimizer", "activations", "scratch"];
 
 /** The kind of a buffer or texture, by its label and usage. */
-export function memoryKind(label: string, usage: number): MemoryKind {
+function memoryKind(label: string, usage: number): MemoryKind {
   if (/\.exp_avg(_sq)?$/.test(label)) return "optimizer";
   if (/\.grad$/.test(label) || /lora_[AB]|prefix_encoder/.test(label)) return "trainable";
   // Base weights by their HF names (4-bit ones as NAME.packed / .scales / .absmax2), and the

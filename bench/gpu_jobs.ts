@@ -45,7 +45,7 @@ interface Job {
   checkpointing: boolean;
 }
 
-export async function runJobs(o: {
+async function runJobs(o: {
   layers: number;
   sftLayers: number;
   small: boolean;

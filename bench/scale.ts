@@ -46,11 +46,11 @@ const secs = (t0: number) => (performance.now() - t0) / 1000;
 interface KindRow {
   kind: MemoryKind;
   allocated: number;
-  planned: number | null;
+  planned: number;
 }
 
 /** The planned bytes of each kind (the trainer's moments included). */
-function plannedByKind(p: MemoryPlan): Record<MemoryKind, number | null> {
+function plannedByKind(p: MemoryPlan): Record<MemoryKind, number> {
   return {
     frozen: p.frozenWeights,
     trainable: p.trainableWeights + p.gradients,
@@ -70,9 +70,7 @@ function printRows(rows: KindRow[]): void {
     const dev = r.planned ? ((r.allocated - r.planned) / r.planned * 100).toFixed(1) + " %" : "";
     console.log(
       `    ${r.kind.padEnd(12)}${(r.allocated / MiB).toFixed(1).padStart(11)} MiB allocated` +
-        (r.planned !== null
-          ? `${(r.planned / MiB).toFixed(1).padStart(11)} MiB planned  ${dev}`
-          : ""),
+        `${(r.planned / MiB).toFixed(1).padStart(11)} MiB planned  ${dev}`,
     );
   }
 }

@@ -22,7 +22,7 @@ const ROOT = new URL("../", import.meta.url).pathname;
 const OUT = join(ROOT, "tests/fixtures/tensorboard");
 
 /** Byte strings whose masked CRC the test checks against tensorboard's. */
-export const CRC_INPUTS = [
+const CRC_INPUTS = [
   "",
   "00",
   "00".repeat(32),
