@@ -123,6 +123,45 @@ Deno.test("prefix and full files", async () => {
   for (const d of [dir, base]) await Deno.remove(d, { recursive: true });
 });
 
+Deno.test("full weights saved as shards with an index (the torch engine past 5 GB) read back", async () => {
+  const dir = await Deno.makeTempDir();
+  const a = "transformer.output_layer.weight", b = "transformer.embedding.word_embeddings.weight";
+  const shapes = new Map([[a, [3, 2]], [b, [2, 2]]]);
+  const ff = fullFiles({ shapes, baseModelDir: dir });
+  await writeSafetensorsF32(
+    join(dir, "model-00001-of-00002.safetensors"),
+    new Map([[a, { shape: [3, 2], data: ramp(6) }]]),
+  );
+  await writeSafetensorsF32(
+    join(dir, "model-00002-of-00002.safetensors"),
+    new Map([[b, { shape: [2, 2], data: ramp(4, 2) }]]),
+  );
+  const index = (map: Record<string, string>) =>
+    Deno.writeTextFile(
+      join(dir, "model.safetensors.index.json"),
+      JSON.stringify({ weight_map: map }),
+    );
+  await index({ [a]: "model-00001-of-00002.safetensors", [b]: "model-00002-of-00002.safetensors" });
+  const got = await ff.read(dir);
+  deepStrictEqual(got.get(a), ramp(6));
+  deepStrictEqual(got.get(b), ramp(4, 2));
+  // A tensor the index does not list is missing, named with the index.
+  await index({ [a]: "model-00001-of-00002.safetensors" });
+  await rejects(
+    ff.read(dir),
+    (e: Error) =>
+      e instanceof UserError && e.message.includes("model.safetensors.index.json") &&
+      e.message.includes(`tensor ${b} is missing`),
+  );
+  // A shard the index names but the dir lacks.
+  await index({ [a]: "model-00001-of-00002.safetensors", [b]: "model-00003-of-00002.safetensors" });
+  await rejects(
+    ff.read(dir),
+    (e: Error) => e instanceof UserError && /missing shard/.test(e.message),
+  );
+  await Deno.remove(dir, { recursive: true });
+});
+
 Deno.test("only complete checkpoints count; temporaries are cleaned; rotation keeps the newest", async () => {
   const out = await Deno.makeTempDir();
   const STATE = [

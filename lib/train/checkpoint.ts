@@ -31,7 +31,8 @@ import { stepCounts } from "../config/config.ts";
 import { PEFT_CONFIG, PEFT_WEIGHTS, PREFIX_CONFIG, PREFIX_WEIGHTS } from "../model/adapter_dir.ts";
 import { osError, UserError } from "../errors.ts";
 import type { TrainArgs } from "./args.ts";
-import { type F32Tensor, readSafetensorsF32 } from "../safetensors/read.ts";
+import { type F32Tensor, readSafetensorsF32, SafetensorsFile } from "../safetensors/read.ts";
+import { Checkpoint } from "../safetensors/checkpoint.ts";
 import { writeSafetensors, writeSafetensorsF32 } from "../safetensors/write.ts";
 
 /** One log_history entry: `{step, epoch, loss, learning_rate, grad_norm}`, `{step, epoch, eval_loss}`, or the run summary. */
@@ -398,14 +399,23 @@ function tensorsOf(
   return out;
 }
 
+/** What readChecked reads: one safetensors file, or a checkpoint dir (its shards). */
+type TensorSource = Pick<Checkpoint, "names" | "info" | "f32">;
+
+/**
+ * Every tensor of `path` (a file, or `src` when given: the shards of a dir)
+ * as f32, each checked to belong to `shapes` (after `rename`) with its shape,
+ * and none of `shapes` missing.
+ */
 async function readChecked(
   path: string,
   shapes: ReadonlyMap<string, number[]>,
   rename: (key: string) => string = (k) => k,
+  src?: TensorSource,
 ): Promise<Map<string, Float32Array>> {
-  const file = await readSafetensorsF32(path);
+  const file = src ?? await SafetensorsFile.open(path);
   const out = new Map<string, Float32Array>();
-  for (const [key, t] of file) {
+  for (const key of file.names()) {
     const name = rename(key);
     const want = shapes.get(name);
     if (!want) {
@@ -415,10 +425,11 @@ async function readChecked(
         })`,
       );
     }
-    if (want.join(",") !== t.shape.join(",")) {
-      throw new UserError(`${path}: ${key} has shape [${t.shape}], the model expects [${want}]`);
+    const shape = file.info(key).shape;
+    if (want.join(",") !== shape.join(",")) {
+      throw new UserError(`${path}: ${key} has shape [${shape}], the model expects [${want}]`);
     }
-    out.set(name, t.data);
+    out.set(name, await file.f32(key));
   }
   for (const name of shapes.keys()) {
     if (!out.has(name)) throw new UserError(`${path}: tensor ${name} is missing`);
@@ -559,29 +570,9 @@ export function fullFiles(o: FullFilesOptions): ModelFiles {
     },
     async read(dir) {
       // The torch engine saves a model past 5 GB as HF's shards with an index.
-      let index: { weight_map?: Record<string, string> } | undefined;
-      try {
-        index = JSON.parse(await Deno.readTextFile(join(dir, "model.safetensors.index.json")));
-      } catch (e) {
-        if (!(e instanceof Deno.errors.NotFound)) throw e;
-      }
-      if (!index) return readChecked(join(dir, "model.safetensors"), o.shapes);
-      const byFile = new Map<string, Map<string, number[]>>();
-      for (const [name, file] of Object.entries(index.weight_map ?? {})) {
-        const shape = o.shapes.get(name);
-        if (!byFile.has(file)) byFile.set(file, new Map());
-        if (shape) byFile.get(file)!.set(name, shape);
-      }
-      const out = new Map<string, Float32Array>();
-      for (const [file, shapes] of byFile) {
-        for (const [k, v] of await readChecked(join(dir, file), shapes)) out.set(k, v);
-      }
-      for (const name of o.shapes.keys()) {
-        if (!out.has(name)) {
-          throw new UserError(`${dir}: tensor ${name} is missing from the shards`);
-        }
-      }
-      return out;
+      const ck = await Checkpoint.open(dir);
+      if (!ck) return readChecked(join(dir, "model.safetensors"), o.shapes);
+      return readChecked(ck.source, o.shapes, undefined, ck);
     },
   };
 }
