@@ -21,6 +21,7 @@ import { deepStrictEqual, ok as assert } from "node:assert";
 import { join } from "node:path";
 import { formatNotApplicable, loadConfig } from "../lib/config/mod.ts";
 import { readSafetensorsF32 } from "../lib/safetensors/read.ts";
+import { readEvents } from "../lib/tensorboard/events.ts";
 import { DEFAULT_VENV } from "../lib/train/torch_engine.ts";
 import { requirements, setupTorch } from "../lib/train/torch_setup.ts";
 import { CLI, withTempDir } from "./test_util.ts";
@@ -331,6 +332,41 @@ torchTest(
         );
         assert(worst < tol, `steps 3-4 differ by ${worst}`);
       }
+    }),
+);
+
+torchTest(
+  "TensorBoard gets each of this run's entries once, none of the metrics.jsonl an earlier run left",
+  () =>
+    withTempDir(async (dir) => {
+      const out = join(dir, "out"), tb = join(dir, "tb");
+      // An earlier run's log (no checkpoints, so a fresh run may start here).
+      await Deno.mkdir(out);
+      const stale = [1, 2, 3, 4, 5].map((step) => JSON.stringify({ step, epoch: 0, loss: 99 }));
+      await Deno.writeTextFile(join(out, "metrics.jsonl"), stale.join("\n") + "\n");
+      await trainOk([
+        ...tinyRun("lora.yaml", out, [
+          "--set",
+          "training_args.max_steps=3",
+          "--set",
+          "training_args.report_to=tensorboard",
+          "--set",
+          `training_args.logging_dir=${tb}`,
+        ]),
+        "--engine",
+        "torch",
+      ]);
+      const files = [...Deno.readDirSync(tb)].filter((e) => e.name.startsWith("events."));
+      deepStrictEqual(files.length, 1);
+      const loss: [number, number][] = [];
+      for (const e of readEvents(await Deno.readFile(join(tb, files[0].name)))) {
+        for (const v of e.summary?.value ?? []) {
+          if (v.tag === "train/loss") loss.push([e.step!, v.simple_value!]);
+        }
+      }
+      const want = [...(await losses(out))].map(([s, l]) => [s, Math.fround(l)]);
+      deepStrictEqual(want.map(([s]) => s), [1, 2, 3]);
+      deepStrictEqual(loss, want);
     }),
 );
 

@@ -713,13 +713,19 @@ def run(job: dict) -> int:
     if rank == 0:
         os.makedirs(job["out_dir"], exist_ok=True)
         # Rewritten from the restored history on resume, then appended (as the WebGPU engine does).
+        # The history goes into a new file renamed over the old one: the TensorBoard follower
+        # (lib/train/follow_metrics.ts) tells an earlier run's file from this one by its inode.
         history = []
         if resume:
             with open(os.path.join(resume, "trainer_state.json"), encoding="utf-8") as f:
                 history = json.load(f).get("log_history", [])
-        trainer.metrics_file = open(os.path.join(job["out_dir"], "metrics.jsonl"), "w", encoding="utf-8")
+        metrics_path = os.path.join(job["out_dir"], "metrics.jsonl")
+        fresh = os.path.join(job["out_dir"], f".metrics.jsonl.{os.getpid()}.tmp")
+        trainer.metrics_file = open(fresh, "w", encoding="utf-8")
         for e in history:
             trainer.metrics_file.write(json.dumps(e, separators=(",", ":")) + "\n")
+        trainer.metrics_file.flush()
+        os.replace(fresh, metrics_path)
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
         n_tensors = sum(1 for p in model.parameters() if p.requires_grad)
         device = f"{world} process{'es' if world > 1 else ''} on {args.device.type}"

@@ -36,8 +36,7 @@ import { findCheckpoint, prepareOutDir } from "./checkpoint.ts";
 import { maskedRecords } from "./data.ts";
 import { claimOutputDir, markOutputDir } from "../outdir.ts";
 import type { TrainingArgs } from "../config/config.ts";
-import type { LogEntry } from "./checkpoint.ts";
-import type { LogSink } from "./progress.ts";
+import { followMetrics } from "./follow_metrics.ts";
 import { tensorBoardLog } from "./tensorboard_log.ts";
 import { adapterSpec, readInitAdapter, type RunOptions, TRAIN_OUTPUT } from "./run.ts";
 
@@ -403,49 +402,6 @@ export async function runTorchTraining(o: TorchRunOptions): Promise<TorchRunResu
   } finally {
     await Deno.remove(tmp, { recursive: true }).catch(() => {});
   }
-}
-
-/**
- * Give `sink` each entry the workers append to metrics.jsonl after `startStep`
- * (the file is rewritten from the restored history on resume), polling once a
- * second; `stop` forwards the rest and closes the sink.
- */
-async function followMetrics(
-  path: string,
-  startStep: number,
-  sink: LogSink,
-): Promise<{ stop(): Promise<void> }> {
-  await sink.open(startStep);
-  const seen = new Set<string>();
-  const poll = async () => {
-    let text: string;
-    try {
-      text = await Deno.readTextFile(path);
-    } catch {
-      return; // not written yet
-    }
-    for (const line of text.split("\n")) {
-      if (!line.trim() || seen.has(line)) continue;
-      let e: LogEntry;
-      try {
-        e = JSON.parse(line);
-      } catch {
-        continue; // a line being written: read again next time
-      }
-      seen.add(line);
-      if (typeof e.step === "number" && e.step > startStep) await sink.append(e);
-    }
-  };
-  let busy = Promise.resolve();
-  const timer = setInterval(() => busy = busy.then(poll), 1000);
-  return {
-    async stop() {
-      clearInterval(timer);
-      await busy;
-      await poll();
-      sink.close();
-    },
-  };
 }
 
 async function readJsonFile(path: string): Promise<Record<string, unknown>> {
