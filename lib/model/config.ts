@@ -226,9 +226,14 @@ export async function loadGlmConfig(dir: string): Promise<GlmConfig> {
   return parseGlmConfig(raw, path);
 }
 
-/** Key/value groups: multi_query_group_num with multi-query attention, else one per head. */
+/**
+ * Key/value groups: multi_query_group_num with multi-query attention, else one
+ * per head (also when the field is absent: ChatGLMConfig's default is false).
+ */
 export function glmGroups(
-  c: Pick<GlmConfig, "multi_query_attention" | "multi_query_group_num" | "num_attention_heads">,
+  c: Pick<GlmConfig, "multi_query_group_num" | "num_attention_heads"> & {
+    multi_query_attention?: boolean;
+  },
 ): number {
   return c.multi_query_attention ? c.multi_query_group_num : c.num_attention_heads;
 }

@@ -3,6 +3,7 @@
  * model reads, and where a linear of each kind maps from and to.
  */
 import { UserError } from "../errors.ts";
+import { glmGroups } from "./config.ts";
 import type { DType } from "../safetensors/dtype.ts";
 import type { LoraTarget } from "./adapter.ts";
 
@@ -33,22 +34,56 @@ export interface WeightSource {
   raw(name: string): Uint8Array | Promise<Uint8Array>;
 }
 
-/** Model dimensions derived from the config. */
-export interface Dims {
+/** The widths a config implies: what the model and the memory plans size things by. */
+export interface Widths {
   L: number;
   hidden: number;
   ffn: number;
   D: number;
   H: number;
+  /** Key/value groups: multi_query_group_num, or H without multi-query attention (glmGroups). */
   G: number;
   V: number;
-  eps: number;
-  ropeBase: number;
-  qkvBias: boolean;
   /** Fused qkv width (H + 2G)·D. */
   W: number;
   /** Attention output width H·D. */
   A: number;
+}
+
+/** The config fields the widths come from. */
+export type WidthFields = Pick<
+  GlmConfigFields,
+  | "num_layers"
+  | "hidden_size"
+  | "ffn_hidden_size"
+  | "kv_channels"
+  | "num_attention_heads"
+  | "multi_query_attention"
+  | "multi_query_group_num"
+  | "padded_vocab_size"
+>;
+
+export function widthsOf(c: WidthFields): Widths {
+  const H = c.num_attention_heads, D = c.kv_channels;
+  const G = glmGroups(c);
+  return {
+    L: c.num_layers,
+    hidden: c.hidden_size,
+    ffn: c.ffn_hidden_size,
+    D,
+    H,
+    G,
+    V: c.padded_vocab_size,
+    W: (H + 2 * G) * D,
+    A: H * D,
+  };
+}
+
+/** Model dimensions derived from the config. */
+export interface Dims extends Widths {
+  eps: number;
+  ropeBase: number;
+  qkvBias: boolean;
   seqLength: number;
 }
 
@@ -62,36 +97,26 @@ export function dimsOf(c: GlmConfigFields): Dims {
   if (c.post_layer_norm === false) {
     throw new UserError("config.json: post_layer_norm: false is not supported");
   }
-  const H = c.num_attention_heads;
-  const G = c.multi_query_attention === false ? H : c.multi_query_group_num;
-  if (H % G !== 0) {
+  const w = widthsOf(c);
+  if (w.H % w.G !== 0) {
     throw new UserError(
-      `config.json: num_attention_heads ${H} is not a multiple of multi_query_group_num ${G}`,
+      `config.json: num_attention_heads ${w.H} is not a multiple of multi_query_group_num ${w.G}`,
     );
   }
-  if (c.kv_channels % 4 !== 0) {
-    throw new UserError(`config.json: kv_channels ${c.kv_channels} must be a multiple of 4`);
+  if (w.D % 4 !== 0) {
+    throw new UserError(`config.json: kv_channels ${w.D} must be a multiple of 4`);
   }
-  const D = c.kv_channels;
   return {
-    L: c.num_layers,
-    hidden: c.hidden_size,
-    ffn: c.ffn_hidden_size,
-    D,
-    H,
-    G,
-    V: c.padded_vocab_size,
+    ...w,
     eps: c.layernorm_epsilon,
     ropeBase: 10000 * (c.rope_ratio ?? 1),
     qkvBias: c.add_qkv_bias ?? true,
-    W: (H + 2 * G) * D,
-    A: H * D,
     seqLength: c.seq_length ?? 8192,
   };
 }
 
 /** (in, out) features of each linear kind. */
-export function linearShape(d: Dims, kind: LoraTarget): [number, number] {
+export function linearShape(d: Widths, kind: LoraTarget): [number, number] {
   switch (kind) {
     case "query_key_value":
       return [d.hidden, d.W];

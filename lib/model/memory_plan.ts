@@ -33,7 +33,8 @@
  *    only nn.Linear modules and keeps the last one, chatglm3's output_layer,
  *    unquantized (docs/qlora.md).
  */
-import type { AdapterSpec } from "./adapter.ts";
+import { type AdapterSpec, LORA_TARGETS, type LoraTarget } from "./adapter.ts";
+import { linearShape, widthsOf } from "./dims.ts";
 import type { GlmConfig } from "./config.ts";
 import { scoreBytes } from "../gpu/kernels/attention.ts";
 import { crossEntropyScratchBytes } from "../gpu/kernels/cross_entropy.ts";
@@ -118,10 +119,8 @@ export interface MemoryPlan {
 const F32 = 4, F16 = 2, MiB = 2 ** 20;
 
 export function memoryPlan(config: PlanConfig, opts: PlanOptions): MemoryPlan {
-  const L = config.num_layers, h = config.hidden_size, F = config.ffn_hidden_size;
-  const D = config.kv_channels, H = config.num_attention_heads;
-  const G = config.multi_query_attention ? config.multi_query_group_num : H;
-  const V = config.padded_vocab_size, W = (H + 2 * G) * D, A = H * D;
+  const w = widthsOf(config);
+  const { L, hidden: h, ffn: F, D, H, G, V, W, A } = w;
   const a = opts.adapter;
   const rows = opts.rowsPerPass ?? opts.batch;
   if (!(rows >= 1 && rows <= opts.batch)) {
@@ -130,8 +129,9 @@ export function memoryPlan(config: PlanConfig, opts: PlanOptions): MemoryPlan {
   const T = rows * opts.seq;
   const frozenF16 = opts.frozenF16 ?? a.kind !== "full";
 
-  // Base weights: matrices and vectors.
-  const layerMatrices = W * h + h * A + 2 * F * h + h * F;
+  // Base weights: matrices and vectors. Each layer linear's element count.
+  const linears = LORA_TARGETS.map((k) => linearShape(w, k)).map(([i, o]) => i * o);
+  const layerMatrices = linears.reduce((x, y) => x + y, 0);
   const matrices = 2 * V * h + L * layerMatrices;
   const vectors = L * (2 * h + (config.add_qkv_bias ? W : 0)) + h;
   const baseParams = matrices + vectors;
@@ -139,16 +139,12 @@ export function memoryPlan(config: PlanConfig, opts: PlanOptions): MemoryPlan {
   let trainable = 0;
   let loraTargets = 0;
   if (a.kind === "lora") {
-    const dims: Record<string, [number, number]> = {
-      query_key_value: [h, W],
-      dense: [A, h],
-      dense_h_to_4h: [h, 2 * F],
-      dense_4h_to_h: [F, h],
-    };
     for (const t of a.targetModules) {
-      const d = dims[t];
-      if (!d) throw new Error(`unknown LoRA target module "${t}"`);
-      trainable += L * a.r * (d[0] + d[1]);
+      if (!(LORA_TARGETS as readonly string[]).includes(t)) {
+        throw new Error(`unknown LoRA target module "${t}"`);
+      }
+      const [inF, outF] = linearShape(w, t as LoraTarget);
+      trainable += L * a.r * (inF + outF);
       loraTargets++;
     }
   }
@@ -169,10 +165,8 @@ export function memoryPlan(config: PlanConfig, opts: PlanOptions): MemoryPlan {
   if (q && a.kind !== "full") {
     // Each of a layer's four linear weights is quantized on its own (its own padding to words).
     const qOpts = { type: q.quantType, doubleQuant: q.doubleQuant, blocksize: q.blocksize ?? 64 };
-    const layerQuant = [W * h, h * A, 2 * F * h, h * F]
-      .reduce((sum, n) => sum + quant4Bytes(n, qOpts), 0);
-    const codes = [W * h, h * A, 2 * F * h, h * F]
-      .reduce((sum, n) => sum + Math.ceil(n / 8) * 4, 0);
+    const layerQuant = linears.reduce((sum, n) => sum + quant4Bytes(n, qOpts), 0);
+    const codes = linears.reduce((sum, n) => sum + Math.ceil(n / 8) * 4, 0);
     const type = q.quantType.toUpperCase();
     frozenParts[`layer linear weights, 4-bit ${type} codes`] = L * codes;
     frozenParts[`their block scales${q.doubleQuant ? " (double-quantized)" : " (f32 absmax)"}`] =
@@ -258,10 +252,8 @@ function cpuMatmulScratch(
   /** 4-bit linears: the 4-bit kernel reads them from their buffers, no texture copies. */
   quantized = false,
 ): number {
-  const h = c.hidden_size, F = c.ffn_hidden_size, D = c.kv_channels;
-  const H = c.num_attention_heads;
-  const G = c.multi_query_attention ? c.multi_query_group_num : H;
-  const W = (H + 2 * G) * D, A = H * D;
+  const w = widthsOf(c);
+  const { hidden: h, ffn: F, D, W, A } = w;
   const fits = (width: number, rows: number) =>
     Math.max(2 ** Math.ceil(Math.log2(width / 4)), 2 ** Math.ceil(Math.log2(rows))) <= maxSide;
   const seen = new Set<string>();
@@ -273,7 +265,7 @@ function cpuMatmulScratch(
     bytes += operandTextureBytes(width, rows, 1, f16);
   };
   // Frozen weights [out, in], split in halves along `out` until a piece fits a binding.
-  for (const [out, inF] of quantized ? [] : [[W, h], [h, A], [2 * F, h], [h, F]]) {
+  for (const [inF, out] of quantized ? [] : LORA_TARGETS.map((k) => linearShape(w, k))) {
     let rows = out;
     while (rows * Math.ceil((inF * 2) / 256) * 256 > binding && rows > 1) {
       rows = Math.ceil(rows / 2);
@@ -408,10 +400,8 @@ export interface TorchMemoryPlan {
  * the caching allocator's reserve (typically 1–3 GiB), DeepSpeed's buckets.
  */
 export function torchMemoryPlan(config: PlanConfig, o: TorchPlanOptions): TorchMemoryPlan {
-  const L = config.num_layers, h = config.hidden_size, F = config.ffn_hidden_size;
-  const D = config.kv_channels, H = config.num_attention_heads;
-  const G = config.multi_query_attention ? config.multi_query_group_num : H;
-  const V = config.padded_vocab_size, W = (H + 2 * G) * D, A = H * D;
+  const w = widthsOf(config);
+  const { L, hidden: h, ffn: F, D, H, G, V, W, A } = w;
   if (!(o.gpus >= 1) || !(o.batch >= 1)) throw new Error("gpus and batch must be ≥ 1");
   // Parameter counts from the WebGPU plan (the same model).
   const base = memoryPlan(config, {
@@ -460,7 +450,9 @@ export function torchMemoryPlan(config: PlanConfig, o: TorchPlanOptions): TorchM
   }
   // ZeRO-3 gathers a unit's weights for its computation: the root unit (embedding, output
   // layer, final norm) and, with prefetch, two layers at a time.
-  const layerParams = W * h + (config.add_qkv_bias ? W : 0) + A * h + 2 * F * h + F * h + 2 * h;
+  const layerParams =
+    LORA_TARGETS.reduce((n, k) => n + linearShape(w, k).reduce((i, o) => i * o), 0) +
+    (config.add_qkv_bias ? W : 0) + 2 * h;
   const gatheredWeights = z3 && N > 1 ? (2 * V * h + h + 2 * layerParams) * half : 0;
 
   const T = o.batch * o.seq;

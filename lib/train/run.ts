@@ -16,7 +16,7 @@ import { claimOutputDir, markOutputDir } from "../outdir.ts";
 import { describeGpu } from "../gpu/device.ts";
 import type { AdapterSpec } from "../model/adapter.ts";
 import type { GlmModel } from "../model/glm.ts";
-import { loadGlmConfig } from "../model/config.ts";
+import { glmGroups, loadGlmConfig } from "../model/config.ts";
 import { gpuForModel, loadGlmModel } from "../model/load.ts";
 import { formatMemoryPlan, memoryPlan } from "../model/memory_plan.ts";
 import { PEFT_CONFIG, PEFT_WEIGHTS, PREFIX_WEIGHTS, readAdapterDir } from "../model/adapter_dir.ts";
@@ -96,7 +96,7 @@ export function modelFilesFor(model: GlmModel, spec: AdapterSpec, modelDir: stri
         baseModel: modelDir,
         numLayers: c.num_layers,
         kvChannels: c.kv_channels,
-        groups: c.multi_query_attention ? c.multi_query_group_num : c.num_attention_heads,
+        groups: glmGroups(c),
       });
     case "full":
       return fullFiles({ shapes, baseModelDir: modelDir });
