@@ -24,6 +24,19 @@ export function grid(gpu: Gpu, total: number, wg: number): [number, number] {
   return [Math.ceil(groups / y), y];
 }
 
+/**
+ * `total` workgroups of a tile kernel folded into x, y, z counts, each within
+ * maxComputeWorkgroupsPerDimension (the kernels unfold them from
+ * workgroup_id and num_workgroups: ./matmul_wgsl.ts).
+ */
+export function foldWorkgroups(gpu: Gpu, total: number): [number, number, number] {
+  const max = gpu.limits.maxComputeWorkgroupsPerDimension;
+  const x = Math.min(total, max);
+  const rest = Math.ceil(total / x);
+  const y = Math.min(rest, max);
+  return [x, y, Math.ceil(rest / y)];
+}
+
 /** WGSL entry-point header whose body sees `idx`, the flat invocation index. */
 export function entry(wg: number): string {
   return `@compute @workgroup_size(${wg})

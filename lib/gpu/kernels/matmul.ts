@@ -33,6 +33,7 @@ import {
   stagesTiles,
   vec4Tiles,
 } from "./matmul_profile.ts";
+import { foldWorkgroups } from "./grid.ts";
 import { matmulSharedShader } from "./matmul_shared.ts";
 import { type MatmulEpilogue, matmulVec4Shader } from "./matmul_vec4.ts";
 import { MATMUL_UNIFORMS, tileOrigin } from "./matmul_wgsl.ts";
@@ -268,11 +269,7 @@ export function encodeMatmul(gpu: Gpu, pass: ComputePass, args: MatmulArgs): voi
     const tilesN = Math.ceil(p.N / tileN);
     const tilesMN = Math.ceil(p.M / tileM) * tilesN;
     const total = tilesMN * p.count;
-    const max = gpu.limits.maxComputeWorkgroupsPerDimension;
-    const x = Math.min(total, max);
-    const rest = Math.ceil(total / x);
-    const y = Math.min(rest, max);
-    const z = Math.ceil(rest / y);
+    const [x, y, z] = foldWorkgroups(gpu, total);
     const flags = (p.accumulate ? 1 : 0) | (p.useBias ? 2 : 0);
     const u = uniforms(gpu).alloc(packUniforms([
       { u: p.M },
@@ -407,21 +404,26 @@ function rangeC(p: Piece): [number, number] {
   return [p.cOff, p.cOff + (p.count - 1) * p.sC + (p.M - 1) * p.ldc + p.N];
 }
 
-/** Bind [start, end) elements of `buffer` as a sub-range whose offset meets the alignment rule. */
-function subRange(
+/**
+ * Bind [start, end) elements of `buffer` (`what`, for the error) as a
+ * sub-range whose offset meets the alignment rule: `rel` is the first
+ * element's index in the binding, `start` the binding's first element.
+ */
+export function subRange(
   buffer: GPUBuffer,
   start: number,
   end: number,
   elemBytes: number,
   align: number,
-): { binding: GPUBufferBinding; rel: number } {
+  what = "operand",
+): { binding: GPUBufferBinding; rel: number; start: number } {
   const startByte = start * elemBytes;
   const offset = Math.floor(startByte / align) * align;
   let endByte = Math.ceil((end * elemBytes) / 4) * 4;
   if (endByte > buffer.size) {
     if (end * elemBytes > buffer.size) {
       throw new Error(
-        `matmul: operand needs elements [${start}, ${end}) but its buffer "${buffer.label}" holds only ${buffer.size} bytes`,
+        `matmul: ${what} needs elements [${start}, ${end}) but its buffer "${buffer.label}" holds only ${buffer.size} bytes`,
       );
     }
     endByte = buffer.size;
@@ -429,6 +431,7 @@ function subRange(
   return {
     binding: { buffer, offset, size: endByte - offset },
     rel: (startByte - offset) / elemBytes,
+    start: offset / elemBytes,
   };
 }
 

@@ -45,7 +45,8 @@ import {
   uniforms,
 } from "../runtime.ts";
 import { LOOP_BUDGET } from "../loop_budget.ts";
-import { matmulRef } from "./matmul.ts";
+import { foldWorkgroups } from "./grid.ts";
+import { matmulRef, subRange } from "./matmul.ts";
 
 /** A 4-bit quantized matrix on the device (see the module comment for the layout). */
 export interface Quant4Weight {
@@ -266,11 +267,7 @@ export function encodeMatmul4bit(gpu: Gpu, pass: ComputePass, args: Matmul4bitAr
     const tileM = tiles.tm * tiles.wgM, tileN = tiles.tn * tiles.wgN;
     const tilesN = Math.ceil(p.N / tileN);
     const total = Math.ceil(p.M / tileM) * tilesN;
-    const max = gpu.limits.maxComputeWorkgroupsPerDimension;
-    const x = Math.min(total, max);
-    const rest = Math.ceil(total / x);
-    const y = Math.min(rest, max);
-    const z = Math.ceil(rest / y);
+    const [x, y, z] = foldWorkgroups(gpu, total);
     const words: Array<{ u: number } | { f: number }> = [
       { u: p.M },
       { u: p.N },
@@ -352,33 +349,6 @@ function rangeC(p: Piece): [number, number] {
 function rangeW(p: Piece, transW: boolean): [number, number] {
   const rows = transW ? p.N : p.K, width = transW ? p.K : p.N;
   return [p.wOff, p.wOff + Math.max(0, rows - 1) * p.ldw + Math.max(width, 1)];
-}
-
-/** Bind [start, end) elements of `elemBytes` each, the offset aligned down; `start` is the first bound element. */
-function subRange(
-  buffer: GPUBuffer,
-  start: number,
-  end: number,
-  elemBytes: number,
-  align: number,
-  what: string,
-): { binding: GPUBufferBinding; rel: number; start: number } {
-  const startByte = start * elemBytes;
-  const offset = Math.floor(startByte / align) * align;
-  let endByte = Math.ceil((end * elemBytes) / 4) * 4;
-  if (endByte > buffer.size) {
-    if (end * elemBytes > buffer.size) {
-      throw new Error(
-        `matmul4bit: ${what} needs elements [${start}, ${end}) but its buffer "${buffer.label}" holds ${buffer.size} bytes`,
-      );
-    }
-    endByte = buffer.size;
-  }
-  return {
-    binding: { buffer, offset, size: endByte - offset },
-    rel: (startByte - offset) / elemBytes,
-    start: offset / elemBytes,
-  };
 }
 
 /** Split until every bound range fits `limit` bytes (with room for the alignment slack). */
