@@ -36,13 +36,11 @@ import { makeShapedCheckpoint, shapedDir } from "./shaped_checkpoint.ts";
 const PYTORCH_LORA_MIB = 14082;
 const MiB = 2 ** 20;
 
+/** A job: which base (layer count) and what it trains; every job takes the same batch. */
 interface Job {
   name: string;
   layers: number;
   adapter: AdapterSpec;
-  batch: number;
-  seq: number;
-  checkpointing: boolean;
 }
 
 async function runJobs(o: {
@@ -53,30 +51,9 @@ async function runJobs(o: {
 }): Promise<Record<string, unknown>> {
   const batch = o.small ? 1 : 4, seq = o.small ? 65 : 256 + 512 + 1;
   const jobs: Job[] = [
-    {
-      name: "lora",
-      layers: o.layers,
-      adapter: UPSTREAM_LORA,
-      batch,
-      seq,
-      checkpointing: true,
-    },
-    {
-      name: "ptuning",
-      layers: o.layers,
-      adapter: UPSTREAM_PTUNING,
-      batch,
-      seq,
-      checkpointing: true,
-    },
-    {
-      name: "sft",
-      layers: o.sftLayers,
-      adapter: { kind: "full" },
-      batch,
-      seq,
-      checkpointing: true,
-    },
+    { name: "lora", layers: o.layers, adapter: UPSTREAM_LORA },
+    { name: "ptuning", layers: o.layers, adapter: UPSTREAM_PTUNING },
+    { name: "sft", layers: o.sftLayers, adapter: { kind: "full" } },
   ];
   const out: Record<string, unknown> = { small: o.small };
   for (const job of jobs) {
@@ -85,33 +62,35 @@ async function runJobs(o: {
     const config = await loadGlmConfig(dir);
     const gpu = await gpuForModel(config);
     out.device ??= describeGpu(gpu);
+    // The passes are chosen from the plan that is reported: with this device's limits.
     const planOpts = {
       adapter: job.adapter,
-      batch: job.batch,
-      seq: job.seq,
-      gradientCheckpointing: job.checkpointing,
+      batch,
+      seq,
+      gradientCheckpointing: true,
+      ...planDevice(gpu),
     };
     const rowsPerPass = Math.max(
       1,
       largestRowsPerPass(config, planOpts, PYTORCH_LORA_MIB * MiB) || 1,
     );
-    const plan = memoryPlan(config, { ...planOpts, rowsPerPass, ...planDevice(gpu) });
+    const plan = memoryPlan(config, { ...planOpts, rowsPerPass });
     const mem = new DeviceMemory(gpu);
     const t0 = performance.now();
     const model = await loadGlmModel(gpu, dir, {
       adapter: job.adapter,
       maxBatch: rowsPerPass,
-      maxSeq: job.seq,
+      maxSeq: seq,
       seed: 42,
-      gradientCheckpointing: job.checkpointing,
+      gradientCheckpointing: true,
     });
     const loadS = (performance.now() - t0) / 1000;
     try {
-      const ids = seededIds(job.batch * job.seq, config.padded_vocab_size, 11);
+      const ids = seededIds(batch * seq, config.padded_vocab_size, 11);
       const r = await trainSteps(gpu, model, {
         ids,
-        batch: job.batch,
-        seq: job.seq,
+        batch,
+        seq,
         rowsPerPass,
         steps: 1 + o.steps,
       });
@@ -120,20 +99,20 @@ async function runJobs(o: {
       const peak = mem.peakByKind().reduce((a, [, b]) => a + b, 0);
       const res = {
         layers: job.layers,
-        batch: job.batch,
-        seq: job.seq,
+        batch,
+        seq,
         rows_per_pass: rowsPerPass,
         load_s: loadS,
         first_step_s: r.stepS[0],
         step_s: stepS,
-        samples_per_s: job.batch / stepS,
-        tokens_per_s: job.batch * job.seq / stepS,
+        samples_per_s: batch / stepS,
+        tokens_per_s: batch * seq / stepS,
         losses: r.losses,
         device_peak_mib: peak / MiB,
         planned_mib: plan.total / MiB,
       };
       console.log(
-        `${job.name} (${job.layers} layers, batch ${job.batch} × ${job.seq}, passes of ${rowsPerPass}): ` +
+        `${job.name} (${job.layers} layers, batch ${batch} × ${seq}, passes of ${rowsPerPass}): ` +
           `load ${loadS.toFixed(1)} s, step ${stepS.toFixed(2)} s, ${
             res.samples_per_s.toFixed(2)
           } samples/s, ${res.tokens_per_s.toFixed(0)} tokens/s, device ${
