@@ -34,7 +34,7 @@
  *    unquantized (docs/qlora.md).
  */
 import { type AdapterSpec, LORA_TARGETS, type LoraTarget } from "./adapter.ts";
-import { linearShape, widthsOf } from "./dims.ts";
+import { linearShape, type WidthFields, widthsOf } from "./dims.ts";
 import type { GlmConfig } from "./config.ts";
 import { scoreBytes } from "../gpu/kernels/attention.ts";
 import { crossEntropyScratchBytes } from "../gpu/kernels/cross_entropy.ts";
@@ -42,19 +42,7 @@ import { operandTextureBytes } from "../gpu/kernels/matmul_texture.ts";
 import { quant4Bytes } from "./quant/quantize.ts";
 
 /** The fields of a GlmConfig the plan reads. */
-export type PlanConfig = Pick<
-  GlmConfig,
-  | "num_layers"
-  | "hidden_size"
-  | "ffn_hidden_size"
-  | "kv_channels"
-  | "num_attention_heads"
-  | "multi_query_attention"
-  | "multi_query_group_num"
-  | "padded_vocab_size"
-  | "add_qkv_bias"
-  | "seq_length"
->;
+export type PlanConfig = WidthFields & Pick<GlmConfig, "add_qkv_bias" | "seq_length">;
 
 export interface PlanOptions {
   adapter: AdapterSpec;
