@@ -21,6 +21,7 @@ import type { AdapterSpec } from "../lib/model/adapter.ts";
 import { loadGlmConfig } from "../lib/model/config.ts";
 import { gpuForModel, loadGlmModel } from "../lib/model/load.ts";
 import { largestRowsPerPass, memoryPlan } from "../lib/model/memory_plan.ts";
+import { releaseOperandTextures } from "../lib/gpu/kernels/matmul_texture.ts";
 import { DeviceMemory } from "./device_memory.ts";
 import {
   peakRss,
@@ -56,6 +57,9 @@ async function runJobs(o: {
     { name: "sft", layers: o.sftLayers, adapter: { kind: "full" } },
   ];
   const out: Record<string, unknown> = { small: o.small };
+  // One count for the whole run (the jobs share the process's device, and its uniform arena, which
+  // reset() counts as live); each job starts without the matmul textures an earlier one made.
+  let mem: DeviceMemory | undefined;
   for (const job of jobs) {
     const dir = shapedDir(job.layers);
     await makeShapedCheckpoint(dir, { layers: job.layers });
@@ -75,7 +79,8 @@ async function runJobs(o: {
       largestRowsPerPass(config, planOpts, PYTORCH_LORA_MIB * MiB) || 1,
     );
     const plan = memoryPlan(config, { ...planOpts, rowsPerPass });
-    const mem = new DeviceMemory(gpu);
+    mem ??= new DeviceMemory(gpu);
+    mem.reset();
     const t0 = performance.now();
     const model = await loadGlmModel(gpu, dir, {
       adapter: job.adapter,
@@ -124,9 +129,10 @@ async function runJobs(o: {
       out[job.name] = res;
     } finally {
       model.destroy();
-      mem.restore();
+      releaseOperandTextures(gpu);
     }
   }
+  mem?.restore();
   out.peak_rss_mib = peakRss() / MiB;
   return out;
 }

@@ -139,6 +139,19 @@ function operandTexture(
   return t;
 }
 
+/**
+ * Free the operand textures and repack buffers kept for the next product
+ * (not the kept weight textures: releaseKeptTextures). Only between jobs
+ * whose recorded steps are gone: a benchmark measuring each job's device
+ * memory from a clean device.
+ */
+export function releaseOperandTextures(gpu: Gpu): void {
+  for (const t of textures.get(gpu.device)?.values() ?? []) t.destroy();
+  textures.delete(gpu.device);
+  for (const b of scratch.get(gpu.device)?.values() ?? []) b.destroy();
+  scratch.delete(gpu.device);
+}
+
 /** One view per texture, made once: a bind group over the same view is reused (../runtime.ts). */
 const views = new WeakMap<GPUTexture, GPUTextureView>();
 function arrayView(t: GPUTexture): GPUTextureView {
