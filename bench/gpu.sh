@@ -14,7 +14,8 @@
 # when OUT is set, else to runs/gpu/.
 #
 # Deno: `deno` on the PATH, or $DENO, or .tools/deno.xz (an xz-compressed binary carried along);
-# DENO_DIR=.deno_dir when that folder (a vendored npm cache) exists. Python: $PYTHON, else
+# npm packages from DENO_DIR=.deno_dir when that folder exists, else from a carried
+# .tools/npm.tar.xz. bench/gpu_carry.sh makes .tools/ and .gl/ for a machine without network. Python: $PYTHON, else
 # .venv-tools/bin/python where it exists, else python3 (torch, transformers, peft).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -52,7 +53,12 @@ if [ -z "$deno" ]; then
   else echo "bench/gpu.sh: no deno (put it on the PATH, set DENO, or carry .tools/deno.xz)" >&2; exit 1
   fi
 fi
-[ -d .deno_dir ] && export DENO_DIR="$PWD/.deno_dir"
+if [ -d .deno_dir ]; then export DENO_DIR="$PWD/.deno_dir"
+elif [ -f .tools/npm.tar.xz ]; then # carried by bench/gpu_carry.sh
+  export DENO_DIR=/tmp/glm-deno-dir
+  unset NPM_CONFIG_REGISTRY # the cache is npmjs.org's, as it was made
+  mkdir -p "$DENO_DIR" && xz -dc .tools/npm.tar.xz | tar -C "$DENO_DIR" -xf -
+fi
 python="${PYTHON:-}"
 if [ -z "$python" ]; then
   if [ -x .venv-tools/bin/python ]; then python=.venv-tools/bin/python; else python=python3; fi
