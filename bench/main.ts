@@ -81,7 +81,8 @@ function goals(): void {
         "  generation at batch 1 ≥ 300 tokens/s, matmul ≥ 25 TFLOP/s time-weighted on the bench shapes.\n" +
         "  A GPU run needs: Deno 2.9.6 and a Vulkan driver (the GPU is picked over llvmpipe), the\n" +
         "  PyTorch peers' venv (python3 -m venv .venv-tools && .venv-tools/bin/pip install torch\n" +
-        "  transformers==5.18.0 peft safetensors numpy), then\n" +
+        "  transformers==5.18.0 peft safetensors numpy; or GLM_PEER_PYTHON=python3 where that has\n" +
+        "  them), then\n" +
         "  `deno task bench matmul encoding forward train generate` (or bench/gpu.sh for the real\n" +
         '  shape); record the figures in docs/engine.md, "On a GPU".',
     );
