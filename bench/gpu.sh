@@ -15,8 +15,9 @@
 #
 # Deno: `deno` on the PATH, or $DENO, or .tools/deno.xz (an xz-compressed binary carried along);
 # npm packages from DENO_DIR=.deno_dir when that folder exists, else from a carried
-# .tools/npm.tar.xz. bench/gpu_carry.sh makes .tools/ and .gl/ for a machine without network. Python: $PYTHON, else
-# .venv-tools/bin/python where it exists, else python3 (torch, transformers, peft).
+# .tools/npm.tar.xz. bench/gpu_carry.sh makes .tools/ and .gl/ for a machine without network.
+# Python: $PYTHON or $GLM_PEER_PYTHON, else .venv-tools/bin/python where it exists, else python3
+# (torch, transformers, peft).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 layers=28
@@ -59,7 +60,7 @@ elif [ -f .tools/npm.tar.xz ]; then # carried by bench/gpu_carry.sh
   unset NPM_CONFIG_REGISTRY # the cache is npmjs.org's, as it was made
   mkdir -p "$DENO_DIR" && xz -dc .tools/npm.tar.xz | tar -C "$DENO_DIR" -xf -
 fi
-python="${PYTHON:-}"
+python="${PYTHON:-${GLM_PEER_PYTHON:-}}"
 if [ -z "$python" ]; then
   if [ -x .venv-tools/bin/python ]; then python=.venv-tools/bin/python; else python=python3; fi
 fi
