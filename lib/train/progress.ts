@@ -5,7 +5,7 @@
  * or tailed while training.
  */
 import { join } from "node:path";
-import { writeAll } from "../atomic.ts";
+import { writeAll, writeFileAtomic } from "../atomic.ts";
 import { osError } from "../errors.ts";
 import { formatDuration, StatusLine } from "../progress.ts";
 import type { LogEntry } from "./checkpoint.ts";
@@ -85,7 +85,8 @@ export class MetricsLog {
     const path = join(outDir, "metrics.jsonl");
     let log: MetricsLog;
     try {
-      await Deno.writeTextFile(path, history.map((e) => JSON.stringify(e) + "\n").join(""));
+      // A new file renamed over the old: a kill mid-write leaves the old log whole, not a part.
+      await writeFileAtomic(path, history.map((e) => JSON.stringify(e) + "\n").join(""));
       log = new MetricsLog(await Deno.open(path, { append: true }), path, o.sinks ?? []);
     } catch (e) {
       throw osError(e, path, "write");
