@@ -231,6 +231,16 @@ Deno.test("no stage writes over its own input", async () => {
     }
     deepStrictEqual(await Deno.readTextFile(f), text);
     deepStrictEqual(names(dir), ["data.jsonl"]);
+    // evaluate re-scoring its own predictions.jsonl into the same dir would replace them
+    const ev = join(dir, "ev"), preds = join(ev, "predictions.jsonl");
+    await Deno.mkdir(ev);
+    const mine = '{"index":0,"prediction":"a b","label":"a b","note":"mine"}\n';
+    await Deno.writeTextFile(preds, mine);
+    const r = await runCli(["stage", "evaluate", "--metrics-only", "--in", preds, "--out", ev]);
+    assert(r.code === 1, `evaluate: exit ${r.code}: ${r.err}`);
+    assert(/^error: evaluate's output \S+ is the --in file/.test(r.err.trim()), r.err);
+    deepStrictEqual(await Deno.readTextFile(preds), mine);
+    deepStrictEqual(names(ev), ["predictions.jsonl"]);
   });
 });
 

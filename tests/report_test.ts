@@ -330,6 +330,51 @@ Deno.test("report: metrics.jsonl when there is no trainer_state.json; clear erro
   }
 });
 
+Deno.test("report: a null where an object belongs, a bad --run, outputs over the files it reads", async () => {
+  const dir = await Deno.makeTempDir();
+  const rejectsWith = (o: Partial<Parameters<typeof writeReport>[0]>, re: RegExp) =>
+    assert.rejects(
+      writeReport({
+        trainDir: join(dir, "train"),
+        summaryPath: join(dir, "s.json"),
+        reportPath: join(dir, "r.md"),
+        ...o,
+      }),
+      (e) => e instanceof UserError && re.test(e.message),
+    );
+  try {
+    const train = join(dir, "train"), ev = join(dir, "ev"), run = join(dir, "run");
+    for (const d of [train, ev, join(run, ".manifests")]) await Deno.mkdir(d, { recursive: true });
+    const state = JSON.stringify({ global_step: 2, log_history: LOG });
+    await Deno.writeTextFile(
+      join(train, "trainer_state.json"),
+      JSON.stringify({ global_step: 2, log_history: [...LOG, null] }),
+    );
+    await rejectsWith({}, new RegExp(`log_history\\[${LOG.length}\\]: expected an object$`));
+    await Deno.writeTextFile(join(train, "trainer_state.json"), state);
+    await Deno.writeTextFile(join(ev, "metrics.json"), JSON.stringify(metrics(50, 0.5)));
+    await Deno.writeTextFile(join(ev, "predictions.jsonl"), "null\n");
+    await rejectsWith({ afterDir: ev }, /predictions\.jsonl:1: expected a JSON object$/);
+    await Deno.writeTextFile(join(run, ".manifests", "train.json"), "null");
+    await rejectsWith({ runDir: run }, /train\.json: expected a JSON object \(a step manifest\)$/);
+    await rejectsWith({ runDir: join(dir, "nope") }, /--run \S+nope: no such directory$/);
+    // The files it reads are never what it writes.
+    const kept = await Deno.readTextFile(join(ev, "metrics.json"));
+    await rejectsWith(
+      { summaryPath: join(train, "trainer_state.json") },
+      /is the --train dir's trainer_state\.json file/,
+    );
+    await rejectsWith(
+      { afterDir: ev, reportPath: join(ev, "metrics.json") },
+      /is the --after dir's metrics\.json file/,
+    );
+    assert.strictEqual(await Deno.readTextFile(join(train, "trainer_state.json")), state);
+    assert.strictEqual(await Deno.readTextFile(join(ev, "metrics.json")), kept);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("report: an evaluation of 0 records has no metrics: – in the report, a note, no failure", async () => {
   const dir = await Deno.makeTempDir();
   try {

@@ -10,7 +10,7 @@
 import { join } from "node:path";
 import { syncDir, writeJsonAtomic } from "../atomic.ts";
 import { located, osError, UserError } from "../errors.ts";
-import { claimOutputDir, markOutputDir } from "../outdir.ts";
+import { checkNotInput, claimOutputDir, markOutputDir } from "../outdir.ts";
 import { readJsonl } from "../jsonl.ts";
 import {
   createScorer,
@@ -195,6 +195,10 @@ export async function evaluate(o: EvaluateOptions): Promise<EvaluateResult> {
     force: o.force,
     legacy: (names) => names.every((n) => OUTPUT_FILES.includes(n)),
   });
+  // Re-scoring OUT/predictions.jsonl into OUT would replace the records being read.
+  for (const f of OUTPUT_FILES) {
+    await checkNotInput(join(o.outDir, f), "evaluate's output", [["--in", o.input]]);
+  }
   if (o.input !== "-") return await evaluateFrom(o, { path: o.input, name: o.input });
   // Records are read twice (sizes first), so standard input is kept in a temporary file.
   const tmp = await Deno.makeTempFile({ prefix: "evaluate-stdin-", suffix: ".jsonl" });

@@ -249,6 +249,10 @@ async function readJson(path: string): Promise<unknown> {
   }
 }
 
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === "object" && v !== null && !Array.isArray(v);
+}
+
 async function exists(path: string): Promise<boolean> {
   return await Deno.stat(path).then(() => true, () => false);
 }
@@ -261,6 +265,9 @@ export async function readLogHistory(trainDir: string): Promise<LogEntry[]> {
     if (!Array.isArray(v.log_history)) {
       throw new UserError(`${state}: log_history: expected an array`);
     }
+    v.log_history.forEach((e, i) => {
+      if (!isObject(e)) throw new UserError(`${state}: log_history[${i}]: expected an object`);
+    });
     return v.log_history as LogEntry[];
   }
   const metrics = join(trainDir, "metrics.jsonl");
@@ -272,6 +279,7 @@ export async function readLogHistory(trainDir: string): Promise<LogEntry[]> {
   const out: LogEntry[] = [];
   for await (const r of readJsonl(metrics)) {
     if (r.error !== undefined) throw new UserError(`${metrics}:${r.line}: ${r.error}`);
+    if (!isObject(r.value)) throw new UserError(`${metrics}:${r.line}: expected a JSON object`);
     out.push(r.value as LogEntry);
   }
   return out;
@@ -314,7 +322,8 @@ export async function readEvalDir(dir: string, limit: number): Promise<EvalData>
   if (limit > 0 && await exists(pf)) {
     for await (const r of readJsonl(pf)) {
       if (r.error !== undefined) throw new UserError(`${pf}:${r.line}: ${r.error}`);
-      const v = r.value as Record<string, unknown>;
+      if (!isObject(r.value)) throw new UserError(`${pf}:${r.line}: expected a JSON object`);
+      const v = r.value;
       if (typeof v.prediction !== "string" || typeof v.label !== "string") continue;
       predictions.push({
         index: num(v.index) ? v.index : predictions.length,
@@ -328,22 +337,37 @@ export async function readEvalDir(dir: string, limit: number): Promise<EvalData>
   return { dir, metrics, predictions, missing };
 }
 
-/** Seconds per step from `<run dir>/.manifests/*.json` (written by the runner), in finishing order. */
+/**
+ * Seconds per step from `<run dir>/.manifests/*.json` (written by the runner,
+ * atomically), in finishing order. A run dir without manifests has none.
+ */
 export async function readStepSeconds(
   runDir: string,
   exclude: string[] = [],
 ): Promise<Record<string, number | null>> {
+  try {
+    if (!(await Deno.stat(runDir)).isDirectory) {
+      throw new UserError(`--run ${runDir}: not a directory`);
+    }
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) {
+      throw new UserError(`--run ${runDir}: no such directory`);
+    }
+    throw e;
+  }
   const dir = join(runDir, ".manifests");
   const rows: { step: string; finished: string; seconds: number | null }[] = [];
   try {
     for await (const e of Deno.readDir(dir)) {
       if (!e.isFile || !e.name.endsWith(".json")) continue;
-      let m: Record<string, unknown>;
+      const path = join(dir, e.name);
+      let m: unknown;
       try {
-        m = JSON.parse(await Deno.readTextFile(join(dir, e.name)));
-      } catch {
-        continue; // a manifest being rewritten: it is not part of the finished outputs
+        m = JSON.parse(await Deno.readTextFile(path));
+      } catch (err) {
+        throw new UserError(`${path}: not valid JSON (${(err as Error).message})`);
       }
+      if (!isObject(m)) throw new UserError(`${path}: expected a JSON object (a step manifest)`);
       const step = typeof m.step === "string" ? m.step : e.name.slice(0, -5);
       if (exclude.includes(step)) continue;
       rows.push({
@@ -365,7 +389,8 @@ export async function meanRecordTokens(path: string): Promise<number> {
   let total = 0;
   for await (const r of readJsonl(path)) {
     if (r.error !== undefined) throw new UserError(`${path}:${r.line}: ${r.error}`);
-    const ids = (r.value as { input_ids?: unknown }).input_ids;
+    if (!isObject(r.value)) throw new UserError(`${path}:${r.line}: expected a JSON object`);
+    const ids = r.value.input_ids;
     if (!Array.isArray(ids)) {
       throw new UserError(`${path}:${r.line}: input_ids: expected an array (a masked train file)`);
     }
@@ -420,6 +445,17 @@ export async function writeReport(
   const inputs: [string, string | undefined][] = [
     ["--config", o.configPath],
     ["--train-data", o.trainData],
+    // the files it reads from the dirs it is given
+    ["--train dir's trainer_state.json", join(o.trainDir, "trainer_state.json")],
+    ["--train dir's metrics.jsonl", join(o.trainDir, "metrics.jsonl")],
+    ...[["--before", o.beforeDir], ["--after", o.afterDir]].flatMap(([flag, dir]) =>
+      dir
+        ? ["metrics.json", "predictions.jsonl"].map((f): [string, string] => [
+          `${flag} dir's ${f}`,
+          join(dir, f),
+        ])
+        : []
+    ),
   ];
   await checkNotInput(o.summaryPath, "--summary", [
     ...inputs,
