@@ -268,6 +268,12 @@ Deno.test("evaluate: bad records are reported with file, line and field", async 
         /:1: input_ids\[2\]: token id 99999 is outside/,
         false,
       ],
+      [
+        '{"input_ids": [376, 378, 5], "output_ids": [999999, 2]}\n',
+        "",
+        /:1: output_ids\[0\]: token id 999999 is outside/,
+        false,
+      ],
       ['{"prediction": "a", "label": 3}\n', "", /:1: label: expected a string/, true],
       ['{"prediction": "a", "label": "b"}\nnot json\n', "", /:2: /, true],
     ];

@@ -164,6 +164,26 @@ Deno.test("tokenize and mask stages reproduce the reference records", async () =
       r.stderr,
     );
     assert(!r.stderr.includes("    at "), r.stderr);
+    // An id past what the model's i32 buffers hold (1e300 is an integer to JavaScript).
+    await Deno.writeTextFile(
+      `${dir}/big.jsonl`,
+      '{"messages": [{"role": "assistant", "ids": [377, 1e300], "loss": true}], "prefix": [376, 378], "eos": 2}\n',
+    );
+    r = await runMask([
+      "mask",
+      "--in",
+      `${dir}/big.jsonl`,
+      "--out",
+      `${dir}/big_out.jsonl`,
+      "--mode",
+      "train",
+      "--max-input-length",
+      "8",
+      "--max-output-length",
+      "8",
+    ]);
+    assertEquals(r.code, 1);
+    assert(r.stderr.includes("big.jsonl:1: messages[0].ids[1]: expected a token id"), r.stderr);
     await Deno.writeTextFile(
       `${dir}/badconv.jsonl`,
       '{"conversations": [{"role": "user", "content": 5}]}\n',

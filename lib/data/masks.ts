@@ -124,8 +124,13 @@ export interface TokenizedRecord {
 
 export const TOKENIZED_ROLES = ["system", "user", "assistant", "observation"];
 
+/** A token id: a non-negative integer that fits the model's i32 id buffers. */
+export function isTokenId(x: unknown): x is number {
+  return Number.isInteger(x) && (x as number) >= 0 && (x as number) <= 0x7fffffff;
+}
+
 function isIdArray(v: unknown): v is number[] {
-  return Array.isArray(v) && v.every((x) => Number.isInteger(x) && x >= 0);
+  return Array.isArray(v) && v.every(isTokenId);
 }
 
 /** Check a tokenized record, throwing a UserError that names file, line and field. */
@@ -157,10 +162,10 @@ export function checkTokenizedRecord(value: unknown, file: string, line: number)
       fail(`${at}.ids`, "expected a non-empty array of token ids");
     }
     (msg.ids as unknown[]).forEach((id, k) => {
-      if (!Number.isInteger(id) || (id as number) < 0) {
+      if (!isTokenId(id)) {
         fail(
           `${at}.ids[${k}]`,
-          `expected a non-negative integer token id, found ${JSON.stringify(id)}`,
+          `expected a token id (an integer from 0 to 2^31 - 1), found ${JSON.stringify(id)}`,
         );
       }
     });
@@ -169,7 +174,7 @@ export function checkTokenizedRecord(value: unknown, file: string, line: number)
   if (!isIdArray(r.prefix) || r.prefix.length !== 2) {
     return fail("prefix", "expected the two ids [gMASK, sop] (re-run the tokenize stage)");
   }
-  if (!Number.isInteger(r.eos) || (r.eos as number) < 0) return fail("eos", "expected the eos id");
+  if (!isTokenId(r.eos)) return fail("eos", "expected the eos id");
   return value as TokenizedRecord;
 }
 

@@ -248,7 +248,12 @@ async function* produce(
   };
   const checkVocab = (it: Item) => {
     const V = p!.model.dims.V;
-    for (const [field, ids] of [["input_ids", it.inputIds], ["labels", it.labels]] as const) {
+    const fields = [
+      ["input_ids", it.inputIds],
+      ["output_ids", it.outputIds],
+      ["labels", it.labels],
+    ] as const;
+    for (const [field, ids] of fields) {
       const bad = (ids ?? []).findIndex((id) =>
         id >= V || (id < 0 && !(field === "labels" && id === -100))
       );
