@@ -323,6 +323,25 @@ Deno.test("converter problems name the raw record's own fields", async () => {
     "messages[1].tool_calls[0]",
     "messages[3].role",
   ]);
+  // An OpenAI tool whose function is not an object, at the top level and on the system message.
+  async function* tools() {
+    yield {
+      line: 1,
+      value: {
+        tools: [{ type: "function", function: null }],
+        messages: [
+          { role: "system", content: "s", tools: [{ type: "function" }] },
+          { role: "user", content: "q" },
+          { role: "assistant", content: "a" },
+        ],
+      },
+    };
+  }
+  const [t] = await Array.fromAsync(convertRecords(tools()));
+  assertEquals(t.problems.map((p) => `${p.field}: ${p.message}`), [
+    "tools[0].function: missing or not an object",
+    "messages[0].tools[0].function: missing or not an object",
+  ]);
 });
 
 Deno.test("tool_call parsing: Python literals as ast.unparse/astunparse write them", () => {

@@ -49,7 +49,14 @@ export const messages: InputFormat = {
     const addTools = (t: unknown, field: string) => {
       if (t === null || t === undefined) return;
       if (!Array.isArray(t)) add(field, `must be an array of tools, found ${typeName(t)}`);
-      else (tools ??= []).push(...t.map(unwrapTool));
+      else {
+        t.forEach((x, i) => {
+          if (isObject(x) && x.type === "function" && !isObject(x.function)) {
+            add(`${field}[${i}].function`, "missing or not an object");
+          }
+        });
+        (tools ??= []).push(...t.map(unwrapTool));
+      }
     };
     addTools(value.tools, "tools");
     const msgs = value.messages;
