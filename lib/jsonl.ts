@@ -404,6 +404,9 @@ export async function* readJsonArray(
           } else if (b === B_COMMA) {
             out.push({ structural: true, line, error: "expected an element, found ','" });
             commaLine = line;
+          } else if (b === B_RBRACE) {
+            // A stray '}' starts no element: reported, then skipped.
+            out.push({ structural: true, line, error: "expected an element, found '}'" });
           } else {
             phase = "value";
             startLine = line;
@@ -417,6 +420,13 @@ export async function* readJsonArray(
             commaLine = line;
           } else if (b === B_RBRACKET) {
             phase = "done";
+          } else if (b === B_RBRACE) {
+            // A stray '}' (one too many closing an element): reported, then skipped.
+            out.push({
+              structural: true,
+              line,
+              error: `unexpected '}' after the element that starts at line ${startLine}`,
+            });
           } else {
             out.push({
               structural: true,

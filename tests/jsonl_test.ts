@@ -117,6 +117,16 @@ Deno.test("readJsonArray: malformed element, missing comma, mismatched bracket, 
   });
   const notArray = await all(readJsonArray(streamOf('{"a": 1}')));
   assertEquals(notArray[0].error?.startsWith("expected a JSON array"), true);
+
+  // A stray '}' is one structural problem, skipped: no element is made of it.
+  const stray = await all(readJsonArray(streamOf('[{"a": 1}}\n, }, {"b": 2}]')));
+  assertEquals(stray.map((r) => [r.line, r.value ?? r.error, !!r.structural]), [
+    [1, { a: 1 }, false],
+    [1, "unexpected '}' after the element that starts at line 1", true],
+    [2, "expected an element, found '}'", true],
+    [2, "expected an element, found ','", true],
+    [2, { b: 2 }, false],
+  ]);
 });
 
 Deno.test("readJsonArray reports invalid UTF-8 at the line where it is", async () => {
