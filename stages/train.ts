@@ -22,6 +22,7 @@ import {
 } from "../lib/args.ts";
 import { UsageError, UserError } from "../lib/errors.ts";
 import { dryRunPlan, runTraining } from "../lib/train/run.ts";
+import { checkNotInput } from "../lib/outdir.ts";
 import {
   INTERRUPTED,
   runTorchTraining,
@@ -273,6 +274,14 @@ export async function main(argv: string[]): Promise<number> {
     shuffle: !values["no-shuffle"],
     force: !!values.force,
   };
+  // Even with --force: an output dir that is (or holds) an input would replace it.
+  await checkNotInput(job.outDir, "--out", [
+    ["--model", job.modelDir],
+    ["--config", job.configPath],
+    ["--train", job.trainFile],
+    ["--eval", job.evalFile],
+    ["--init-adapter", job.initAdapter],
+  ], { dir: true });
   if (engine === "torch") {
     const { exitCode, globalStep } = await runTorchTraining({ ...job, launch });
     if (exitCode === INTERRUPTED) return INTERRUPTED;

@@ -231,6 +231,29 @@ Deno.test("no stage writes over its own input", async () => {
     }
     deepStrictEqual(await Deno.readTextFile(f), text);
     deepStrictEqual(names(dir), ["data.jsonl"]);
+    // train into its own base model's dir, even with --force
+    const model = join(dir, "model");
+    await Deno.mkdir(model);
+    for (const f of Deno.readDirSync(TINY)) {
+      await Deno.copyFile(join(TINY, f.name), join(model, f.name));
+    }
+    const before = names(model);
+    const t = await runCli([
+      "stage",
+      "train",
+      "--model",
+      model,
+      "--config",
+      join(FIX, "torch", "sft.yaml"),
+      "--train",
+      join(FIX, "tiny-train", "data.jsonl"),
+      "--out",
+      model,
+      "--force",
+    ]);
+    assert(t.code === 1, `train: exit ${t.code}: ${t.err}`);
+    assert(/^error: --out \S+ is the --model dir/.test(t.err.trim()), t.err);
+    deepStrictEqual(names(model), before);
     // evaluate re-scoring its own predictions.jsonl into the same dir would replace them
     const ev = join(dir, "ev"), preds = join(ev, "predictions.jsonl");
     await Deno.mkdir(ev);
