@@ -386,6 +386,40 @@ Deno.test("Ctrl-C: the CLI saves a checkpoint, says how to resume and exits 130"
   await Deno.remove(out, { recursive: true });
 });
 
+Deno.test("resuming from an earlier checkpoint sets the later ones aside; a changed learning rate is refused", async () => {
+  const out = await Deno.makeTempDir();
+  try {
+    const run = (extra: string[]) =>
+      quiet(() => main([...stageArgs(out, ["--set", "training_args.save_steps=2", ...extra])]));
+    await run(["--set", "training_args.max_steps=4"]);
+    const dirs = () =>
+      [...Deno.readDirSync(out)].map((e) => e.name).filter((n) => /checkpoint/.test(n)).sort();
+    deepStrictEqual(dirs(), ["checkpoint-2", "checkpoint-4"]);
+    // The same schedule, a different length: from step 2 to 3. The abandoned run's checkpoint-4 is
+    // kept under another name, so --resume yes finds this run's checkpoint-3, not it.
+    await run(["--set", "training_args.max_steps=3", "--resume", "2"]);
+    deepStrictEqual(dirs(), ["checkpoint-2", "checkpoint-3", "superseded-checkpoint-4"]);
+    const state = JSON.parse(await Deno.readTextFile(join(out, "trainer_state.json")));
+    deepStrictEqual(state.global_step, 3);
+    await rejects(
+      run([
+        "--set",
+        "training_args.max_steps=3",
+        "--resume",
+        "yes",
+        "--set",
+        "training_args.learning_rate=0.005",
+      ]),
+      (e: Error) =>
+        e instanceof UserError &&
+        /checkpoint-3: cannot resume: training_args\.learning_rate was 0\.001 in that run, now 0\.005/
+          .test(e.message),
+    );
+  } finally {
+    await Deno.remove(out, { recursive: true });
+  }
+});
+
 Deno.test("--init-adapter: any safetensors with the prefix embedding; mismatches are UserErrors", async () => {
   const dir = await Deno.makeTempDir();
   await Deno.copyFile(join(TRAJ, "prefix_init.safetensors"), join(dir, "weights.safetensors"));

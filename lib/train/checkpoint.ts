@@ -296,6 +296,62 @@ export async function findCheckpoint(outDir: string, which: "yes" | number): Pro
   return hit.dir;
 }
 
+/**
+ * A run continues from `dir` only with the schedule that checkpoint was made
+ * with: the restored step and moments belong to that learning rate and
+ * scheduler (HF Trainer would silently keep the checkpoint's rate; a changed
+ * one is refused, naming the key). Checkpoints without scheduler.json pass.
+ */
+export async function checkSchedule(
+  dir: string,
+  now: { lr_scheduler_type: string; learning_rate: number },
+): Promise<void> {
+  let sch: Record<string, unknown>;
+  try {
+    sch = JSON.parse(await Deno.readTextFile(join(dir, "scheduler.json")));
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return;
+    if (e instanceof SyntaxError) {
+      throw new UserError(`${join(dir, "scheduler.json")}: not valid JSON`);
+    }
+    throw e;
+  }
+  const was = {
+    lr_scheduler_type: sch.lr_scheduler_type,
+    learning_rate: Array.isArray(sch.base_lrs) ? sch.base_lrs[0] : undefined,
+  };
+  for (const k of ["lr_scheduler_type", "learning_rate"] as const) {
+    if (was[k] !== undefined && was[k] !== now[k]) {
+      throw new UserError(
+        `${dir}: cannot resume: training_args.${k} was ${JSON.stringify(was[k])} in that run, now ${
+          JSON.stringify(now[k])
+        }; a resumed run keeps its schedule (to change it, start a new run with --init-adapter ${dir})`,
+      );
+    }
+  }
+}
+
+/**
+ * Before a run continues from checkpoint-`step`: the complete checkpoints past
+ * it are those of the run that went on from there, which this one replaces.
+ * Each is renamed `superseded-checkpoint-M` — kept, not deleted — so that
+ * rotation cannot drop this run's own checkpoints for them and a later
+ * `--resume yes` cannot pick one. Returns the new paths.
+ */
+export async function setAsideNewer(outDir: string, step: number): Promise<string[]> {
+  const moved: string[] = [];
+  for (const c of await listCheckpoints(outDir)) {
+    if (c.step <= step) continue;
+    let to = join(outDir, `superseded-checkpoint-${c.step}`);
+    for (let k = 2; await Deno.stat(to).then(() => true, () => false); k++) {
+      to = join(outDir, `superseded-checkpoint-${c.step}-${k}`);
+    }
+    await Deno.rename(c.dir, to);
+    moved.push(to);
+  }
+  return moved;
+}
+
 async function readJson(path: string): Promise<Record<string, unknown>> {
   try {
     return JSON.parse(await Deno.readTextFile(path));

@@ -18,7 +18,7 @@
  * virtual environment `deno task setup-torch` makes in .venv-torch/. Nothing
  * is downloaded at train time (HF_HUB_OFFLINE).
  */
-import { dirname, isAbsolute, join, resolve } from "node:path";
+import { basename, dirname, isAbsolute, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import {
   finetuneMode,
@@ -32,7 +32,7 @@ import { UserError } from "../errors.ts";
 import { loadGlmConfig } from "../model/config.ts";
 import { formatTorchMemoryPlan, type Sharding, torchMemoryPlan } from "../model/memory_plan.ts";
 import { writeSafetensorsF32 } from "../safetensors/write.ts";
-import { findCheckpoint, prepareOutDir } from "./checkpoint.ts";
+import { checkSchedule, findCheckpoint, prepareOutDir, setAsideNewer } from "./checkpoint.ts";
 import { maskedRecords } from "./data.ts";
 import { claimOutputDir, markOutputDir } from "../outdir.ts";
 import type { TrainingArgs } from "../config/config.ts";
@@ -309,6 +309,10 @@ export async function runTorchTraining(o: TorchRunOptions): Promise<TorchRunResu
         );
       }
     }
+    await checkSchedule(resumeDir, {
+      lr_scheduler_type: t.lr_scheduler_type,
+      learning_rate: t.learning_rate,
+    });
     resumeWindow = rs.logging_window;
     const has = async (name: string) =>
       await Deno.stat(join(resumeDir!, name)).then(() => true, () => false);
@@ -317,6 +321,14 @@ export async function runTorchTraining(o: TorchRunOptions): Promise<TorchRunResu
       throw new UserError(
         `${resumeDir}: cannot resume: it holds no optimizer state (optimizer.safetensors; saved with save_only_model?); ` +
           `start a new run from its weights with --init-adapter ${resumeDir} instead`,
+      );
+    }
+    const step = Number(/checkpoint-(\d+)$/.exec(resumeDir)?.[1] ?? 0);
+    const superseded = await setAsideNewer(o.outDir, step);
+    if (superseded.length) {
+      console.error(
+        `note: resuming from step ${step}: the later checkpoints of the run it replaces ` +
+          `are kept as ${superseded.map((d) => basename(d)).join(", ")}`,
       );
     }
   }

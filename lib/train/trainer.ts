@@ -18,6 +18,7 @@
  * last log, `grad_norm` the pre-clip norm of the last step, `learning_rate`
  * the LR the last step used, `epoch` the float epoch.
  */
+import { basename } from "node:path";
 import type { Gpu } from "../gpu/device.ts";
 import { createBuffer, readF32 } from "../gpu/runtime.ts";
 import { submitPass } from "../gpu/recording.ts";
@@ -32,6 +33,7 @@ import { DataPlan, evalBatches, type MaskedRecord, splitRows } from "./data.ts";
 import { makeSchedule } from "./schedule.ts";
 import {
   type CheckpointState,
+  checkSchedule,
   findCheckpoint,
   listCheckpoints,
   type LogEntry,
@@ -39,6 +41,7 @@ import {
   prepareOutDir,
   readCheckpoint,
   rotateCheckpoints,
+  setAsideNewer,
   writeCheckpoint,
   writeFinal,
 } from "./checkpoint.ts";
@@ -248,6 +251,10 @@ class TrainingRun {
     const { o, model, gpu, adam } = this;
     const params = model.params;
     const dir = await findCheckpoint(o.outDir, which);
+    await checkSchedule(dir, {
+      lr_scheduler_type: this.args.lrSchedulerType,
+      learning_rate: this.args.learningRate,
+    });
     const ck = await readCheckpoint(dir, o.files);
     for (const [k, v] of Object.entries(this.dataInfo)) {
       const was = (ck.data as Record<string, unknown>)[k];
@@ -280,6 +287,13 @@ class TrainingRun {
     if (ck.moments.size !== params.length) {
       throw new UserError(
         `${dir}: optimizer state holds ${ck.moments.size} tensors, the model trains ${params.length}`,
+      );
+    }
+    const superseded = await setAsideNewer(o.outDir, ck.globalStep);
+    if (superseded.length) {
+      console.error(
+        `note: resuming from step ${ck.globalStep}: the later checkpoints of the run it replaces ` +
+          `are kept as ${superseded.map((d) => basename(d)).join(", ")}`,
       );
     }
     this.globalStep = ck.globalStep;
