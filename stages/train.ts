@@ -215,6 +215,9 @@ export async function main(argv: string[]): Promise<number> {
   let configPath = values.config as string | undefined;
   let trainFile = values.train as string | undefined;
   let evalFile = values.eval as string | undefined;
+  // --eval FILE is the run's val_file: upstream turns evaluation off for a config without one,
+  // which would leave a given file unused (an explicit data_config.val_file on --set still wins).
+  if (evalFile !== undefined) sets.unshift(`data_config.val_file=${JSON.stringify(evalFile)}`);
   let outDir = values.out as string | undefined;
   let resume = values.resume as string | undefined;
   if (positionals.length > 0) {

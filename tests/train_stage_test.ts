@@ -386,6 +386,24 @@ Deno.test("Ctrl-C: the CLI saves a checkpoint, says how to resume and exits 130"
   await Deno.remove(out, { recursive: true });
 });
 
+Deno.test("--eval FILE is evaluated on with a config that names no val_file", async () => {
+  const out = await Deno.makeTempDir();
+  try {
+    await quiet(() =>
+      main([
+        ...["--model", TINY, "--config", join(FIX, "torch", "lora.yaml"), "--train", DATA],
+        ...["--eval", DATA, "--out", out, "--set", "training_args.max_steps=2"],
+        ...["--set", "training_args.eval_strategy=steps", "--set", "training_args.eval_steps=1"],
+      ])
+    );
+    const evals = (await Deno.readTextFile(join(out, "metrics.jsonl"))).trim().split("\n")
+      .map((l) => JSON.parse(l)).filter((e) => e.eval_loss !== undefined).map((e) => e.step);
+    deepStrictEqual(evals, [1, 2]);
+  } finally {
+    await Deno.remove(out, { recursive: true });
+  }
+});
+
 Deno.test("resuming from an earlier checkpoint sets the later ones aside; a changed learning rate is refused", async () => {
   const out = await Deno.makeTempDir();
   try {
