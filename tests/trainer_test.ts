@@ -19,6 +19,7 @@ import {
   makeBatch,
   type MaskedRecord,
   readMaskedJsonl,
+  runRecords,
 } from "../lib/train/data.ts";
 import { train, type TrainerModel, type TrainOptions } from "../lib/train/trainer.ts";
 import { makeSchedule } from "../lib/train/schedule.ts";
@@ -597,6 +598,33 @@ Deno.test("data: masked JSONL errors name file, line and field", async () => {
   await rejects(
     () => readMaskedJsonl(join(dir, "v.jsonl"), { vocabSize: 384 }),
     /outside the vocabulary/,
+  );
+  // What a run reads (--train, --eval): labels against the vocabulary too, ids past i32, an empty
+  // file, a file with nothing to learn, a directory.
+  const run: Array<[string, RegExp]> = [
+    [
+      '{"input_ids":[3,6,7],"labels":[-100,5,999]}',
+      /:1: labels\[2\]: 999 is neither -100 nor a token id in \[0, 384\) of the model/,
+    ],
+    [
+      '{"input_ids":[5,6e20],"labels":[-100,5]}',
+      /:1: input_ids\[1\]: token id 600000000000000000000 is outside/,
+    ],
+    ["", /r\.jsonl: holds no records$/],
+    ['{"input_ids":[5,6,7],"labels":[5,-100,-100]}', /r\.jsonl: no record has a label to learn/],
+  ];
+  for (const [text, re] of run) {
+    const f = join(dir, "r.jsonl");
+    await Deno.writeTextFile(f, text ? text + "\n" : "");
+    await rejects(
+      () => Array.fromAsync(runRecords(f, 384)),
+      (e: Error) => e instanceof UserError && re.test(e.message),
+      re.source,
+    );
+  }
+  await rejects(
+    () => Array.fromAsync(runRecords(dir, 384)),
+    (e: Error) => e instanceof UserError && e.message.startsWith(`${dir}: `),
   );
   await Deno.remove(dir, { recursive: true });
 });

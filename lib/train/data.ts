@@ -12,7 +12,7 @@
  */
 import { stepCounts } from "../config/config.ts";
 import { readJsonlStrict } from "../jsonl.ts";
-import { located, UserError } from "../errors.ts";
+import { located, osError, UserError } from "../errors.ts";
 import type { TrainBatch } from "../model/types.ts";
 
 export const PAD_ID = 0;
@@ -84,21 +84,51 @@ export async function* maskedRecords(
         `length ${labels.length} differs from input_ids length ${ids.length}`,
       );
     }
-    const vocab = opts.vocabSize;
+    // Ids live in i32 buffers: past 2^31 - 1 they would wrap, so that is the bound without a vocabulary.
+    const vocab = opts.vocabSize ?? 2 ** 31;
+    const hint = opts.vocabSize === undefined
+      ? ""
+      : " of the model; was the data tokenized for another model?";
     for (let i = 0; i < ids.length; i++) {
       const id = ids[i];
-      if (id < 0 || (vocab !== undefined && id >= vocab)) {
+      if (id < 0 || id >= vocab) {
         throw where(
           `input_ids[${i}]`,
-          `token id ${id} is outside the vocabulary [0, ${vocab ?? "∞"})`,
+          `token id ${id} is outside the vocabulary [0, ${vocab})${hint}`,
         );
       }
       const l = labels[i];
-      if (l !== IGNORE && (l < 0 || (vocab !== undefined && l >= vocab))) {
-        throw where(`labels[${i}]`, `${l} is neither -100 nor a token id in [0, ${vocab ?? "∞"})`);
+      if (l !== IGNORE && (l < 0 || l >= vocab)) {
+        throw where(`labels[${i}]`, `${l} is neither -100 nor a token id in [0, ${vocab})${hint}`);
       }
     }
     yield { inputIds: Int32Array.from(ids), labels: Int32Array.from(labels), line };
+  }
+}
+
+/**
+ * The records of a run's `--train` or `--eval` file, checked against the
+ * model's vocabulary (input_ids and labels, before any weight is loaded). A
+ * file without records, or one in which no label is learned (every label
+ * past each record's first position is -100), is an error naming it, not a
+ * run that trains on, or scores, nothing.
+ */
+export async function* runRecords(
+  path: string,
+  vocabSize: number,
+): AsyncGenerator<MaskedRecord> {
+  let n = 0, learned = false;
+  for await (const r of maskedRecords(path, { vocabSize })) {
+    n++;
+    for (let i = 1; i < r.labels.length && !learned; i++) learned = r.labels[i] !== IGNORE;
+    yield r;
+  }
+  if (n === 0) throw new UserError(`${path}: holds no records`);
+  if (!learned) {
+    throw new UserError(
+      `${path}: no record has a label to learn (every label past the first position is -100); ` +
+        `was it masked with \`mask --mode train\`?`,
+    );
   }
 }
 
@@ -113,7 +143,7 @@ async function rejectJsonArray(path: string): Promise<void> {
     head = new TextDecoder().decode(buf.subarray(0, n ?? 0)).replace(/^\uFEFF/, "").trimStart();
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) throw new UserError(`${path}: no such file`);
-    throw e;
+    throw osError(e, path, "read");
   }
   if (head.startsWith("[")) {
     throw new UserError(

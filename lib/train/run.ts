@@ -23,7 +23,7 @@ import { PEFT_CONFIG, PEFT_WEIGHTS, PREFIX_WEIGHTS, readAdapterDir } from "../mo
 import { PREFIX_EMBEDDING } from "../model/adapter.ts";
 import { trainArgsFromConfig } from "./args.ts";
 import { fullFiles, loraFiles, type ModelFiles, prefixFiles } from "./checkpoint.ts";
-import { maxLength, readMaskedJsonl } from "./data.ts";
+import { maxLength, runRecords } from "./data.ts";
 import { train, type TrainResult } from "./trainer.ts";
 import { tensorBoardLog } from "./tensorboard_log.ts";
 
@@ -202,15 +202,17 @@ export async function runTraining(o: RunOptions): Promise<TrainResult> {
   const args = trainArgsFromConfig(cfg.training_args, { shuffle: o.shuffle ?? true });
   const spec = adapterSpec(cfg);
   const mode = finetuneMode(cfg);
-  const trainRecs = await readMaskedJsonl(o.trainFile);
-  const evalRecs = o.evalFile ? await readMaskedJsonl(o.evalFile) : undefined;
+  const glmConfig = await loadGlmConfig(o.modelDir);
+  const vocab = glmConfig.padded_vocab_size;
+  const trainRecs = await Array.fromAsync(runRecords(o.trainFile, vocab));
+  const evalRecs = o.evalFile ? await Array.fromAsync(runRecords(o.evalFile, vocab)) : undefined;
   if (!o.evalFile && args.evalStrategy !== "no") {
     console.error(
       `note: training_args.eval_strategy is "${args.evalStrategy}" but no eval file was given; not evaluating`,
     );
     args.evalStrategy = "no";
   }
-  const gpu = await gpuForModel(await loadGlmConfig(o.modelDir));
+  const gpu = await gpuForModel(glmConfig);
   const maxSeq = Math.max(maxLength(trainRecs), evalRecs ? maxLength(evalRecs) : 1);
   const model = await loadGlmModel(gpu, o.modelDir, {
     adapter: spec,
@@ -225,19 +227,6 @@ export async function runTraining(o: RunOptions): Promise<TrainResult> {
     ...(cfg.quantization ? { quantization: cfg.quantization } : {}),
   });
   try {
-    const vocab = model.config.padded_vocab_size;
-    for (const [file, recs] of [[o.trainFile, trainRecs], [o.evalFile, evalRecs]] as const) {
-      for (const r of recs ?? []) {
-        const bad = r.inputIds.findIndex((id) => id >= vocab);
-        if (bad >= 0) {
-          throw new UserError(
-            `${file}:${r.line}: input_ids[${bad}]: token id ${
-              r.inputIds[bad]
-            } is outside the model's vocabulary (${vocab}); was the data tokenized for another model?`,
-          );
-        }
-      }
-    }
     try {
       await Deno.mkdir(o.outDir, { recursive: true });
     } catch (e) {

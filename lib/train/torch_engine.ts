@@ -33,7 +33,7 @@ import { loadGlmConfig } from "../model/config.ts";
 import { formatTorchMemoryPlan, type Sharding, torchMemoryPlan } from "../model/memory_plan.ts";
 import { writeSafetensorsF32 } from "../safetensors/write.ts";
 import { checkSchedule, findCheckpoint, prepareOutDir, setAsideNewer } from "./checkpoint.ts";
-import { maskedRecords } from "./data.ts";
+import { runRecords } from "./data.ts";
 import { claimOutputDir, markOutputDir } from "../outdir.ts";
 import type { TrainingArgs } from "../config/config.ts";
 import { followMetrics } from "./follow_metrics.ts";
@@ -178,18 +178,7 @@ export function torchTrainingArgs(cfg: FinetuneConfig): Record<string, unknown> 
 /** Check every record of a masked JSONL file as the WebGPU engine does, holding one at a time. */
 async function checkRecords(file: string, vocab: number): Promise<number> {
   let n = 0;
-  for await (const r of maskedRecords(file)) {
-    n++;
-    const bad = r.inputIds.findIndex((id) => id >= vocab);
-    if (bad >= 0) {
-      throw new UserError(
-        `${file}:${r.line}: input_ids[${bad}]: token id ${
-          r.inputIds[bad]
-        } is outside the model's vocabulary (${vocab}); was the data tokenized for another model?`,
-      );
-    }
-  }
-  if (n === 0) throw new UserError(`${file}: holds no records`);
+  for await (const _ of runRecords(file, vocab)) n++;
   return n;
 }
 
