@@ -96,6 +96,11 @@ async function canonical(path: string): Promise<string> {
   }
 }
 
+/** Whether two paths name the same file (symlinks resolved). */
+export async function sameFile(a: string, b: string): Promise<boolean> {
+  return (await canonical(a)) === (await canonical(b));
+}
+
 /** Whether `inner` is `outer` or lies inside it. */
 export function isInside(inner: string, outer: string): boolean {
   const r = relative(outer, inner);

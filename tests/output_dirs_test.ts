@@ -202,6 +202,34 @@ Deno.test("pipeline: the run folder must be new, empty or an earlier run's", asy
   });
 });
 
+Deno.test("pipeline: a config that is the run folder's config.yaml is not rewritten with --set", async () => {
+  await withTempDir(async (dir) => {
+    const file = join(dir, "p.yaml");
+    await Deno.writeTextFile(
+      file,
+      'params: {config: ""}\nsteps:\n  - name: a\n    stage: noop\n    inputs: {config: "${params.config}"}\n',
+    );
+    const run = join(dir, "run"), cfg = join(run, "config.yaml");
+    await Deno.mkdir(run);
+    const mine = (await Deno.readTextFile(join(FIX, "torch", "lora.yaml"))) + "# mine\n";
+    await Deno.writeTextFile(cfg, mine);
+    const stages = () =>
+      Promise.resolve({ file, load: () => Promise.resolve({ main: () => Promise.resolve(0) }) });
+    await rejects(
+      () =>
+        runPipeline(file, {
+          stages,
+          log: () => {},
+          out: run,
+          force: true,
+          sets: [`config=${cfg}`, "training_args.max_steps=2"],
+        }),
+      refused(/the config \S+config\.yaml is the run folder's config\.yaml/),
+    );
+    deepStrictEqual(await Deno.readTextFile(cfg), mine);
+  });
+});
+
 Deno.test("no stage writes over its own input", async () => {
   await withTempDir(async (dir) => {
     const f = join(dir, "data.jsonl");

@@ -13,7 +13,7 @@ import { asPipelineStep } from "../invocation.ts";
 import { listCheckpoints } from "../train/checkpoint.ts";
 import { describeHolder, LOCK_FILE, lockRunDir, type RunLock } from "./lock.ts";
 import { checkExternalInputs, producerOf } from "./preflight.ts";
-import { claimOutputDir, markOutputDir } from "../outdir.ts";
+import { claimOutputDir, markOutputDir, sameFile } from "../outdir.ts";
 import { loadConfig, parseConfig, QUANTIZATION_KEYS, renderConfig } from "../config/config.ts";
 import { parseOverride } from "../config/overrides.ts";
 import { CodeHasher, Hasher } from "./hash.ts";
@@ -252,6 +252,12 @@ export async function runPipeline(path: string, opts: RunOptions = {}): Promise<
       const text = await readText(cfgPath);
       const effective = renderConfig(text, cfgPath, configSets);
       const outPath = join(runDir, "config.yaml");
+      if (await sameFile(cfgPath, outPath)) {
+        throw new UserError(
+          `--set ${configSets[0]}: the config ${cfgPath} is the run folder's config.yaml, which ` +
+            `the run writes with the overrides applied; copy it elsewhere and set config to the copy`,
+        );
+      }
       pendingConfig = { path: outPath, text: effective };
       hasher.pending.set(resolve(outPath), new TextEncoder().encode(effective));
       resolved.config = outPath;
