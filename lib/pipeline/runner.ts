@@ -8,7 +8,14 @@
  */
 import { dirname, join, relative, resolve } from "node:path";
 import { writeFileAtomic, writeJsonAtomic } from "../atomic.ts";
-import { describeOsError, InterruptedError, osError, osErrorCode, UserError } from "../errors.ts";
+import {
+  describeOsError,
+  InterruptedError,
+  osError,
+  osErrorCode,
+  UsageError,
+  UserError,
+} from "../errors.ts";
 import { asPipelineStep } from "../invocation.ts";
 import { listCheckpoints } from "../train/checkpoint.ts";
 import { describeHolder, LOCK_FILE, lockRunDir, type RunLock } from "./lock.ts";
@@ -151,7 +158,7 @@ export async function runPipeline(path: string, opts: RunOptions = {}): Promise<
   const log = opts.log ?? ((l: string) => console.log(l));
   const stages = opts.stages ?? defaultStages;
   const file = await readPipeline(path);
-  if (opts.from && opts.only) throw new UserError("--from and --only cannot be used together");
+  if (opts.from && opts.only) throw new UsageError("--from and --only cannot be used together");
   for (const s of [opts.from, opts.only]) {
     if (s && !file.steps.some((t) => t.name === s)) {
       throw new UserError(
