@@ -140,50 +140,34 @@ Deno.test("tokenize and mask stages reproduce the reference records", async () =
     );
     assertEquals(evalRecs, fx.cases.flatMap((c) => c.eval[`${maxIn},${maxOut}`]));
 
-    // A bad record: file, line and field in the message, no output written.
-    await Deno.writeTextFile(
-      `${dir}/bad.jsonl`,
-      '{"messages": [{"role": "user", "ids": [1, "x"], "loss": false}]}\n',
-    );
-    r = await runMask([
-      "mask",
-      "--in",
-      `${dir}/bad.jsonl`,
-      "--out",
-      `${dir}/bad_out.jsonl`,
-      "--mode",
-      "train",
-      "--max-input-length",
-      "8",
-      "--max-output-length",
-      "8",
-    ]);
-    assertEquals(r.code, 1);
-    assert(
-      r.stderr.includes(`${dir}/bad.jsonl:1`) && r.stderr.includes("messages[0].ids[1]"),
-      r.stderr,
-    );
-    assert(!r.stderr.includes("    at "), r.stderr);
-    // An id past what the model's i32 buffers hold (1e300 is an integer to JavaScript).
-    await Deno.writeTextFile(
-      `${dir}/big.jsonl`,
-      '{"messages": [{"role": "assistant", "ids": [377, 1e300], "loss": true}], "prefix": [376, 378], "eos": 2}\n',
-    );
-    r = await runMask([
-      "mask",
-      "--in",
-      `${dir}/big.jsonl`,
-      "--out",
-      `${dir}/big_out.jsonl`,
-      "--mode",
-      "train",
-      "--max-input-length",
-      "8",
-      "--max-output-length",
-      "8",
-    ]);
-    assertEquals(r.code, 1);
-    assert(r.stderr.includes("big.jsonl:1: messages[0].ids[1]: expected a token id"), r.stderr);
+    // Bad records: file, line and field in the message, no output written. The second holds an
+    // id past what the model's i32 buffers hold (1e300 is an integer to JavaScript).
+    const bad: [string, string][] = [
+      ['{"messages": [{"role": "user", "ids": [1, "x"], "loss": false}]}', "expected a token id"],
+      [
+        '{"messages": [{"role": "assistant", "ids": [377, 1e300], "loss": true}], "prefix": [376, 378], "eos": 2}',
+        "expected a token id (an integer from 0 to 2^31 - 1), found 1e+300",
+      ],
+    ];
+    for (const [text, want] of bad) {
+      await Deno.writeTextFile(`${dir}/bad.jsonl`, text + "\n");
+      r = await runMask([
+        "mask",
+        "--in",
+        `${dir}/bad.jsonl`,
+        "--out",
+        `${dir}/bad_out.jsonl`,
+        "--mode",
+        "train",
+        "--max-input-length",
+        "8",
+        "--max-output-length",
+        "8",
+      ]);
+      assertEquals(r.code, 1);
+      assert(r.stderr.includes(`${dir}/bad.jsonl:1: messages[0].ids[1]: ${want}`), r.stderr);
+      assert(!r.stderr.includes("    at "), r.stderr);
+    }
     await Deno.writeTextFile(
       `${dir}/badconv.jsonl`,
       '{"conversations": [{"role": "user", "content": 5}]}\n',
