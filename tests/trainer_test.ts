@@ -363,6 +363,17 @@ Deno.test("a resumed run continues the uninterrupted trajectory exactly", async 
     },
   });
   assert(part.res.interrupted && part.res.checkpoint?.endsWith("checkpoint-6"));
+  // Stopped during the last step, the run is complete: not interrupted, its summary entry written.
+  const atLast = { requested: false };
+  const last = await run(over, data, {
+    stop: atLast,
+    onStep: (s) => {
+      if (s === 12) atLast.requested = true;
+    },
+  });
+  assert(!last.res.interrupted && last.res.globalStep === 12);
+  assert(last.res.logHistory.at(-1)?.train_runtime !== undefined);
+  for (const [k, v] of full.params) assert(sameArray(last.params.get(k)!, v), k);
   const resumed = await run(over, data, { resume: "yes" }, part.out);
   assert(resumed.res.globalStep === 12);
   for (let s = 6; s < 12; s++) {

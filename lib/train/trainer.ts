@@ -648,7 +648,9 @@ export async function train(o: TrainOptions): Promise<TrainResult> {
       if (due.eval) await run.evaluate();
       if (due.save) {
         const dir = await run.save();
-        if (run.stop.requested) {
+        // Stopped at the last step, the run is complete: it finishes (summary entry, final save)
+        // rather than leaving a resume with nothing to do and no summary.
+        if (run.stop.requested && run.globalStep < run.maxSteps) {
           run.interrupted = true;
           run.checkpoint = dir;
           break;
