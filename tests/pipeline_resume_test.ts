@@ -114,3 +114,58 @@ Deno.test("Ctrl-C in any other step says which step stopped and how to go on", a
     assert(!next.out.includes("taking over"), next.out);
   });
 });
+
+Deno.test("Ctrl-C during a train step that still finishes: the step is kept and the pipeline stops after it", async () => {
+  await withTempDir(async (dir) => {
+    const file = join(dir, "p.yaml");
+    await Deno.writeTextFile(
+      file,
+      "steps:\n  - name: a\n    stage: train\n    outputs: {out: a.txt}\n" +
+        "  - name: b\n    stage: noop\n    outputs: {out: b.txt}\n",
+    );
+    // In a process of its own (the test runner would take the signal): a train stand-in that is
+    // sent Ctrl-C, handles it as train does, and still completes.
+    const script = join(dir, "run.ts");
+    await Deno.writeTextFile(
+      script,
+      `import { runPipeline } from ${
+        JSON.stringify(new URL("../lib/pipeline/runner.ts", import.meta.url).href)
+      };
+const out = (argv: string[]) => argv[argv.indexOf("--out") + 1];
+const train = async (argv: string[]) => {
+  const handler = () => {};
+  Deno.addSignalListener("SIGINT", handler);
+  Deno.kill(Deno.pid, "SIGINT");
+  await new Promise((r) => setTimeout(r, 200));
+  Deno.removeSignalListener("SIGINT", handler);
+  await Deno.writeTextFile(out(argv), "a");
+  return 0;
+};
+const noop = async (argv: string[]) => { await Deno.writeTextFile(out(argv), "b"); return 0; };
+const stages = (name: string) =>
+  Promise.resolve({ file: ${
+        JSON.stringify(file)
+      }, load: () => Promise.resolve({ main: name === "train" ? train : noop }) });
+try {
+  await runPipeline(${JSON.stringify(file)}, { stages, log: () => {}, out: ${
+        JSON.stringify(join(dir, "run"))
+      }, handleSigint: true });
+} catch (e) {
+  console.error((e as Error).message);
+  Deno.exit((e as { exitCode?: number }).exitCode ?? 1);
+}
+`,
+    );
+    const p = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", "--config", new URL("../deno.json", import.meta.url).pathname, script],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const err = new TextDecoder().decode(p.stderr);
+    assertEquals(p.code, 130, err);
+    assert(/step "a" had finished and is kept/.test(err), err);
+    const run = join(dir, "run");
+    assert(await Deno.stat(join(run, ".manifests", "a.json")).then(() => true, () => false));
+    assert(await Deno.stat(join(run, "b.txt")).then(() => false, () => true), "step b ran");
+  });
+});

@@ -450,6 +450,12 @@ export async function runPipeline(path: string, opts: RunOptions = {}): Promise<
       const ownSigint = HANDLES_SIGINT.has(step.stage);
       const listen = !!opts.handleSigint && !ownSigint;
       if (listen) Deno.addSignalListener("SIGINT", onSigint);
+      // A stage that handles Ctrl-C may still finish (train stopped during its last step): the
+      // pipeline then stops after it, as asked.
+      let sigintSeen = false;
+      const noteSigint = () => sigintSeen = true;
+      const note = !!opts.handleSigint && ownSigint;
+      if (note) Deno.addSignalListener("SIGINT", noteSigint);
       try {
         const mod = await ref.load();
         rc = await asPipelineStep(
@@ -469,6 +475,7 @@ export async function runPipeline(path: string, opts: RunOptions = {}): Promise<
         throw e;
       } finally {
         if (listen) Deno.removeSignalListener("SIGINT", onSigint);
+        if (note) Deno.removeSignalListener("SIGINT", noteSigint);
         for (const [, p] of step.outputs) hasher.forget(p);
       }
       if (rc === 130 && ownSigint) {
@@ -501,6 +508,12 @@ export async function runPipeline(path: string, opts: RunOptions = {}): Promise<
       });
       log(`  done ${step.name} in ${seconds.toFixed(1)} s`);
       ran++;
+      if (sigintSeen) {
+        throw new InterruptedError(
+          `pipeline ${file.name}: interrupted; step "${step.name}" had finished and is kept. ` +
+            `Go on with: ${command.map(shellQuote).join(" ")}`,
+        );
+      }
     }
     if (!opts.dryRun) log(`pipeline ${file.name}: ${ran} run, ${skipped} skipped`);
     return { name: file.name, runDir, steps: reports };
