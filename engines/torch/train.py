@@ -378,7 +378,9 @@ def make_trainer_class():
             stop = torch.tensor([1.0 if t.stop_requested else 0.0], device=args.device)
             if dist_on():
                 dist.all_reduce(stop)
-            if stop.item() > 0 and not t.interrupted:
+            # Stopped at the last step, the run is complete: it finishes (summary, final save), as the
+            # WebGPU engine does, rather than leaving a resume with nothing to do.
+            if stop.item() > 0 and not t.interrupted and state.global_step < state.max_steps:
                 t.interrupted = True
                 control.should_save = True
                 control.should_training_stop = True
