@@ -297,6 +297,23 @@ Deno.test("bad pipeline files and flags are UserErrors with file:line", async ()
     }
     assertMatch(msg, re);
   }
+  // Every problem of a file at once, one line each, in file order.
+  let all = "";
+  try {
+    parsePipeline(
+      "bogus: 1\nsteps:\n  - name: a\n    stage: x\n    outputs: {out: /abs.jsonl}\n" +
+        "  - name: a\n    stage: y\n",
+      "p.yaml",
+    );
+  } catch (e) {
+    assert(e instanceof UserError);
+    all = e.message;
+  }
+  assertEquals(all.split("\n").map((l) => l.split(": ").slice(0, 2).join(": ")), [
+    "p.yaml:1: bogus",
+    "p.yaml:5: steps.0.outputs.out",
+    "p.yaml:6: steps.1.name",
+  ]);
   const t = await setup();
   try {
     const file = join(t.src, "refs.yaml");

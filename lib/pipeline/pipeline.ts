@@ -98,97 +98,124 @@ export function parsePipeline(text: string, path: string): PipelineFile {
     throw new UserError(located(path, lineOfKey(lines, key), key, msg));
   };
 
+  // Every problem of the file is reported at once: each check below throws its first, and
+  // `collect` keeps it and goes on with the next key, param or step.
+  const problems: string[] = [];
+  const collect = (check: () => void) => {
+    try {
+      check();
+    } catch (e) {
+      if (!(e instanceof UserError)) throw e;
+      problems.push(e.message);
+    }
+  };
   const tree = value;
   if (!isObject(tree)) at("steps", "a pipeline file is a mapping with params and steps");
   for (const k of Object.keys(tree)) {
-    if (!TOP_KEYS.includes(k)) at(k, `unknown key; expected one of ${TOP_KEYS.join(", ")}`);
+    collect(() => {
+      if (!TOP_KEYS.includes(k)) at(k, `unknown key; expected one of ${TOP_KEYS.join(", ")}`);
+    });
   }
   const name = tree.name ?? basename(path, extname(path));
-  if (typeof name !== "string" || !name) at("name", "expected a string");
+  collect(() => {
+    if (typeof name !== "string" || !name) at("name", "expected a string");
+  });
 
   const params: Record<string, ParamValue> = {};
   if (tree.params !== undefined && tree.params !== null) {
-    if (!isObject(tree.params)) at("params", "expected a mapping of name: value");
-    for (const [k, v] of Object.entries(tree.params as Record<string, unknown>)) {
-      if (!STEP_NAME_RE.test(k)) at(`params.${k}`, "param names use letters, digits, _ and -");
-      if (!isParamValue(v)) at(`params.${k}`, "expected a scalar or a list of scalars");
-      params[k] = v as ParamValue;
+    collect(() => {
+      if (!isObject(tree.params)) at("params", "expected a mapping of name: value");
+    });
+    for (const [k, v] of Object.entries(isObject(tree.params) ? tree.params : {})) {
+      collect(() => {
+        if (!STEP_NAME_RE.test(k)) at(`params.${k}`, "param names use letters, digits, _ and -");
+        if (!isParamValue(v)) at(`params.${k}`, "expected a scalar or a list of scalars");
+        params[k] = v as ParamValue;
+      });
     }
   }
 
   if (!Array.isArray(tree.steps) || tree.steps.length === 0) {
-    at("steps", "expected a non-empty list of steps");
+    problems.push(
+      located(path, lineOfKey(lines, "steps"), "steps", "expected a non-empty list of steps"),
+    );
+    throw new UserError(problems.join("\n"));
   }
   const steps: RawStep[] = [];
   const seen = new Set<string>();
-  (tree.steps as unknown[]).forEach((s, i) => {
-    const key = `steps.${i}`;
-    if (!isObject(s)) at(key, "a step is a mapping with name, stage, inputs, outputs, args");
-    for (const k of Object.keys(s)) {
-      if (!STEP_KEYS.includes(k)) {
-        at(`${key}.${k}`, `unknown key; expected one of ${STEP_KEYS.join(", ")}`);
+  (tree.steps as unknown[]).forEach((s, i) =>
+    collect(() => {
+      const key = `steps.${i}`;
+      if (!isObject(s)) at(key, "a step is a mapping with name, stage, inputs, outputs, args");
+      for (const k of Object.keys(s)) {
+        if (!STEP_KEYS.includes(k)) {
+          at(`${key}.${k}`, `unknown key; expected one of ${STEP_KEYS.join(", ")}`);
+        }
       }
-    }
-    if (typeof s.name !== "string" || !STEP_NAME_RE.test(s.name)) {
-      at(`${key}.name`, "required: letters, digits, _ and - only");
-    }
-    if (seen.has(s.name as string)) at(`${key}.name`, `duplicate step name "${s.name}"`);
-    seen.add(s.name as string);
-    if (typeof s.stage !== "string" || !s.stage) at(`${key}.stage`, "required: the stage to run");
-    let positional = false;
-    let inputs: Record<string, unknown> = {};
-    if (Array.isArray(s.inputs)) {
-      positional = true;
-      inputs = { _: s.inputs };
-    } else if (s.inputs !== undefined && s.inputs !== null) {
-      if (!isObject(s.inputs)) {
-        at(`${key}.inputs`, "expected a mapping of flag: path, or a list of paths");
+      if (typeof s.name !== "string" || !STEP_NAME_RE.test(s.name)) {
+        at(`${key}.name`, "required: letters, digits, _ and - only");
       }
-      inputs = s.inputs;
-    }
-    const map = (field: "outputs" | "args"): Record<string, unknown> => {
-      const v = s[field];
-      if (v === undefined || v === null) return {};
-      if (!isObject(v)) at(`${key}.${field}`, "expected a mapping of flag: value");
-      return v;
-    };
-    const outputs = map("outputs");
-    const args = map("args");
-    const flags = new Set<string>();
-    for (const [field, m] of [["inputs", inputs], ["outputs", outputs], ["args", args]] as const) {
-      for (const [k, v] of Object.entries(m)) {
-        if (k !== "_" && flags.has(k)) at(`${key}.${field}.${k}`, `flag --${k} is given twice`);
-        flags.add(k);
-        if (field !== "args" && !isPathValue(v)) at(`${key}.${field}.${k}`, "expected a path");
-        if (field === "outputs") {
-          // Literal text is checked here; what references make of it, when they resolve.
-          for (const p of [v].flat() as string[]) {
-            const bad = outputPathProblem(p.replace(REF_RE, "x"));
-            if (bad) at(`${key}.outputs.${k}`, `step "${s.name}": ${bad}`);
+      if (seen.has(s.name as string)) at(`${key}.name`, `duplicate step name "${s.name}"`);
+      seen.add(s.name as string);
+      if (typeof s.stage !== "string" || !s.stage) at(`${key}.stage`, "required: the stage to run");
+      let positional = false;
+      let inputs: Record<string, unknown> = {};
+      if (Array.isArray(s.inputs)) {
+        positional = true;
+        inputs = { _: s.inputs };
+      } else if (s.inputs !== undefined && s.inputs !== null) {
+        if (!isObject(s.inputs)) {
+          at(`${key}.inputs`, "expected a mapping of flag: path, or a list of paths");
+        }
+        inputs = s.inputs;
+      }
+      const map = (field: "outputs" | "args"): Record<string, unknown> => {
+        const v = s[field];
+        if (v === undefined || v === null) return {};
+        if (!isObject(v)) at(`${key}.${field}`, "expected a mapping of flag: value");
+        return v;
+      };
+      const outputs = map("outputs");
+      const args = map("args");
+      const flags = new Set<string>();
+      for (
+        const [field, m] of [["inputs", inputs], ["outputs", outputs], ["args", args]] as const
+      ) {
+        for (const [k, v] of Object.entries(m)) {
+          if (k !== "_" && flags.has(k)) at(`${key}.${field}.${k}`, `flag --${k} is given twice`);
+          flags.add(k);
+          if (field !== "args" && !isPathValue(v)) at(`${key}.${field}.${k}`, "expected a path");
+          if (field === "outputs") {
+            // Literal text is checked here; what references make of it, when they resolve.
+            for (const p of [v].flat() as string[]) {
+              const bad = outputPathProblem(p.replace(REF_RE, "x"));
+              if (bad) at(`${key}.outputs.${k}`, `step "${s.name}": ${bad}`);
+            }
+          }
+          if (field === "args" && typeof s.stage === "string" && isOutputFlag(s.stage, k)) {
+            at(
+              `${key}.args.${k}`,
+              `step "${s.name}": --${k} is where the stage writes; give it under outputs, ` +
+                `relative to the run folder`,
+            );
+          }
+          if (field === "args" && !isParamValue(v)) {
+            at(`${key}.${field}.${k}`, "expected a scalar or a list of scalars");
           }
         }
-        if (field === "args" && typeof s.stage === "string" && isOutputFlag(s.stage, k)) {
-          at(
-            `${key}.args.${k}`,
-            `step "${s.name}": --${k} is where the stage writes; give it under outputs, ` +
-              `relative to the run folder`,
-          );
-        }
-        if (field === "args" && !isParamValue(v)) {
-          at(`${key}.${field}.${k}`, "expected a scalar or a list of scalars");
-        }
       }
-    }
-    steps.push({
-      name: s.name as string,
-      stage: s.stage as string,
-      line: lines.get(key) ?? 1,
-      inputs,
-      outputs,
-      args,
-      positional,
-    });
-  });
+      steps.push({
+        name: s.name as string,
+        stage: s.stage as string,
+        line: lines.get(key) ?? 1,
+        inputs,
+        outputs,
+        args,
+        positional,
+      });
+    })
+  );
+  if (problems.length > 0) throw new UserError(problems.join("\n"));
   return {
     path,
     name: name as string,
