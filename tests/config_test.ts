@@ -289,6 +289,12 @@ Deno.test("--set overrides are typed, applied before validation, and checked", a
   assert(cfg.peft_config?.peft_type === "LORA");
   assertEquals(cfg.peft_config.lora_dropout, 0);
   assertEquals(cfg.peft_config.target_modules, ["query_key_value", "dense"]);
+  // eval_strategy set over a file that spells it evaluation_strategy (and the reverse) replaces it
+  for (const key of ["eval_strategy", "evaluation_strategy"]) {
+    const ours = new URL("../configs/lora.yaml", import.meta.url).pathname;
+    const off = await loadConfig(ours, [`training_args.${key}=no`]);
+    assertEquals(off.training_args.eval_strategy, "no");
+  }
 
   // a key the schema does not know is an error naming it
   const e = await assertRejects(

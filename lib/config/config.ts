@@ -340,6 +340,23 @@ export function parseConfig(text: string, path: string, overrides: string[] = []
   }
   const sets = parseOverrides(overrides);
   for (const o of sets) setPath(tree, o);
+  // eval_strategy and its old name evaluation_strategy are one setting: a --set of either replaces
+  // the file's value under the other name, rather than conflicting with it.
+  const setKeys = new Set(sets.map((o) => o.path.join(".")));
+  const args = tree.training_args as Record<string, unknown> | undefined;
+  for (
+    const [mine, other] of [["eval_strategy", "evaluation_strategy"], [
+      "evaluation_strategy",
+      "eval_strategy",
+    ]]
+  ) {
+    if (
+      setKeys.has(`training_args.${mine}`) && !setKeys.has(`training_args.${other}`) && args &&
+      typeof args === "object"
+    ) {
+      delete args[other];
+    }
+  }
   const v = new Validator(path, lines, sets);
   const cfg = v.config(tree);
   v.finish();
