@@ -246,7 +246,6 @@ export async function runTraining(o: RunOptions): Promise<TrainResult> {
         describeGpu(gpu)
       }`,
     );
-    if (tensorboard) console.error(`train: TensorBoard event files in ${tensorboard.dir}`);
     return await train({
       gpu,
       model,
@@ -260,7 +259,17 @@ export async function runTraining(o: RunOptions): Promise<TrainResult> {
       handleSigint: o.handleSigint,
       rowsPerPass: o.rowsPerPass,
       vocabSize: vocab,
-      logSinks: tensorboard ? [tensorboard] : [],
+      // Said once the trainer opens it, after the output dir and the resume are settled.
+      logSinks: tensorboard
+        ? [{
+          open: async (step: number) => {
+            await tensorboard.open(step);
+            console.error(`train: TensorBoard event files in ${tensorboard.dir}`);
+          },
+          append: (e, extra) => tensorboard.append(e, extra),
+          close: () => tensorboard.close(),
+        }]
+        : [],
       configEcho: {
         config_file: o.configPath,
         overrides: o.overrides ?? [],
