@@ -227,15 +227,16 @@ export async function runTraining(o: RunOptions): Promise<TrainResult> {
     ...(cfg.quantization ? { quantization: cfg.quantization } : {}),
   });
   try {
+    // A bad initial adapter is found before the output dir is made.
+    if (o.initAdapter && o.resume === undefined) {
+      model.setParams(await readInitAdapter(o.initAdapter, spec));
+    }
     try {
       await Deno.mkdir(o.outDir, { recursive: true });
     } catch (e) {
       throw osError(e, o.outDir, "create the output dir");
     }
     await markOutputDir(o.outDir, "train");
-    if (o.initAdapter && o.resume === undefined) {
-      model.setParams(await readInitAdapter(o.initAdapter, spec));
-    }
     const tensorboard = tensorBoardLog(cfg.training_args, o.outDir);
     const trainable = model.params.reduce((a, p) => a + p.size, 0);
     const q = cfg.quantization;
