@@ -152,14 +152,18 @@ export async function main(args: string[]): Promise<number> {
     const session = new ChatSession(model, tokenizer, opts, values.system as string | undefined);
 
     const fit = (message: string, role: "user" | "observation") => {
-      // Drop the oldest exchanges (never the system prompt) until prompt + reply fit.
+      // Drop the oldest exchanges (never the system prompt) until prompt + reply fit; a message
+      // that cannot fit even alone leaves the history as it was.
+      const kept = [...session.history];
       while (session.promptFor(message, role).length + opts.maxNewTokens > context) {
         const first = session.history.findIndex((h) => h.role !== "system");
         if (first < 0) {
+          const tokens = session.promptFor(message, role).length;
+          session.history = kept;
           throw new UserError(
-            `the message is ${
-              session.promptFor(message, role).length
-            } tokens; with --max-new-tokens ${opts.maxNewTokens} it exceeds the context of ${context}`,
+            `the ${
+              message ? "message" : "system prompt"
+            } makes a prompt of ${tokens} tokens; with --max-new-tokens ${opts.maxNewTokens} it exceeds the context of ${context}`,
           );
         }
         const next = session.history.findIndex((h, i) => i > first && h.role === "user");
@@ -199,20 +203,37 @@ export async function main(args: string[]): Promise<number> {
       const line = l.text!;
       const cmd = line.trim();
       if (cmd === "/exit" || cmd === "/quit") break;
-      if (cmd === "/reset") {
-        session.reset();
-        console.error("(history cleared)");
-      } else if (cmd === "/system" || cmd.startsWith("/system ")) {
-        session.setSystem(cmd.slice("/system".length).trim());
-        console.error("(system prompt set, history cleared)");
-      } else if (cmd.startsWith("/observation ")) {
-        await answer(cmd.slice("/observation ".length), "observation");
-      } else if (cmd.startsWith("/")) {
-        console.error(
-          `unknown command ${cmd.split(" ")[0]}; /reset, /system TEXT, /observation TEXT, /exit`,
-        );
-      } else if (cmd) {
-        await answer(line, "user");
+      // A line that cannot be answered is reported; the session and its history go on.
+      try {
+        if (cmd === "/reset") {
+          session.reset();
+          console.error("(history cleared)");
+        } else if (cmd === "/system" || cmd.startsWith("/system ")) {
+          const text = cmd.slice("/system".length).trim();
+          const before = { history: session.history, system: session.systemPrompt };
+          session.setSystem(text);
+          try {
+            fit("", "user");
+          } catch (e) {
+            session.setSystem(before.system ?? "");
+            session.history = before.history;
+            throw e;
+          }
+          console.error("(system prompt set, history cleared)");
+        } else if (cmd === "/observation" || cmd.startsWith("/observation ")) {
+          const text = cmd.slice("/observation".length).trim();
+          if (!text) throw new UserError("/observation needs the tool's result: /observation TEXT");
+          await answer(text, "observation");
+        } else if (cmd.startsWith("/")) {
+          console.error(
+            `unknown command ${cmd.split(" ")[0]}; /reset, /system TEXT, /observation TEXT, /exit`,
+          );
+        } else if (cmd) {
+          await answer(line, "user");
+        }
+      } catch (e) {
+        if (!(e instanceof UserError)) throw e;
+        console.error(`error: ${e.message}; not sent, the session goes on`);
       }
       if (interactive) print("user> ");
     }

@@ -101,6 +101,18 @@ Deno.test("chat: an interactive session keeps history; /reset clears it; /exit e
   assert.strictEqual(r.code, 0, r.err);
   assert.strictEqual(r.out, [first.text, second.text, fresh.text].map((t) => t + "\n").join(""));
   assert.match(r.err, /history cleared/);
+  // A line too long for the context (or a /system that is) is reported; the session and its
+  // history go on, so the second message still follows the first.
+  const long = "hello world ".repeat(100);
+  const kept = await chat([TINY], `hi\n${long}\n/system ${long}\n/observation\n你好\n`);
+  assert.strictEqual(kept.code, 0, kept.err);
+  assert.strictEqual(kept.out, [first.text, second.text].map((t) => t + "\n").join(""));
+  assert.match(
+    kept.err,
+    /the message makes a prompt of \d+ tokens; .* not sent, the session goes on/,
+  );
+  assert.match(kept.err, /the system prompt makes a prompt of \d+ tokens/);
+  assert.match(kept.err, /\/observation needs the tool's result/);
 });
 
 Deno.test("chat: replies are split into metadata and content; tool calls become JSON", () => {

@@ -73,6 +73,11 @@ export class ChatSession {
     this.history = this.system ? [{ role: "system", content: this.system }] : [];
   }
 
+  /** The system prompt in force (undefined: none). */
+  get systemPrompt(): string | undefined {
+    return this.system;
+  }
+
   setSystem(text: string): void {
     this.system = text || undefined;
     this.reset();
