@@ -14,6 +14,7 @@ import { addLoraDelta, mergeAdapter } from "../lib/model/merge.ts";
 import { OUTPUT_MARKER } from "../lib/outdir.ts";
 import { Checkpoint } from "../lib/safetensors/checkpoint.ts";
 import { SafetensorsFile } from "../lib/safetensors/read.ts";
+import { writeSafetensorsF32 } from "../lib/safetensors/write.ts";
 import { runCli, withTempDir } from "./test_util.ts";
 
 const FIX = new URL("./fixtures/", import.meta.url).pathname;
@@ -151,13 +152,44 @@ Deno.test("merge-adapter: shards at --shard-size, f16 stays f16, a re-run replac
       }
     }
 
-    // Writing over an existing output replaces it whole.
-    await Deno.writeTextFile(join(sharded, "stale.txt"), "x");
+    // An earlier merge's dir is replaced whole (shards and all); a file added to it since stops
+    // the merge, kept, unless --force.
+    await Deno.writeTextFile(join(sharded, "notes.txt"), "mine");
+    await assert.rejects(
+      () => mergeAdapter({ modelDir: TINY, adapterDir: PEFT, outDir: sharded }),
+      (e) =>
+        e instanceof UserError &&
+        /now also holds notes\.txt \(not written by merge-adapter\)/.test(e.message),
+    );
+    assert.strictEqual(await Deno.readTextFile(join(sharded, "notes.txt")), "mine");
+    await Deno.remove(join(sharded, "notes.txt"));
     await mergeAdapter({ modelDir: TINY, adapterDir: PEFT, outDir: sharded });
     assert.deepStrictEqual(
       [...Deno.readDirSync(sharded)].map((e) => e.name).sort(),
       [OUTPUT_MARKER, "config.json", "model.safetensors", "tokenizer.model"],
     );
+    await Deno.writeTextFile(join(sharded, "stale.txt"), "x");
+    await mergeAdapter({ modelDir: TINY, adapterDir: PEFT, outDir: sharded, force: true });
+    assert.ok(![...Deno.readDirSync(sharded)].some((e) => e.name === "stale.txt"));
+
+    // Merged values past float16's range, into an f16 base, are refused; nothing is written.
+    const big = join(dir, "big-adapter");
+    await Deno.mkdir(big);
+    await Deno.copyFile(join(PEFT, "adapter_config.json"), join(big, "adapter_config.json"));
+    const ad = await readAdapterDir(PEFT);
+    const scaled = new Map(
+      [...ad.tensors].map(([k, v]) => [
+        k,
+        { shape: ad.shapes.get(k)!, data: /lora_B/.test(k) ? v.map(() => 6e4) : v },
+      ]),
+    );
+    await writeSafetensorsF32(join(big, "adapter_model.safetensors"), scaled);
+    const over = join(dir, "over");
+    await assert.rejects(
+      () => mergeAdapter({ modelDir: join(FIX, "tiny-f16"), adapterDir: big, outDir: over }),
+      (e) => e instanceof UserError && /beyond float16's range \(±65504\)/.test(e.message),
+    );
+    assert.ok(!(await Deno.stat(over).then(() => true, () => false)));
   });
 });
 

@@ -62,11 +62,18 @@ Deno.test("merge-adapter: a directory it did not write is refused, never emptied
       refused(/it is an output of evaluate, not of merge-adapter/),
     );
 
-    // Its own earlier output is replaced (atomically: built beside, then renamed).
+    // Its own earlier output is replaced (atomically: built beside, then renamed); one that
+    // something was added to since is refused, the addition kept, unless --force.
     const merged = join(dir, "merged");
     await mergeAdapter({ modelDir: model, adapterDir: adapter, outDir: merged });
-    await Deno.writeTextFile(join(merged, "stale.txt"), "x");
     await mergeAdapter({ modelDir: model, adapterDir: adapter, outDir: merged });
+    await Deno.writeTextFile(join(merged, "stale.txt"), "x");
+    await rejects(
+      () => mergeAdapter({ modelDir: model, adapterDir: adapter, outDir: merged }),
+      refused(/now also holds stale\.txt/),
+    );
+    assert(names(merged).includes("stale.txt"));
+    await mergeAdapter({ modelDir: model, adapterDir: adapter, outDir: merged, force: true });
     assert(!names(merged).includes("stale.txt"));
     // --force replaces a foreign directory when the user says so.
     await mergeAdapter({ modelDir: model, adapterDir: adapter, outDir: mine, force: true });

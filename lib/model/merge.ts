@@ -17,7 +17,7 @@ import { basename, join } from "node:path";
 import { syncFile, writeDirAtomic } from "../atomic.ts";
 import { UserError } from "../errors.ts";
 import { assertFiniteTensor } from "../finite.ts";
-import { checkNotInput, claimOutputDir, markOutputDir } from "../outdir.ts";
+import { checkNotInput, claimOutputDir, markOutputDir, OUTPUT_MARKER } from "../outdir.ts";
 import { isDType } from "../safetensors/dtype.ts";
 import { parseSize, type TensorToWrite, writeShardedSafetensors } from "../safetensors/write.ts";
 import { layerPrefix, LINEAR_PATH, LORA_TARGETS, loraName, type LoraTarget } from "./adapter.ts";
@@ -46,6 +46,9 @@ export interface MergeResult {
 }
 
 /** Weight files of a model dir: not copied, the merged safetensors replace them. */
+/** The smallest magnitude float16 rounds to infinity (65504 plus half its last step). */
+const F16_OVERFLOW = 65520;
+
 const WEIGHT_FILE = /^(model.*\.safetensors(\.index\.json)?|pytorch_model.*\.bin(\.index\.json)?)$/;
 
 /**
@@ -78,6 +81,33 @@ export function addLoraDelta(
   }
 }
 
+/** What a merge writes into its dir: the weights, the base's other files, the marker. */
+async function mergeWrites(modelDir: string): Promise<(name: string) => boolean> {
+  const copied = new Set<string>();
+  for await (const e of Deno.readDir(modelDir)) {
+    if (e.isFile && !WEIGHT_FILE.test(e.name) && !e.name.startsWith(".")) copied.add(e.name);
+  }
+  return (name) => WEIGHT_FILE.test(name) || name === OUTPUT_MARKER || copied.has(name);
+}
+
+async function refuseAdded(outDir: string, modelDir: string): Promise<void> {
+  const ours = await mergeWrites(modelDir);
+  const added: string[] = [];
+  try {
+    for await (const e of Deno.readDir(outDir)) if (!ours(e.name)) added.push(e.name);
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return;
+    throw e;
+  }
+  if (added.length === 0) return;
+  added.sort();
+  throw new UserError(
+    `--out ${outDir}: an earlier merge's directory, which a merge replaces whole, now also holds ` +
+      `${added.slice(0, 3).join(", ")}${added.length > 3 ? ", …" : ""} (not written by ` +
+      `merge-adapter); move them out, choose another --out, or pass --force to replace it anyway`,
+  );
+}
+
 export async function mergeAdapter(o: MergeOptions): Promise<MergeResult> {
   const shardSize = (() => {
     try {
@@ -91,6 +121,9 @@ export async function mergeAdapter(o: MergeOptions): Promise<MergeResult> {
     dir: true,
   });
   await claimOutputDir(o.outDir, "merge-adapter", { force: o.force, forceDoes: "replace it" });
+  // An earlier merge's dir is replaced whole: files added to it since (a README, an evaluation)
+  // would go with it, so without --force they are named and the merge stops.
+  if (!o.force) await refuseAdded(o.outDir, o.modelDir);
 
   const adapter = await readAdapterDir(o.adapterDir);
   if (adapter.spec.kind === "prefix") {
@@ -148,7 +181,18 @@ export async function mergeAdapter(o: MergeOptions): Promise<MergeResult> {
       data: async () => {
         const W = await weights.f32(name);
         addLoraDelta(W, factors.get(t.A)!, factors.get(t.B)!, t.out, t.in, spec.r, scale);
-        assertFiniteTensor(`merge-adapter (${o.adapterDir} into ${o.modelDir})`, name, W);
+        const what = `merge-adapter (${o.adapterDir} into ${o.modelDir})`;
+        assertFiniteTensor(what, name, W);
+        // Written back in the base's dtype: past f16's range a value would become ±Inf.
+        if (dtype === "F16") {
+          const i = W.findIndex((v) => Math.abs(v) >= F16_OVERFLOW);
+          if (i >= 0) {
+            throw new UserError(
+              `${what}: ${name}: the merged value ${W[i]} at element ${i} is beyond float16's ` +
+                `range (±65504), the base's dtype; nothing was written`,
+            );
+          }
+        }
         return finish(W);
       },
     };
