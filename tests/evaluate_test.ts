@@ -287,6 +287,21 @@ Deno.test("evaluate: bad records are reported with file, line and field", async 
       );
     }
 
+    // More new tokens than generation can reach: refused before the model loads, nothing written.
+    const gen = join(dir, "gen.jsonl");
+    await Deno.writeTextFile(gen, '{"input_ids": [376, 378, 5], "output_ids": [7, 2]}\n');
+    await assert.rejects(
+      () =>
+        evaluate(
+          opts(dir, gen, { generation: { ...GREEDY, maxNewTokens: 1e9 }, batchSize: 30000 }),
+        ),
+      (e: Error) =>
+        e instanceof UserError &&
+        /max_new_tokens 1000000000: with prompts of up to 3 tokens, generation would reach 1000000003 positions; at most 32768/
+          .test(e.message),
+    );
+    assert.ok(!(await Deno.stat(join(dir, "gen-out")).then(() => true, () => false)));
+
     // Through the CLI: exit 1, the message, no stack trace, no predictions.jsonl.
     const input = join(dir, "bad.jsonl");
     await Deno.writeTextFile(input, '{"input_ids": [1], "output_ids": "x"}\n');

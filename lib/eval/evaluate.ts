@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { syncDir, writeJsonAtomic } from "../atomic.ts";
 import { located, osError, UserError } from "../errors.ts";
 import { checkNotInput, claimOutputDir, markOutputDir } from "../outdir.ts";
+import { LOOP_BUDGET } from "../gpu/loop_budget.ts";
 import { readJsonl } from "../jsonl.ts";
 import {
   createScorer,
@@ -417,11 +418,24 @@ async function evaluateFrom(o: EvaluateOptions, src: Source): Promise<EvaluateRe
       adapter = await readAdapterDir(o.adapterDir);
       spec = adapter.spec;
     }
+    // A generated row walks its prompt, the prefix and every new token: the attention kernels
+    // take at most LOOP_BUDGET positions a row (lib/gpu/loop_budget.ts).
+    const prefix = spec.kind === "prefix" ? spec.preSeqLen : 0;
+    const reach = prefix + maxPrompt + o.generation.maxNewTokens;
+    if (maxPrompt > 0 && reach > LOOP_BUDGET) {
+      throw new UserError(
+        `max_new_tokens ${o.generation.maxNewTokens}: with prompts of up to ${maxPrompt} tokens${
+          prefix ? ` and ${prefix} prefix positions` : ""
+        }, generation would reach ${reach} positions; at most ${LOOP_BUDGET} are supported`,
+      );
+    }
+    // No batch is larger than the records.
+    const batchSize = Math.max(1, Math.min(o.batchSize, count));
     // Generation keeps its own KV cache; the model's buffers serve prefill and scoring.
     const gpu = await gpuForModel(await loadGlmConfig(o.modelDir));
     const model = await loadGlmModel(gpu, o.modelDir, {
       adapter: spec,
-      maxBatch: o.batchSize,
+      maxBatch: batchSize,
       maxSeq: Math.max(maxLen, maxPrompt, 1),
       seed: o.generation.seed,
       // Inference keeps no per-layer activations for a backward pass.
@@ -429,7 +443,7 @@ async function evaluateFrom(o: EvaluateOptions, src: Source): Promise<EvaluateRe
       ...(o.frozenF16 === undefined ? {} : { frozenF16: o.frozenF16 }),
       ...(o.quantization ? { quantization: o.quantization } : {}),
     });
-    predictor = { model, tokenizer, generation: o.generation, batchSize: o.batchSize };
+    predictor = { model, tokenizer, generation: o.generation, batchSize };
     try {
       if (adapter) model.setParams(adapterTensorsFor(model.params, adapter));
     } catch (e) {
