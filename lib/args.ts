@@ -176,12 +176,17 @@ export function missingFlag(flag: string, spec: CommandSpec, extra = ""): UsageE
 export function numberFlag(
   v: string | boolean | string[] | undefined,
   flag: string,
-  o: { integer: boolean; min: number },
+  o: { integer: boolean; min: number; max?: number },
 ): number | undefined {
   if (v === undefined) return undefined;
   const n = typeof v === "string" && v.trim() !== "" ? Number(v) : NaN;
-  if (!Number.isFinite(n) || (o.integer && !Number.isInteger(n)) || n < o.min) {
-    const want = o.integer && o.min === 1
+  if (
+    !Number.isFinite(n) || (o.integer && !Number.isInteger(n)) || n < o.min ||
+    (o.max !== undefined && n > o.max)
+  ) {
+    const want = o.max !== undefined
+      ? `${o.integer ? "an integer" : "a number"} from ${o.min} to ${o.max}`
+      : o.integer && o.min === 1
       ? "a positive integer"
       : `${o.integer ? "an integer" : "a number"} ≥ ${o.min}`;
     throw new UserError(`${flag}: expected ${want}, got ${JSON.stringify(v)}`);

@@ -97,7 +97,7 @@ export async function main(args: string[]): Promise<number> {
     throw new UsageError(`chat: expected one MODEL_OR_ADAPTER_DIR\n${usageOf(COMMAND)}`);
   }
   const temperature = numberFlag(values.temperature, "--temperature", { integer: false, min: 0 });
-  const topP = numberFlag(values["top-p"], "--top-p", { integer: false, min: 0 });
+  const topP = numberFlag(values["top-p"], "--top-p", { integer: false, min: 0, max: 1 });
   const topK = numberFlag(values["top-k"], "--top-k", { integer: true, min: 0 });
   // Sampling settings imply sampling; upstream's chat samples with 0.8 / 0.8.
   const doSample = !!values["do-sample"] || temperature !== undefined || topP !== undefined ||

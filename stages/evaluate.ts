@@ -180,8 +180,13 @@ export async function main(args: string[]): Promise<number> {
         case "max_new_tokens":
         case "top_k":
         case "seed":
-          if (!Number.isInteger(v) || (v as number) < 0) {
-            throw new UserError(`--set ${text}: expected a non-negative integer`);
+          // The ranges of the config's generation_config (lib/config/schema.ts).
+          if (!Number.isInteger(v) || (v as number) < (key === "max_new_tokens" ? 1 : 0)) {
+            throw new UserError(
+              `--set ${text}: expected a ${
+                key === "max_new_tokens" ? "positive" : "non-negative"
+              } integer`,
+            );
           }
           if (key === "max_new_tokens") gen.maxNewTokens = v as number;
           else if (key === "top_k") gen.topK = v as number;
@@ -193,8 +198,12 @@ export async function main(args: string[]): Promise<number> {
           break;
         case "temperature":
         case "top_p":
-          if (typeof v !== "number" || v < 0) {
-            throw new UserError(`--set ${text}: expected a non-negative number`);
+          if (typeof v !== "number" || v < 0 || (key === "top_p" && v > 1)) {
+            throw new UserError(
+              `--set ${text}: expected ${
+                key === "top_p" ? "a number from 0 to 1" : "a non-negative number"
+              }`,
+            );
           }
           if (key === "temperature") gen.temperature = v;
           else gen.topP = v;

@@ -393,3 +393,19 @@ Deno.test("evaluateRecords: mixed records stream out in input order, as the file
   assert.strictEqual(texts.length, 1);
   assert.ok((texts[0].scores as Record<string, number>)["rouge-1"] > 0);
 });
+
+Deno.test("generation settings out of the config's ranges are refused in evaluate --set and chat flags", async () => {
+  const cases: [string[], RegExp][] = [
+    [["stage", "evaluate", "--set", "top_p=2"], /--set top_p=2: expected a number from 0 to 1/],
+    [["stage", "evaluate", "--set", "max_new_tokens=0"], /max_new_tokens=0: expected a positive/],
+    [["chat", TINY, "--prompt", "hi", "--top-p", "2"], /--top-p: expected a number from 0 to 1/],
+  ];
+  for (const [args, re] of cases) {
+    const full = args[0] === "stage"
+      ? [...args, "--model", TINY, "--in", "/dev/null", "--out", "/nonexistent/x"]
+      : args;
+    const { code, err } = await runCli(full);
+    assert.strictEqual(code, 1, err);
+    assert.match(err, re);
+  }
+});
