@@ -101,6 +101,20 @@ Deno.test("weights: wrong shapes, missing tensors and .bin-only directories are 
       /tensor transformer\.encoder\.layers\.0\.mlp\.dense_h_to_4h\.weight has shape \[192,64\], but .*config\.json implies \[194,64\]/,
     );
     const w = await openWeights(TINY, c);
+    // A config of fewer layers than the file holds: the unused tensors are named (a note).
+    const said: string[] = [];
+    const err = console.error;
+    console.error = (m: string) => said.push(m);
+    try {
+      await openWeights(TINY, { ...c, num_layers: 1 });
+    } finally {
+      console.error = err;
+    }
+    assert.strictEqual(said.length, 1);
+    assert.match(
+      said[0],
+      /: 7 tensor\(s\) that \S+config\.json does not use \(transformer\.encoder\.layers\.1\./,
+    );
     const names = w.names().filter((n) => !n.endsWith("layers.1.post_attention_layernorm.weight"));
     await writeSafetensors(
       join(dir, "model.safetensors"),

@@ -142,6 +142,17 @@ export async function openWeights(dir: string, config: GlmConfig): Promise<GlmWe
       `${ck.source}: missing ${missing.length} tensor(s) the config requires: ${shown}${more}`,
     );
   }
+  // As transformers says "Some weights … were not used": a config that describes fewer layers
+  // than the file holds runs, but not the model the file is. (The rotary inverse frequencies
+  // chatglm3 checkpoints carry are recomputed, not read.)
+  const unused = ck.names().filter((n) => !expected.has(n) && !/rotary_pos_emb\.inv_freq$/.test(n));
+  if (unused.length) {
+    console.error(
+      `note: ${ck.source}: ${unused.length} tensor(s) that ${join(dir, "config.json")} does not ` +
+        `use (${unused.slice(0, 3).join(", ")}${unused.length > 3 ? ", …" : ""}); ` +
+        `do the config and the weights belong together?`,
+    );
+  }
   return {
     source: ck.source,
     names: () => ck.names(),
