@@ -287,6 +287,21 @@ Deno.test("evaluate: bad records are reported with file, line and field", async 
       );
     }
 
+    // --model that is missing, or an adapter.
+    const one = join(dir, "one.jsonl");
+    await Deno.writeTextFile(one, '{"input_ids": [376, 378, 5], "output_ids": [7, 2]}\n');
+    await assert.rejects(
+      () => evaluate(opts(dir, one, { modelDir: join(dir, "nope"), outDir: join(dir, "o1") })),
+      /--model \S+nope: no such model directory/,
+    );
+    await assert.rejects(
+      () =>
+        evaluate(
+          opts(dir, one, { modelDir: join(FIX, "tiny-lora-peft"), outDir: join(dir, "o2") }),
+        ),
+      /is an adapter directory; pass it as --adapter, with its base model as --model/,
+    );
+
     // More new tokens than generation can reach: refused before the model loads, nothing written.
     const gen = join(dir, "gen.jsonl");
     await Deno.writeTextFile(gen, '{"input_ids": [376, 378, 5], "output_ids": [7, 2]}\n');

@@ -23,7 +23,12 @@ import {
 import type { PairScores } from "../metrics/index.ts";
 import { formatDuration, StatusLine } from "../progress.ts";
 import type { AdapterSpec } from "../model/adapter.ts";
-import { type AdapterDir, adapterTensorsFor, readAdapterDir } from "../model/adapter_dir.ts";
+import {
+  type AdapterDir,
+  adapterTensorsFor,
+  isAdapterDir,
+  readAdapterDir,
+} from "../model/adapter_dir.ts";
 import { createBuffer, readF32 } from "../gpu/runtime.ts";
 import type { GlmModel } from "../model/glm.ts";
 import type { PlanQuantization } from "../model/memory_plan.ts";
@@ -395,6 +400,17 @@ export async function* evaluateRecords(
   for await (const p of produce(items(), opts.predictor, score, name)) yield p.record;
 }
 
+/** `--model` names a model directory: not a missing path, not an adapter. */
+async function checkModelDir(dir: string): Promise<void> {
+  const st = await Deno.stat(dir).catch(() => undefined);
+  if (!st?.isDirectory) throw new UserError(`--model ${dir}: no such model directory`);
+  if (await isAdapterDir(dir)) {
+    throw new UserError(
+      `--model ${dir} is an adapter directory; pass it as --adapter, with its base model as --model`,
+    );
+  }
+}
+
 async function evaluateFrom(o: EvaluateOptions, src: Source): Promise<EvaluateResult> {
   const started = performance.now();
   const { count, maxLen, maxPrompt } = await survey(o, src);
@@ -411,6 +427,7 @@ async function evaluateFrom(o: EvaluateOptions, src: Source): Promise<EvaluateRe
         "evaluate: --model is required (or --metrics-only for {prediction, label} records)",
       );
     }
+    await checkModelDir(o.modelDir);
     const tokenizer = await ChatGLMTokenizer.load(o.modelDir);
     let spec: AdapterSpec = { kind: "none" };
     let adapter: AdapterDir | undefined;
