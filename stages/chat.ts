@@ -129,6 +129,7 @@ export async function main(args: string[]): Promise<number> {
   );
   const tokenizer = await ChatGLMTokenizer.load(modelDir);
   const config = await loadGlmConfig(modelDir);
+  tokenizer.assertFits(config.padded_vocab_size, modelDir);
   const context = Math.min(config.seq_length ?? MAX_CONTEXT, MAX_CONTEXT);
   // Unset: up to 512 new tokens, at most half the context.
   if (!opts.maxNewTokens) opts.maxNewTokens = Math.min(512, Math.floor(context / 2));

@@ -115,6 +115,27 @@ Deno.test("chat: an interactive session keeps history; /reset clears it; /exit e
   assert.match(kept.err, /\/observation needs the tool's result/);
 });
 
+Deno.test("chat: a tokenizer.model with more ids than config.json's vocabulary is named, before any GPU work", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    for (const e of Deno.readDirSync(TINY)) {
+      await Deno.copyFile(join(TINY, e.name), join(dir, e.name));
+    }
+    await Deno.copyFile(
+      join(TINY, "..", "tokenizer", "glm_bpe.model"),
+      join(dir, "tokenizer.model"),
+    );
+    const r = await chat([dir, "--prompt", "hello world", "--max-new-tokens", "4"], "");
+    assert.strictEqual(r.code, 1, r.err);
+    assert.match(
+      r.err,
+      /tokenizer\.model makes ids up to \d+, but \S+config\.json has padded_vocab_size 384/,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("chat: replies are split into metadata and content; tool calls become JSON", () => {
   const call = parseReply("get_weather\n```python\ntool_call(city='北京', days=3)\n```");
   assert.deepStrictEqual(call.reply, {

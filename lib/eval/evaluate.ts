@@ -449,7 +449,9 @@ async function evaluateFrom(o: EvaluateOptions, src: Source): Promise<EvaluateRe
     // No batch is larger than the records.
     const batchSize = Math.max(1, Math.min(o.batchSize, count));
     // Generation keeps its own KV cache; the model's buffers serve prefill and scoring.
-    const gpu = await gpuForModel(await loadGlmConfig(o.modelDir));
+    const glmConfig = await loadGlmConfig(o.modelDir);
+    tokenizer.assertFits(glmConfig.padded_vocab_size, o.modelDir);
+    const gpu = await gpuForModel(glmConfig);
     const model = await loadGlmModel(gpu, o.modelDir, {
       adapter: spec,
       maxBatch: batchSize,

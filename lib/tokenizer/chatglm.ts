@@ -87,6 +87,17 @@ export class ChatGLMTokenizer {
     return this.n + SPECIAL_TOKENS.length;
   }
 
+  /** A model whose embedding has `padded` rows (config.json) must hold every id this makes. */
+  assertFits(padded: number, modelDir: string): void {
+    if (this.vocabSize > padded) {
+      throw new UserError(
+        `${join(modelDir, "tokenizer.model")} makes ids up to ${this.vocabSize - 1}, but ${
+          join(modelDir, "config.json")
+        } has padded_vocab_size ${padded}: they are not of the same model`,
+      );
+    }
+  }
+
   special(token: SpecialToken): number {
     return this.specialIds[token];
   }
