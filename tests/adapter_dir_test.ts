@@ -136,6 +136,17 @@ Deno.test("adapter dir: LoRA variants this model does not compute are refused by
       );
     });
   }
+  // A LoRA adapter and a P-Tuning prefix in one directory: which was meant cannot be told.
+  await withTempDir(async (dir) => {
+    for (const f of ["adapter_model.safetensors", "adapter_config.json"]) {
+      await Deno.copyFile(join(PEFT, f), join(dir, f));
+    }
+    await Deno.writeTextFile(join(dir, "prefix_config.json"), "{}");
+    await assert.rejects(
+      () => readAdapterDir(dir),
+      /holds a LoRA adapter \(adapter_config\.json\) and a P-Tuning v2 prefix \(prefix_config\.json\)/,
+    );
+  });
 });
 
 Deno.test("adapter dir: P-Tuning v2 in the trainer's, ChatGLM's and PEFT's layouts", async () => {

@@ -304,6 +304,15 @@ async function readAdapterFiles(dir: string, fallback?: AdapterSpec): Promise<Ad
     const cfg = await readJson(peftPath);
     const type = cfg.peft_type;
     if (type === "LORA") {
+      // Both kinds in one dir: which one was meant cannot be told.
+      for (const f of [PREFIX_CONFIG, PREFIX_WEIGHTS]) {
+        if (await exists(join(dir, f))) {
+          throw new UserError(
+            `${dir}: holds a LoRA adapter (${PEFT_CONFIG}) and a P-Tuning v2 prefix (${f}); ` +
+              `keep one kind per directory`,
+          );
+        }
+      }
       return {
         dir,
         ...(await readLora(dir, peftPath, cfg)),
