@@ -7,7 +7,7 @@
  */
 import { UsageError, UserError } from "../lib/errors.ts";
 import { type CommandSpec, parseCommand, usageOf } from "../lib/args.ts";
-import { validateFile } from "../lib/data/convert.ts";
+import { type FileReport, validateFile } from "../lib/data/convert.ts";
 import { FORMAT_NAMES, parseFormatName } from "../lib/data/formats/mod.ts";
 import { Reporter, type ReportFormat } from "../lib/data/report.ts";
 
@@ -57,16 +57,29 @@ export async function main(args: string[]): Promise<number> {
     throw new UserError(`--format: unknown report format "${out}"; expected text, github or json`);
   }
   if (positionals.length === 0) throw new UsageError(`no file to validate\n${usageOf(COMMAND)}`);
+  if (positionals.filter((p) => p === "-").length > 1) {
+    throw new UsageError("- (standard input) may be named once");
+  }
   const format = parseFormatName(values["input-format"] as string, "--input-format");
   const reporter = new Reporter(out as ReportFormat);
   let bad = 0;
   for (const path of positionals) {
     const name = path === "-" ? "<stdin>" : path;
-    const report = await validateFile(path, {
-      format,
-      allowEmpty: !!values["allow-empty"],
-      onBad: (r) => reporter.bad(name, r),
-    });
+    let report: FileReport;
+    try {
+      report = await validateFile(path, {
+        format,
+        allowEmpty: !!values["allow-empty"],
+        onBad: (r) => reporter.bad(name, r),
+      });
+    } catch (e) {
+      // A file that cannot be read (missing, a directory) fails; the other files are still checked.
+      if (!(e instanceof UserError)) throw e;
+      const msg = e.message.startsWith(`${name}: `) ? e.message.slice(name.length + 2) : e.message;
+      reporter.unreadable(name, msg);
+      bad++;
+      continue;
+    }
     reporter.fileDone(report);
     bad += report.problems;
   }

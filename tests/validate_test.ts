@@ -173,13 +173,40 @@ Deno.test("CLI: exit codes, text / github / json reports, never a stack trace", 
     EXPECTED,
   );
 
-  const missing = await runCli(["validate", `${FIX}nope.jsonl`]);
+  // A file that cannot be read fails as a file; the files after it are still checked.
+  const missing = await runCli(["validate", `${FIX}nope.jsonl`, `${FIX}good.jsonl`]);
   assertEquals(missing.code, 1);
-  assertEquals(missing.err.trim(), `error: ${FIX}nope.jsonl: no such file`);
+  assertEquals(missing.out.trimEnd().split("\n"), [
+    `${FIX}nope.jsonl: no such file`,
+    `${FIX}nope.jsonl: 0 records, 0 bad, 1 problem — FAILED`,
+    `${FIX}good.jsonl: 2 records, 0 bad, 0 problems — ok`,
+    "total: 2 files, 2 records, 0 bad, 1 problem",
+  ]);
+  const missingJson = await runCli(["validate", "--format", "json", `${FIX}nope.jsonl`]);
+  assertEquals(JSON.parse(missingJson.out).files[0].bad[0].problems[0].message, "no such file");
+  const twice = await runCli(["validate", "-", "-"]);
+  assertEquals(twice.code, 2);
+  assert(twice.err.includes("- (standard input) may be named once"), twice.err);
+  // A role named like an Object property is an unknown role, not a crash.
+  const dir = await Deno.makeTempDir();
+  const proto = `${dir}/proto.jsonl`, share = `${dir}/share.jsonl`;
+  await Deno.writeTextFile(
+    proto,
+    '{"messages":[{"role":"constructor","content":"q"},{"role":"assistant","content":"a"}]}\n',
+  );
+  await Deno.writeTextFile(
+    share,
+    '{"conversations":[{"from":"toString","value":"q"},{"from":"gpt","value":"a"}]}\n',
+  );
+  const p = await runCli(["validate", proto, share]);
+  assertEquals(p.code, 1);
+  assert(p.out.includes(`${proto}:1: messages[0].role: unknown role "constructor"`), p.out);
+  assert(p.out.includes(`${share}:1: conversations[0].from: unknown speaker "toString"`), p.out);
+  await Deno.remove(dir, { recursive: true });
   const badFlag = await runCli(["validate", "--format", "xml", `${FIX}good.jsonl`]);
   assertEquals(badFlag.code, 1);
   assert(badFlag.err.includes('--format: unknown report format "xml"'), badFlag.err);
-  assert(!/\n\s+at /.test(missing.err + badFlag.err));
+  assert(!/\n\s+at /.test(missing.err + badFlag.err + p.err));
 
   const check = await runCli(["stage", "convert", "--in", `${FIX}bad.jsonl`, "--check"]);
   assertEquals(check.code, 1);

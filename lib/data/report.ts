@@ -51,6 +51,20 @@ export class Reporter {
     }
   }
 
+  /** A file that cannot be read at all: one problem, reported as a failed file. */
+  unreadable(file: string, message: string): void {
+    if (this.format === "json") {
+      this.current.push({
+        line: 0,
+        index: -1,
+        structural: true,
+        problems: [{ field: "", message }],
+      });
+    } else if (this.format === "text") this.out(`${file}: ${message}`);
+    else this.out(`::error file=${ghProperty(file)}::${ghData(message)}`);
+    this.fileDone({ file, records: 0, badRecords: 0, problems: 1 });
+  }
+
   fileDone(report: FileReport): void {
     this.files.push({ ...report, bad: this.current });
     this.current = [];

@@ -106,7 +106,7 @@ export const messages: InputFormat = {
         return;
       }
       const role = m.role;
-      if (typeof role !== "string" || !(role in KEYS)) {
+      if (typeof role !== "string" || !Object.hasOwn(KEYS, role)) {
         const found = typeof role === "string" ? `"${role}"` : typeName(role);
         add(`${at}.role`, `unknown role ${found}; expected one of ${Object.keys(KEYS).join(", ")}`);
         return;

@@ -73,7 +73,9 @@ export const sharegpt: InputFormat = {
           add(`${at}.${k}`, `unknown key for a turn; allowed: from, value, loss, weight`);
         }
       }
-      const role = typeof turn.from === "string" ? ROLE_OF[turn.from] : undefined;
+      const role = typeof turn.from === "string" && Object.hasOwn(ROLE_OF, turn.from)
+        ? ROLE_OF[turn.from]
+        : undefined;
       if (!role) {
         const found = typeof turn.from === "string" ? `"${turn.from}"` : typeName(turn.from);
         add(
