@@ -237,6 +237,37 @@ Deno.test("pipeline: a config that is the run folder's config.yaml is not rewrit
   });
 });
 
+Deno.test("pipeline: a step's output never leads outside the run folder through a link", async () => {
+  await withTempDir(async (dir) => {
+    const file = join(dir, "p.yaml");
+    await Deno.writeTextFile(
+      file,
+      "steps:\n  - name: a\n    stage: noop\n    outputs: {out: data/x.txt}\n",
+    );
+    const stages = () =>
+      Promise.resolve({
+        file,
+        load: () =>
+          Promise.resolve({
+            main: async (argv: string[]) => {
+              await Deno.writeTextFile(argv[argv.indexOf("--out") + 1], "step");
+              return 0;
+            },
+          }),
+      });
+    const run = join(dir, "run"), elsewhere = join(dir, "elsewhere");
+    await Deno.mkdir(run);
+    await Deno.mkdir(elsewhere);
+    await Deno.writeTextFile(join(elsewhere, "x.txt"), "mine");
+    await Deno.symlink(elsewhere, join(run, "data"));
+    await rejects(
+      () => runPipeline(file, { stages, log: () => {}, out: run, force: true }),
+      refused(/output --out \S+data\/x\.txt leads outside the run folder \(through a link/),
+    );
+    deepStrictEqual(await Deno.readTextFile(join(elsewhere, "x.txt")), "mine");
+  });
+});
+
 Deno.test("no stage writes over its own input", async () => {
   await withTempDir(async (dir) => {
     const f = join(dir, "data.jsonl");

@@ -286,6 +286,19 @@ Deno.test("bad pipeline files and flags are UserErrors with file:line", async ()
       "steps:\n  - name: a\n    stage: x\n    args:\n      k: {a: 1}\n",
       /p\.yaml:5: steps\.0\.args\.k: expected a scalar/,
     ],
+    // The run folder itself, and the runner's own files, are no step's output.
+    [
+      "steps:\n  - name: a\n    stage: x\n    outputs: {out: .}\n",
+      /steps\.0\.outputs\.out: step "a": "\." is the run folder itself/,
+    ],
+    [
+      "steps:\n  - name: a\n    stage: x\n    outputs: {out: .glm-finetune.lock}\n",
+      /"\.glm-finetune\.lock" is the runner's own \.glm-finetune\.lock/,
+    ],
+    [
+      "steps:\n  - name: a\n    stage: x\n    outputs: {out: .manifests/a.json}\n",
+      /is the runner's own \.manifests/,
+    ],
   ];
   for (const [text, re] of bad) {
     let msg = "";

@@ -72,11 +72,21 @@ export function outputPathProblem(p: string): string | undefined {
   if (isAbsolute(p) || /^[A-Za-z]:[\\/]/.test(p) || p.startsWith("~")) {
     return `"${p}" is an absolute path; outputs are relative to the run folder`;
   }
+  const parts = p.split(/[\\/]/).filter((x) => x !== "" && x !== ".");
   if (p.split(/[\\/]/).includes("..")) {
     return `"${p}" goes up with ".."; outputs stay inside the run folder`;
   }
+  if (parts.length === 0) return `"${p}" is the run folder itself; name a file or folder inside it`;
+  // The runner's own files: a step writing one would break the lock, the marker or the record of
+  // what ran.
+  if (RUNNER_FILES.includes(parts[0])) {
+    return `"${p}" is the runner's own ${parts[0]}; choose another name`;
+  }
   return undefined;
 }
+
+/** What the runner itself keeps at the top of a run folder. */
+const RUNNER_FILES = [".glm-finetune.lock", ".glm-finetune-output.json", ".manifests", "config.yaml"];
 const TOP_KEYS = ["name", "description", "params", "steps"];
 const STEP_NAME_RE = /^[A-Za-z0-9_-]+$/;
 const REF_RE = /\$\{([^}]*)\}/g;

@@ -20,7 +20,7 @@ import { asPipelineStep } from "../invocation.ts";
 import { listCheckpoints } from "../train/checkpoint.ts";
 import { describeHolder, LOCK_FILE, lockRunDir, type RunLock } from "./lock.ts";
 import { checkExternalInputs, producerOf } from "./preflight.ts";
-import { claimOutputDir, markOutputDir, sameFile } from "../outdir.ts";
+import { claimOutputDir, isInside, markOutputDir, sameFile } from "../outdir.ts";
 import { loadConfig, parseConfig, QUANTIZATION_KEYS, renderConfig } from "../config/config.ts";
 import { parseOverride } from "../config/overrides.ts";
 import { CodeHasher, Hasher } from "./hash.ts";
@@ -429,10 +429,20 @@ export async function runPipeline(path: string, opts: RunOptions = {}): Promise<
       log(`  $ ${step.stage} ${argv.map(shellQuote).join(" ")}`);
       const manifestPath = join(manifestDir, `${step.name}.json`);
       await Deno.remove(manifestPath).catch(() => {});
-      for (const [, p] of step.outputs) {
+      for (const [k, p] of step.outputs) {
         await Deno.mkdir(dirname(p), { recursive: true }).catch((e) => {
           throw osError(e, dirname(p), "create the directory");
         });
+        // Outputs stay inside the run folder also through links: a symlink there to a folder
+        // elsewhere would have the step write, and replace, files outside it.
+        const realRun = await Deno.realPath(runDir);
+        const realParent = await Deno.realPath(dirname(p));
+        if (!isInside(realParent, realRun)) {
+          throw new UserError(
+            `step "${step.name}": output --${k} ${p} leads outside the run folder (through a ` +
+              `link, to ${realParent}); remove the link or choose another --out`,
+          );
+        }
       }
       const t0 = performance.now();
       let rc: number | void;
