@@ -234,6 +234,19 @@ Deno.test("pipeline: a config that is the run folder's config.yaml is not rewrit
       refused(/the config \S+config\.yaml is the run folder's config\.yaml/),
     );
     deepStrictEqual(await Deno.readTextFile(cfg), mine);
+    // A config.yaml of the user's in a folder the pipeline is forced into is not replaced either.
+    await rejects(
+      () =>
+        runPipeline(file, {
+          stages,
+          log: () => {},
+          out: run,
+          force: true,
+          sets: [`config=${join(FIX, "torch", "lora.yaml")}`, "training_args.max_steps=2"],
+        }),
+      refused(/holds a config\.yaml the pipeline did not write/),
+    );
+    deepStrictEqual(await Deno.readTextFile(cfg), mine);
   });
 });
 

@@ -20,7 +20,7 @@ import { asPipelineStep } from "../invocation.ts";
 import { listCheckpoints } from "../train/checkpoint.ts";
 import { describeHolder, LOCK_FILE, lockRunDir, type RunLock } from "./lock.ts";
 import { checkExternalInputs, producerOf } from "./preflight.ts";
-import { claimOutputDir, isInside, markOutputDir, sameFile } from "../outdir.ts";
+import { claimOutputDir, isInside, markerStage, markOutputDir, sameFile } from "../outdir.ts";
 import { loadConfig, parseConfig, QUANTIZATION_KEYS, renderConfig } from "../config/config.ts";
 import { parseOverride } from "../config/overrides.ts";
 import { CodeHasher, Hasher } from "./hash.ts";
@@ -303,6 +303,16 @@ export async function runPipeline(path: string, opts: RunOptions = {}): Promise<
     // An earlier run's, or one starting right now that has only taken its lock.
     legacy: (entries) => entries.includes(".manifests") || entries.every((n) => n === LOCK_FILE),
   });
+  // --force runs in a folder the pipeline did not make: its own config.yaml there is the user's.
+  if (pendingConfig && !(await isPipelineFolder(runDir))) {
+    const exists = await Deno.lstat(pendingConfig.path).then(() => true, () => false);
+    if (exists) {
+      throw new UserError(
+        `run folder ${runDir}: holds a config.yaml the pipeline did not write, which the run would ` +
+          `replace with the config and its --set overrides; move it, or choose another --out`,
+      );
+    }
+  }
   const fromIdx = opts.from ? steps.findIndex((s) => s.name === opts.from) : -1;
   const manifestDir = join(runDir, ".manifests");
   const command = opts.command ?? ["deno", "task", "pipeline", path];
@@ -528,6 +538,12 @@ export async function runPipeline(path: string, opts: RunOptions = {}): Promise<
     if (!opts.dryRun) log(`pipeline ${file.name}: ${ran} run, ${skipped} skipped`);
     return { name: file.name, runDir, steps: reports };
   }
+}
+
+/** Whether `dir` is an earlier pipeline run's folder (its marker, or from before markers, .manifests). */
+async function isPipelineFolder(dir: string): Promise<boolean> {
+  if ((await markerStage(dir)) === "pipeline") return true;
+  return await Deno.stat(join(dir, ".manifests")).then((s) => s.isDirectory, () => false);
 }
 
 async function manifestOf(
