@@ -6,6 +6,7 @@
  */
 import { type CommandSpec, missingFlag, parseCommand } from "../lib/args.ts";
 import { readJsonlStrict, writeJsonl } from "../lib/jsonl.ts";
+import { join } from "node:path";
 import { checkNotInput } from "../lib/outdir.ts";
 import { ChatGLMTokenizer } from "../lib/tokenizer/chatglm.ts";
 import { tokenizeRecords } from "../lib/tokenizer/records.ts";
@@ -46,7 +47,12 @@ export async function main(args: string[]): Promise<number> {
   for (const f of ["model", "in", "out"]) {
     if (!values[f]) throw missingFlag(f, COMMAND);
   }
-  await checkNotInput(values.out as string, "--out", [["--in", values.in as string]]);
+  const model = values.model as string;
+  await checkNotInput(values.out as string, "--out", [
+    ["--in", values.in as string],
+    ["--model's tokenizer.model", join(model, "tokenizer.model")],
+    ["--model's config.json", join(model, "config.json")],
+  ]);
   const tok = await ChatGLMTokenizer.load(values.model as string);
   const input = values.in as string;
   const name = input === "-" ? "<stdin>" : input;

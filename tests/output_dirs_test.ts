@@ -310,6 +310,28 @@ Deno.test("no stage writes over its own input", async () => {
     }
     deepStrictEqual(await Deno.readTextFile(f), text);
     deepStrictEqual(names(dir), ["data.jsonl"]);
+    // tokenize over its model's tokenizer.model
+    const tokModel = join(dir, "tok-model");
+    await Deno.mkdir(tokModel);
+    for (const f of Deno.readDirSync(TINY)) {
+      await Deno.copyFile(join(TINY, f.name), join(tokModel, f.name));
+    }
+    const tk = await runCli([
+      "stage",
+      "tokenize",
+      "--model",
+      tokModel,
+      "--in",
+      f,
+      "--out",
+      join(tokModel, "tokenizer.model"),
+    ]);
+    assert(tk.code === 1, `tokenize: exit ${tk.code}: ${tk.err}`);
+    assert(/is the --model's tokenizer\.model file/.test(tk.err), tk.err);
+    deepStrictEqual(
+      await Deno.readFile(join(tokModel, "tokenizer.model")),
+      await Deno.readFile(join(TINY, "tokenizer.model")),
+    );
     // train into its own base model's dir, even with --force
     const model = join(dir, "model");
     await Deno.mkdir(model);
