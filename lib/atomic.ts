@@ -16,6 +16,27 @@ function tmpName(path: string): string {
 }
 
 /** mkdir -p of `path`'s directory, failures named. */
+/**
+ * A file written atomically replaces what is at `path`: that must be a file or
+ * nothing. A symlink would be replaced by a file rather than written through,
+ * a FIFO or device (`/dev/stdout`) by a file on disk, a directory cannot be.
+ */
+async function refuseNonFile(path: string): Promise<void> {
+  let st: Deno.FileInfo;
+  try {
+    st = await Deno.lstat(path);
+  } catch {
+    return; // nothing there yet (or nothing we may look at: the write will say)
+  }
+  if (st.isFile) return;
+  const what = st.isSymlink
+    ? "is a symbolic link, which would be replaced by a file; name the file it points to"
+    : st.isDirectory
+    ? "is a directory; name a file"
+    : "is not a regular file (a pipe or device); name a file, or - for standard output";
+  throw new UserError(`${path}: ${what}`);
+}
+
 async function makeParent(path: string): Promise<void> {
   const dir = dirname(path) || ".";
   try {
@@ -140,6 +161,7 @@ export class AtomicFile {
     this.file = file;
   }
   static async create(path: string): Promise<AtomicFile> {
+    await refuseNonFile(path);
     await makeParent(path);
     const tmp = tmpName(path);
     try {

@@ -139,3 +139,33 @@ Deno.test("a checkpoint: every file synced, checkpoint_complete.json written las
     deepStrictEqual(Object.keys(marker.files).sort(), written.slice(0, -1).sort());
   });
 });
+
+Deno.test("a file written atomically never replaces a symlink, a pipe or a directory", async () => {
+  await withTempDir(async (dir) => {
+    const target = join(dir, "target.jsonl");
+    await Deno.writeTextFile(target, "mine");
+    await Deno.symlink(target, join(dir, "link.jsonl"));
+    await Deno.mkdir(join(dir, "sub"));
+    const fifo = join(dir, "fifo");
+    const mk = await new Deno.Command("mkfifo", { args: [fifo] }).output().catch(() => undefined);
+    const cases: [string, RegExp][] = [
+      [join(dir, "link.jsonl"), /is a symbolic link, which would be replaced by a file/],
+      [join(dir, "sub"), /is a directory; name a file/],
+      [join(dir, "sub") + "/", /is a directory; name a file/],
+      ...(mk?.success
+        ? [[fifo, /is not a regular file \(a pipe or device\)/] as [string, RegExp]]
+        : []),
+    ];
+    for (const [path, re] of cases) {
+      let msg = "";
+      try {
+        await writeFileAtomic(path, "new");
+      } catch (e) {
+        msg = (e as Error).message;
+      }
+      assert(re.test(msg), `${path}: ${msg}`);
+    }
+    deepStrictEqual(await Deno.readTextFile(target), "mine");
+    assert((await Deno.lstat(join(dir, "link.jsonl"))).isSymlink);
+  });
+});
