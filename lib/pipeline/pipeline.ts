@@ -86,7 +86,12 @@ export function outputPathProblem(p: string): string | undefined {
 }
 
 /** What the runner itself keeps at the top of a run folder. */
-const RUNNER_FILES = [".glm-finetune.lock", ".glm-finetune-output.json", ".manifests", "config.yaml"];
+const RUNNER_FILES = [
+  ".glm-finetune.lock",
+  ".glm-finetune-output.json",
+  ".manifests",
+  "config.yaml",
+];
 const TOP_KEYS = ["name", "description", "params", "steps"];
 const STEP_NAME_RE = /^[A-Za-z0-9_-]+$/;
 const REF_RE = /\$\{([^}]*)\}/g;
