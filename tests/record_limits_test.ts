@@ -165,3 +165,14 @@ Deno.test("tokenize names the record's file and line for every limit", async () 
     );
   });
 });
+
+Deno.test("a record with more problems than are listed says so", () => {
+  const problems = checkJsonValue({ tools: Array(25).fill("\ud800") });
+  deepStrictEqual(problems.length, 21);
+  deepStrictEqual(problems[19].field, "tools[19]");
+  deepStrictEqual(problems[20], {
+    field: "",
+    message: "more problems past these 20 are not listed",
+  });
+  deepStrictEqual(checkJsonValue({ tools: Array(20).fill("\ud800") }).length, 20);
+});

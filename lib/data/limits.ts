@@ -61,10 +61,17 @@ export function checkJsonValue(value: unknown): Problem[] {
   const path: (string | number)[] = [];
   const add = (field: string, message: string) => {
     if (problems.length < MAX_PROBLEMS) problems.push({ field, message });
+    else if (problems.length === MAX_PROBLEMS) {
+      // Said, not silently cut: the record has more, which are not looked for.
+      problems.push({
+        field: "",
+        message: `more problems past these ${MAX_PROBLEMS} are not listed`,
+      });
+    }
   };
   // Recursion is bounded by MAX_DEPTH: a deeper value is reported, not entered.
   const walk = (v: unknown, level: number): void => {
-    if (problems.length >= MAX_PROBLEMS) return;
+    if (problems.length > MAX_PROBLEMS) return;
     if (typeof v === "string") {
       if (!v.isWellFormed()) add(fieldOf(path), loneSurrogate(v));
       return;
