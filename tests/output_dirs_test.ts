@@ -222,31 +222,27 @@ Deno.test("pipeline: a config that is the run folder's config.yaml is not rewrit
     await Deno.writeTextFile(cfg, mine);
     const stages = () =>
       Promise.resolve({ file, load: () => Promise.resolve({ main: () => Promise.resolve(0) }) });
-    await rejects(
-      () =>
-        runPipeline(file, {
-          stages,
-          log: () => {},
-          out: run,
-          force: true,
-          sets: [`config=${cfg}`, "training_args.max_steps=2"],
-        }),
-      refused(/the config \S+config\.yaml is the run folder's config\.yaml/),
-    );
-    deepStrictEqual(await Deno.readTextFile(cfg), mine);
-    // A config.yaml of the user's in a folder the pipeline is forced into is not replaced either.
-    await rejects(
-      () =>
-        runPipeline(file, {
-          stages,
-          log: () => {},
-          out: run,
-          force: true,
-          sets: [`config=${join(FIX, "torch", "lora.yaml")}`, "training_args.max_steps=2"],
-        }),
-      refused(/holds a config\.yaml the pipeline did not write/),
-    );
-    deepStrictEqual(await Deno.readTextFile(cfg), mine);
+    // The config param is that config.yaml; or another config, with the user's config.yaml in a
+    // folder the pipeline is forced into: either way the user's file is not replaced.
+    for (
+      const [config, re] of [
+        [cfg, /the config \S+config\.yaml is the run folder's config\.yaml/],
+        [join(FIX, "torch", "lora.yaml"), /holds a config\.yaml the pipeline did not write/],
+      ] as const
+    ) {
+      await rejects(
+        () =>
+          runPipeline(file, {
+            stages,
+            log: () => {},
+            out: run,
+            force: true,
+            sets: [`config=${config}`, "training_args.max_steps=2"],
+          }),
+        refused(re),
+      );
+      deepStrictEqual(await Deno.readTextFile(cfg), mine);
+    }
   });
 });
 
