@@ -198,6 +198,24 @@ Deno.test("CLI: exit codes, text / github / json reports, never a stack trace", 
     share,
     '{"conversations":[{"from":"toString","value":"q"},{"from":"gpt","value":"a"}]}\n',
   );
+  // Control characters from the data are escaped: one line per problem, none forged.
+  const forged = `${dir}/forged.jsonl`;
+  await Deno.writeTextFile(
+    forged,
+    JSON.stringify({
+      conversations: [
+        { role: "user", content: "q", "x\n/tmp/f.jsonl:9: fine\u001b[2K": 1 },
+        { role: "assistant\nmore", content: "a" },
+      ],
+    }) + "\n",
+  );
+  for (const format of ["text", "github"]) {
+    const f = await runCli(["validate", "--format", format, forged]);
+    const lines = f.out.trimEnd().split("\n");
+    assertEquals(lines.length, 3, f.out);
+    assert(lines.slice(0, 2).every((l) => l.includes(forged) && !/\u001b/.test(l)), f.out);
+    assert(lines[0].includes("x\\n/tmp/f.jsonl:9: fine\\u001b[2K"), f.out);
+  }
   const p = await runCli(["validate", proto, share]);
   assertEquals(p.code, 1);
   assert(p.out.includes(`${proto}:1: messages[0].role: unknown role "constructor"`), p.out);

@@ -130,7 +130,17 @@ export async function* convertRecords(
 
 /** `FILE:LINE: field: message` for a problem, as every report prints it. */
 export function formatProblem(file: string, line: number, p: Problem): string {
-  return located(file, line, p.field || undefined, p.message);
+  return located(file, line, printable(p.field) || undefined, printable(p.message));
+}
+
+/**
+ * A problem's field and message as one line of plain text: control characters
+ * from the data (a key holding a newline, a role with terminal escapes) are
+ * written as JSON escapes, so a record cannot forge a line of the report.
+ */
+export function printable(s: string): string {
+  // deno-lint-ignore no-control-regex
+  return s.replace(/[\u0000-\u001f\u007f]/g, (c) => JSON.stringify(c).slice(1, -1));
 }
 
 export interface SplitSpec {

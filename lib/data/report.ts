@@ -4,7 +4,7 @@
  * document for tools.
  */
 import type { ConvertResult, FileReport } from "./convert.ts";
-import { formatProblem } from "./convert.ts";
+import { formatProblem, printable } from "./convert.ts";
 import { count } from "../plural.ts";
 
 export type ReportFormat = "text" | "github" | "json";
@@ -45,7 +45,7 @@ export class Reporter {
     for (const p of r.problems) {
       if (this.format === "text") this.out(formatProblem(file, r.line, p));
       else {
-        const msg = p.field ? `${p.field}: ${p.message}` : p.message;
+        const msg = printable(p.field ? `${p.field}: ${p.message}` : p.message);
         this.out(`::error file=${ghProperty(file)},line=${r.line}::${ghData(msg)}`);
       }
     }
