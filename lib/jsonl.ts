@@ -496,6 +496,43 @@ function prepend(
 }
 
 /**
+ * `stream` without a UTF-8 byte-order mark at its start, also when a pipe
+ * delivers the mark's three bytes in more than one chunk (the readers below
+ * look for it in their first chunk only).
+ */
+async function withoutBom(stream: ReadableStream<Uint8Array>): Promise<ReadableStream<Uint8Array>> {
+  const reader = stream.getReader();
+  const head: Uint8Array[] = [];
+  let n = 0;
+  while (n < 3) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    head.push(value.slice());
+    n += value.length;
+  }
+  const start = new Uint8Array(Math.min(n, 3));
+  let o = 0;
+  for (const c of head) {
+    for (let i = 0; i < c.length && o < start.length; i++) start[o++] = c[i];
+  }
+  if (start.length === 3 && start[0] === 0xef && start[1] === 0xbb && start[2] === 0xbf) {
+    // Drop the first three bytes across the chunks they came in.
+    let drop = 3;
+    while (drop > 0 && head.length) {
+      const c = head[0];
+      if (c.length <= drop) {
+        drop -= c.length;
+        head.shift();
+      } else {
+        head[0] = c.subarray(drop);
+        drop = 0;
+      }
+    }
+  }
+  return prepend(head, reader);
+}
+
+/**
  * Read the records of a data file, whichever way it holds them: a `.jsonl`
  * file is JSON Lines; a `.json` file or standard input is a JSON array when its
  * first non-blank character is `[` and JSON Lines otherwise (as the Hugging Face
@@ -506,7 +543,7 @@ export async function* readJsonRecords(
   kind: "auto" | "array" | "lines" = "auto",
 ): AsyncGenerator<JsonRecord> {
   if (kind === "auto" && typeof input === "string" && /\.jsonl$/i.test(input)) kind = "lines";
-  const stream = typeof input === "string" ? await openInput(input) : input;
+  const stream = await withoutBom(typeof input === "string" ? await openInput(input) : input);
   if (kind === "array") return yield* readJsonArray(stream);
   if (kind === "lines") return yield* readJsonl(stream);
   const reader = stream.getReader();

@@ -218,3 +218,16 @@ Deno.test("JsonlSink writes atomically: nothing under the name until commit, not
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("readJsonRecords: a byte-order mark split across the first chunks of a pipe", async () => {
+  const enc = new TextEncoder();
+  const rec = '{"a": 1}';
+  for (const [body, size] of [[`[${rec},\n${rec}]`, 1], [`${rec}\n${rec}\n`, 2]] as const) {
+    const bytes = new Uint8Array([0xef, 0xbb, 0xbf, ...enc.encode(body)]);
+    // Chunks of 1 or 2 bytes: the mark arrives in pieces.
+    assertEquals(await all(readJsonRecords(streamOf(bytes, size))), [
+      { line: 1, value: { a: 1 } },
+      { line: 2, value: { a: 1 } },
+    ]);
+  }
+});
