@@ -167,6 +167,20 @@ Deno.test("changing a step's parameter reruns it and downstream; --from and --on
     assertEquals(only.ran, ["b"]);
     assertEquals(only.calls.length, 1);
     assertEquals(only.skipped, []);
+
+    // --only on a step whose input an earlier step makes, not made yet: said before the run
+    // folder is made, in a dry run too.
+    const fresh = join(t.out, "..", "fresh");
+    for (const dryRun of [true, false]) {
+      const e = await rejects(
+        run(`${FIX}/chain.yaml`, { sets: [`src=${t.src}`], out: fresh, only: "b", dryRun }),
+      );
+      assertMatch(
+        e.message,
+        /step "b": input --in \S+a\.out does not exist \(made by step "a"; run it first, or use --from a\)/,
+      );
+    }
+    assert(!(await Deno.stat(fresh).then(() => true, () => false)));
   } finally {
     await t.cleanup();
   }

@@ -314,6 +314,18 @@ export async function runPipeline(path: string, opts: RunOptions = {}): Promise<
     }
   }
   const fromIdx = opts.from ? steps.findIndex((s) => s.name === opts.from) : -1;
+  // --only runs one step on what earlier runs made: missing, it is said now (a dry run says it
+  // too), before the run folder is made.
+  const only = opts.only ? steps.find((s) => s.name === opts.only) : undefined;
+  for (const [k, p] of only?.inputs ?? []) {
+    const from = producerOf(steps, p);
+    if (from && await hasher.hash(p) === null) {
+      throw new UserError(
+        `step "${only!.name}": input ${k ? `--${k} ` : ""}${p} does not exist (made by step ` +
+          `"${from}"; run it first, or use --from ${from})`,
+      );
+    }
+  }
   const manifestDir = join(runDir, ".manifests");
   const command = opts.command ?? ["deno", "task", "pipeline", path];
 
