@@ -15,7 +15,6 @@ function tmpName(path: string): string {
   return join(dirname(path), `.${basename(path)}.${Deno.pid}.${rand}.tmp`);
 }
 
-/** mkdir -p of `path`'s directory, failures named. */
 /**
  * A file written atomically replaces what is at `path`: that must be a file or
  * nothing. A symlink would be replaced by a file rather than written through,
@@ -37,6 +36,7 @@ async function refuseNonFile(path: string): Promise<void> {
   throw new UserError(`${path}: ${what}`);
 }
 
+/** mkdir -p of `path`'s directory, failures named. */
 async function makeParent(path: string): Promise<void> {
   const dir = dirname(path) || ".";
   try {

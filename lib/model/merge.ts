@@ -45,10 +45,10 @@ export interface MergeResult {
   tensors: number;
 }
 
-/** Weight files of a model dir: not copied, the merged safetensors replace them. */
 /** The smallest magnitude float16 rounds to infinity (65504 plus half its last step). */
 const F16_OVERFLOW = 65520;
 
+/** Weight files of a model dir: not copied, the merged safetensors replace them. */
 const WEIGHT_FILE = /^(model.*\.safetensors(\.index\.json)?|pytorch_model.*\.bin(\.index\.json)?)$/;
 
 /**
@@ -81,17 +81,23 @@ export function addLoraDelta(
   }
 }
 
-/** What a merge writes into its dir: the weights, the base's other files, the marker. */
-async function mergeWrites(modelDir: string): Promise<(name: string) => boolean> {
-  const copied = new Set<string>();
+/** The base model dir's files a merge copies beside its weights (config, tokenizer, code). */
+async function copiedFiles(modelDir: string): Promise<string[]> {
+  const out: string[] = [];
   for await (const e of Deno.readDir(modelDir)) {
-    if (e.isFile && !WEIGHT_FILE.test(e.name) && !e.name.startsWith(".")) copied.add(e.name);
+    if (e.isFile && !WEIGHT_FILE.test(e.name) && !e.name.startsWith(".")) out.push(e.name);
   }
-  return (name) => WEIGHT_FILE.test(name) || name === OUTPUT_MARKER || copied.has(name);
+  return out;
 }
 
+/**
+ * Refuse an earlier merge's dir that also holds what a merge does not write
+ * (its weights, the copied files, the marker), naming those entries.
+ */
 async function refuseAdded(outDir: string, modelDir: string): Promise<void> {
-  const ours = await mergeWrites(modelDir);
+  const copied = new Set(await copiedFiles(modelDir));
+  const ours = (name: string) =>
+    WEIGHT_FILE.test(name) || name === OUTPUT_MARKER || copied.has(name);
   const added: string[] = [];
   try {
     for await (const e of Deno.readDir(outDir)) if (!ours(e.name)) added.push(e.name);
@@ -201,11 +207,10 @@ export async function mergeAdapter(o: MergeOptions): Promise<MergeResult> {
   let files: string[] = [];
   await writeDirAtomic(o.outDir, async (tmp) => {
     files = await writeShardedSafetensors(tmp, tensors, { shardSize });
-    for await (const e of Deno.readDir(o.modelDir)) {
-      if (!e.isFile || WEIGHT_FILE.test(e.name) || e.name.startsWith(".")) continue;
-      await Deno.copyFile(join(o.modelDir, e.name), join(tmp, e.name));
-      await syncFile(join(tmp, e.name));
-      files.push(e.name);
+    for (const name of await copiedFiles(o.modelDir)) {
+      await Deno.copyFile(join(o.modelDir, name), join(tmp, name));
+      await syncFile(join(tmp, name));
+      files.push(name);
     }
     await markOutputDir(tmp, "merge-adapter");
   });
