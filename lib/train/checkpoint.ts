@@ -336,9 +336,9 @@ export async function checkSchedule(
  * it are those of the run that went on from there, which this one replaces.
  * Each is renamed `superseded-checkpoint-M` — kept, not deleted — so that
  * rotation cannot drop this run's own checkpoints for them and a later
- * `--resume yes` cannot pick one. Returns the new paths.
+ * `--resume yes` cannot pick one; a note says so (both engines).
  */
-export async function setAsideNewer(outDir: string, step: number): Promise<string[]> {
+export async function setAsideNewer(outDir: string, step: number): Promise<void> {
   const moved: string[] = [];
   for (const c of await listCheckpoints(outDir)) {
     if (c.step <= step) continue;
@@ -347,9 +347,14 @@ export async function setAsideNewer(outDir: string, step: number): Promise<strin
       to = join(outDir, `superseded-checkpoint-${c.step}-${k}`);
     }
     await Deno.rename(c.dir, to);
-    moved.push(to);
+    moved.push(basename(to));
   }
-  return moved;
+  if (moved.length) {
+    console.error(
+      `note: resuming from step ${step}: the later checkpoints of the run it replaces ` +
+        `are kept as ${moved.join(", ")}`,
+    );
+  }
 }
 
 async function readJson(path: string): Promise<Record<string, unknown>> {

@@ -18,7 +18,7 @@
  * virtual environment `deno task setup-torch` makes in .venv-torch/. Nothing
  * is downloaded at train time (HF_HUB_OFFLINE).
  */
-import { basename, dirname, isAbsolute, join, resolve } from "node:path";
+import { dirname, isAbsolute, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import {
   finetuneMode,
@@ -283,6 +283,8 @@ export async function runTorchTraining(o: TorchRunOptions): Promise<TorchRunResu
   await prepareOutDir(o.outDir, o.resume === undefined, t.overwrite_output_dir);
   let resumeDir: string | undefined;
   let resumeWindow: unknown;
+  /** The step the run starts from: 0, or the resumed checkpoint's. */
+  let startStep = 0;
   if (o.resume !== undefined) {
     resumeDir = await findCheckpoint(o.outDir, o.resume);
     const rs = await readJsonFile(join(resumeDir, "resume_state.json"));
@@ -312,14 +314,8 @@ export async function runTorchTraining(o: TorchRunOptions): Promise<TorchRunResu
           `start a new run from its weights with --init-adapter ${resumeDir} instead`,
       );
     }
-    const step = Number(/checkpoint-(\d+)$/.exec(resumeDir)?.[1] ?? 0);
-    const superseded = await setAsideNewer(o.outDir, step);
-    if (superseded.length) {
-      console.error(
-        `note: resuming from step ${step}: the later checkpoints of the run it replaces ` +
-          `are kept as ${superseded.map((d) => basename(d)).join(", ")}`,
-      );
-    }
+    startStep = Number(/checkpoint-(\d+)$/.exec(resumeDir)?.[1] ?? 0);
+    await setAsideNewer(o.outDir, startStep);
   }
 
   const spec = adapterSpec(cfg);
@@ -373,7 +369,6 @@ export async function runTorchTraining(o: TorchRunOptions): Promise<TorchRunResu
     const tensorboard = (launch.nodeRank ?? 0) === 0
       ? tensorBoardLog(t as TrainingArgs, o.outDir)
       : undefined;
-    const startStep = resumeDir ? Number(/checkpoint-(\d+)$/.exec(resumeDir)?.[1] ?? 0) : 0;
     const jobFile = join(tmp, "job.json");
     await Deno.writeTextFile(jobFile, JSON.stringify(job));
     const errorFile = join(tmp, "error.txt");

@@ -18,7 +18,6 @@
  * last log, `grad_norm` the pre-clip norm of the last step, `learning_rate`
  * the LR the last step used, `epoch` the float epoch.
  */
-import { basename } from "node:path";
 import type { Gpu } from "../gpu/device.ts";
 import { createBuffer, readF32 } from "../gpu/runtime.ts";
 import { submitPass } from "../gpu/recording.ts";
@@ -289,13 +288,7 @@ class TrainingRun {
         `${dir}: optimizer state holds ${ck.moments.size} tensors, the model trains ${params.length}`,
       );
     }
-    const superseded = await setAsideNewer(o.outDir, ck.globalStep);
-    if (superseded.length) {
-      console.error(
-        `note: resuming from step ${ck.globalStep}: the later checkpoints of the run it replaces ` +
-          `are kept as ${superseded.map((d) => basename(d)).join(", ")}`,
-      );
-    }
+    await setAsideNewer(o.outDir, ck.globalStep);
     this.globalStep = ck.globalStep;
     this.epoch = ck.epoch;
     this.logHistory = ck.logHistory;
