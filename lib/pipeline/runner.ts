@@ -317,15 +317,7 @@ export async function runPipeline(path: string, opts: RunOptions = {}): Promise<
   // --only runs one step on what earlier runs made: missing, it is said now (a dry run says it
   // too), before the run folder is made.
   const only = opts.only ? steps.find((s) => s.name === opts.only) : undefined;
-  for (const [k, p] of only?.inputs ?? []) {
-    const from = producerOf(steps, p);
-    if (from && await hasher.hash(p) === null) {
-      throw new UserError(
-        `step "${only!.name}": input ${k ? `--${k} ` : ""}${p} does not exist (made by step ` +
-          `"${from}"; run it first, or use --from ${from})`,
-      );
-    }
-  }
+  if (only) await checkInputsExist(only, steps, hasher, { madeOnly: true });
   const manifestDir = join(runDir, ".manifests");
   const command = opts.command ?? ["deno", "task", "pipeline", path];
 
@@ -367,6 +359,8 @@ export async function runPipeline(path: string, opts: RunOptions = {}): Promise<
 
     const reports: StepReport[] = [];
     const willRun = new Set<string>();
+    /** The run folder with links resolved, once a step writes into it. */
+    let realRun: string | undefined;
     let ran = 0;
     let skipped = 0;
     for (const [i, step] of steps.entries()) {
@@ -420,15 +414,7 @@ export async function runPipeline(path: string, opts: RunOptions = {}): Promise<
           }): stage "${step.stage}" is not implemented yet`,
         );
       }
-      for (const [k, p] of step.inputs) {
-        if (await hasher.hash(p) === null) {
-          const from = producerOf(steps, p);
-          throw new UserError(
-            `step "${step.name}": input ${k ? `--${k} ` : ""}${p} does not exist` +
-              (from ? ` (made by step "${from}"; run it first)` : ""),
-          );
-        }
-      }
+      await checkInputsExist(step, steps, hasher);
       // --resume continues a train step whose last run did not finish (it left no
       // manifest) from its newest checkpoint. The flag is added to this run's argv
       // only, not to the manifest: a resumed run ends where an uninterrupted one
@@ -457,7 +443,7 @@ export async function runPipeline(path: string, opts: RunOptions = {}): Promise<
         });
         // Outputs stay inside the run folder also through links: a symlink there to a folder
         // elsewhere would have the step write, and replace, files outside it.
-        const realRun = await Deno.realPath(runDir);
+        realRun ??= await Deno.realPath(runDir);
         const realParent = await Deno.realPath(dirname(p));
         if (!isInside(realParent, realRun)) {
           throw new UserError(
@@ -549,6 +535,27 @@ export async function runPipeline(path: string, opts: RunOptions = {}): Promise<
     }
     if (!opts.dryRun) log(`pipeline ${file.name}: ${ran} run, ${skipped} skipped`);
     return { name: file.name, runDir, steps: reports };
+  }
+}
+
+/**
+ * Every input of `step` is there (`madeOnly`: those another step makes; the
+ * others are checked up front): a missing one names the step that makes it.
+ */
+async function checkInputsExist(
+  step: ResolvedStep,
+  steps: ResolvedStep[],
+  hasher: Hasher,
+  o: { madeOnly?: boolean } = {},
+): Promise<void> {
+  for (const [k, p] of step.inputs) {
+    const from = producerOf(steps, p);
+    if ((from || !o.madeOnly) && await hasher.hash(p) === null) {
+      throw new UserError(
+        `step "${step.name}": input ${k ? `--${k} ` : ""}${p} does not exist` +
+          (from ? ` (made by step "${from}"; run it first, or use --from ${from})` : ""),
+      );
+    }
   }
 }
 
