@@ -12,6 +12,7 @@
 import { basename, extname, isAbsolute, join, resolve } from "node:path";
 import { located, UserError } from "../errors.ts";
 import { lineOfKey, parseYaml } from "../yaml.ts";
+import { isObject } from "../data/schema.ts";
 
 export type Scalar = string | number | boolean | null;
 export type ParamValue = Scalar | Scalar[];
@@ -466,10 +467,6 @@ function substitute(
 
 function asList(v: ParamValue): Scalar[] {
   return Array.isArray(v) ? v : [v];
-}
-
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 
 function isScalarValue(v: unknown): v is Scalar {

@@ -11,6 +11,7 @@ import { checkNotInput } from "../outdir.ts";
 import { finetuneMode, loadConfig } from "../config/mod.ts";
 import { UserError } from "../errors.ts";
 import { readJsonl } from "../jsonl.ts";
+import { isObject } from "../data/schema.ts";
 import { lineChart } from "./svg.ts";
 
 /** One entry of the trainer's `log_history` (HF trainer_state.json). */
@@ -247,10 +248,6 @@ async function readJson(path: string): Promise<unknown> {
   } catch (e) {
     throw new UserError(`${path}: not valid JSON: ${(e as Error).message}`);
   }
-}
-
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === "object" && v !== null && !Array.isArray(v);
 }
 
 async function exists(path: string): Promise<boolean> {
