@@ -555,10 +555,7 @@ export async function* readJsonRecords(
     // Copy: the stream may reuse its chunk buffer.
     const chunk = value.slice();
     head.push(chunk);
-    let i = head.length === 1 && chunk[0] === 0xef && chunk[1] === 0xbb && chunk[2] === 0xbf
-      ? 3
-      : 0;
-    for (; i < chunk.length; i++) {
+    for (let i = 0; i < chunk.length; i++) {
       if (!isJsonSpace(chunk[i])) {
         first = chunk[i];
         break;
