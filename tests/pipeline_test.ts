@@ -645,3 +645,73 @@ Deno.test("a set with no eval record stops the pipeline at mask-eval, with the r
     await t.cleanup();
   }
 });
+
+Deno.test("a file given through a step's args is an input: hashed, and checked before the run", async () => {
+  const t = await setup();
+  try {
+    // a stand-in for the mask stage, whose --config is a file it reads
+    const stages = join(t.src, "stages");
+    await Deno.mkdir(stages);
+    await Deno.writeTextFile(
+      join(stages, "mask.ts"),
+      `import { parseArgs } from "node:util";
+export async function main(args: string[]) {
+  const { values } = parseArgs({ args, options: { in: { type: "string" }, out: { type: "string" }, config: { type: "string" } } });
+  await Deno.writeTextFile(values.out!, (await Deno.readTextFile(values.in!)) + (values.config ? await Deno.readTextFile(values.config) : ""));
+  return 0;
+}
+`,
+    );
+    const file = join(t.src, "m.yaml");
+    await Deno.writeTextFile(
+      file,
+      `steps:\n  - name: m\n    stage: mask\n    inputs:\n      in: ${t.src}/a.txt\n` +
+        `    outputs:\n      out: m.out\n`,
+    );
+    const opts = (sets: string[]) => ({
+      out: t.out,
+      sets,
+      stages: fakeStages([], stages),
+    });
+    const cfg = join(t.src, "b.txt");
+    const first = await run(file, opts([`steps.m.args.config=${cfg}`]));
+    assertEquals(first.ran, ["m"]);
+    assertEquals(await Deno.readTextFile(join(t.out, "m.out")), "hello world");
+    assertEquals((await run(file, opts([`steps.m.args.config=${cfg}`]))).skipped, ["m"]);
+    await Deno.writeTextFile(cfg, " there");
+    const edited = await run(file, opts([`steps.m.args.config=${cfg}`]));
+    assertEquals(edited.ran, ["m"]);
+    assertMatch(edited.result.steps[0].reason, /input changed: \S+b\.txt/);
+    assertEquals(await Deno.readTextFile(join(t.out, "m.out")), "hello there");
+
+    // missing, it is said before anything runs, as a file under inputs is
+    const calls: string[] = [];
+    const e = await rejects(
+      run(file, { ...opts([`steps.m.args.config=${t.src}/nope.yaml`]), calls }),
+    );
+    assertMatch(
+      e.message,
+      /nope\.yaml: no such file or directory \(read by step m\); nothing was run/,
+    );
+    assertEquals(calls, []);
+  } finally {
+    await t.cleanup();
+  }
+});
+
+Deno.test("the runner's list of input flags is each stage's FILE, DIR, CFG and RAW flags that are not outputs", async () => {
+  const { INPUT_FLAGS, isOutputFlag } = await import("../lib/pipeline/pipeline.ts");
+  const { STAGES } = await import("../stages/registry.ts");
+  for (const [name, entry] of Object.entries(STAGES)) {
+    if (!entry.step) continue;
+    const mod = await import(new URL(entry.file, new URL("../stages/", import.meta.url)).href);
+    const paths = Object.entries(mod.COMMAND.flags as Record<string, { arg?: string }>)
+      .filter(([k, f]) =>
+        /^(FILE|DIR|CFG|RAW|FILE\|DIR)$/.test(f.arg ?? "") && !isOutputFlag(name, k)
+      )
+      // report's --run is the run folder, which holds the report itself
+      .filter(([k]) => !(name === "report" && k === "run"))
+      .map(([k]) => k);
+    assertEquals([...INPUT_FLAGS[name]].sort(), paths.sort(), name);
+  }
+});

@@ -65,6 +65,30 @@ export function isOutputFlag(stage: string, flag: string): boolean {
 }
 
 /**
+ * Flags through which a stage reads a file or folder (its FILE, DIR, CFG and
+ * RAW flags that are not outputs; tests/pipeline_test.ts checks this against the
+ * stages' flags). Given under `args`, or by `--set steps.S.args.FLAG=path`, they are
+ * inputs all the same: hashed, so an edit to the file reruns the step, and
+ * checked to exist before anything runs.
+ */
+export const INPUT_FLAGS: Record<string, readonly string[]> = {
+  validate: [],
+  convert: ["in"],
+  tokenize: ["model", "in"],
+  mask: ["in", "config", "model"],
+  train: ["model", "config", "train", "eval", "init-adapter"],
+  evaluate: ["model", "adapter", "in", "config"],
+  "merge-adapter": ["model", "adapter"],
+  // not --run: it is the run folder, read for the steps' times, and holds the report itself
+  report: ["train", "before", "after", "config", "train-data"],
+};
+
+/** Whether `flag` is one through which `stage` reads a file or folder. */
+export function isInputFlag(stage: string, flag: string): boolean {
+  return (INPUT_FLAGS[stage] ?? []).includes(flag);
+}
+
+/**
  * Why an output path may not be used, or undefined: outputs are relative to
  * the run folder and stay inside it, so a pipeline file (perhaps someone
  * else's) cannot write over anything outside the folder it was given.
@@ -420,6 +444,8 @@ export function resolveSteps(ctx: ResolveContext): ResolvedStep[] {
         if (x === null || x === false) continue;
         if (x === true) argv.push(`--${k}`);
         else argv.push(`--${k}`, String(x));
+        // a file read through an arg is an input like those under `inputs`
+        if (typeof x === "string" && x !== "" && isInputFlag(s.stage, k)) inputs.push([k, x]);
       }
     }
     for (const [k, p] of outputs) {
