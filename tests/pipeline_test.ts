@@ -715,3 +715,42 @@ Deno.test("the runner's list of input flags is each stage's FILE, DIR, CFG and R
     assertEquals([...INPUT_FLAGS[name]].sort(), paths.sort(), name);
   }
 });
+
+Deno.test("a training_args.logging_dir outside the run folder is refused before anything runs", async () => {
+  const t = await setup();
+  try {
+    const outside = join(t.src, "tb");
+    const opts = (sets: string[]) => ({ stages: defaultStages, out: t.out, sets, log: () => {} });
+    const e = await rejects(
+      runPipeline("pipelines/lora.yaml", opts([`training_args.logging_dir=${outside}`])),
+    );
+    assertEquals(
+      e.message,
+      `--set training_args.logging_dir=${outside}: training_args.logging_dir ${outside} is ` +
+        `outside the run folder ${t.out}, and a pipeline writes only inside it; leave logging_dir ` +
+        `unset (the train step's runs/ folder) or give a path inside the run folder`,
+    );
+    // from the config file itself, the file is named
+    const cfg = join(t.src, "cfg.yaml");
+    await Deno.writeTextFile(
+      cfg,
+      (await Deno.readTextFile("configs/lora.yaml")).replace(
+        "training_args:\n",
+        "training_args:\n  logging_dir: ../elsewhere\n",
+      ),
+    );
+    assertMatch(
+      (await rejects(runPipeline("pipelines/lora.yaml", opts([`config=${cfg}`])))).message,
+      new RegExp(`^${cfg}: training_args\\.logging_dir \\.\\./elsewhere is outside the run folder`),
+    );
+    await Deno.stat(t.out).then(() => assert(false, "no run folder"), () => {});
+    // inside the run folder it is kept
+    const dry = await runPipeline("pipelines/lora.yaml", {
+      ...opts([`training_args.logging_dir=${t.out}/tb`]),
+      dryRun: true,
+    });
+    assert(dry.steps.length > 0);
+  } finally {
+    await t.cleanup();
+  }
+});

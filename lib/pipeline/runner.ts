@@ -24,6 +24,7 @@ import { claimOutputDir, isInside, markerStage, markOutputDir, sameFile } from "
 import { loadConfig, parseConfig, QUANTIZATION_KEYS, renderConfig } from "../config/config.ts";
 import { parseOverride } from "../config/overrides.ts";
 import { CodeHasher, Hasher } from "./hash.ts";
+import { isObject } from "../data/schema.ts";
 import {
   isOutputFlag,
   type ParamValue,
@@ -252,6 +253,7 @@ export async function runPipeline(path: string, opts: RunOptions = {}): Promise<
 
   // the training config: validated up front, and rewritten with --set overrides
   let config: unknown;
+  const configFile = String(resolved.config);
   let pendingConfig: { path: string; text: string } | undefined;
   if ("config" in resolved && typeof resolved.config === "string") {
     const cfgPath = resolved.config;
@@ -278,6 +280,10 @@ export async function runPipeline(path: string, opts: RunOptions = {}): Promise<
     );
   }
 
+  if (config !== undefined) {
+    const set = configSets.findLast((t) => t.startsWith("training_args.logging_dir="));
+    checkLoggingDir(config, runDir, set ? `--set ${set}` : configFile);
+  }
   const steps = resolveSteps({ file, params: resolved, runDir, config });
   // Every input no step makes (data files, the model dir, the config) is checked
   // before anything runs or the run folder is made.
@@ -560,6 +566,21 @@ async function checkInputsExist(
 }
 
 /** Whether `dir` is an earlier pipeline run's folder (its marker, or from before markers, .manifests). */
+/**
+ * The train step writes its TensorBoard logs into training_args.logging_dir. Like every output of
+ * a pipeline they stay inside the run folder, whoever wrote the config or the --set.
+ */
+function checkLoggingDir(config: unknown, runDir: string, origin: string): void {
+  const args = isObject(config) && isObject(config.training_args) ? config.training_args : {};
+  const dir = args.logging_dir;
+  if (typeof dir !== "string" || dir === "" || isInside(resolve(dir), resolve(runDir))) return;
+  throw new UserError(
+    `${origin}: training_args.logging_dir ${dir} is outside the run folder ${runDir}, and a ` +
+      `pipeline writes only inside it; leave logging_dir unset (the train step's runs/ folder) or ` +
+      `give a path inside the run folder`,
+  );
+}
+
 async function isPipelineFolder(dir: string): Promise<boolean> {
   if ((await markerStage(dir)) === "pipeline") return true;
   return await Deno.stat(join(dir, ".manifests")).then((s) => s.isDirectory, () => false);
