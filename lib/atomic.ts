@@ -15,6 +15,11 @@ function tmpName(path: string): string {
   return join(dirname(path), `.${basename(path)}.${Deno.pid}.${rand}.tmp`);
 }
 
+/** Whether `name` is a temporary name `tmpName` makes for a file named `base`. */
+export function isTmpNameOf(name: string, base: string): boolean {
+  return name.startsWith(`.${base}.`) && name.endsWith(".tmp");
+}
+
 /**
  * A file written atomically replaces what is at `path`: that must be a file or
  * nothing. A symlink would be replaced by a file rather than written through,

@@ -12,7 +12,7 @@
  * the stage's own inputs (`checkNotInput`).
  */
 import { isAbsolute, join, relative, resolve, sep } from "node:path";
-import { writeJsonAtomic } from "./atomic.ts";
+import { isTmpNameOf, writeJsonAtomic } from "./atomic.ts";
 import { osError, UserError } from "./errors.ts";
 
 export const OUTPUT_MARKER = ".glm-finetune-output.json";
@@ -25,6 +25,14 @@ export async function markerStage(dir: string): Promise<string | undefined> {
   } catch {
     return undefined;
   }
+}
+
+/**
+ * Whether `name` is a marker being written right now (its atomic write's temporary file): another
+ * run that has just made the directory and is marking it.
+ */
+export function isMarkerInProgress(name: string): boolean {
+  return isTmpNameOf(name, OUTPUT_MARKER);
 }
 
 /** Mark `dir` (which exists) as an output of `stage`. */

@@ -86,3 +86,34 @@ Deno.test("run lock: the lock of a killed run is taken over with a note", async 
     assertMatch(next.out, /run check \(no previous run\)/);
   });
 });
+
+Deno.test("run lock: a run started as another is still marking the folder names that run", async () => {
+  await withTempDir(async (dir) => {
+    const out = join(dir, "run");
+    const holder = await startHolder(out);
+    try {
+      // The folder as a second run sees it in the instant the first is writing its marker: the
+      // marker's temporary file (writeJsonAtomic's `.NAME.PID.RAND.tmp`) and the lock, nothing else.
+      const entries = [];
+      for await (const e of Deno.readDir(out)) entries.push(e.name);
+      for (const n of entries) {
+        if (n !== ".glm-finetune.lock") await Deno.remove(join(out, n), { recursive: true });
+      }
+      await Deno.writeTextFile(
+        join(out, `..glm-finetune-output.json.${holder.child.pid}.x1.tmp`),
+        "{",
+      );
+      const second = await runCli(["pipeline", PIPELINE, "--out", out]);
+      assertEquals(second.code, 1, second.err);
+      assertMatch(
+        second.err,
+        new RegExp(
+          `^error: ${out} is in use by another pipeline run: process ${holder.child.pid} `,
+        ),
+      );
+    } finally {
+      await holder.child.stdin.close();
+    }
+    assertEquals((await holder.child.status).code, 0, await holder.output);
+  });
+});

@@ -20,7 +20,14 @@ import { asPipelineStep } from "../invocation.ts";
 import { listCheckpoints } from "../train/checkpoint.ts";
 import { describeHolder, LOCK_FILE, lockRunDir, type RunLock } from "./lock.ts";
 import { checkExternalInputs, producerOf } from "./preflight.ts";
-import { claimOutputDir, isInside, markerStage, markOutputDir, sameFile } from "../outdir.ts";
+import {
+  claimOutputDir,
+  isInside,
+  isMarkerInProgress,
+  markerStage,
+  markOutputDir,
+  sameFile,
+} from "../outdir.ts";
 import { loadConfig, parseConfig, QUANTIZATION_KEYS, renderConfig } from "../config/config.ts";
 import { parseOverride } from "../config/overrides.ts";
 import { CodeHasher, Hasher } from "./hash.ts";
@@ -306,8 +313,11 @@ export async function runPipeline(path: string, opts: RunOptions = {}): Promise<
     who: "a pipeline run",
     force: opts.force,
     forceDoes: "run in it anyway",
-    // An earlier run's, or one starting right now that has only taken its lock.
-    legacy: (entries) => entries.includes(".manifests") || entries.every((n) => n === LOCK_FILE),
+    // An earlier run's, or one starting right now that has only marked the folder or taken its
+    // lock: this run then goes on to the lock, whose message names that run.
+    legacy: (entries) =>
+      entries.includes(".manifests") ||
+      entries.every((n) => n === LOCK_FILE || isMarkerInProgress(n)),
   });
   // --force runs in a folder the pipeline did not make: its own config.yaml there is the user's.
   if (pendingConfig && !(await isPipelineFolder(runDir))) {
