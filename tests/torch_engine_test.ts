@@ -420,6 +420,52 @@ torchTest(
 );
 
 torchTest(
+  "Ctrl-C during the last step: the run finishes (exit 0, final adapter, summary entry)",
+  () =>
+    withTempDir(async (dir) => {
+      const out = join(dir, "out");
+      const child = new Deno.Command(Deno.execPath(), {
+        args: [
+          "run",
+          "-A",
+          CLI,
+          "stage",
+          "train",
+          "--engine",
+          "torch",
+          ...tinyRun("lora.yaml", out, ["--set", "training_args.max_steps=1"]),
+        ],
+        cwd: ROOT,
+        stdin: "null",
+        stdout: "null",
+        stderr: "piped",
+        env: { GLM_TORCH_PYTHON: env.python! },
+      }).spawn();
+      // train.py prints its "engine torch" line after taking SIGINT and before step 1, the last.
+      const reader = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
+      let err = "";
+      while (!/engine torch/.test(err)) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        err += value;
+      }
+      child.kill("SIGINT");
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        err += value;
+      }
+      const status = await child.status;
+      assert(status.code === 0, `exit ${status.code}: ${err}`);
+      assert(!/resume with/.test(err), err);
+      await Deno.stat(join(out, "adapter_model.safetensors"));
+      const st = JSON.parse(await Deno.readTextFile(join(out, "trainer_state.json")));
+      assert(st.global_step === 1, JSON.stringify(st));
+      assert(st.log_history.at(-1).train_runtime !== undefined, JSON.stringify(st.log_history));
+    }),
+);
+
+torchTest(
   "a problem found in Python is the stage's one error line too (a .bin-only model dir)",
   () =>
     withTempDir(async (dir) => {
