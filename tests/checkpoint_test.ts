@@ -6,6 +6,7 @@ import {
   fullFiles,
   listCheckpoints,
   loraFiles,
+  lossTotalOf,
   peftLoraConfig,
   prefixFiles,
   removeStaleTemps,
@@ -262,4 +263,20 @@ Deno.test("tensor files: order and values round trip; a truncated file is a User
   await Deno.writeFile(path, bytes.subarray(0, bytes.length - 4));
   await rejects(() => readSafetensorsF32(path), UserError);
   await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("the loss total behind train_loss: as saved, or rebuilt from an older checkpoint's logs", () => {
+  const saved = {
+    loss_total: { lossSum: 7.5, steps: 3 },
+    logging_window: { lossSum: 0, steps: 0 },
+  };
+  deepStrictEqual(lossTotalOf(saved, []), { lossSum: 7.5, steps: 3 });
+  // logged at steps 2 (mean of 2 steps) and 5 (of 3), an eval between, 1 step in the open window
+  const history = [
+    { step: 2, epoch: 0, loss: 3 },
+    { step: 4, epoch: 0, eval_loss: 9 },
+    { step: 5, epoch: 0, loss: 2 },
+  ];
+  const old = { logging_window: { lossSum: 1.5, steps: 1, skipped: 0 } };
+  deepStrictEqual(lossTotalOf(old, history), { lossSum: 3 * 2 + 2 * 3 + 1.5, steps: 6 });
 });

@@ -331,9 +331,31 @@ torchTest(
           `resume ${from === t ? "torch" : "webgpu"} → ${engine}: ${worst.toExponential(2)}`,
         );
         assert(worst < tol, `steps 3-4 differ by ${worst}`);
+        // train_loss is the mean over all 4 steps, as the uninterrupted run's, not over the 2 resumed
+        const a = await trainLoss(out), b = await trainLoss(t);
+        assert(Math.abs(a - b) < tol, `train_loss ${a} vs ${b}`);
       }
+      // other records of the same number are other data, in the torch engine too
+      const other = join(dir, "other.jsonl");
+      const lines = (await Deno.readTextFile(DATA)).trim().split("\n");
+      await Deno.writeTextFile(other, lines.reverse().join("\n") + "\n");
+      const r = await train([
+        ...tinyRun("lora.yaml", t, [...sets, "--resume", "2"]).map((a) => a === DATA ? other : a),
+        "--engine",
+        "torch",
+      ]);
+      assert(r.code === 1, r.err);
+      assert(
+        /checkpoint-2: cannot resume: the train records differ from that run's/.test(r.err),
+        r.err,
+      );
     }),
 );
+
+async function trainLoss(dir: string): Promise<number> {
+  const st = JSON.parse(await Deno.readTextFile(join(dir, "trainer_state.json")));
+  return st.log_history.at(-1).train_loss;
+}
 
 torchTest(
   "TensorBoard gets each of this run's entries once, none of the metrics.jsonl an earlier run left",

@@ -21,7 +21,12 @@ import {
   readMaskedJsonl,
   runRecords,
 } from "../lib/train/data.ts";
-import { train, type TrainerModel, type TrainOptions } from "../lib/train/trainer.ts";
+import {
+  train,
+  type TrainerModel,
+  type TrainOptions,
+  type TrainResult,
+} from "../lib/train/trainer.ts";
 import { makeSchedule } from "../lib/train/schedule.ts";
 import { UserError } from "../lib/errors.ts";
 import { readSafetensorsF32 } from "../lib/safetensors/read.ts";
@@ -293,6 +298,52 @@ Deno.test("eval_loss every eval_steps and at the end, weighted by batch rows", a
   );
 });
 
+Deno.test("train_loss is the mean of every step's loss, whatever is logged", async () => {
+  const data = records(24, 9);
+  const trainLoss = (r: { res: TrainResult }) => r.res.logHistory.at(-1)!.train_loss!;
+  const every = await run({ maxSteps: 9, loggingSteps: 1 }, data);
+  const losses = [...every.res.stepLosses.values()];
+  const mean = losses.reduce((a, b) => a + b, 0) / losses.length;
+  assert(losses.length === 9 && Math.abs(trainLoss(every) - mean) < 1e-6);
+  // logging_steps 2 leaves step 9 out of the logs, 20 logs nothing, logging_strategy no neither
+  for (
+    const over of [{ loggingSteps: 2 }, { loggingSteps: 20 }, { loggingStrategy: "no" as const }]
+  ) {
+    const r = await run({ maxSteps: 9, ...over }, data);
+    assert(
+      Math.abs(trainLoss(r) - mean) < 1e-6,
+      `${JSON.stringify(over)}: ${trainLoss(r)} vs ${mean}`,
+    );
+    await Deno.remove(r.out, { recursive: true });
+  }
+  await Deno.remove(every.out, { recursive: true });
+});
+
+Deno.test("epoch strategies log, evaluate and save when max_steps ends an epoch early (HF's on_epoch_end)", async () => {
+  // 16 records / batch 4: 4 steps an epoch; max_steps 6 stops halfway through the second
+  const data = records(16, 8);
+  const { res, out } = await run(
+    {
+      maxSteps: 6,
+      loggingStrategy: "epoch",
+      evalStrategy: "epoch",
+      saveStrategy: "epoch",
+      evalBatchSize: 2,
+    },
+    data,
+    { eval: records(4, 8, 99) },
+  );
+  deepStrictEqual(res.logHistory.filter((e) => e.loss !== undefined).map((e) => e.step), [4, 6]);
+  deepStrictEqual(res.logHistory.filter((e) => e.eval_loss !== undefined).map((e) => e.step), [
+    4,
+    6,
+  ]);
+  const ckpts = [];
+  for await (const e of Deno.readDir(out)) if (e.name.startsWith("checkpoint-")) ckpts.push(e.name);
+  deepStrictEqual(ckpts.sort(), ["checkpoint-4", "checkpoint-6"]);
+  await Deno.remove(out, { recursive: true });
+});
+
 Deno.test("checkpoints: contents, save_total_limit, final save", async () => {
   const data = records(16, 8);
   const { out, params } = await run(
@@ -382,6 +433,9 @@ Deno.test("a resumed run continues the uninterrupted trajectory exactly", async 
     assert(Math.abs(a - b) < 1e-6, `step ${s + 1}: ${a} vs ${b}`);
   }
   for (const [k, v] of full.params) assert(sameArray(resumed.params.get(k)!, v), k);
+  // So does its train_loss, the mean over all 12 steps, not over the 6 this process ran.
+  const trainLoss = (h: typeof full.res.logHistory) => h.at(-1)!.train_loss!;
+  assert(Math.abs(trainLoss(resumed.res.logHistory) - trainLoss(full.res.logHistory)) < 1e-6);
   // The log history of the resumed run equals the uninterrupted one (but for timing).
   const strip = (h: typeof full.res.logHistory) => h.filter((e) => e.loss !== undefined);
   deepStrictEqual(strip(resumed.res.logHistory), strip(full.res.logHistory));
@@ -395,6 +449,13 @@ Deno.test("a resumed run continues the uninterrupted trajectory exactly", async 
     () => run({ ...over, batchSize: 2 }, data, { resume: "yes" }, part.out),
     /train_batch_size was 3/,
   );
+  // Other records of the same number, or the same in another order, are other data.
+  for (const other of [records(20, 6, 11), [...data].reverse()]) {
+    await rejects(
+      () => run(over, other, { resume: "yes" }, part.out),
+      /checkpoint-\d+: cannot resume: the train records differ from that run's/,
+    );
+  }
   for (const r of [full, part]) await Deno.remove(r.out, { recursive: true });
 });
 

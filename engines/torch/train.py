@@ -365,6 +365,11 @@ def make_trainer_class():
                 # so the first log after a resume averages the same steps as an uninterrupted run.
                 t._tr_loss += w["lossSum"]
                 t._globalstep_last_logged = state.global_step - w["steps"]
+            total = t.job.get("resume_loss_total")
+            if total:
+                # Trainer restarts the sum behind train_loss at a resume too, yet divides it by every
+                # step: it starts from the steps before the carried window instead, as an uninterrupted run.
+                t._total_loss_scalar = total["lossSum"] - (w["lossSum"] if w else 0.0)
             t._run_start = time.time()
             t._window_start = time.time()
             t._steps_at_start = state.global_step
@@ -472,10 +477,11 @@ def make_trainer_class():
                     entry = None
                 else:
                     runtime = time.time() - self._run_start
-                    losses = [e["loss"] for e in s.log_history if "loss" in e]
+                    # Trainer's train_loss: every step's loss over every step (the sum carried over a
+                    # resume, on_train_begin), whatever was logged.
                     entry = {"epoch": epoch, "step": s.global_step, "train_runtime": runtime,
                              "train_steps_per_second": done / max(runtime, 1e-9),
-                             "train_loss": sum(losses) / len(losses) if losses else float("nan")}
+                             "train_loss": logs["train_loss"]}
             else:
                 entry = {**logs, "epoch": epoch, "step": s.global_step}
             if entry is not None:
@@ -583,6 +589,8 @@ def make_trainer_class():
                         "epoch": s.epoch,
                         "max_steps": s.max_steps,
                         "logging_window": window,
+                        # every step's loss so far (HF's train_loss sums them), carried over a resume
+                        "loss_total": {"lossSum": self._total_loss_scalar + window["lossSum"], "steps": step},
                         "last_logged_step": self._globalstep_last_logged,
                         "data": job["data_info"],
                     })

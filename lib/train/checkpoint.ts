@@ -55,12 +55,20 @@ export interface ModelFiles {
   read(dir: string): Promise<Map<string, Float32Array>>;
 }
 
+/** A sum of per-step losses and how many steps it holds. */
+export interface LossTotal {
+  lossSum: number;
+  steps: number;
+}
+
 export interface CheckpointState {
   globalStep: number;
   epoch: number;
   maxSteps: number;
   logHistory: LogEntry[];
   window: { lossSum: number; steps: number; skipped: number };
+  /** Every trained step's loss so far, for the summary's train_loss (HF's mean over all steps). */
+  lossTotal: LossTotal;
   lastLoggedStep: number;
   data: Record<string, unknown>;
   args: TrainArgs;
@@ -75,7 +83,14 @@ export interface CheckpointState {
 export interface LoadedCheckpoint extends
   Pick<
     CheckpointState,
-    "globalStep" | "epoch" | "maxSteps" | "logHistory" | "window" | "lastLoggedStep" | "data"
+    | "globalStep"
+    | "epoch"
+    | "maxSteps"
+    | "logHistory"
+    | "window"
+    | "lossTotal"
+    | "lastLoggedStep"
+    | "data"
   > {
   dir: string;
   params: Map<string, Float32Array>;
@@ -241,6 +256,7 @@ export async function writeCheckpoint(
       epoch: s.epoch,
       max_steps: s.maxSteps,
       logging_window: s.window,
+      loss_total: s.lossTotal,
       last_logged_step: s.lastLoggedStep,
       data: s.data,
     });
@@ -294,6 +310,30 @@ export async function findCheckpoint(outDir: string, which: "yes" | number): Pro
     );
   }
   return hit.dir;
+}
+
+/**
+ * A run continues from `dir` only on the data and batching that checkpoint was
+ * made with (its resume_state.json `data`), as an uninterrupted run would: the
+ * restored step counts records of that order. A key the checkpoint predates
+ * (records_sha256) is not checked.
+ */
+export function checkSameData(
+  dir: string,
+  was: Record<string, unknown>,
+  now: Record<string, unknown>,
+): void {
+  for (const [k, v] of Object.entries(now)) {
+    if (was[k] === v || (k === "records_sha256" && was[k] === undefined)) continue;
+    const what = k === "records_sha256"
+      ? "the train records differ from that run's (other content, or another order)"
+      : `${k} was ${JSON.stringify(was[k])} in that run, now ${JSON.stringify(v)}${
+        k === "train_batch_size" ? " (per-device batch × processes)" : ""
+      }`;
+    throw new UserError(
+      `${dir}: cannot resume: ${what}; resuming needs the same data and batching`,
+    );
+  }
 }
 
 /**
@@ -387,11 +427,30 @@ export async function readCheckpoint(dir: string, files: ModelFiles): Promise<Lo
     maxSteps: rs.max_steps as number,
     logHistory: (ts.log_history ?? []) as LogEntry[],
     window: rs.logging_window as LoadedCheckpoint["window"],
+    lossTotal: lossTotalOf(rs, (ts.log_history ?? []) as LogEntry[]),
     lastLoggedStep: rs.last_logged_step as number,
     data: rs.data as Record<string, unknown>,
     params: await files.read(dir),
     moments,
   };
+}
+
+/**
+ * The loss total a checkpoint carries; one saved before it was kept is rebuilt
+ * from the logged means and the open window (exact unless steps were skipped).
+ */
+export function lossTotalOf(rs: Record<string, unknown>, history: LogEntry[]): LossTotal {
+  const t = rs.loss_total as LossTotal | undefined;
+  if (t && Number.isFinite(t.lossSum) && Number.isFinite(t.steps)) return t;
+  const w = rs.logging_window as LossTotal;
+  let lossSum = w.lossSum, steps = w.steps, prev = 0;
+  for (const e of history) {
+    if (e.loss === undefined || !Number.isFinite(e.loss)) continue;
+    lossSum += e.loss * (e.step - prev);
+    steps += e.step - prev;
+    prev = e.step;
+  }
+  return { lossSum, steps };
 }
 
 /**

@@ -10,6 +10,7 @@
  * pure function of the two: runs are reproducible and a resumed run re-creates
  * the order without saving it. `shuffle: false` keeps file order.
  */
+import { createHash } from "node:crypto";
 import { stepCounts } from "../config/config.ts";
 import { readJsonlStrict } from "../jsonl.ts";
 import { located, osError, UserError } from "../errors.ts";
@@ -130,6 +131,33 @@ export async function* runRecords(
         `was it masked with \`mask --mode train\`?`,
     );
   }
+}
+
+/**
+ * A fingerprint of a run's train records: their ids and labels in file order
+ * (not the file's bytes, so re-serialising the same records keeps it). A
+ * resume checks it, so a run does not go on over other data of the same size.
+ */
+export class RecordsDigest {
+  private h = createHash("sha256");
+
+  add(r: MaskedRecord): void {
+    const n = new Uint32Array([r.inputIds.length]);
+    for (const a of [n, r.inputIds, r.labels]) {
+      this.h.update(new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
+    }
+  }
+
+  hex(): string {
+    return this.h.digest("hex");
+  }
+}
+
+/** The digest of `records`. */
+export function recordsDigest(records: Iterable<MaskedRecord>): string {
+  const d = new RecordsDigest();
+  for (const r of records) d.add(r);
+  return d.hex();
 }
 
 /** A raw `.json` array (upstream's data files) is not masked JSONL: say what to run. */

@@ -32,8 +32,16 @@ import { UserError } from "../errors.ts";
 import { loadGlmConfig } from "../model/config.ts";
 import { formatTorchMemoryPlan, type Sharding, torchMemoryPlan } from "../model/memory_plan.ts";
 import { writeSafetensorsF32 } from "../safetensors/write.ts";
-import { checkSchedule, findCheckpoint, prepareOutDir, setAsideNewer } from "./checkpoint.ts";
-import { runRecords } from "./data.ts";
+import {
+  checkSameData,
+  checkSchedule,
+  findCheckpoint,
+  type LogEntry,
+  lossTotalOf,
+  prepareOutDir,
+  setAsideNewer,
+} from "./checkpoint.ts";
+import { RecordsDigest, runRecords } from "./data.ts";
 import { claimOutputDir, markOutputDir } from "../outdir.ts";
 import type { TrainingArgs } from "../config/config.ts";
 import { followMetrics } from "./follow_metrics.ts";
@@ -176,10 +184,15 @@ export function torchTrainingArgs(cfg: FinetuneConfig): Record<string, unknown> 
 }
 
 /** Check every record of a masked JSONL file as the WebGPU engine does, holding one at a time. */
-async function checkRecords(file: string, vocab: number): Promise<number> {
+/** The records' count and digest, each checked against the vocabulary. */
+async function checkRecords(file: string, vocab: number): Promise<{ n: number; digest: string }> {
   let n = 0;
-  for await (const _ of runRecords(file, vocab)) n++;
-  return n;
+  const d = new RecordsDigest();
+  for await (const r of runRecords(file, vocab)) {
+    n++;
+    d.add(r);
+  }
+  return { n, digest: d.hex() };
 }
 
 /** The adapter as the Python side builds it. */
@@ -258,7 +271,7 @@ export async function runTorchTraining(o: TorchRunOptions): Promise<TorchRunResu
   }
 
   const model = await loadGlmConfig(o.modelDir);
-  const numRecords = await checkRecords(o.trainFile, model.padded_vocab_size);
+  const records = await checkRecords(o.trainFile, model.padded_vocab_size);
   let evalFile = o.evalFile;
   if (evalFile) await checkRecords(evalFile, model.padded_vocab_size);
   if (!evalFile && t.eval_strategy !== "no") {
@@ -269,13 +282,14 @@ export async function runTorchTraining(o: TorchRunOptions): Promise<TorchRunResu
   if (t.eval_strategy === "no") evalFile = undefined;
 
   const dataInfo = {
-    num_records: numRecords,
+    num_records: records.n,
     // the records one optimizer micro-step takes across all processes (what the order depends on)
     train_batch_size: t.per_device_train_batch_size * world,
     gradient_accumulation_steps: t.gradient_accumulation_steps,
     seed: t.data_seed ?? t.seed,
     shuffle: o.shuffle ?? true,
     drop_last: t.dataloader_drop_last,
+    records_sha256: records.digest,
   };
 
   await Deno.mkdir(o.outDir, { recursive: true });
@@ -283,28 +297,20 @@ export async function runTorchTraining(o: TorchRunOptions): Promise<TorchRunResu
   await prepareOutDir(o.outDir, o.resume === undefined, t.overwrite_output_dir);
   let resumeDir: string | undefined;
   let resumeWindow: unknown;
+  let resumeLossTotal: unknown;
   /** The step the run starts from: 0, or the resumed checkpoint's. */
   let startStep = 0;
   if (o.resume !== undefined) {
     resumeDir = await findCheckpoint(o.outDir, o.resume);
     const rs = await readJsonFile(join(resumeDir, "resume_state.json"));
-    const was = (rs.data ?? {}) as Record<string, unknown>;
-    for (const [k, v] of Object.entries(dataInfo)) {
-      if (was[k] !== v) {
-        throw new UserError(
-          `${resumeDir}: cannot resume: ${k} was ${JSON.stringify(was[k])} in that run, now ${
-            JSON.stringify(v)
-          }${
-            k === "train_batch_size" ? " (per-device batch × processes)" : ""
-          }; resuming needs the same data and batching`,
-        );
-      }
-    }
+    checkSameData(resumeDir, (rs.data ?? {}) as Record<string, unknown>, dataInfo);
     await checkSchedule(resumeDir, {
       lr_scheduler_type: t.lr_scheduler_type,
       learning_rate: t.learning_rate,
     });
     resumeWindow = rs.logging_window;
+    const ts = await readJsonFile(join(resumeDir, "trainer_state.json"));
+    resumeLossTotal = lossTotalOf(rs, (ts.log_history ?? []) as LogEntry[]);
     const has = async (name: string) =>
       await Deno.stat(join(resumeDir!, name)).then(() => true, () => false);
     // DeepSpeed's own optimizer state: global_stepN/ and `latest` (engines/torch/train.py)
@@ -347,6 +353,7 @@ export async function runTorchTraining(o: TorchRunOptions): Promise<TorchRunResu
       init_source: o.initAdapter ?? null,
       resume_dir: resumeDir ? resolve(resumeDir) : null,
       resume_window: resumeWindow ?? null,
+      resume_loss_total: resumeLossTotal ?? null,
       training_args: trainingArgs,
       // the torch-only keys the config sets: a transformers version without one of them says so
       torch_keys: Object.keys(trainingArgs).filter((k) => TORCH_HONOURS.has(k)),

@@ -28,10 +28,11 @@ import { UserError } from "../errors.ts";
 import { adamwScalars } from "./adamw.ts";
 import { intervalSteps, warmupSteps } from "../config/config.ts";
 import type { TrainArgs } from "./args.ts";
-import { DataPlan, evalBatches, type MaskedRecord, splitRows } from "./data.ts";
+import { DataPlan, evalBatches, type MaskedRecord, recordsDigest, splitRows } from "./data.ts";
 import { makeSchedule } from "./schedule.ts";
 import {
   type CheckpointState,
+  checkSameData,
   checkSchedule,
   findCheckpoint,
   listCheckpoints,
@@ -152,6 +153,7 @@ class TrainingRun {
   epoch = 0;
   logHistory: LogEntry[] = [];
   window = { lossSum: 0, steps: 0, skipped: 0 };
+  lossTotal = { lossSum: 0, steps: 0 };
   lastLoggedStep = 0;
   // This process's run.
   metrics!: MetricsLog;
@@ -233,6 +235,7 @@ class TrainingRun {
       seed: args.seed,
       shuffle: args.shuffle,
       drop_last: args.dropLast,
+      records_sha256: recordsDigest(o.train),
     };
     this.stop = o.stop ?? { requested: false };
     this.uniformWatch = new UniformLossWatch(o.vocabSize);
@@ -255,16 +258,7 @@ class TrainingRun {
       learning_rate: this.args.learningRate,
     });
     const ck = await readCheckpoint(dir, o.files);
-    for (const [k, v] of Object.entries(this.dataInfo)) {
-      const was = (ck.data as Record<string, unknown>)[k];
-      if (was !== v) {
-        throw new UserError(
-          `${dir}: cannot resume: ${k} was ${JSON.stringify(was)} in that run, now ${
-            JSON.stringify(v)
-          }; resuming needs the same data and batching`,
-        );
-      }
-    }
+    checkSameData(dir, ck.data ?? {}, this.dataInfo);
     if (ck.maxSteps !== this.maxSteps) {
       console.error(
         `note: ${dir} was written by a run of ${ck.maxSteps} steps; continuing to ${this.maxSteps}`,
@@ -293,6 +287,7 @@ class TrainingRun {
     this.epoch = ck.epoch;
     this.logHistory = ck.logHistory;
     this.window = ck.window;
+    this.lossTotal = ck.lossTotal;
     this.lastLoggedStep = ck.lastLoggedStep;
     if (this.globalStep >= this.maxSteps) {
       console.error(
@@ -417,6 +412,8 @@ class TrainingRun {
     }
     this.window.lossSum += loss;
     this.window.steps++;
+    this.lossTotal.lossSum += loss;
+    this.lossTotal.steps++;
     this.stepLosses.set(p.step - 1, loss);
     const scalars = adamwScalars({
       lr: p.lr,
@@ -434,6 +431,8 @@ class TrainingRun {
   due(endsEpoch: boolean): { log: boolean; eval: boolean; save: boolean } {
     const { args, globalStep, epoch } = this;
     const atEnd = globalStep >= this.maxSteps;
+    // HF runs on_epoch_end when max_steps (or a fractional num_train_epochs) ends an epoch early.
+    endsEpoch ||= atEnd;
     return {
       log: (globalStep === 1 && args.loggingFirstStep) ||
         (this.logEvery > 0 && globalStep % this.logEvery === 0) ||
@@ -525,6 +524,7 @@ class TrainingRun {
       maxSteps: this.maxSteps,
       logHistory: this.logHistory,
       window: { ...this.window },
+      lossTotal: { ...this.lossTotal },
       lastLoggedStep: this.lastLoggedStep,
       data: this.dataInfo,
       args,
@@ -569,16 +569,15 @@ class TrainingRun {
     await this.settle();
     if (this.interrupted) return;
     const runtime = (performance.now() - this.runStart) / 1000;
-    // A log window of skipped steps only (nan_policy: skip) has no loss to average.
-    const total = this.logHistory.filter((e) => e.loss !== undefined && Number.isFinite(e.loss));
+    // HF's train_loss: the mean of every step's loss, logged or not (steps skipped by nan_policy
+    // have none), over the whole run, a resumed one too.
+    const total = this.lossTotal;
     const summary: LogEntry = {
       epoch: this.epoch,
       step: this.globalStep,
       train_runtime: runtime,
       train_steps_per_second: this.runStepsDone / Math.max(runtime, 1e-9),
-      train_loss: total.length
-        ? total.reduce((a, e) => a + (e.loss as number), 0) / total.length
-        : NaN,
+      train_loss: total.steps > 0 ? total.lossSum / total.steps : NaN,
     };
     if (this.runStepsDone > 0) {
       this.logHistory.push(summary);
