@@ -111,6 +111,7 @@ Deno.test("a checkpoint: every file synced, checkpoint_complete.json written las
       maxSteps: 10,
       logHistory: [],
       window: { lossSum: 0, steps: 0, skipped: 0 },
+      lossTotal: { lossSum: 0, steps: 0 },
       lastLoggedStep: 0,
       data: { num_records: 4 },
       args: DEFAULT_TRAIN_ARGS,
