@@ -298,6 +298,45 @@ Deno.test("eval_loss every eval_steps and at the end, weighted by batch rows", a
   );
 });
 
+Deno.test("an eval batch larger than the training batch runs in passes of the training batch", async () => {
+  const data = records(16, 8);
+  const evalData = records(5, (i) => 5 + i, 99);
+  const rows: number[] = [];
+  const { res, out, params } = await run(
+    { maxSteps: 2, evalStrategy: "steps", evalSteps: 2, evalBatchSize: 5 },
+    data,
+    { eval: evalData },
+    undefined,
+    (gpu) => {
+      const m = new BigramModel(gpu, 64 * 64, 3);
+      const forwardLoss = m.forwardLoss.bind(m);
+      m.forwardLoss = (b, buf, slot) => {
+        rows.push(b.batch);
+        forwardLoss(b, buf, slot);
+      };
+      return m;
+    },
+  );
+  deepStrictEqual(rows, [4, 1]);
+  // the loss of the whole batch of 5: the mean over its valid tokens, on the CPU
+  const w = params.get("base_model.model.bigram.lora_A.weight")!;
+  const bias = params.get("base_model.model.bigram.bias")!;
+  let sum = 0, n = 0;
+  for (const r of evalData) {
+    for (let i = 0; i + 1 < r.inputIds.length; i++) {
+      const lab = r.labels[i + 1];
+      if (lab === -100) continue;
+      const z = [...Array(V).keys()].map((v) => w[r.inputIds[i] * V + v] + bias[v]);
+      const mx = Math.max(...z);
+      sum += mx + Math.log(z.reduce((a, x) => a + Math.exp(x - mx), 0)) - z[lab];
+      n++;
+    }
+  }
+  const got = res.logHistory.find((e) => e.eval_loss !== undefined)!.eval_loss!;
+  assert(Math.abs(got - sum / n) < 1e-5, `${got} vs ${sum / n}`);
+  await Deno.remove(out, { recursive: true });
+});
+
 Deno.test("train_loss is the mean of every step's loss, whatever is logged", async () => {
   const data = records(24, 9);
   const trainLoss = (r: { res: TrainResult }) => r.res.logHistory.at(-1)!.train_loss!;

@@ -216,10 +216,8 @@ export async function runTraining(o: RunOptions): Promise<TrainResult> {
   const maxSeq = Math.max(maxLength(trainRecs), evalRecs ? maxLength(evalRecs) : 1);
   const model = await loadGlmModel(gpu, o.modelDir, {
     adapter: spec,
-    maxBatch: Math.min(
-      Math.max(args.batchSize, evalRecs ? args.evalBatchSize : 1),
-      o.rowsPerPass ?? Infinity,
-    ),
+    // a training pass's rows; evaluation runs in passes of at most as many (trainer.ts)
+    maxBatch: Math.min(args.batchSize, o.rowsPerPass ?? Infinity),
     maxSeq,
     seed: cfg.training_args.seed,
     gradientCheckpointing: cfg.training_args.gradient_checkpointing,

@@ -495,8 +495,11 @@ class TrainingRun {
       });
       meta.length = 0;
     };
+    // The model's buffers hold a training pass; a larger eval batch runs in passes of that size
+    // (the same loss, weighted by the whole batch's rows), so eval_batch_size costs no memory.
+    const evalRows = Math.min(this.rowsPerPass, args.batchSize);
     for (const b of evalBatches(o.eval!, args.evalBatchSize)) {
-      const passes = splitRows(b, this.rowsPerPass);
+      const passes = splitRows(b, evalRows);
       if (meta.length + passes.length > LOSS_SLOTS) await read();
       passes.forEach((p, i) => {
         model.forwardLoss(p, this.evalBuf, meta.length);
