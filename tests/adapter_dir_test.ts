@@ -6,7 +6,7 @@
 import assert from "node:assert";
 import { join } from "node:path";
 import { UserError } from "../lib/errors.ts";
-import type { AdapterSpec } from "../lib/model/adapter.ts";
+import { type AdapterSpec, loraScale } from "../lib/model/adapter.ts";
 import {
   adapterTensorsFor,
   readAdapterDir,
@@ -102,9 +102,9 @@ Deno.test("adapter dir: keys with the adapter name, f16 tensors, rsLoRA scaling"
         assert.ok(Math.abs(got[i] - v[i]) <= 1e-3 * Math.abs(v[i]) + 1e-7, `${k}[${i}]`);
       }
     }
-    // rsLoRA scales by alpha/√r: folded into alpha so that alpha/r is that scale.
-    assert.ok(a.spec.kind === "lora");
-    assert.ok(Math.abs(a.spec.alpha / a.spec.r - 32 / Math.sqrt(4)) < 1e-12);
+    // rsLoRA scales by alpha/√r.
+    assert.ok(a.spec.kind === "lora" && a.spec.useRslora && a.spec.alpha === 32);
+    assert.ok(Math.abs(loraScale(a.spec) - 32 / Math.sqrt(4)) < 1e-12);
     assert.deepStrictEqual(a.spec.targetModules, ["query_key_value"]);
   });
 });

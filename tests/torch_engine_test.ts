@@ -189,6 +189,31 @@ for (
 // ---- several processes ----
 
 torchTest(
+  "use_rslora: the WebGPU engine scales by lora_alpha/√r as PEFT does, and writes it so",
+  () =>
+    withTempDir(async (dir) => {
+      const extra = [
+        "--init-adapter",
+        join(FIX, "tiny-lora-peft"),
+        "--no-shuffle",
+        "--set",
+        "peft_config.use_rslora=true",
+      ];
+      const w = join(dir, "webgpu"), t = join(dir, "torch"), plain = join(dir, "plain");
+      await trainOk([...tinyRun("lora.yaml", w, extra), "--engine", "webgpu"]);
+      await trainOk([...tinyRun("lora.yaml", t, extra), "--engine", "torch"]);
+      await trainOk([...tinyRun("lora.yaml", plain, extra.slice(0, 3)), "--engine", "webgpu"]);
+      const worst = worstLoss(await losses(w), await losses(t), FIVE);
+      console.log(`rsLoRA: worst per-step loss difference ${worst.toExponential(2)} (relative)`);
+      assert(worst < 1e-3, `losses differ by ${worst}`);
+      // and it is not the plain scaling (the adapter is non-zero, so step 1 already differs)
+      assert(worstLoss(await losses(w), await losses(plain), FIVE) > 1e-3);
+      const cfg = JSON.parse(await Deno.readTextFile(join(w, "adapter_config.json")));
+      assert(cfg.use_rslora === true && cfg.lora_alpha === 32, JSON.stringify(cfg));
+    }),
+);
+
+torchTest(
   "2 processes of batch 1 (DDP over gloo) give 1 process of batch 2's losses and adapter",
   () =>
     withTempDir(async (dir) => {

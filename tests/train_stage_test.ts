@@ -1,4 +1,4 @@
-import { deepStrictEqual, ok as assert, rejects } from "node:assert";
+import { deepStrictEqual, match as assertMatch, ok as assert, rejects } from "node:assert";
 import { main } from "../stages/train.ts";
 import { readInitAdapter } from "../lib/train/run.ts";
 import { loadGlmModel } from "../lib/model/load.ts";
@@ -462,6 +462,39 @@ Deno.test("--init-adapter: any safetensors with the prefix embedding; mismatches
     /r is 4, the config's peft_config.r is 8/,
   );
   await rejects(() => readInitAdapter(join(dir, "nope"), spec), /no such directory/);
+  // a prefix trained without the projection cannot start one with it, nor the other way
+  await rejects(
+    () => readInitAdapter(dir, { ...spec, prefixProjection: true }),
+    /prefix_projection is false, the config's peft_config.prefix_projection is true/,
+  );
+  // another scaling (lora_alpha, use_rslora) or more target modules: a note, the tensors load
+  const notes: string[] = [];
+  const error = console.error;
+  console.error = (...a: unknown[]) => notes.push(a.join(" "));
+  try {
+    const lora = join(FIX, "tiny-lora-peft");
+    const cfg = JSON.parse(await Deno.readTextFile(join(lora, "adapter_config.json")));
+    const base = { kind: "lora", r: cfg.r, alpha: cfg.lora_alpha, dropout: 0 } as const;
+    await readInitAdapter(lora, { ...base, targetModules: cfg.target_modules });
+    deepStrictEqual(notes, []);
+    await readInitAdapter(lora, { ...base, useRslora: true, targetModules: cfg.target_modules });
+    await readInitAdapter(lora, { ...base, targetModules: [...cfg.target_modules, "dense"] });
+    deepStrictEqual(notes.length, 2, notes.join("\n"));
+    assertMatch(
+      notes[0],
+      new RegExp(
+        `scales its LoRA by ${
+          cfg.lora_alpha / cfg.r
+        } \\(lora_alpha ${cfg.lora_alpha} / r ${cfg.r}\\), ` +
+          `this run by ${
+            cfg.lora_alpha / Math.sqrt(cfg.r)
+          } .*use_rslora\\): it starts from another function`,
+      ),
+    );
+    assertMatch(notes[1], /has no LoRA on dense; those start fresh \(B = 0\)/);
+  } finally {
+    console.error = error;
+  }
   await Deno.remove(dir, { recursive: true });
 });
 

@@ -298,7 +298,8 @@ export const LORA_CONFIG: Section = {
   bias: only("string", "none", { enum: ["none", "all", "lora_only"] }),
   fan_in_fan_out: only("bool", false),
   use_rslora: f("bool", false),
-  init_lora_weights: f("bool", true),
+  // false (B random too, the adapter not a no-op at the start) is not built: B starts at 0
+  init_lora_weights: only("bool", true),
   modules_to_save: only("strings", null, { nullable: true }),
   layers_to_transform: only("ints", null, { nullable: true }),
   layers_pattern: only("strings", null, { nullable: true }),

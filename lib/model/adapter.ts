@@ -5,8 +5,18 @@
  */
 
 export type AdapterSpec =
-  /** PEFT LoRA on the named linear kinds: y = Wx + (alpha/r)·B(A(dropout(x))). */
-  | { kind: "lora"; r: number; alpha: number; dropout: number; targetModules: string[] }
+  /**
+   * PEFT LoRA on the named linear kinds: y = Wx + scale·B(A(dropout(x))), scale
+   * alpha/r, or alpha/√r with useRslora (loraScale).
+   */
+  | {
+    kind: "lora";
+    r: number;
+    alpha: number;
+    dropout: number;
+    targetModules: string[];
+    useRslora?: boolean;
+  }
   /**
    * P-Tuning v2 (ChatGLM's prefix_encoder): pre_seq_len virtual key/value
    * positions per layer; dropout (default 0.1, as ChatGLM3 applies to
@@ -23,6 +33,12 @@ export type AdapterSpec =
   | { kind: "full" }
   /** Inference with the base model only. */
   | { kind: "none" };
+
+/** PEFT's LoRA scaling: lora_alpha / r, or lora_alpha / √r with use_rslora. */
+export function loraScale(spec: AdapterSpec): number {
+  if (spec.kind !== "lora") return 0;
+  return spec.alpha / (spec.useRslora ? Math.sqrt(spec.r) : spec.r);
+}
 
 /** PEFT target module names for chatglm, in the order layers apply them. */
 export const LORA_TARGETS = ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"] as const;

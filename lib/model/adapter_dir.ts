@@ -177,9 +177,8 @@ async function readLora(dir: string, cfgPath: string, cfg: Record<string, unknow
   rejectUnsupportedLora(cfg, cfgPath);
   const r = num(cfg, "r", cfgPath);
   if (!Number.isInteger(r)) throw new UserError(`${cfgPath}: r: expected an integer, got ${r}`);
-  let alpha = cfg.lora_alpha === undefined ? 8 : num(cfg, "lora_alpha", cfgPath);
-  // rsLoRA scales by alpha/√r; the model scales by alpha/r, so fold the difference into alpha.
-  if (cfg.use_rslora === true) alpha = alpha * Math.sqrt(r);
+  const alpha = cfg.lora_alpha === undefined ? 8 : num(cfg, "lora_alpha", cfgPath);
+  const useRslora = cfg.use_rslora === true;
   const dropout = cfg.lora_dropout === undefined ? 0 : num(cfg, "lora_dropout", cfgPath, false);
   const targetModules = loraTargets(cfg.target_modules ?? ["query_key_value"], cfgPath);
   const wpath = join(dir, PEFT_WEIGHTS);
@@ -211,7 +210,14 @@ async function readLora(dir: string, cfgPath: string, cfg: Record<string, unknow
     shapes.set(name, t.shape);
   }
   if (tensors.size === 0) throw new UserError(`${wpath}: holds no LoRA tensors`);
-  const spec: AdapterSpec = { kind: "lora", r, alpha, dropout, targetModules };
+  const spec: AdapterSpec = {
+    kind: "lora",
+    r,
+    alpha,
+    dropout,
+    targetModules,
+    ...(useRslora ? { useRslora } : {}),
+  };
   return { spec, tensors, shapes };
 }
 
@@ -341,6 +347,7 @@ async function readAdapterFiles(dir: string, fallback?: AdapterSpec): Promise<Ad
       lora_alpha: fallback.alpha,
       lora_dropout: fallback.dropout,
       target_modules: fallback.targetModules,
+      use_rslora: fallback.useRslora ?? false,
     };
     const from = `${dir} (no ${PEFT_CONFIG}: the training config's LoRA settings)`;
     return { dir, ...(await readLora(dir, from, cfg)), baseModel: null, configPath: null };

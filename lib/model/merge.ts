@@ -20,7 +20,14 @@ import { assertFiniteTensor } from "../finite.ts";
 import { checkNotInput, claimOutputDir, markOutputDir, OUTPUT_MARKER } from "../outdir.ts";
 import { isDType } from "../safetensors/dtype.ts";
 import { parseSize, type TensorToWrite, writeShardedSafetensors } from "../safetensors/write.ts";
-import { layerPrefix, LINEAR_PATH, LORA_TARGETS, loraName, type LoraTarget } from "./adapter.ts";
+import {
+  layerPrefix,
+  LINEAR_PATH,
+  LORA_TARGETS,
+  loraName,
+  loraScale,
+  type LoraTarget,
+} from "./adapter.ts";
 import { adapterTensorsFor, readAdapterDir } from "./adapter_dir.ts";
 import { loadGlmConfig } from "./config.ts";
 import { openWeights } from "./weights.ts";
@@ -158,7 +165,7 @@ export async function mergeAdapter(o: MergeOptions): Promise<MergeResult> {
     }
   }
   const factors = adapterTensorsFor(params, adapter);
-  const scale = spec.alpha / spec.r;
+  const scale = loraScale(spec);
 
   const names = weights.names();
   const merged: string[] = [];

@@ -20,7 +20,7 @@ import { glmGroups, loadGlmConfig } from "../model/config.ts";
 import { gpuForModel, loadGlmModel } from "../model/load.ts";
 import { formatMemoryPlan, memoryPlan } from "../model/memory_plan.ts";
 import { PEFT_CONFIG, PEFT_WEIGHTS, PREFIX_WEIGHTS, readAdapterDir } from "../model/adapter_dir.ts";
-import { PREFIX_EMBEDDING } from "../model/adapter.ts";
+import { loraScale, PREFIX_EMBEDDING } from "../model/adapter.ts";
 import { trainArgsFromConfig } from "./args.ts";
 import { fullFiles, loraFiles, type ModelFiles, prefixFiles } from "./checkpoint.ts";
 import { maxLength, runRecords } from "./data.ts";
@@ -63,6 +63,7 @@ export function adapterSpec(cfg: FinetuneConfig): AdapterSpec {
       alpha: p.lora_alpha,
       dropout: p.lora_dropout,
       targetModules: typeof t === "string" ? [t] : [...t],
+      ...(p.use_rslora ? { useRslora: true } : {}),
     };
   }
   return {
@@ -86,6 +87,7 @@ export function modelFilesFor(model: GlmModel, spec: AdapterSpec, modelDir: stri
         alpha: spec.alpha,
         dropout: spec.dropout,
         targetModules: spec.targetModules,
+        useRslora: spec.useRslora,
         baseModel: modelDir,
       });
     case "prefix":
@@ -138,15 +140,47 @@ export async function readInitAdapter(
           `(${PEFT_CONFIG} + ${PEFT_WEIGHTS})`,
     );
   }
-  if (a.spec.kind === "lora" && spec.kind === "lora" && a.spec.r !== spec.r) {
-    throw new UserError(`${where}: r is ${a.spec.r}, the config's peft_config.r is ${spec.r}`);
+  const had = a.spec;
+  if (had.kind === "lora" && spec.kind === "lora") {
+    if (had.r !== spec.r) {
+      throw new UserError(`${where}: r is ${had.r}, the config's peft_config.r is ${spec.r}`);
+    }
+    // Other settings start the run from another function than the adapter's: said, not refused
+    // (a new run may mean to change them).
+    const [was, now] = [loraScale(had), loraScale(spec)];
+    if (Math.abs(was - now) > 1e-12 * Math.abs(was)) {
+      console.error(
+        `note: --init-adapter ${dir} scales its LoRA by ${was} (${scaleText(had)}), this run by ` +
+          `${now} (${scaleText(spec)}): it starts from another function than the adapter's`,
+      );
+    }
+    const fresh = spec.targetModules.filter((t) => !had.targetModules.includes(t));
+    if (fresh.length > 0) {
+      console.error(
+        `note: --init-adapter ${dir} has no LoRA on ${fresh.join(", ")}; those start fresh (B = 0)`,
+      );
+    }
   }
-  if (a.spec.kind === "prefix" && spec.kind === "prefix" && a.spec.preSeqLen !== spec.preSeqLen) {
-    throw new UserError(
-      `${where}: pre_seq_len is ${a.spec.preSeqLen}, the config's num_virtual_tokens is ${spec.preSeqLen}`,
-    );
+  if (a.spec.kind === "prefix" && spec.kind === "prefix") {
+    if (a.spec.preSeqLen !== spec.preSeqLen) {
+      throw new UserError(
+        `${where}: pre_seq_len is ${a.spec.preSeqLen}, the config's num_virtual_tokens is ${spec.preSeqLen}`,
+      );
+    }
+    // With the projection the embedding is the MLP's input, without it the prefix itself.
+    if (a.spec.prefixProjection !== spec.prefixProjection) {
+      throw new UserError(
+        `${where}: prefix_projection is ${a.spec.prefixProjection}, the config's ` +
+          `peft_config.prefix_projection is ${spec.prefixProjection}; the prefix's tensors mean ` +
+          `another thing in each, so one cannot start the other`,
+      );
+    }
   }
   return a.tensors;
+}
+
+function scaleText(s: AdapterSpec & { kind: "lora" }): string {
+  return `lora_alpha ${s.alpha} / ${s.useRslora ? `√r, r ${s.r}, use_rslora` : `r ${s.r}`}`;
 }
 
 /**

@@ -11,12 +11,8 @@ import { encodeMatmul } from "../../gpu/kernels/matmul.ts";
 import { encodeMatmul4bit } from "../../gpu/kernels/matmul_4bit.ts";
 import { encodeDropout } from "../../gpu/kernels/dropout.ts";
 import { encodeColSum } from "../../gpu/kernels/elementwise.ts";
-import { LORA_TARGETS, type LoraTarget } from "../adapter.ts";
+import { LORA_TARGETS, loraScale, type LoraTarget } from "../adapter.ts";
 import type { Core, Linear, Step } from "./core.ts";
-
-function loraScale(c: Core): number {
-  return c.adapter.kind === "lora" ? c.adapter.alpha / c.adapter.r : 0;
-}
 
 function loraDropout(c: Core, st: Step): number {
   return c.adapter.kind === "lora" && st.training ? c.adapter.dropout : 0;
@@ -111,7 +107,7 @@ export function linearForward(
     b: l.lora.B.weight,
     c: y,
     transB: true,
-    alpha: loraScale(c),
+    alpha: loraScale(c.adapter),
     accumulate: true,
   });
 }
@@ -151,7 +147,7 @@ export function linearBackward(
     encodeColSum(gpu, pass, { rows: T, cols: l.out, src: dy, dst: l.bParam.grad, beta: 1 });
   }
   if (!l.lora || !loraSaved) return;
-  const r = l.lora.A.shape[0], s = loraScale(c);
+  const r = l.lora.A.shape[0], s = loraScale(c.adapter);
   const p = loraDropout(c, st);
   // dB += s·dyᵀ·a ; da = s·dy·B ; dA += daᵀ·dropout(x) ; dx += dropout(da·A)
   encodeMatmul(gpu, pass, {

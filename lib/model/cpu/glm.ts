@@ -20,6 +20,7 @@ import {
   LINEAR_PATH,
   LORA_TARGETS,
   loraName,
+  loraScale,
   type LoraTarget,
   PREFIX_EMBEDDING,
   PREFIX_TRANS,
@@ -195,7 +196,7 @@ export class CpuGlm {
   }
 
   private loraScale(): number {
-    return this.adapter.kind === "lora" ? this.adapter.alpha / this.adapter.r : 0;
+    return loraScale(this.adapter);
   }
 
   private linearFwd(
