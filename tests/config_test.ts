@@ -194,11 +194,28 @@ Deno.test("wrong types and bad values are errors with file:line", () => {
       "training_args:\n  generation_config:\n    max_new_tokns: 5\n",
       /:7: training_args\.generation_config\.max_new_tokns: unknown key/,
     ],
+    // get_scheduler's functions refuse arguments they do not take
+    [
+      "training_args:\n  lr_scheduler_type: cosine\n  lr_scheduler_kwargs:\n    num_cycle: 2\n",
+      /:8: training_args\.lr_scheduler_kwargs\.num_cycle: the cosine schedule takes num_cycles \(did you mean num_cycles\?\)/,
+    ],
+    [
+      "training_args:\n  lr_scheduler_kwargs: {power: 2}\n",
+      /:6: training_args\.lr_scheduler_kwargs\.power: the linear schedule takes no arguments/,
+    ],
   ];
   for (const [extra, re] of cases) {
     const e = assertThrows(() => parseConfig(base + extra, "c.yaml"), UserError);
     assertMatch(e.message, re);
   }
+  // what they do take, and HF's save_total_limit 0 (no rotation), load
+  const ok = parseConfig(
+    base + "training_args:\n  lr_scheduler_type: polynomial\n  lr_scheduler_kwargs: {power: 2, " +
+      "lr_end: 0.0}\n  save_total_limit: 0\n",
+    "c.yaml",
+  );
+  assertEquals(ok.training_args.lr_scheduler_kwargs, { power: 2, lr_end: 0 });
+  assertEquals(ok.training_args.save_total_limit, 0);
   // several problems are all reported at once
   const many = assertThrows(
     () => parseConfig("max_input_length: x\nmax_output_length: -1\n", "m.yaml"),

@@ -436,7 +436,7 @@ function editDistance(a: string, b: string): number {
   return prev[b.length];
 }
 
-function suggest(key: string, known: string[]): string {
+function suggest(key: string, known: readonly string[]): string {
   let best = "";
   let bestD = Infinity;
   for (const k of known) {
@@ -445,6 +445,17 @@ function suggest(key: string, known: string[]): string {
   }
   return bestD <= Math.max(2, Math.floor(key.length / 4)) ? ` (did you mean ${best}?)` : "";
 }
+
+/** The lr_scheduler_kwargs each schedule's function in transformers takes. */
+const SCHEDULER_KWARGS: Record<string, readonly string[]> = {
+  linear: [],
+  constant: [],
+  constant_with_warmup: [],
+  cosine: ["num_cycles"],
+  cosine_with_restarts: ["num_cycles"],
+  polynomial: ["lr_end", "power"],
+  inverse_sqrt: ["timescale"],
+};
 
 const FLOAT_RE = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
 const INT_RE = /^[+-]?\d+$/;
@@ -577,6 +588,19 @@ class Validator {
     }
     if (args.max_steps === 0) {
       this.error(`${key}.max_steps`, "must be > 0, or -1 to train num_train_epochs");
+    }
+    // HF's get_scheduler passes lr_scheduler_kwargs to the schedule's function, which refuses
+    // an argument it does not take (a misspelt num_cycles would otherwise run the default).
+    const takes = SCHEDULER_KWARGS[args.lr_scheduler_type];
+    for (const k of Object.keys(args.lr_scheduler_kwargs ?? {})) {
+      if (takes && !takes.includes(k)) {
+        this.error(
+          `${key}.lr_scheduler_kwargs.${k}`,
+          `the ${args.lr_scheduler_type} schedule takes ${
+            takes.length ? takes.join(", ") : "no arguments"
+          }${suggest(k, takes)}`,
+        );
+      }
     }
     if (args.max_steps < 0 && args.num_train_epochs <= 0) {
       this.error(`${key}.num_train_epochs`, "must be > 0 when max_steps is not set");

@@ -174,7 +174,8 @@ export const TRAINING_ARGS: Section = {
   logging_nan_inf_filter: na("bool", true, NA_TORCH),
   save_strategy: f("string", "steps", { enum: [...INTERVAL_STRATEGIES, "best"] }),
   save_steps: f("float", 500, { min: 0 }),
-  save_total_limit: f("int", null, { nullable: true, min: 1 }),
+  // HF: null or 0 keeps every checkpoint
+  save_total_limit: f("int", null, { nullable: true, min: 0 }),
   save_safetensors: only("bool", true),
   save_only_model: f("bool", false),
   seed: f("int", 42, { min: 0 }),

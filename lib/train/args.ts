@@ -76,18 +76,26 @@ export const DEFAULT_TRAIN_ARGS: TrainArgs = {
   nanPolicy: "stop",
 };
 
-/** Map a validated config's training_args onto TrainArgs. */
-export function trainArgsFromConfig(t: TrainingArgs, opts: { shuffle: boolean }): TrainArgs {
+/**
+ * Map a validated config's training_args onto TrainArgs; `configPath` names
+ * the config in the messages of what this engine does not build.
+ */
+export function trainArgsFromConfig(
+  t: TrainingArgs,
+  opts: { shuffle: boolean; configPath?: string },
+): TrainArgs {
+  const where = opts.configPath ? `${opts.configPath}: ` : "";
   if (!(SUPPORTED_SCHEDULES as readonly string[]).includes(t.lr_scheduler_type)) {
     throw new UserError(
-      `training_args.lr_scheduler_type: "${t.lr_scheduler_type}" is not supported by this trainer; use one of ${
-        SUPPORTED_SCHEDULES.join(", ")
-      }`,
+      `${where}training_args.lr_scheduler_type: "${t.lr_scheduler_type}" is not supported by the ` +
+        `WebGPU engine (the torch engine, --engine torch, runs it); use one of ${
+          SUPPORTED_SCHEDULES.join(", ")
+        }`,
     );
   }
   if (t.save_strategy === "best") {
     throw new UserError(
-      `training_args.save_strategy: "best" needs metric_for_best_model, which this trainer does not track; use "steps", "epoch" or "no"`,
+      `${where}training_args.save_strategy: "best" needs metric_for_best_model, which this trainer does not track; use "steps", "epoch" or "no"`,
     );
   }
   return {

@@ -233,7 +233,10 @@ export async function runTraining(o: RunOptions): Promise<TrainResult> {
     force: o.force,
     legacy: (names) => names.some((n) => TRAIN_OUTPUT.test(n)),
   });
-  const args = trainArgsFromConfig(cfg.training_args, { shuffle: o.shuffle ?? true });
+  const args = trainArgsFromConfig(cfg.training_args, {
+    shuffle: o.shuffle ?? true,
+    configPath: o.configPath,
+  });
   const spec = adapterSpec(cfg);
   const mode = finetuneMode(cfg);
   const glmConfig = await loadGlmConfig(o.modelDir);
