@@ -1,6 +1,7 @@
 import { deepStrictEqual, ok as assert, rejects } from "node:assert";
 import { join } from "node:path";
 import {
+  checkSameKind,
   COMPLETE_MARKER,
   findCheckpoint,
   fullFiles,
@@ -279,4 +280,23 @@ Deno.test("the loss total behind train_loss: as saved, or rebuilt from an older 
   ];
   const old = { logging_window: { lossSum: 1.5, steps: 1, skipped: 0 } };
   deepStrictEqual(lossTotalOf(old, history), { lossSum: 3 * 2 + 2 * 3 + 1.5, steps: 6 });
+});
+
+Deno.test("a checkpoint of another kind of run is refused by name, not by the file it lacks", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await checkSameKind(dir, "lora"); // nothing to tell by: the reader says what is missing
+    await Deno.writeFile(join(dir, "adapter_model.safetensors"), new Uint8Array(8));
+    await checkSameKind(dir, "lora");
+    await rejects(
+      () => checkSameKind(dir, "prefix"),
+      /cannot resume: it is a LoRA checkpoint \(adapter_model\.safetensors\), the config trains a P-Tuning v2 run/,
+    );
+    await Deno.remove(join(dir, "adapter_model.safetensors"));
+    await Deno.writeFile(join(dir, "model.safetensors.index.json"), new Uint8Array(2));
+    await checkSameKind(dir, "full");
+    await rejects(() => checkSameKind(dir, "lora"), /it is a full fine-tuning checkpoint/);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });

@@ -312,6 +312,31 @@ export async function findCheckpoint(outDir: string, which: "yes" | number): Pro
   return hit.dir;
 }
 
+/** The trainable tensors' file of each kind of run, as its ModelFiles writes them. */
+const KIND_FILES: [kind: string, file: string, what: string][] = [
+  ["lora", PEFT_WEIGHTS, "a LoRA"],
+  ["prefix", PREFIX_WEIGHTS, "a P-Tuning v2"],
+  ["full", "model.safetensors", "a full fine-tuning"],
+  ["full", "model.safetensors.index.json", "a full fine-tuning"],
+];
+
+/**
+ * A run continues from checkpoint `dir` only as the kind of run that made it:
+ * one of another kind (its peft_config changed) is refused naming both,
+ * rather than failing on the file this kind reads.
+ */
+export async function checkSameKind(dir: string, kind: string): Promise<void> {
+  const has = async (f: string) => await Deno.stat(join(dir, f)).then(() => true, () => false);
+  const found = [];
+  for (const k of KIND_FILES) if (await has(k[1])) found.push(k);
+  if (found.length === 0 || found.some(([k]) => k === kind)) return;
+  const what = (k: string) => KIND_FILES.find(([x]) => x === k)?.[2] ?? k;
+  throw new UserError(
+    `${dir}: cannot resume: it is ${what(found[0][0])} checkpoint (${found[0][1]}), the config ` +
+      `trains ${what(kind)} run (peft_config); resume with that run's config, or start a new run`,
+  );
+}
+
 /**
  * A run continues from `dir` only on the data and batching that checkpoint was
  * made with (its resume_state.json `data`), as an uninterrupted run would: the
@@ -408,6 +433,7 @@ async function readJson(path: string): Promise<Record<string, unknown>> {
 }
 
 export async function readCheckpoint(dir: string, files: ModelFiles): Promise<LoadedCheckpoint> {
+  await checkSameKind(dir, files.kind);
   const rs = await readJson(join(dir, "resume_state.json"));
   const ts = await readJson(join(dir, "trainer_state.json"));
   const opt = await readSafetensorsF32(join(dir, "optimizer.safetensors"));

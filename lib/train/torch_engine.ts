@@ -34,6 +34,7 @@ import { formatTorchMemoryPlan, type Sharding, torchMemoryPlan } from "../model/
 import { writeSafetensorsF32 } from "../safetensors/write.ts";
 import {
   checkSameData,
+  checkSameKind,
   checkSchedule,
   findCheckpoint,
   type LogEntry,
@@ -302,6 +303,7 @@ export async function runTorchTraining(o: TorchRunOptions): Promise<TorchRunResu
   let startStep = 0;
   if (o.resume !== undefined) {
     resumeDir = await findCheckpoint(o.outDir, o.resume);
+    await checkSameKind(resumeDir, adapterSpec(cfg).kind);
     const rs = await readJsonFile(join(resumeDir, "resume_state.json"));
     checkSameData(resumeDir, (rs.data ?? {}) as Record<string, unknown>, dataInfo);
     await checkSchedule(resumeDir, {
