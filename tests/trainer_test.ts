@@ -737,6 +737,17 @@ Deno.test("data: masked JSONL errors name file, line and field", async () => {
     () => Array.fromAsync(runRecords(dir, 384)),
     (e: Error) => e instanceof UserError && e.message.startsWith(`${dir}: `),
   );
+  // longer than the model's seq_length (HF's rotary table): refused with file, line and field
+  const f = join(dir, "long.jsonl");
+  await Deno.writeTextFile(
+    f,
+    '{"input_ids":[5,6,7],"labels":[-100,6,7]}\n{"input_ids":[5,6,7,8],"labels":[-100,6,7,8]}\n',
+  );
+  deepStrictEqual((await Array.fromAsync(runRecords(f, 384, 4))).length, 2);
+  await rejects(
+    () => Array.fromAsync(runRecords(f, 384, 3)),
+    /long\.jsonl:2: input_ids: 4 tokens, more than the model's seq_length 3 \(config\.json/,
+  );
   await Deno.remove(dir, { recursive: true });
 });
 

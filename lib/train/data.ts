@@ -109,18 +109,31 @@ export async function* maskedRecords(
 
 /**
  * The records of a run's `--train` or `--eval` file, checked against the
- * model's vocabulary (input_ids and labels, before any weight is loaded). A
- * file without records, or one in which no label is learned (every label
- * past each record's first position is -100), is an error naming it, not a
- * run that trains on, or scores, nothing.
+ * model's vocabulary (input_ids and labels, before any weight is loaded) and,
+ * given it, its seq_length: ChatGLM's rotary table has that many positions, so
+ * HF cannot run a longer record. A file without records, or one in which no
+ * label is learned (every label past each record's first position is -100),
+ * is an error naming it, not a run that trains on, or scores, nothing.
  */
 export async function* runRecords(
   path: string,
   vocabSize: number,
+  seqLength = Infinity,
 ): AsyncGenerator<MaskedRecord> {
   let n = 0, learned = false;
   for await (const r of maskedRecords(path, { vocabSize })) {
     n++;
+    if (r.inputIds.length > seqLength) {
+      throw new UserError(
+        located(
+          path,
+          r.line,
+          "input_ids",
+          `${r.inputIds.length} tokens, more than the model's seq_length ${seqLength} ` +
+            `(config.json: its rotary positions); mask with smaller max_input_length / max_output_length`,
+        ),
+      );
+    }
     for (let i = 1; i < r.labels.length && !learned; i++) learned = r.labels[i] !== IGNORE;
     yield r;
   }

@@ -241,8 +241,11 @@ export async function runTraining(o: RunOptions): Promise<TrainResult> {
   const mode = finetuneMode(cfg);
   const glmConfig = await loadGlmConfig(o.modelDir);
   const vocab = glmConfig.padded_vocab_size;
-  const trainRecs = await Array.fromAsync(runRecords(o.trainFile, vocab));
-  const evalRecs = o.evalFile ? await Array.fromAsync(runRecords(o.evalFile, vocab)) : undefined;
+  const seqLength = glmConfig.seq_length;
+  const trainRecs = await Array.fromAsync(runRecords(o.trainFile, vocab, seqLength));
+  const evalRecs = o.evalFile
+    ? await Array.fromAsync(runRecords(o.evalFile, vocab, seqLength))
+    : undefined;
   if (!o.evalFile && args.evalStrategy !== "no") {
     console.error(
       `note: training_args.eval_strategy is "${args.evalStrategy}" but no eval file was given; not evaluating`,

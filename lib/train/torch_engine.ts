@@ -184,12 +184,17 @@ export function torchTrainingArgs(cfg: FinetuneConfig): Record<string, unknown> 
   return out;
 }
 
-/** Check every record of a masked JSONL file as the WebGPU engine does, holding one at a time. */
-/** The records' count and digest, each checked against the vocabulary. */
-async function checkRecords(file: string, vocab: number): Promise<{ n: number; digest: string }> {
+/**
+ * Check every record of a masked JSONL file as the WebGPU engine does, holding one at a time:
+ * their count and digest.
+ */
+async function checkRecords(
+  file: string,
+  model: { padded_vocab_size: number; seq_length: number },
+): Promise<{ n: number; digest: string }> {
   let n = 0;
   const d = new RecordsDigest();
-  for await (const r of runRecords(file, vocab)) {
+  for await (const r of runRecords(file, model.padded_vocab_size, model.seq_length)) {
     n++;
     d.add(r);
   }
@@ -272,9 +277,9 @@ export async function runTorchTraining(o: TorchRunOptions): Promise<TorchRunResu
   }
 
   const model = await loadGlmConfig(o.modelDir);
-  const records = await checkRecords(o.trainFile, model.padded_vocab_size);
+  const records = await checkRecords(o.trainFile, model);
   let evalFile = o.evalFile;
-  if (evalFile) await checkRecords(evalFile, model.padded_vocab_size);
+  if (evalFile) await checkRecords(evalFile, model);
   if (!evalFile && t.eval_strategy !== "no") {
     console.error(
       `note: training_args.eval_strategy is "${t.eval_strategy}" but no eval file was given; not evaluating`,
