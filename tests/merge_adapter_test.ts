@@ -256,3 +256,23 @@ Deno.test("merge-adapter: addLoraDelta is W + scale·B·A", () => {
   // B·A = [[1, 2, 4], [0, 3, 3]]
   assert.deepStrictEqual([...W], [1.5, 3, 5, 4, 6.5, 7.5]);
 });
+
+Deno.test("merge-adapter: a full fine-tuning output as the base: its run files are not copied", async () => {
+  await withTempDir(async (dir) => {
+    const base = join(dir, "sft");
+    await Deno.mkdir(base);
+    for await (const e of Deno.readDir(TINY)) {
+      await Deno.copyFile(join(TINY, e.name), join(base, e.name));
+    }
+    for (const f of ["trainer_state.json", "training_args.json", "metrics.jsonl"]) {
+      await Deno.writeTextFile(join(base, f), "{}\n");
+    }
+    const out = join(dir, "merged");
+    const r = await mergeAdapter({ modelDir: base, adapterDir: PEFT, outDir: out });
+    const names = [...Deno.readDirSync(out)].map((e) => e.name).filter((n) => !n.startsWith("."));
+    assert.deepStrictEqual(names.sort(), [...Deno.readDirSync(TINY)].map((e) => e.name).sort());
+    assert.deepStrictEqual(r.files.sort(), names.sort());
+    // and a re-run into it is not refused for files it has not got
+    await mergeAdapter({ modelDir: base, adapterDir: PEFT, outDir: out });
+  });
+});

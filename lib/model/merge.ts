@@ -88,11 +88,27 @@ export function addLoraDelta(
   }
 }
 
+/**
+ * What a training run writes beside its weights (both engines, and HF Trainer): a full fine-tuning
+ * output used as the base holds them, and they describe that run, not the merged model.
+ */
+const RUN_FILES = new Set([
+  "trainer_state.json",
+  "training_args.json",
+  "training_args.bin",
+  "metrics.jsonl",
+  "all_results.json",
+  "train_results.json",
+  "eval_results.json",
+]);
+
 /** The base model dir's files a merge copies beside its weights (config, tokenizer, code). */
 async function copiedFiles(modelDir: string): Promise<string[]> {
   const out: string[] = [];
   for await (const e of Deno.readDir(modelDir)) {
-    if (e.isFile && !WEIGHT_FILE.test(e.name) && !e.name.startsWith(".")) out.push(e.name);
+    if (
+      e.isFile && !WEIGHT_FILE.test(e.name) && !e.name.startsWith(".") && !RUN_FILES.has(e.name)
+    ) out.push(e.name);
   }
   return out;
 }
