@@ -754,3 +754,48 @@ Deno.test("a training_args.logging_dir outside the run folder is refused before 
     await t.cleanup();
   }
 });
+
+Deno.test("a train step does not rerun for config keys it does not read (generation settings, lengths)", async () => {
+  const t = await setup();
+  try {
+    const stages = join(t.src, "stages");
+    await Deno.mkdir(stages);
+    await Deno.writeTextFile(
+      join(stages, "train.ts"),
+      `import { parseArgs } from "node:util";
+export async function main(args: string[]) {
+  const { values } = parseArgs({ args, options: { config: { type: "string" }, out: { type: "string" } } });
+  await Deno.writeTextFile(values.out!, await Deno.readTextFile(values.config!));
+  return 0;
+}
+`,
+    );
+    const cfg = join(t.src, "c.yaml");
+    const text = (lr: string, tokens: number, len: number) =>
+      `max_input_length: ${len}\ntraining_args:\n  learning_rate: ${lr}\n  generation_config:\n` +
+      `    max_new_tokens: ${tokens}\n`;
+    await Deno.writeTextFile(cfg, text("1e-3", 8, 64));
+    const file = join(t.src, "t.yaml");
+    await Deno.writeTextFile(
+      file,
+      `steps:\n  - name: train\n    stage: train\n    inputs:\n      config: ${cfg}\n` +
+        `    outputs:\n      out: t.out\n`,
+    );
+    const go = () => run(file, { out: t.out, stages: fakeStages([], stages) });
+    assertEquals((await go()).ran, ["train"]);
+    await Deno.writeTextFile(cfg, text("1e-3", 16, 32));
+    assertEquals((await go()).skipped, ["train"]);
+    // key order and comments do not count either; a value train reads does
+    await Deno.writeTextFile(
+      cfg,
+      text("1e-3", 16, 32).replace("max_input_length: 32\n", "") + "max_input_length: 32\n",
+    );
+    assertEquals((await go()).skipped, ["train"]);
+    await Deno.writeTextFile(cfg, text("2e-3", 16, 32));
+    const changed = await go();
+    assertEquals(changed.ran, ["train"]);
+    assertMatch(changed.result.steps[0].reason, /input changed: \S+c\.yaml/);
+  } finally {
+    await t.cleanup();
+  }
+});

@@ -6,6 +6,7 @@
 import { createHash } from "node:crypto";
 import { dirname, join, relative, resolve } from "node:path";
 import { fileURLToPath as fromFileUrl } from "node:url";
+import { parseYaml } from "../yaml.ts";
 
 /**
  * Files above this size are identified by size and modification time instead of
@@ -37,6 +38,38 @@ export class Hasher {
       this.cache.set(abs, h);
     }
     return h;
+  }
+
+  /**
+   * The hash of a YAML or JSON file without the values at `unread` (key paths),
+   * over its canonical JSON; a file that does not parse as a mapping hashes
+   * whole.
+   */
+  async hashWithout(path: string, unread: string[][]): Promise<string | null> {
+    const abs = resolve(path);
+    const bytes = this.pending.get(abs) ?? await Deno.readFile(abs).catch((e) => {
+      if (e instanceof Deno.errors.NotFound || e instanceof Deno.errors.IsADirectory) return null;
+      throw e;
+    });
+    if (bytes === null) return await this.hash(path);
+    let tree: unknown;
+    try {
+      tree = parseYaml(new TextDecoder().decode(bytes), path).value;
+    } catch {
+      return await this.hash(path);
+    }
+    if (typeof tree !== "object" || tree === null || Array.isArray(tree)) {
+      return await this.hash(path);
+    }
+    for (const keys of unread) {
+      let node = tree as Record<string, unknown>;
+      for (const k of keys.slice(0, -1)) {
+        const next = node?.[k];
+        node = typeof next === "object" && next !== null ? next as Record<string, unknown> : {};
+      }
+      delete node[keys.at(-1)!];
+    }
+    return "values:" + sha256().update(canonicalJson(tree)).digest("hex");
   }
 
   /** Drop cached hashes of `path` and everything under or above it (it was just rewritten). */
@@ -82,6 +115,18 @@ export class Hasher {
     await walk(root);
     return h.digest("hex");
   }
+}
+
+/** JSON with every mapping's keys sorted, so that key order does not change a hash. */
+function canonicalJson(v: unknown): string {
+  if (Array.isArray(v)) return `[${v.map(canonicalJson).join(",")}]`;
+  if (typeof v === "object" && v !== null) {
+    const o = v as Record<string, unknown>;
+    return `{${
+      Object.keys(o).sort().map((k) => `${JSON.stringify(k)}:${canonicalJson(o[k])}`).join(",")
+    }}`;
+  }
+  return JSON.stringify(v) ?? "null";
 }
 
 async function hashFile(path: string, info: Deno.FileInfo): Promise<string> {

@@ -83,6 +83,18 @@ export const INPUT_FLAGS: Record<string, readonly string[]> = {
   report: ["train", "before", "after", "config", "train-data"],
 };
 
+/**
+ * Keys of a config input that a stage does not read: left out of that input's
+ * hash, so a change to them reruns only the steps that read them. Train takes
+ * neither the generation settings (its eval loss is teacher-forced) nor the
+ * lengths (mask applies those; its records change when they do).
+ */
+export const UNREAD_KEYS: Record<string, Record<string, string[][]>> = {
+  train: {
+    config: [["training_args", "generation_config"], ["max_input_length"], ["max_output_length"]],
+  },
+};
+
 /** Whether `flag` is one through which `stage` reads a file or folder. */
 export function isInputFlag(stage: string, flag: string): boolean {
   return (INPUT_FLAGS[stage] ?? []).includes(flag);

@@ -40,6 +40,7 @@ import {
   type ResolvedStep,
   resolveParams,
   resolveSteps,
+  UNREAD_KEYS,
 } from "./pipeline.ts";
 import { loadStage, stageFile, STAGES } from "../../stages/registry.ts";
 
@@ -575,7 +576,6 @@ async function checkInputsExist(
   }
 }
 
-/** Whether `dir` is an earlier pipeline run's folder (its marker, or from before markers, .manifests). */
 /**
  * The train step writes its TensorBoard logs into training_args.logging_dir. Like every output of
  * a pipeline they stay inside the run folder, whoever wrote the config or the --set.
@@ -591,6 +591,7 @@ function checkLoggingDir(config: unknown, runDir: string, origin: string): void 
   );
 }
 
+/** Whether `dir` is an earlier pipeline run's folder (its marker, or from before markers, .manifests). */
 async function isPipelineFolder(dir: string): Promise<boolean> {
   if ((await markerStage(dir)) === "pipeline") return true;
   return await Deno.stat(join(dir, ".manifests")).then((s) => s.isDirectory, () => false);
@@ -603,7 +604,12 @@ async function manifestOf(
   code: CodeHasher,
 ): Promise<Manifest> {
   const inputs: Record<string, string | null> = {};
-  for (const [k, p] of step.inputs) inputs[`${k || "_"} ${p}`] = await hasher.hash(p);
+  for (const [k, p] of step.inputs) {
+    const unread = UNREAD_KEYS[step.stage]?.[k];
+    inputs[`${k || "_"} ${p}`] = unread
+      ? await hasher.hashWithout(p, unread)
+      : await hasher.hash(p);
+  }
   const outputs: Record<string, string | null> = {};
   for (const [k, p] of step.outputs) outputs[`${k} ${p}`] = await hasher.hash(p);
   return {
