@@ -121,6 +121,17 @@ const GENERATION_KEYS = [
   "seed",
 ] as const;
 
+/** An evaluate --set as the override of a training config: its generation keys moved under training_args. */
+function configOverride(text: string): string {
+  const path = parseOverride(text).path;
+  if (path[0] === "generation_config") return `training_args.${text}`;
+  if (path.length === 1 && path[0] === "seed") return `training_args.${text}`;
+  if (path.length === 1 && (GENERATION_KEYS as readonly string[]).includes(path[0])) {
+    return `training_args.generation_config.${text}`;
+  }
+  return text;
+}
+
 /** A positive integer flag; "null" or "" (a pipeline's unset param) means not given. */
 function positiveInt(v: FlagValues[string], flag: string): number | undefined {
   return v === "null" || v === "" ? undefined : positiveIntFlag(v, flag);
@@ -153,7 +164,9 @@ export async function main(args: string[]): Promise<number> {
   // QLoRA: the base held 4-bit, from the config or from --set quantization_bit=4.
   let quantization: QuantizationConfig | null = null;
   if (values.config) {
-    const cfg = await loadConfig(values.config as string, sets);
+    // The generation settings by the names they have without a config (max_new_tokens=…,
+    // generation_config.top_p=…) are the config's training_args.generation_config (and seed).
+    const cfg = await loadConfig(values.config as string, sets.map(configOverride));
     quantization = cfg.quantization;
     const g = cfg.training_args.generation_config;
     if (g) {

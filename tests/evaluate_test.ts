@@ -424,3 +424,35 @@ Deno.test("generation settings out of the config's ranges are refused in evaluat
     assert.match(err, re);
   }
 });
+
+Deno.test("evaluate --config: generation settings by their short names set the config's generation_config", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const input = join(dir, "eval.jsonl");
+    await writeJsonl(input, [{ input_ids: forward.greedy[0].prompt, output_ids: [2] }]);
+    const out = join(dir, "out");
+    const { code, err } = await runCli([
+      "stage",
+      "evaluate",
+      "--model",
+      TINY,
+      "--in",
+      input,
+      "--out",
+      out,
+      "--config",
+      "tests/fixtures/torch/lora.yaml",
+      "--set",
+      "generation_config.max_new_tokens=3",
+      "--set",
+      "top_k=1",
+      "--set",
+      "seed=5",
+    ]);
+    assert.strictEqual(code, 0, err);
+    const [p] = await readJsonl(join(out, "predictions.jsonl"));
+    assert.deepStrictEqual(p.prediction_ids, untilStop(forward.greedy[0].tokens).slice(0, 3));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
