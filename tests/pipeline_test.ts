@@ -799,3 +799,41 @@ export async function main(args: string[]) {
     await t.cleanup();
   }
 });
+
+Deno.test("a step flag its stage does not have, or cannot take, is said before anything runs (dry run too)", async () => {
+  const t = await setup();
+  try {
+    for (const dryRun of [true, false]) {
+      const e = await rejects(runPipeline("pipelines/lora.yaml", {
+        stages: defaultStages,
+        out: t.out,
+        dryRun,
+        log: () => {},
+        sets: ["steps.train.args.rows_per_pass=2", "steps.evaluate-before.args.limit=true"],
+      }));
+      assertMatch(
+        e.message,
+        /^2 problems in pipeline lora; nothing was run:\n  pipelines\/lora\.yaml:\d+: step "evaluate-before" \(stage evaluate\): .*--limit.*\n  pipelines\/lora\.yaml:\d+: step "train" \(stage train\): unknown flag --rows_per_pass$/,
+      );
+      await Deno.stat(t.out).then(() => assert(false, "no run folder"), () => {});
+    }
+    // the torch engine's Python environment, too
+    const before = Deno.env.get("GLM_TORCH_PYTHON");
+    Deno.env.set("GLM_TORCH_PYTHON", "/no/such/python");
+    try {
+      const e = await rejects(runPipeline("pipelines/lora.yaml", {
+        stages: defaultStages,
+        out: t.out,
+        dryRun: true,
+        log: () => {},
+        sets: ["engine=torch"],
+      }));
+      assertMatch(e.message, /step "train": GLM_TORCH_PYTHON=\/no\/such\/python: no such file/);
+    } finally {
+      if (before === undefined) Deno.env.delete("GLM_TORCH_PYTHON");
+      else Deno.env.set("GLM_TORCH_PYTHON", before);
+    }
+  } finally {
+    await t.cleanup();
+  }
+});

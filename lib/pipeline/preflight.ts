@@ -11,7 +11,10 @@
  * The checks read headers only, never the weights themselves.
  */
 import { join, resolve } from "node:path";
+import { parseArgs } from "node:util";
+import type { CommandSpec } from "../args.ts";
 import { osErrorCode, UserError } from "../errors.ts";
+import { torchPython } from "../train/torch_engine.ts";
 import { loadGlmConfig } from "../model/config.ts";
 import { checkWeightFiles } from "../model/weights.ts";
 import type { ResolvedStep } from "./pipeline.ts";
@@ -104,4 +107,52 @@ export async function checkExternalInputs(
   return [...problems.values()].map(({ text, steps }) =>
     `${text} (read by step${steps.length > 1 ? "s" : ""} ${steps.join(", ")})`
   );
+}
+
+/**
+ * The problems of the steps' command lines, found before anything runs rather
+ * than when the step is reached (after hours of earlier steps on a real
+ * model): a flag the stage does not have, or a value it cannot take, by the
+ * stage's own flag list (its COMMAND), and a train step on `--engine torch`
+ * without that engine's Python environment. `where(step)` names the step.
+ */
+export async function checkStepFlags(
+  steps: { step: ResolvedStep; spec: CommandSpec | undefined; where: string }[],
+): Promise<string[]> {
+  const problems: string[] = [];
+  for (const { step, spec, where } of steps) {
+    if (!spec) continue;
+    const options: Record<string, { type: "string" | "boolean"; multiple?: boolean }> = {};
+    for (const [name, f] of Object.entries(spec.flags)) {
+      options[name] = { type: f.type, ...(f.multiple ? { multiple: true } : {}) };
+    }
+    let values: Record<string, unknown>;
+    try {
+      values = parseArgs({
+        args: step.argv,
+        options,
+        strict: true,
+        allowPositionals: (spec.positionals?.length ?? 0) > 0,
+      }).values;
+    } catch (e) {
+      const err = e as Error & { code?: string };
+      const unknown = err.code === "ERR_PARSE_ARGS_UNKNOWN_OPTION" &&
+        err.message.match(/'([^']+)'/);
+      problems.push(
+        `${where}: step "${step.name}" (stage ${step.stage}): ${
+          unknown ? `unknown flag ${unknown[1]}` : err.message.split("\n")[0]
+        }`,
+      );
+      continue;
+    }
+    if (step.stage === "train" && values.engine === "torch") {
+      try {
+        await torchPython();
+      } catch (e) {
+        if (!(e instanceof UserError)) throw e;
+        problems.push(`${where}: step "${step.name}": ${e.message}`);
+      }
+    }
+  }
+  return problems;
 }

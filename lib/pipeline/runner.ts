@@ -19,7 +19,8 @@ import {
 import { asPipelineStep } from "../invocation.ts";
 import { listCheckpoints } from "../train/checkpoint.ts";
 import { describeHolder, LOCK_FILE, lockRunDir, type RunLock } from "./lock.ts";
-import { checkExternalInputs, producerOf } from "./preflight.ts";
+import { checkExternalInputs, checkStepFlags, producerOf } from "./preflight.ts";
+import type { CommandSpec } from "../args.ts";
 import {
   claimOutputDir,
   isInside,
@@ -46,6 +47,8 @@ import { loadStage, stageFile, STAGES } from "../../stages/registry.ts";
 
 export interface StageModule {
   main(args: string[]): Promise<number | void>;
+  /** The stage's flags (the real stages have them; the runner checks each step's argv by them). */
+  COMMAND?: CommandSpec;
 }
 
 /** How the runner finds a stage: its code (for the code hash) and a loader. */
@@ -295,16 +298,25 @@ export async function runPipeline(path: string, opts: RunOptions = {}): Promise<
   const steps = resolveSteps({ file, params: resolved, runDir, config });
   // Every input no step makes (data files, the model dir, the config) is checked
   // before anything runs or the run folder is made.
+  const selected = (s: ResolvedStep) => !opts.only || s.name === opts.only;
   const problems = await checkExternalInputs(steps, {
-    selected: (s) => !opts.only || s.name === opts.only,
+    selected,
     pending: pendingConfig ? [pendingConfig.path] : [],
   });
-  if (problems.length === 1) throw new UserError(`${problems[0]}; nothing was run`);
-  if (problems.length > 1) {
+  // So are the steps' flags, by each stage's own flag list.
+  const lines: { step: ResolvedStep; spec: CommandSpec | undefined; where: string }[] = [];
+  for (const step of steps.filter(selected)) {
+    const ref = await stages(step.stage);
+    if (ref) lines.push({ step, spec: (await ref.load()).COMMAND, where: where(file, step) });
+  }
+  const flagProblems = await checkStepFlags(lines);
+  const all = [...problems, ...flagProblems];
+  if (all.length === 1) throw new UserError(`${all[0]}; nothing was run`);
+  if (all.length > 1) {
     throw new UserError(
-      `${problems.length} inputs of pipeline ${file.name} are missing or unusable; nothing was run:\n  ${
-        problems.join("\n  ")
-      }`,
+      `${all.length} ${flagProblems.length ? "problems in" : "inputs of"} pipeline ${file.name}${
+        flagProblems.length ? "" : " are missing or unusable"
+      }; nothing was run:\n  ${all.join("\n  ")}`,
     );
   }
   // Steps write only inside the run folder (resolveSteps); the folder itself must be new,
