@@ -65,6 +65,36 @@ Deno.test("config: bad fields are named with the file", async () => {
     await rejects(() => parseGlmConfig({ ...base, ...patch }, "m/config.json"), re);
   }
   assert.strictEqual(parseGlmConfig({ ...base, pre_seq_len: 16 }).pre_seq_len, 16);
+  // every problem at once, each at its line of the file
+  const dir = await Deno.makeTempDir();
+  try {
+    const text = JSON.stringify(
+      { ...base, num_layers: 1e9, kv_channels: -3, hidden_size: "x" },
+      null,
+      2,
+    );
+    await Deno.writeTextFile(join(dir, "config.json"), text);
+    const line = (k: string) => text.split("\n").findIndex((l) => l.includes(`"${k}"`)) + 1;
+    let message = "";
+    try {
+      await loadGlmConfig(dir);
+    } catch (x) {
+      message = (x as Error).message;
+    }
+    const at = (k: string) => `^${join(dir, "config.json")}:${line(k)}: ${k}: `;
+    assert.strictEqual(message.split("\n").length, 3, message);
+    assert.match(
+      message,
+      new RegExp(`${at("hidden_size")}expected a positive integer, got "x"$`, "m"),
+    );
+    assert.match(
+      message,
+      new RegExp(`${at("kv_channels")}expected a positive integer, got -3$`, "m"),
+    );
+    assert.match(message, new RegExp(`${at("num_layers")}1000000000 is out of range`, "m"));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
   await rejects(loadGlmConfig(join(FIX, "no-such-model")), /config\.json: not found/);
 });
 

@@ -117,28 +117,40 @@ function check(v: unknown, kind: Kind): string | undefined {
   }
 }
 
+/** The line of a top-level `"key":` in a JSON text, if it is on a line of its own. */
+function lineOfJsonKey(text: string | undefined, key: string): number | undefined {
+  if (text === undefined) return undefined;
+  const lines = text.split("\n");
+  const re = new RegExp(`^\\s*${JSON.stringify(key).replace(/[.*+?^${}()|[\]\\]/g, "\\$&")}\\s*:`);
+  const i = lines.findIndex((l) => re.test(l));
+  return i >= 0 ? i + 1 : undefined;
+}
+
 /**
- * Validate a parsed config.json (`path` names it in messages). Throws a
- * UserError naming the file and the field.
+ * Validate a parsed config.json (`path` names it in messages; `text`, its
+ * source, gives the lines). Throws a UserError with every problem, each as
+ * `FILE:LINE: field: message`.
  */
-export function parseGlmConfig(raw: unknown, path = "config.json"): GlmConfig {
+export function parseGlmConfig(raw: unknown, path = "config.json", text?: string): GlmConfig {
   if (typeof raw !== "object" || raw === null || Array.isArray(raw)) {
     throw new UserError(located(path, undefined, undefined, "expected a JSON object"));
   }
   const o = raw as Record<string, unknown>;
-  const fail = (field: string, msg: string): never => {
-    throw new UserError(located(path, undefined, field, msg));
+  const problems: string[] = [];
+  const fail = (field: string, msg: string): void => {
+    problems.push(located(path, lineOfJsonKey(text, field), field, msg));
+  };
+  const done = () => {
+    if (problems.length > 0) throw new UserError(problems.join("\n"));
   };
   if (o.model_type !== undefined && o.model_type !== "chatglm") {
     fail("model_type", `expected "chatglm", got ${JSON.stringify(o.model_type)}`);
   }
   const c: Record<string, unknown> = { raw: o, model_type: o.model_type };
   for (const [k, kind] of REQUIRED) {
-    if (o[k] === undefined || o[k] === null) {
-      fail(k, `missing (expected ${check(undefined, kind)})`);
-    }
     const want = check(o[k], kind);
-    if (want) fail(k, `expected ${want}, got ${JSON.stringify(o[k])}`);
+    if (o[k] === undefined || o[k] === null) fail(k, `missing (expected ${want})`);
+    else if (want) fail(k, `expected ${want}, got ${JSON.stringify(o[k])}`);
     c[k] = o[k];
   }
   for (const [k, kind, dflt] of OPTIONAL) {
@@ -158,6 +170,8 @@ export function parseGlmConfig(raw: unknown, path = "config.json"): GlmConfig {
       fail(k, `${v} is out of range (at most ${max}); is this a chatglm config.json?`);
     }
   }
+  // What follows relates fields to each other: only once each is valid on its own.
+  done();
   if (o.eos_token_id !== undefined) c.eos_token_id = o.eos_token_id as number | number[];
   if (o.pad_token_id !== undefined) c.pad_token_id = o.pad_token_id as number;
   const cfg = c as unknown as GlmConfig;
@@ -200,6 +214,7 @@ export function parseGlmConfig(raw: unknown, path = "config.json"): GlmConfig {
     ],
   ];
   for (const [k, bad, msg] of unsupported) if (bad) fail(k, msg);
+  done();
   return cfg;
 }
 
@@ -223,7 +238,7 @@ export async function loadGlmConfig(dir: string): Promise<GlmConfig> {
       located(path, undefined, undefined, `not valid JSON: ${(e as Error).message}`),
     );
   }
-  return parseGlmConfig(raw, path);
+  return parseGlmConfig(raw, path, text);
 }
 
 /**
