@@ -96,6 +96,10 @@ Deno.test("config: bad fields are named with the file", async () => {
     await Deno.remove(dir, { recursive: true });
   }
   await rejects(loadGlmConfig(join(FIX, "no-such-model")), /config\.json: not found/);
+  await rejects(
+    loadGlmConfig(join(TINY, "config.json")),
+    /tiny\/config\.json: a file, not a model directory \(give the directory that holds config\.json\)$/,
+  );
 });
 
 Deno.test("weights: single file, shards and bf16 give the same tensors", async () => {

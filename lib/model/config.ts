@@ -228,6 +228,11 @@ export async function loadGlmConfig(dir: string): Promise<GlmConfig> {
     if (e instanceof Deno.errors.NotFound) {
       throw new UserError(`${path}: not found (expected a chatglm3 model directory)`);
     }
+    if (e instanceof Deno.errors.NotADirectory) {
+      throw new UserError(
+        `${dir}: a file, not a model directory (give the directory that holds config.json)`,
+      );
+    }
     throw e;
   }
   let raw: unknown;
