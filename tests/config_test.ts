@@ -374,6 +374,9 @@ Deno.test("HF defaults and derived step counts", () => {
   assertEquals(trainingSteps({ ...d, num_train_epochs: 0.5 }, 80).maxSteps, 5);
   assertEquals(warmupSteps({ ...d, warmup_ratio: 0.1 }, 25), 3);
   assertEquals(warmupSteps({ ...d, warmup_steps: 4, warmup_ratio: 0.1 }, 25), 4);
+  // transformers 5: a warmup_steps in (0, 1) is a share of the run; at or past 1, its integer part
+  assertEquals(warmupSteps({ ...d, warmup_steps: 0.1 }, 25), 3);
+  assertEquals(warmupSteps({ ...d, warmup_steps: 2.5 }, 25), 2);
   assertEquals(intervalSteps(0.25, 18), 5);
   assertEquals(intervalSteps(10, 18), 10);
 });

@@ -271,12 +271,18 @@ export function trainingSteps(
   return { maxSteps, updatesPerEpoch, numEpochs };
 }
 
-/** HF `get_warmup_steps`: warmup_steps if > 0, else ⌈total × warmup_ratio⌉. */
+/**
+ * HF `get_warmup_steps`: warmup_steps when ≥ 1 (its integer part); a
+ * warmup_steps in (0, 1) is a share of the run, as transformers 5 reads it,
+ * ⌈total × warmup_steps⌉; 0 leaves it to ⌈total × warmup_ratio⌉ (4.x's key).
+ */
 export function warmupSteps(
   args: Pick<TrainingArgs, "warmup_steps" | "warmup_ratio">,
   totalSteps: number,
 ): number {
-  return args.warmup_steps > 0 ? args.warmup_steps : Math.ceil(totalSteps * args.warmup_ratio);
+  const w = args.warmup_steps;
+  if (w >= 1) return Math.trunc(w);
+  return Math.ceil(totalSteps * (w > 0 ? w : args.warmup_ratio));
 }
 
 /** The training engine a run uses: the keys that apply depend on it. */

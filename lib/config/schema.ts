@@ -162,7 +162,8 @@ export const TRAINING_ARGS: Section = {
   lr_scheduler_type: f("string", "linear", { enum: LR_SCHEDULERS }),
   lr_scheduler_kwargs: f("map", {}, { nullable: true }),
   warmup_ratio: f("float", 0.0, { min: 0, max: 1 }),
-  warmup_steps: f("int", 0, { min: 0 }),
+  // transformers 5: an integer, or a float in (0, 1) for a share of the run
+  warmup_steps: f("float", 0, { min: 0 }),
   log_level: na("string", "passive", NA_LOG),
   log_level_replica: na("string", "warning", NA_LOG),
   log_on_each_node: na("bool", true, NA_DISTRIBUTED),
