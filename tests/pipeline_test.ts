@@ -813,7 +813,7 @@ Deno.test("a step flag its stage does not have, or cannot take, is said before a
       }));
       assertMatch(
         e.message,
-        /^2 problems in pipeline lora; nothing was run:\n  pipelines\/lora\.yaml:\d+: step "evaluate-before" \(stage evaluate\): .*--limit.*\n  pipelines\/lora\.yaml:\d+: step "train" \(stage train\): unknown flag --rows_per_pass$/,
+        /^2 problems in pipeline lora; nothing was run:\n {2}pipelines\/lora\.yaml:\d+: step "evaluate-before" \(stage evaluate\): .*--limit.*\n {2}pipelines\/lora\.yaml:\d+: step "train" \(stage train\): unknown flag --rows_per_pass$/,
       );
       await Deno.stat(t.out).then(() => assert(false, "no run folder"), () => {});
     }
