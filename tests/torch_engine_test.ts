@@ -424,28 +424,33 @@ async function copyDir(from: string, to: string): Promise<void> {
   }
 }
 
+/** `stage train --engine torch` on the tiny LoRA job in a child process, its stderr piped. */
+function spawnTorchTrain(out: string, set: string): Deno.ChildProcess {
+  return new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      CLI,
+      "stage",
+      "train",
+      "--engine",
+      "torch",
+      ...tinyRun("lora.yaml", out, ["--set", set]),
+    ],
+    cwd: ROOT,
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+    env: { GLM_TORCH_PYTHON: env.python! },
+  }).spawn();
+}
+
 torchTest(
   "Ctrl-C: the workers finish the step, save a checkpoint, and the stage exits 130",
   () =>
     withTempDir(async (dir) => {
       const out = join(dir, "out");
-      const child = new Deno.Command(Deno.execPath(), {
-        args: [
-          "run",
-          "-A",
-          CLI,
-          "stage",
-          "train",
-          "--engine",
-          "torch",
-          ...tinyRun("lora.yaml", out, ["--set", "training_args.max_steps=100000"]),
-        ],
-        cwd: ROOT,
-        stdin: "null",
-        stdout: "null",
-        stderr: "piped",
-        env: { GLM_TORCH_PYTHON: env.python! },
-      }).spawn();
+      const child = spawnTorchTrain(out, "training_args.max_steps=100000");
       const stderr = new Response(child.stderr).text();
       // once a few steps are logged
       for (let i = 0; i < 600; i++) {
@@ -471,23 +476,7 @@ torchTest(
   () =>
     withTempDir(async (dir) => {
       const out = join(dir, "out");
-      const child = new Deno.Command(Deno.execPath(), {
-        args: [
-          "run",
-          "-A",
-          CLI,
-          "stage",
-          "train",
-          "--engine",
-          "torch",
-          ...tinyRun("lora.yaml", out, ["--set", "training_args.max_steps=1"]),
-        ],
-        cwd: ROOT,
-        stdin: "null",
-        stdout: "null",
-        stderr: "piped",
-        env: { GLM_TORCH_PYTHON: env.python! },
-      }).spawn();
+      const child = spawnTorchTrain(out, "training_args.max_steps=1");
       // train.py prints its "engine torch" line after taking SIGINT and before step 1, the last.
       const reader = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
       let err = "";
