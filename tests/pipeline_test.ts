@@ -817,18 +817,45 @@ Deno.test("a step flag its stage does not have, or cannot take, is said before a
       );
       await Deno.stat(t.out).then(() => assert(false, "no run folder"), () => {});
     }
-    // the torch engine's Python environment, too
+    // a positional count the stage does not take, and a logging_dir outside the run folder given
+    // to one step
+    const p = await rejects(runPipeline("pipelines/lora.yaml", {
+      stages: defaultStages,
+      out: t.out,
+      dryRun: true,
+      log: () => {},
+      sets: [
+        "steps.train.args.no-shuffle=yes",
+        "steps.train.args.set=[training_args.logging_dir=/tmp/elsewhere]",
+      ],
+    }));
+    assertMatch(
+      p.message,
+      /step "train" \(stage train\): 1 positional argument \(yes\), where it takes DATA_DIR MODEL_DIR CONFIG \[yes\|N\] or flags/,
+    );
+    const l = await rejects(runPipeline("pipelines/lora.yaml", {
+      stages: defaultStages,
+      out: t.out,
+      dryRun: true,
+      log: () => {},
+      sets: ["steps.train.args.set=[training_args.logging_dir=/tmp/elsewhere]"],
+    }));
+    assertMatch(
+      l.message,
+      /step "train" \(stage train\): --set training_args\.logging_dir=\/tmp\/elsewhere: training_args\.logging_dir \/tmp\/elsewhere is outside the run folder/,
+    );
+    // the torch engine's Python environment, when the train step will run (a dry run runs none)
     const before = Deno.env.get("GLM_TORCH_PYTHON");
     Deno.env.set("GLM_TORCH_PYTHON", "/no/such/python");
     try {
-      const e = await rejects(runPipeline("pipelines/lora.yaml", {
-        stages: defaultStages,
-        out: t.out,
-        dryRun: true,
-        log: () => {},
-        sets: ["engine=torch"],
-      }));
-      assertMatch(e.message, /step "train": GLM_TORCH_PYTHON=\/no\/such\/python: no such file/);
+      const opts = { stages: defaultStages, out: t.out, log: () => {}, sets: ["engine=torch"] };
+      const e = await rejects(runPipeline("pipelines/lora.yaml", opts));
+      assertMatch(
+        e.message,
+        /step "train" \(stage train\): GLM_TORCH_PYTHON=\/no\/such\/python: no such file/,
+      );
+      await Deno.stat(t.out).then(() => assert(false, "no run folder"), () => {});
+      await runPipeline("pipelines/lora.yaml", { ...opts, dryRun: true });
     } finally {
       if (before === undefined) Deno.env.delete("GLM_TORCH_PYTHON");
       else Deno.env.set("GLM_TORCH_PYTHON", before);

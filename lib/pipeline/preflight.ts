@@ -109,48 +109,92 @@ export async function checkExternalInputs(
   );
 }
 
+/** A step as the up-front checks see it: its stage's flags, where it is written, whether it runs. */
+export interface StepLine {
+  step: ResolvedStep;
+  spec: CommandSpec | undefined;
+  where: string;
+}
+
+/**
+ * How many positionals a stage's synopsis takes ("DATA_DIR MODEL_DIR CONFIG
+ * [yes|N]": 3 or 4; "FILE...": 1 or more); none is the flag form.
+ */
+function positionalRange(spec: CommandSpec): [number, number] {
+  let min = 0, max = 0;
+  for (const [display] of spec.positionals ?? []) {
+    for (const word of display.split(/\s+/)) {
+      if (word.endsWith("...")) [min, max] = [min + 1, Infinity];
+      else if (word.startsWith("[")) max++;
+      else [min, max] = [min + 1, max + 1];
+    }
+  }
+  return [min, max];
+}
+
 /**
  * The problems of the steps' command lines, found before anything runs rather
  * than when the step is reached (after hours of earlier steps on a real
- * model): a flag the stage does not have, or a value it cannot take, by the
- * stage's own flag list (its COMMAND), and a train step on `--engine torch`
- * without that engine's Python environment. `where(step)` names the step.
+ * model): a flag the stage does not have, a value it cannot take, or a count
+ * of positionals it does not accept, by the stage's own flag list (its
+ * COMMAND); for a train step, the config it will read with its `--set`s (a
+ * logging_dir outside the run folder, through `checkConfig`) and, when it
+ * will run (`runs`) and not just plan, `--engine torch` without that
+ * engine's Python environment.
  */
 export async function checkStepFlags(
-  steps: { step: ResolvedStep; spec: CommandSpec | undefined; where: string }[],
+  lines: StepLine[],
+  o: {
+    runs: (step: ResolvedStep) => Promise<boolean>;
+    checkConfig: (config: string, sets: string[], where: string) => Promise<string | undefined>;
+  },
 ): Promise<string[]> {
   const problems: string[] = [];
-  for (const { step, spec, where } of steps) {
+  for (const { step, spec, where } of lines) {
     if (!spec) continue;
+    const at = `${where}: step "${step.name}" (stage ${step.stage})`;
     const options: Record<string, { type: "string" | "boolean"; multiple?: boolean }> = {};
     for (const [name, f] of Object.entries(spec.flags)) {
       options[name] = { type: f.type, ...(f.multiple ? { multiple: true } : {}) };
     }
     let values: Record<string, unknown>;
+    let positionals: string[];
     try {
-      values = parseArgs({
+      ({ values, positionals } = parseArgs({
         args: step.argv,
         options,
         strict: true,
         allowPositionals: (spec.positionals?.length ?? 0) > 0,
-      }).values;
+      }));
     } catch (e) {
       const err = e as Error & { code?: string };
       const unknown = err.code === "ERR_PARSE_ARGS_UNKNOWN_OPTION" &&
         err.message.match(/'([^']+)'/);
       problems.push(
-        `${where}: step "${step.name}" (stage ${step.stage}): ${
-          unknown ? `unknown flag ${unknown[1]}` : err.message.split("\n")[0]
-        }`,
+        `${at}: ${unknown ? `unknown flag ${unknown[1]}` : err.message.split("\n")[0]}`,
       );
       continue;
     }
-    if (step.stage === "train" && values.engine === "torch") {
+    const [min, max] = positionalRange(spec);
+    const n = positionals.length;
+    if (n > 0 && (n < min || n > max)) {
+      problems.push(
+        `${at}: ${n} positional argument${n === 1 ? "" : "s"} (${positionals.join(" ")}), where ` +
+          `it takes ${spec.positionals!.map(([d]) => d).join(" ")} or flags`,
+      );
+      continue;
+    }
+    if (step.stage !== "train") continue;
+    if (typeof values.config === "string") {
+      const bad = await o.checkConfig(values.config, (values.set as string[]) ?? [], at);
+      if (bad) problems.push(bad);
+    }
+    if (values.engine === "torch" && !values["dry-run"] && await o.runs(step)) {
       try {
         await torchPython();
       } catch (e) {
         if (!(e instanceof UserError)) throw e;
-        problems.push(`${where}: step "${step.name}": ${e.message}`);
+        problems.push(`${at}: ${e.message}`);
       }
     }
   }

@@ -19,7 +19,7 @@ import {
 import { asPipelineStep } from "../invocation.ts";
 import { listCheckpoints } from "../train/checkpoint.ts";
 import { describeHolder, LOCK_FILE, lockRunDir, type RunLock } from "./lock.ts";
-import { checkExternalInputs, checkStepFlags, producerOf } from "./preflight.ts";
+import { checkExternalInputs, checkStepFlags, producerOf, type StepLine } from "./preflight.ts";
 import type { CommandSpec } from "../args.ts";
 import {
   claimOutputDir,
@@ -293,7 +293,8 @@ export async function runPipeline(path: string, opts: RunOptions = {}): Promise<
 
   if (config !== undefined) {
     const set = configSets.findLast((t) => t.startsWith("training_args.logging_dir="));
-    checkLoggingDir(config, runDir, set ? `--set ${set}` : configFile);
+    const bad = loggingDirProblem(config, runDir, set ? `--set ${set}` : configFile);
+    if (bad) throw new UserError(bad);
   }
   const steps = resolveSteps({ file, params: resolved, runDir, config });
   // Every input no step makes (data files, the model dir, the config) is checked
@@ -303,14 +304,60 @@ export async function runPipeline(path: string, opts: RunOptions = {}): Promise<
     selected,
     pending: pendingConfig ? [pendingConfig.path] : [],
   });
+  const fromIdx = opts.from ? steps.findIndex((s) => s.name === opts.from) : -1;
+  const manifestDir = join(runDir, ".manifests");
+  const forcedBy = (i: number) =>
+    opts.only ? "--only" : fromIdx >= 0 && i >= fromIdx ? `--from ${opts.from}` : "";
   // So are the steps' flags, by each stage's own flag list.
-  const lines: { step: ResolvedStep; spec: CommandSpec | undefined; where: string }[] = [];
+  const lines: StepLine[] = [];
   for (const step of steps.filter(selected)) {
     const ref = await stages(step.stage);
     if (ref) lines.push({ step, spec: (await ref.load()).COMMAND, where: where(file, step) });
   }
-  const flagProblems = await checkStepFlags(lines);
-  const all = [...problems, ...flagProblems];
+  // Which steps will run, as a dry run plans it: made once, when a check needs it.
+  let planned: Promise<Set<string>> | undefined;
+  const plan = async () => {
+    const will = new Set<string>();
+    for (const [i, step] of steps.entries()) {
+      if (!selected(step)) continue;
+      const d = await decide(step, await stages(step.stage), {
+        hasher,
+        code,
+        manifestDir,
+        forced: forcedBy(i),
+        dryRun: true,
+        willRun: will,
+        steps,
+      });
+      if (d.run) will.add(step.name);
+    }
+    return will;
+  };
+  const flagProblems = await checkStepFlags(lines, {
+    // a dry run runs nothing
+    runs: async (s) => !opts.dryRun && (await (planned ??= plan())).has(s.name),
+    checkConfig: async (cfgPath, sets, at) => {
+      if (producerOf(steps, cfgPath)) return undefined;
+      const pending = hasher.pending.get(resolve(cfgPath));
+      const text = pending
+        ? new TextDecoder().decode(pending)
+        : await Deno.readTextFile(cfgPath).catch(() => undefined);
+      if (text === undefined) return undefined; // missing: the inputs check says so
+      try {
+        const set = sets.findLast((t) => t.startsWith("training_args.logging_dir="));
+        return loggingDirProblem(
+          parseConfig(text, cfgPath, sets),
+          runDir,
+          set ? `${at}: --set ${set}` : `${at}: ${cfgPath}`,
+        );
+      } catch (e) {
+        if (e instanceof UserError) return `${at}: ${e.message}`;
+        throw e;
+      }
+    },
+  });
+  // A problem of several lines (a config.json's) keeps them under its entry.
+  const all = [...problems, ...flagProblems].map((p) => p.replaceAll("\n", "\n    "));
   if (all.length === 1) throw new UserError(`${all[0]}; nothing was run`);
   if (all.length > 1) {
     throw new UserError(
@@ -342,12 +389,10 @@ export async function runPipeline(path: string, opts: RunOptions = {}): Promise<
       );
     }
   }
-  const fromIdx = opts.from ? steps.findIndex((s) => s.name === opts.from) : -1;
   // --only runs one step on what earlier runs made: missing, it is said now (a dry run says it
   // too), before the run folder is made.
   const only = opts.only ? steps.find((s) => s.name === opts.only) : undefined;
   if (only) await checkInputsExist(only, steps, hasher, { madeOnly: true });
-  const manifestDir = join(runDir, ".manifests");
   const command = opts.command ?? ["deno", "task", "pipeline", path];
 
   log(
@@ -410,16 +455,11 @@ export async function runPipeline(path: string, opts: RunOptions = {}): Promise<
         continue;
       }
       const ref = await stages(step.stage);
-      const forced = opts.only
-        ? "--only"
-        : fromIdx >= 0 && i >= fromIdx
-        ? `--from ${opts.from}`
-        : "";
       const decision = await decide(step, ref, {
         hasher,
         code,
         manifestDir,
-        forced,
+        forced: forcedBy(i),
         dryRun: !!opts.dryRun,
         willRun,
         steps,
@@ -592,15 +632,13 @@ async function checkInputsExist(
  * The train step writes its TensorBoard logs into training_args.logging_dir. Like every output of
  * a pipeline they stay inside the run folder, whoever wrote the config or the --set.
  */
-function checkLoggingDir(config: unknown, runDir: string, origin: string): void {
+function loggingDirProblem(config: unknown, runDir: string, origin: string): string | undefined {
   const args = isObject(config) && isObject(config.training_args) ? config.training_args : {};
   const dir = args.logging_dir;
   if (typeof dir !== "string" || dir === "" || isInside(resolve(dir), resolve(runDir))) return;
-  throw new UserError(
-    `${origin}: training_args.logging_dir ${dir} is outside the run folder ${runDir}, and a ` +
-      `pipeline writes only inside it; leave logging_dir unset (the train step's runs/ folder) or ` +
-      `give a path inside the run folder`,
-  );
+  return `${origin}: training_args.logging_dir ${dir} is outside the run folder ${runDir}, and a ` +
+    `pipeline writes only inside it; leave logging_dir unset (the train step's runs/ folder) or ` +
+    `give a path inside the run folder`;
 }
 
 /** Whether `dir` is an earlier pipeline run's folder (its marker, or from before markers, .manifests). */
