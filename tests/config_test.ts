@@ -208,7 +208,16 @@ Deno.test("wrong types and bad values are errors with file:line", () => {
     const e = assertThrows(() => parseConfig(base + extra, "c.yaml"), UserError);
     assertMatch(e.message, re);
   }
-  // what they do take, and HF's save_total_limit 0 (no rotation), load
+  // what they do take (and last_epoch -1; constant and constant_with_warmup are called without
+  // them), and HF's save_total_limit 0 (no rotation), load
+  for (const t of ["constant", "constant_with_warmup"]) {
+    const c = parseConfig(
+      base + `training_args:\n  lr_scheduler_type: ${t}\n  lr_scheduler_kwargs: {num_cycles: 2}\n`,
+      "c.yaml",
+    );
+    assertEquals(c.training_args.lr_scheduler_kwargs, { num_cycles: 2 });
+  }
+  parseConfig(base + "training_args:\n  lr_scheduler_kwargs: {last_epoch: -1}\n", "c.yaml");
   const ok = parseConfig(
     base + "training_args:\n  lr_scheduler_type: polynomial\n  lr_scheduler_kwargs: {power: 2, " +
       "lr_end: 0.0}\n  save_total_limit: 0\n",

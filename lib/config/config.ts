@@ -452,11 +452,13 @@ function suggest(key: string, known: readonly string[]): string {
   return bestD <= Math.max(2, Math.floor(key.length / 4)) ? ` (did you mean ${best}?)` : "";
 }
 
-/** The lr_scheduler_kwargs each schedule's function in transformers takes. */
+/**
+ * The lr_scheduler_kwargs each schedule's function in transformers takes
+ * (besides last_epoch, which every one takes). get_scheduler calls constant
+ * and constant_with_warmup without them, so those take anything.
+ */
 const SCHEDULER_KWARGS: Record<string, readonly string[]> = {
   linear: [],
-  constant: [],
-  constant_with_warmup: [],
   cosine: ["num_cycles"],
   cosine_with_restarts: ["num_cycles"],
   polynomial: ["lr_end", "power"],
@@ -598,8 +600,11 @@ class Validator {
     // HF's get_scheduler passes lr_scheduler_kwargs to the schedule's function, which refuses
     // an argument it does not take (a misspelt num_cycles would otherwise run the default).
     const takes = SCHEDULER_KWARGS[args.lr_scheduler_type];
-    for (const k of Object.keys(args.lr_scheduler_kwargs ?? {})) {
-      if (takes && !takes.includes(k)) {
+    for (const [k, v] of Object.entries(args.lr_scheduler_kwargs ?? {})) {
+      if (k === "last_epoch") {
+        // -1, a schedule from its start, is what is built; a resume restores the step itself
+        if (v !== -1) this.error(`${key}.lr_scheduler_kwargs.last_epoch`, "only -1 is supported");
+      } else if (takes && !takes.includes(k)) {
         this.error(
           `${key}.lr_scheduler_kwargs.${k}`,
           `the ${args.lr_scheduler_type} schedule takes ${
