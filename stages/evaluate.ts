@@ -121,15 +121,20 @@ const GENERATION_KEYS = [
   "seed",
 ] as const;
 
-/** An evaluate --set as the override of a training config: its generation keys moved under training_args. */
-function configOverride(text: string): string {
-  const path = parseOverride(text).path;
-  if (path[0] === "generation_config") return `training_args.${text}`;
-  if (path.length === 1 && path[0] === "seed") return `training_args.${text}`;
-  if (path.length === 1 && (GENERATION_KEYS as readonly string[]).includes(path[0])) {
-    return `training_args.generation_config.${text}`;
-  }
-  return text;
+/**
+ * An evaluate --set as the override of a training config: the generation keys, with or without
+ * `generation_config.`, go under training_args (seed is training_args.seed there); null, a
+ * pipeline's unset value, is no override (undefined), as without a config.
+ */
+function configOverride(text: string): string | undefined {
+  const o = parseOverride(text);
+  const key = o.path[0] === "generation_config" ? o.path.slice(1) : o.path;
+  if (key.length !== 1 || !(GENERATION_KEYS as readonly string[]).includes(key[0])) return text;
+  if (o.value === null) return undefined;
+  const value = text.slice(text.indexOf("=") + 1);
+  return key[0] === "seed"
+    ? `training_args.seed=${value}`
+    : `training_args.generation_config.${key[0]}=${value}`;
 }
 
 /** A positive integer flag; "null" or "" (a pipeline's unset param) means not given. */
@@ -166,7 +171,19 @@ export async function main(args: string[]): Promise<number> {
   if (values.config) {
     // The generation settings by the names they have without a config (max_new_tokens=…,
     // generation_config.top_p=…) are the config's training_args.generation_config (and seed).
-    const cfg = await loadConfig(values.config as string, sets.map(configOverride));
+    const given = sets.map((text) => [configOverride(text), text] as const);
+    const cfg = await loadConfig(
+      values.config as string,
+      given.flatMap(([o]) => o === undefined ? [] : [o]),
+    ).catch((e) => {
+      if (!(e instanceof UserError)) throw e;
+      // the messages name the --set as it was given
+      let message = e.message;
+      for (const [o, text] of given) {
+        if (o) message = message.replaceAll(`--set ${o})`, `--set ${text})`);
+      }
+      throw new UserError(message);
+    });
     quantization = cfg.quantization;
     const g = cfg.training_args.generation_config;
     if (g) {

@@ -447,7 +447,10 @@ Deno.test("evaluate --config: generation settings by their short names set the c
       "--set",
       "top_k=1",
       "--set",
-      "seed=5",
+      "generation_config.seed=5",
+      // a pipeline's unset value: no override, as without --config
+      "--set",
+      "temperature=null",
     ]);
     assert.strictEqual(code, 0, err);
     const [p] = await readJsonl(join(out, "predictions.jsonl"));
