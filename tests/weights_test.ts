@@ -69,7 +69,7 @@ Deno.test("config: bad fields are named with the file", async () => {
   const dir = await Deno.makeTempDir();
   try {
     const text = JSON.stringify(
-      { ...base, num_layers: 1e9, kv_channels: -3, hidden_size: "x" },
+      { ...base, num_layers: 1e9, kv_channels: -3, hidden_size: "x", rmsnorm: false },
       null,
       2,
     );
@@ -82,7 +82,11 @@ Deno.test("config: bad fields are named with the file", async () => {
       message = (x as Error).message;
     }
     const at = (k: string) => `^${join(dir, "config.json")}:${line(k)}: ${k}: `;
-    assert.strictEqual(message.split("\n").length, 3, message);
+    assert.strictEqual(message.split("\n").length, 4, message);
+    assert.match(
+      message,
+      new RegExp(`${at("rmsnorm")}false \\(LayerNorm\\) is not supported`, "m"),
+    );
     assert.match(
       message,
       new RegExp(`${at("hidden_size")}expected a positive integer, got "x"$`, "m"),

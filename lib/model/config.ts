@@ -137,7 +137,9 @@ export function parseGlmConfig(raw: unknown, path = "config.json", text?: string
   }
   const o = raw as Record<string, unknown>;
   const problems: string[] = [];
+  const invalid = new Set<string>();
   const fail = (field: string, msg: string): void => {
+    invalid.add(field);
     problems.push(located(path, lineOfJsonKey(text, field), field, msg));
   };
   const done = () => {
@@ -170,21 +172,7 @@ export function parseGlmConfig(raw: unknown, path = "config.json", text?: string
       fail(k, `${v} is out of range (at most ${max}); is this a chatglm config.json?`);
     }
   }
-  // What follows relates fields to each other: only once each is valid on its own.
-  done();
-  if (o.eos_token_id !== undefined) c.eos_token_id = o.eos_token_id as number | number[];
-  if (o.pad_token_id !== undefined) c.pad_token_id = o.pad_token_id as number;
   const cfg = c as unknown as GlmConfig;
-  const H = cfg.num_attention_heads, G = glmGroups(cfg);
-  if (H % G !== 0) {
-    fail(
-      "multi_query_group_num",
-      `${G} does not divide num_attention_heads ${H} (each key/value group serves heads/groups query heads)`,
-    );
-  }
-  if (cfg.kv_channels % 2 !== 0) {
-    fail("kv_channels", `must be even (rotary embedding rotates pairs), got ${cfg.kv_channels}`);
-  }
   const unsupported: [keyof GlmConfig, boolean, string][] = [
     ["rmsnorm", !cfg.rmsnorm, "false (LayerNorm) is not supported; chatglm3 uses RMSNorm"],
     [
@@ -213,7 +201,21 @@ export function parseGlmConfig(raw: unknown, path = "config.json", text?: string
       "false is not supported; chatglm3 uses the original rotary embedding",
     ],
   ];
-  for (const [k, bad, msg] of unsupported) if (bad) fail(k, msg);
+  for (const [k, bad, msg] of unsupported) if (bad && !invalid.has(k)) fail(k, msg);
+  // What follows relates fields to each other: only once each is valid on its own.
+  done();
+  if (o.eos_token_id !== undefined) c.eos_token_id = o.eos_token_id as number | number[];
+  if (o.pad_token_id !== undefined) c.pad_token_id = o.pad_token_id as number;
+  const H = cfg.num_attention_heads, G = glmGroups(cfg);
+  if (H % G !== 0) {
+    fail(
+      "multi_query_group_num",
+      `${G} does not divide num_attention_heads ${H} (each key/value group serves heads/groups query heads)`,
+    );
+  }
+  if (cfg.kv_channels % 2 !== 0) {
+    fail("kv_channels", `must be even (rotary embedding rotates pairs), got ${cfg.kv_channels}`);
+  }
   done();
   return cfg;
 }
