@@ -423,6 +423,25 @@ Deno.test("generation settings out of the config's ranges are refused in evaluat
     assert.strictEqual(code, 1, err);
     assert.match(err, re);
   }
+  // and a --model that names a file, said before the output dir is made
+  const out = await Deno.makeTempDir();
+  try {
+    const { code, err } = await runCli([
+      "stage",
+      "evaluate",
+      "--model",
+      join(TINY, "config.json"),
+      "--in",
+      "/dev/null",
+      "--out",
+      join(out, "x"),
+    ]);
+    assert.strictEqual(code, 1, err);
+    assert.match(err, /config\.json: a file, not a model directory/);
+    assert.deepStrictEqual([...Deno.readDirSync(out)], []);
+  } finally {
+    await Deno.remove(out, { recursive: true });
+  }
 });
 
 Deno.test("evaluate --config: generation settings by their short names set the config's generation_config", async () => {

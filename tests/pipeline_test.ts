@@ -817,6 +817,15 @@ Deno.test("a step flag its stage does not have, or cannot take, is said before a
       );
       await Deno.stat(t.out).then(() => assert(false, "no run folder"), () => {});
     }
+    // a value that starts with "-" is joined to its flag, so the stage reads it as the value
+    const neg = await runPipeline("pipelines/lora.yaml", {
+      stages: defaultStages,
+      out: t.out,
+      dryRun: true,
+      log: () => {},
+      sets: ["steps.evaluate-before.args.limit=-1"],
+    });
+    assert(neg.steps.find((s) => s.name === "evaluate-before")!.argv.includes("--limit=-1"));
     // a positional count the stage does not take, and a logging_dir outside the run folder given
     // to one step
     const p = await rejects(runPipeline("pipelines/lora.yaml", {

@@ -492,6 +492,11 @@ Deno.test("--init-adapter: any safetensors with the prefix embedding; mismatches
       ),
     );
     assertMatch(notes[1], /has no LoRA on dense; those start fresh \(B = 0\)/);
+    // LoRA the config does not train would be dropped: refused, naming the file
+    await rejects(
+      () => readInitAdapter(lora, { ...base, targetModules: ["dense"] }),
+      /adapter_config\.json: has LoRA on query_key_value, which the config's peft_config\.target_modules \(dense\) does not train/,
+    );
   } finally {
     console.error = error;
   }

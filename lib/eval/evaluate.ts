@@ -403,7 +403,12 @@ export async function* evaluateRecords(
 /** `--model` names a model directory: not a missing path, not an adapter. */
 async function checkModelDir(dir: string): Promise<void> {
   const st = await Deno.stat(dir).catch(() => undefined);
-  if (!st?.isDirectory) throw new UserError(`--model ${dir}: no such model directory`);
+  if (!st) throw new UserError(`--model ${dir}: no such model directory`);
+  if (!st.isDirectory) {
+    throw new UserError(
+      `--model ${dir}: a file, not a model directory (give the directory that holds config.json)`,
+    );
+  }
   if (await isAdapterDir(dir)) {
     throw new UserError(
       `--model ${dir} is an adapter directory; pass it as --adapter, with its base model as --model`,
@@ -421,13 +426,14 @@ async function evaluateFrom(o: EvaluateOptions, src: Source): Promise<EvaluateRe
   const acc = new MetricsAccumulator();
 
   let predictor: Predictor | undefined;
+  // A wrong --model is said even when there is nothing to generate.
+  if (!o.metricsOnly && o.modelDir) await checkModelDir(o.modelDir);
   if (!o.metricsOnly && count > 0) {
     if (!o.modelDir) {
       throw new UserError(
         "evaluate: --model is required (or --metrics-only for {prediction, label} records)",
       );
     }
-    await checkModelDir(o.modelDir);
     const tokenizer = await ChatGLMTokenizer.load(o.modelDir);
     let spec: AdapterSpec = { kind: "none" };
     let adapter: AdapterDir | undefined;

@@ -150,6 +150,7 @@ export async function mergeAdapter(o: MergeOptions): Promise<MergeResult> {
     dir: true,
   });
   await claimOutputDir(o.outDir, "merge-adapter", { force: o.force, forceDoes: "replace it" });
+  const config = await loadGlmConfig(o.modelDir);
   // An earlier merge's dir is replaced whole: files added to it since (a README, an evaluation)
   // would go with it, so without --force they are named and the merge stops.
   if (!o.force) await refuseAdded(o.outDir, o.modelDir);
@@ -164,7 +165,6 @@ export async function mergeAdapter(o: MergeOptions): Promise<MergeResult> {
     );
   }
   const spec = adapter.spec;
-  const config = await loadGlmConfig(o.modelDir);
   const weights = await openWeights(o.modelDir, config);
 
   // Every target of every layer needs its factors, shaped by the base weight they update.

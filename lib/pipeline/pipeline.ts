@@ -455,6 +455,8 @@ export function resolveSteps(ctx: ResolveContext): ResolvedStep[] {
       for (const x of asList(r)) {
         if (x === null || x === false) continue;
         if (x === true) argv.push(`--${k}`);
+        // a value that starts with "-" would read as a flag: joined to its flag instead
+        else if (String(x).startsWith("-")) argv.push(`--${k}=${x}`);
         else argv.push(`--${k}`, String(x));
         // a file read through an arg is an input like those under `inputs`
         if (typeof x === "string" && x !== "" && isInputFlag(s.stage, k)) inputs.push([k, x]);

@@ -333,7 +333,9 @@ export async function checkSameKind(dir: string, kind: string): Promise<void> {
   const what = (k: string) => KIND_FILES.find(([x]) => x === k)?.[2] ?? k;
   throw new UserError(
     `${dir}: cannot resume: it is ${what(found[0][0])} checkpoint (${found[0][1]}), the config ` +
-      `trains ${what(kind)} run (peft_config); resume with that run's config, or start a new run`,
+      `trains ${what(kind)} run (${
+        kind === "full" ? "no peft_config" : "its peft_config"
+      }); resume with that run's config, or start a new run`,
   );
 }
 

@@ -154,6 +154,17 @@ export async function readInitAdapter(
           `${now} (${scaleText(spec)}): it starts from another function than the adapter's`,
       );
     }
+    const extra = had.targetModules.filter((t) => !spec.targetModules.includes(t));
+    if (extra.length > 0) {
+      throw new UserError(
+        `${where}: has LoRA on ${
+          extra.join(", ")
+        }, which the config's peft_config.target_modules ` +
+          `(${spec.targetModules.join(", ")}) does not train; add ${
+            extra.length > 1 ? "them" : "it"
+          } there to start from the whole adapter`,
+      );
+    }
     const fresh = spec.targetModules.filter((t) => !had.targetModules.includes(t));
     if (fresh.length > 0) {
       console.error(
