@@ -185,6 +185,15 @@ export async function main(args: string[]): Promise<number> {
       throw new UserError(message);
     });
     quantization = cfg.quantization;
+    // What generation does not apply is said, as train says what training does not.
+    const ignored = cfg.notApplicable.filter((n) => n.key.includes(".generation_config."));
+    if (ignored.length > 0) {
+      console.error(
+        `${cfg.path}: not applied by generation here, ignored: ${
+          ignored.map((n) => n.key).join(", ")
+        }`,
+      );
+    }
     const g = cfg.training_args.generation_config;
     if (g) {
       gen.maxNewTokens = g.max_new_tokens ?? Math.max(1, g.max_length);

@@ -470,8 +470,15 @@ Deno.test("evaluate --config: generation settings by their short names set the c
       // a pipeline's unset value: no override, as without --config
       "--set",
       "temperature=null",
+      // accepted, but not applied by generation here: said
+      "--set",
+      "training_args.generation_config.repetition_penalty=1.2",
     ]);
     assert.strictEqual(code, 0, err);
+    assert.match(
+      err,
+      /not applied by generation here, ignored: training_args\.generation_config\.repetition_penalty/,
+    );
     const [p] = await readJsonl(join(out, "predictions.jsonl"));
     assert.deepStrictEqual(p.prediction_ids, untilStop(forward.greedy[0].tokens).slice(0, 3));
   } finally {

@@ -52,6 +52,8 @@ const NA_PRECISION = "precision is chosen by the WebGPU engine (f32 math, f16 fr
 const NA_DISTRIBUTED = "distributed/DeepSpeed setting; training runs on one WebGPU device";
 const NA_HUB = "Hugging Face Hub / experiment-tracker setting";
 const NA_LOG = "Python logging/progress-bar setting";
+const NA_GENERATION =
+  "not applied by this toolkit's generation (greedy, or sampled by temperature, top_k and top_p)";
 
 const f = (type: FieldType, def: unknown, extra: Partial<Field> = {}): Field => ({
   type,
@@ -113,13 +115,13 @@ export const DATA_CONFIG: Section = {
 export const GENERATION_CONFIG: Section = {
   max_length: f("int", 20, { min: 1 }),
   max_new_tokens: f("int", null, { nullable: true, min: 1 }),
-  min_length: f("int", 0, { min: 0 }),
-  min_new_tokens: f("int", null, { nullable: true, min: 0 }),
+  min_length: na("int", 0, NA_GENERATION),
+  min_new_tokens: na("int", null, NA_GENERATION),
   do_sample: f("bool", false),
   temperature: f("float", 1.0, { min: 0 }),
   top_k: f("int", 50, { min: 0 }),
   top_p: f("float", 1.0, { min: 0, max: 1 }),
-  repetition_penalty: f("float", 1.0, { min: 0 }),
+  repetition_penalty: na("float", 1.0, NA_GENERATION),
   eos_token_id: f("ints", null, { nullable: true }),
   pad_token_id: f("int", null, { nullable: true }),
   bos_token_id: f("int", null, { nullable: true }),
