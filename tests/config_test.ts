@@ -97,6 +97,7 @@ Deno.test("upstream lora.yaml loads unchanged with its values and HF/PEFT defaul
     ["training_args.dataloader_num_workers", 16],
     ["training_args.remove_unused_columns", 17],
     ["training_args.log_level", 22],
+    ["training_args.predict_with_generate", 33],
     ["training_args.use_cpu", 40],
   ]);
 });

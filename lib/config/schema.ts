@@ -52,6 +52,9 @@ const NA_PRECISION = "precision is chosen by the WebGPU engine (f32 math, f16 fr
 const NA_DISTRIBUTED = "distributed/DeepSpeed setting; training runs on one WebGPU device";
 const NA_HUB = "Hugging Face Hub / experiment-tracker setting";
 const NA_LOG = "Python logging/progress-bar setting";
+const NA_PREDICT =
+  "train evaluates a teacher-forced eval_loss; generated ROUGE/BLEU come from the evaluate stage, " +
+  "which the pipelines run before and after training";
 const NA_GENERATION =
   "not applied by this toolkit's generation (greedy, or sampled by temperature, top_k and top_p)";
 
@@ -240,8 +243,8 @@ export const TRAINING_ARGS: Section = {
   label_smoothing_factor: only("float", 0.0),
   neftune_noise_alpha: only("float", null, { nullable: true }),
   sortish_sampler: only("bool", false),
-  predict_with_generate: f("bool", false),
-  generation_max_length: f("int", null, { nullable: true, min: 1 }),
+  predict_with_generate: na("bool", false, NA_PREDICT),
+  generation_max_length: na("int", null, NA_PREDICT),
   generation_num_beams: f("int", null, { nullable: true, only: [null, 1] }),
   // generation_config is a nested section, handled by the loader.
 };
