@@ -383,6 +383,19 @@ Deno.test("epoch strategies log, evaluate and save when max_steps ends an epoch 
   await Deno.remove(out, { recursive: true });
 });
 
+Deno.test("save_only_model: checkpoints without the optimizer state, which a resume refuses by name", async () => {
+  const data = records(16, 8);
+  const over = { maxSteps: 2, saveStrategy: "steps" as const, saveSteps: 1, saveOnlyModel: true };
+  const { out } = await run(over, data);
+  const names = [...Deno.readDirSync(join(out, "checkpoint-1"))].map((e) => e.name);
+  assert(names.includes("adapter_model.safetensors") && !names.includes("optimizer.safetensors"));
+  await rejects(
+    () => run(over, data, { resume: 1 }, out),
+    /checkpoint-1: cannot resume: it holds no optimizer state \(optimizer\.safetensors; saved with save_only_model\?\)/,
+  );
+  await Deno.remove(out, { recursive: true });
+});
+
 Deno.test("checkpoints: contents, save_total_limit, final save", async () => {
   const data = records(16, 8);
   const { out, params } = await run(

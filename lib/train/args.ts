@@ -19,6 +19,8 @@ export interface TrainArgs {
   lrSchedulerType: string;
   lrSchedulerKwargs: Record<string, unknown>;
   warmupSteps: number;
+  /** save_only_model: checkpoints without the optimizer state */
+  saveOnlyModel: boolean;
   warmupRatio: number;
   batchSize: number;
   evalBatchSize: number;
@@ -55,6 +57,7 @@ export const DEFAULT_TRAIN_ARGS: TrainArgs = {
   lrSchedulerType: "linear",
   lrSchedulerKwargs: {},
   warmupSteps: 0,
+  saveOnlyModel: false,
   warmupRatio: 0,
   batchSize: 8,
   evalBatchSize: 8,
@@ -108,6 +111,7 @@ export function trainArgsFromConfig(
     lrSchedulerType: t.lr_scheduler_type,
     lrSchedulerKwargs: t.lr_scheduler_kwargs ?? {},
     warmupSteps: t.warmup_steps,
+    saveOnlyModel: t.save_only_model,
     warmupRatio: t.warmup_ratio,
     batchSize: t.per_device_train_batch_size,
     evalBatchSize: t.per_device_eval_batch_size,

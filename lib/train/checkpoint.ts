@@ -220,7 +220,8 @@ export async function writeCheckpoint(
   outDir: string,
   s: CheckpointState,
   params: Map<string, Float32Array>,
-  moments: readonly LazyMoments[],
+  /** null: save_only_model, a checkpoint without the optimizer state (it cannot be resumed) */
+  moments: readonly LazyMoments[] | null,
   files: ModelFiles,
 ): Promise<string> {
   const dir = join(outDir, `checkpoint-${s.globalStep}`);
@@ -228,13 +229,15 @@ export async function writeCheckpoint(
     await files.write(tmp, params);
     // Each moment is read back from the device when its turn comes, so a full
     // model's optimizer state never sits in host memory whole.
-    await writeSafetensors(
-      join(tmp, "optimizer.safetensors"),
-      moments.flatMap((mo) => [
-        { name: `${mo.name}.exp_avg`, dtype: "F32" as const, shape: [mo.size], data: mo.m },
-        { name: `${mo.name}.exp_avg_sq`, dtype: "F32" as const, shape: [mo.size], data: mo.v },
-      ]),
-    );
+    if (moments) {
+      await writeSafetensors(
+        join(tmp, "optimizer.safetensors"),
+        moments.flatMap((mo) => [
+          { name: `${mo.name}.exp_avg`, dtype: "F32" as const, shape: [mo.size], data: mo.m },
+          { name: `${mo.name}.exp_avg_sq`, dtype: "F32" as const, shape: [mo.size], data: mo.v },
+        ]),
+      );
+    }
     await writeJsonAtomic(join(tmp, "scheduler.json"), {
       lr_scheduler_type: s.lr.type,
       base_lrs: [s.lr.base],
@@ -339,6 +342,17 @@ export async function checkSameKind(dir: string, kind: string): Promise<void> {
   );
 }
 
+/** A checkpoint saved with save_only_model has no optimizer state to resume from: said so. */
+export async function checkHasOptimizer(dir: string): Promise<void> {
+  const has = async (f: string) => await Deno.stat(join(dir, f)).then(() => true, () => false);
+  // DeepSpeed's own optimizer state (the torch engine's): global_stepN/ and `latest`
+  if (await has("optimizer.safetensors") || await has("latest")) return;
+  throw new UserError(
+    `${dir}: cannot resume: it holds no optimizer state (optimizer.safetensors; saved with ` +
+      `save_only_model?); start a new run from its weights with --init-adapter ${dir} instead`,
+  );
+}
+
 /**
  * A run continues from `dir` only on the data and batching that checkpoint was
  * made with (its resume_state.json `data`), as an uninterrupted run would: the
@@ -436,6 +450,7 @@ async function readJson(path: string): Promise<Record<string, unknown>> {
 
 export async function readCheckpoint(dir: string, files: ModelFiles): Promise<LoadedCheckpoint> {
   await checkSameKind(dir, files.kind);
+  await checkHasOptimizer(dir);
   const rs = await readJson(join(dir, "resume_state.json"));
   const ts = await readJson(join(dir, "trainer_state.json"));
   const opt = await readSafetensorsF32(join(dir, "optimizer.safetensors"));

@@ -33,6 +33,7 @@ import { loadGlmConfig } from "../model/config.ts";
 import { formatTorchMemoryPlan, type Sharding, torchMemoryPlan } from "../model/memory_plan.ts";
 import { writeSafetensorsF32 } from "../safetensors/write.ts";
 import {
+  checkHasOptimizer,
   checkSameData,
   checkSameKind,
   checkSchedule,
@@ -318,15 +319,7 @@ export async function runTorchTraining(o: TorchRunOptions): Promise<TorchRunResu
     resumeWindow = rs.logging_window;
     const ts = await readJsonFile(join(resumeDir, "trainer_state.json"));
     resumeLossTotal = lossTotalOf(rs, (ts.log_history ?? []) as LogEntry[]);
-    const has = async (name: string) =>
-      await Deno.stat(join(resumeDir!, name)).then(() => true, () => false);
-    // DeepSpeed's own optimizer state: global_stepN/ and `latest` (engines/torch/train.py)
-    if (!(await has("optimizer.safetensors")) && !(await has("latest"))) {
-      throw new UserError(
-        `${resumeDir}: cannot resume: it holds no optimizer state (optimizer.safetensors; saved with save_only_model?); ` +
-          `start a new run from its weights with --init-adapter ${resumeDir} instead`,
-      );
-    }
+    await checkHasOptimizer(resumeDir);
     startStep = Number(/checkpoint-(\d+)$/.exec(resumeDir)?.[1] ?? 0);
     await setAsideNewer(o.outDir, startStep);
   }

@@ -558,7 +558,13 @@ class TrainingRun {
       m: () => moment(`${p.name}.exp_avg`, this.adam.m[k], p.size),
       v: () => moment(`${p.name}.exp_avg_sq`, this.adam.v[k], p.size),
     }));
-    const dir = await writeCheckpoint(o.outDir, this.stateNow(), tensors, moments, o.files);
+    const dir = await writeCheckpoint(
+      o.outDir,
+      this.stateNow(),
+      tensors,
+      args.saveOnlyModel ? null : moments,
+      o.files,
+    );
     if (args.saveTotalLimit !== null && args.saveTotalLimit > 0) {
       await rotateCheckpoints(o.outDir, args.saveTotalLimit);
     }
