@@ -55,8 +55,8 @@ const NA_LOG = "Python logging/progress-bar setting";
 const NA_PREDICT =
   "train evaluates a teacher-forced eval_loss; generated ROUGE/BLEU come from the evaluate stage, " +
   "which the pipelines run before and after training";
-const NA_GENERATION =
-  "not applied by this toolkit's generation (greedy, or sampled by temperature, top_k and top_p)";
+const NA_GENERATION = "not applied by this toolkit's generation (greedy, or sampled by " +
+  "temperature, top_k and top_p; it stops at eos, <|user|> and <|observation|>, unpadded)";
 
 const f = (type: FieldType, def: unknown, extra: Partial<Field> = {}): Field => ({
   type,
@@ -125,9 +125,10 @@ export const GENERATION_CONFIG: Section = {
   top_k: f("int", 50, { min: 0 }),
   top_p: f("float", 1.0, { min: 0, max: 1 }),
   repetition_penalty: na("float", 1.0, NA_GENERATION),
-  eos_token_id: f("ints", null, { nullable: true }),
-  pad_token_id: f("int", null, { nullable: true }),
-  bos_token_id: f("int", null, { nullable: true }),
+  // generation stops at ChatGLM3's own ids (eos, <|user|>, <|observation|>), prompts are not padded
+  eos_token_id: na("ints", null, NA_GENERATION),
+  pad_token_id: na("int", null, NA_GENERATION),
+  bos_token_id: na("int", null, NA_GENERATION),
   num_beams: only("int", 1),
   num_return_sequences: only("int", 1),
   use_cache: na("bool", true, "the KV cache is always used"),
