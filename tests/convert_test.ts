@@ -1,4 +1,5 @@
 import { deepStrictEqual as assertEquals, ok as assert, rejects } from "node:assert";
+import { join } from "node:path";
 import {
   convertFile,
   convertRecords,
@@ -154,6 +155,31 @@ Deno.test("messages: tool_calls, parallel calls by id, legacy function_call, too
     { role: "user", content: "Thanks" },
     { role: "assistant", content: "You're welcome!" },
   ]);
+});
+
+Deno.test("alpaca: the instruction and input, the non-empty ones joined (LLaMA-Factory's loader)", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const f = join(dir, "a.jsonl");
+    await Deno.writeTextFile(
+      f,
+      [
+        { instruction: "", input: "X", output: "o" },
+        { input: "Y", output: "o" },
+        { instruction: "I", input: "", output: "o" },
+        { output: "o" },
+      ].map((r) => JSON.stringify(r)).join("\n") + "\n",
+    );
+    const out: ConvertResult[] = [];
+    for await (const r of convertRecords(readJsonRecords(f), { format: "alpaca" })) out.push(r);
+    const users = out.slice(0, 3).map((r) =>
+      (r.record as { conversations: { content: string }[] }).conversations[0].content
+    );
+    assertEquals(users, ["X", "Y", "I"]);
+    assertEquals(out[3].problems.map((p) => p.field), ["instruction"]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("advertisegen (JSON Lines in a .json file), alpaca, sharegpt", async () => {

@@ -1,8 +1,8 @@
 /**
  * Alpaca `{instruction, input, output, system?, history?}`: the user turn is
- * the instruction, followed by the input on a new line when there is one (the
- * convention of LLaMA-Factory's alpaca loader); `history` holds earlier
- * `[user, assistant]` pairs.
+ * the instruction and the input, the non-empty ones joined by a new line (as
+ * LLaMA-Factory's alpaca loader joins them; a record with an input may leave
+ * the instruction out); `history` holds earlier `[user, assistant]` pairs.
  */
 import { isObject, type Problem, typeName } from "../schema.ts";
 import { type Converted, type InputFormat, notAnObject } from "./types.ts";
@@ -25,8 +25,8 @@ export const alpaca: InputFormat = {
       }
       return value[k] as string;
     };
-    const instruction = str("instruction", true);
     const input = str("input", false);
+    const instruction = str("instruction", !("input" in value));
     const output = str("output", true);
     const system = str("system", false);
     const conversations: unknown[] = [];
@@ -62,7 +62,7 @@ export const alpaca: InputFormat = {
       }
     }
     conversations.push(
-      { role: "user", content: input !== "" ? `${instruction}\n${input}` : instruction },
+      { role: "user", content: [instruction, input].filter((t) => t !== "").join("\n") },
       { role: "assistant", content: output },
     );
     sources.push("instruction", "output");
