@@ -157,6 +157,31 @@ Deno.test("messages: tool_calls, parallel calls by id, legacy function_call, too
   ]);
 });
 
+Deno.test("messages: a system message there only to carry the tools makes no empty system turn", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const f = join(dir, "m.jsonl");
+    const tools = [{ type: "function", function: { name: "f", parameters: {} } }];
+    await Deno.writeTextFile(
+      f,
+      [{ role: "system", content: "", tools }, { role: "system", tools }].map((sys) =>
+        JSON.stringify({
+          messages: [sys, { role: "user", content: "q" }, { role: "assistant", content: "a" }],
+        })
+      ).join("\n") + "\n",
+    );
+    const out = ok(
+      await Array.fromAsync(convertRecords(readJsonRecords(f), { format: "messages" })),
+    );
+    for (const r of out as { tools: unknown[]; conversations: { role: string }[] }[]) {
+      assertEquals(r.conversations.map((m) => m.role), ["user", "assistant"]);
+      assertEquals(r.tools.length, 1);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("alpaca: the instruction and input, the non-empty ones joined (LLaMA-Factory's loader)", async () => {
   const dir = await Deno.makeTempDir();
   try {

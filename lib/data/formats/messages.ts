@@ -120,8 +120,12 @@ export const messages: InputFormat = {
         }
       }
       if (role === "system" || role === "user") {
+        // A ZhipuAI system message may be there only to carry the tools: no empty system turn then.
+        const carriesTools = role === "system" && m.tools !== undefined && m.tools !== null;
         if (role === "system") addTools(m.tools, `${at}.tools`);
-        out.push({ role, content: text(m, at, true) ?? "" });
+        const content = text(m, at, !carriesTools);
+        if (carriesTools && (content === undefined || content === "")) return;
+        out.push({ role, content: content ?? "" });
         sources.push(at);
         return;
       }
