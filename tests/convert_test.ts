@@ -500,6 +500,27 @@ Deno.test("convertFile writes nothing when a record is bad, unless --skip-invali
     const rep = await convertFile(`${dir}/raw.jsonl`, `${dir}/conv.jsonl`, { skipInvalid: true });
     assertEquals([rep.records, rep.badRecords], [3, 1]);
     assertEquals((await Deno.readTextFile(`${dir}/conv.jsonl`)).trimEnd().split("\n").length, 2);
+    // Nothing to write is an error too (as --check says of an empty file), with nothing written:
+    // an empty input, every record bad, or a split part that gets no record.
+    const other = `${dir}/other.jsonl`;
+    const cases: [string, Parameters<typeof convertFile>[2], RegExp][] = [
+      ["", {}, /holds no records; nothing written/],
+      [
+        '{"content": "a"}\n',
+        { skipInvalid: true },
+        /every one of the 1 record is bad; nothing written/,
+      ],
+      [
+        '{"content": "a", "summary": "b"}\n',
+        { split: parseSplit("dev=0.05", 42) },
+        /--split: (train|dev) gets none of the 1 record; nothing written/,
+      ],
+    ];
+    for (const [text, opts, re] of cases) {
+      await Deno.writeTextFile(`${dir}/raw.jsonl`, text);
+      await rejects(convertFile(`${dir}/raw.jsonl`, other, opts), re);
+    }
+    assertEquals([...Deno.readDirSync(dir)].map((e) => e.name).sort(), ["conv.jsonl", "raw.jsonl"]);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -344,6 +344,25 @@ export async function convertFile(
           }); nothing written (--skip-invalid leaves them out instead)`,
       );
     }
+    // An empty output would only fail a later step (--check says the same of an empty input).
+    if (report.records === 0) {
+      throw new UserError(`${report.file}: holds no records; nothing written`);
+    }
+    const empty = Object.keys(sinks).filter((part) => sinks[part].count === 0);
+    if (empty.length === Object.keys(sinks).length) {
+      throw new UserError(
+        `${report.file}: every one of the ${
+          count(report.records, "record")
+        } is bad; nothing written`,
+      );
+    }
+    if (empty.length > 0) {
+      throw new UserError(
+        `--split: ${empty.join(", ")} ${empty.length === 1 ? "gets" : "get"} none of the ${
+          count(report.records, "record")
+        }; nothing written (give ${empty.length === 1 ? "it" : "them"} a larger share)`,
+      );
+    }
     for (const [part, sink] of Object.entries(sinks)) {
       await sink.commit();
       report.written[paths[part]] = sink.count;
