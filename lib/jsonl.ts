@@ -3,6 +3,7 @@
  * tolerated, invalid UTF-8 reported, lines of many MB fine), and write
  * atomically. Nothing here holds a whole data set in memory.
  */
+import { parseKeepingNumbers } from "./data/pynumber.ts";
 import { AtomicFile } from "./atomic.ts";
 import { located, osError, UserError } from "./errors.ts";
 
@@ -115,9 +116,13 @@ function firstInvalidUtf8(b: Uint8Array): number {
   return b.length;
 }
 
+/** How a record's text becomes its value (JSON.parse, or one that keeps number literals). */
+export type JsonParse = (text: string) => unknown;
+
 /** Parse JSON Lines: one record (or error) per non-blank line. */
 export async function* readJsonl(
   input: ReadableStream<Uint8Array> | string,
+  parse: JsonParse = JSON.parse,
 ): AsyncGenerator<JsonRecord> {
   for await (const l of readLines(input)) {
     if (l.error !== undefined) {
@@ -127,7 +132,7 @@ export async function* readJsonl(
     const text = l.text!;
     if (text.trim() === "") continue;
     try {
-      yield { line: l.line, value: JSON.parse(text) };
+      yield { line: l.line, value: parse(text) };
     } catch (e) {
       yield { line: l.line, error: `malformed JSON: ${(e as Error).message}` };
     }
@@ -137,9 +142,10 @@ export async function* readJsonl(
 /** Parse JSON Lines, stopping with a UserError naming file and line at the first bad line. */
 export async function* readJsonlStrict(
   path: string,
+  parse: JsonParse = JSON.parse,
 ): AsyncGenerator<{ line: number; value: unknown }> {
   const name = path === "-" ? "<stdin>" : path;
-  for await (const r of readJsonl(path)) {
+  for await (const r of readJsonl(path, parse)) {
     if (r.error !== undefined) throw new UserError(located(name, r.line, undefined, r.error));
     yield { line: r.line, value: r.value };
   }
@@ -244,6 +250,7 @@ function parseErrorLine(text: string, startLine: number, message: string): numbe
  */
 export async function* readJsonArray(
   input: ReadableStream<Uint8Array> | string,
+  parse: JsonParse = JSON.parse,
 ): AsyncGenerator<JsonRecord> {
   const stream = typeof input === "string" ? await openInput(input) : input;
   const decoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
@@ -292,7 +299,7 @@ export async function* readJsonArray(
       };
     }
     try {
-      return { line: startLine, value: JSON.parse(text) };
+      return { line: startLine, value: parse(text) };
     } catch (e) {
       const msg = (e as Error).message;
       return { line: parseErrorLine(text, startLine, msg), error: `malformed JSON: ${msg}` };
@@ -536,7 +543,8 @@ async function withoutBom(stream: ReadableStream<Uint8Array>): Promise<ReadableS
  * Read the records of a data file, whichever way it holds them: a `.jsonl`
  * file is JSON Lines; a `.json` file or standard input is a JSON array when its
  * first non-blank character is `[` and JSON Lines otherwise (as the Hugging Face
- * `json` loader accepts both).
+ * `json` loader accepts both). Number literals a double would print otherwise
+ * than Python are kept as text (lib/data/pynumber.ts).
  */
 export async function* readJsonRecords(
   input: ReadableStream<Uint8Array> | string,
@@ -544,8 +552,9 @@ export async function* readJsonRecords(
 ): AsyncGenerator<JsonRecord> {
   if (kind === "auto" && typeof input === "string" && /\.jsonl$/i.test(input)) kind = "lines";
   const stream = await withoutBom(typeof input === "string" ? await openInput(input) : input);
-  if (kind === "array") return yield* readJsonArray(stream);
-  if (kind === "lines") return yield* readJsonl(stream);
+  const parse = parseKeepingNumbers;
+  if (kind === "array") return yield* readJsonArray(stream, parse);
+  if (kind === "lines") return yield* readJsonl(stream, parse);
   const reader = stream.getReader();
   const head: Uint8Array[] = [];
   let first = -1;
@@ -563,9 +572,9 @@ export async function* readJsonRecords(
     }
   }
   const rest = prepend(head, reader);
-  if (first === B_LBRACKET) return yield* readJsonArray(rest);
+  if (first === B_LBRACKET) return yield* readJsonArray(rest, parse);
   let firstRecord = true;
-  for await (const r of readJsonl(rest)) {
+  for await (const r of readJsonl(rest, parse)) {
     if (firstRecord && r.error?.startsWith("malformed JSON") && first === B_LBRACE) {
       // Most likely one pretty-printed object, which is neither of the two layouts.
       r.error += " (a data file is a JSON array of records or one JSON record per line)";

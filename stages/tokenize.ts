@@ -6,6 +6,7 @@
  */
 import { type CommandSpec, missingFlag, parseCommand } from "../lib/args.ts";
 import { readJsonlStrict, writeJsonl } from "../lib/jsonl.ts";
+import { parseKeepingNumbers } from "../lib/data/pynumber.ts";
 import { join } from "node:path";
 import { checkNotInput } from "../lib/outdir.ts";
 import { ChatGLMTokenizer } from "../lib/tokenizer/chatglm.ts";
@@ -61,7 +62,9 @@ export async function main(args: string[]): Promise<number> {
   const n = await writeJsonl(
     values.out as string,
     (async function* () {
-      for await (const r of tokenizeRecords(tok, readJsonlStrict(input), name)) {
+      for await (
+        const r of tokenizeRecords(tok, readJsonlStrict(input, parseKeepingNumbers), name)
+      ) {
         for (const m of r.messages) tokens += m.ids.length;
         yield r;
       }

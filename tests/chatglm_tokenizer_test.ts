@@ -5,6 +5,7 @@
  */
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert";
 import type { Conversation } from "../lib/data/record.ts";
+import { parseKeepingNumbers } from "../lib/data/pynumber.ts";
 import { ChatGLMTokenizer, type HistoryItem, SPECIAL_TOKENS } from "../lib/tokenizer/chatglm.ts";
 import { conversationMessages, tokenizeConversation } from "../lib/tokenizer/conversation.ts";
 import { pythonFloatRepr, pythonJsonDumps, pythonRepr } from "../lib/tokenizer/pyformat.ts";
@@ -112,6 +113,28 @@ Deno.test("a tool turn becomes a tool call and an observation", () => {
   assertEquals(msgs[2].content, "```python\ntool_call(k='v', n=1)\n```");
   assertEquals(msgs[3].content, '{"ok": true}');
   assert(msgs[0].content.endsWith('[\n    {\n        "name": "f"\n    }\n]'));
+});
+
+Deno.test("numbers in tool calls, observations and tool lists render as Python renders json.loads' values", () => {
+  // What json.loads + ast.unparse / json.dumps make of this text (checked with CPython 3.11): ints
+  // keep every digit, floats written 1.0 stay floats.
+  const conv = parseKeepingNumbers(
+    '{"tools": [{"name": "f", "min": 0.0, "max": 123456789012345678}], "conversations": [' +
+      '{"role": "user", "content": "q"}, {"role": "tool", "name": "f", "parameters": ' +
+      '{"id": 123456789012345678, "x": 1.0, "z": -0.0, "e": 1e16, "f": 2.50, "n": -5}, ' +
+      '"observation": {"price": 10.0, "big": 10000000000000000, "ok": 1}}, ' +
+      '{"role": "assistant", "content": "a"}]}',
+  ) as Conversation;
+  const msgs = conversationMessages(conv);
+  assertEquals(
+    msgs[2].content,
+    "```python\ntool_call(id=123456789012345678, x=1.0, z=-0.0, e=1e+16, f=2.5, n=-5)\n```",
+  );
+  assertEquals(msgs[3].content, '{"price": 10.0, "big": 10000000000000000, "ok": 1}');
+  assert(
+    msgs[0].content.includes('"min": 0.0,\n        "max": 123456789012345678'),
+    msgs[0].content,
+  );
 });
 
 Deno.test("a model directory without tokenizer.model is a clear error", async () => {

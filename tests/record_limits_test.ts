@@ -4,6 +4,7 @@
  * Each is reported as FILE:LINE: field: message, never as a crash, and the
  * three commands agree on it.
  */
+import { parseKeepingNumbers } from "../lib/data/pynumber.ts";
 import { deepStrictEqual, match, ok as assert, rejects, throws } from "node:assert";
 import { join } from "node:path";
 import { convertFile, type ConvertResult, validateFile } from "../lib/data/convert.ts";
@@ -39,13 +40,17 @@ async function allThree(dir: string, lines: string[]) {
   await convertFile(file, join(dir, "out.jsonl"), {
     skipInvalid: true,
     onBad: (r) => void converted.push(...fmt(r)),
+  }).catch((e) => {
+    // every record bad: nothing to write, which convert says
+    if (!(e instanceof UserError && /every one of the .* is bad/.test(e.message))) throw e;
   });
   const tokenized: string[] = [];
   for (const [i, line] of lines.entries()) {
     const one = join(dir, "one.jsonl");
     await Deno.writeTextFile(one, line + "\n");
     try {
-      for await (const _ of tokenizeRecords(tok, readJsonlStrict(one), one)) { /* ok */ }
+      const records = readJsonlStrict(one, parseKeepingNumbers);
+      for await (const _ of tokenizeRecords(tok, records, one)) { /* ok */ }
     } catch (e) {
       assert(e instanceof UserError, `tokenize crashed: ${e}`);
       tokenized.push(...e.message.split("\n").map((l) => l.replace(`${one}:1`, `${i + 1}`)));
@@ -105,8 +110,8 @@ Deno.test("numbers out of range (1e999) are bad records in validate, convert and
     ]);
     deepStrictEqual(r.converted, r.validated);
     deepStrictEqual(r.tokenized, r.validated);
-    // Nothing became null: the good record is written as it was.
-    match(await Deno.readTextFile(join(dir, "out.jsonl")), /"n":1\.7e\+308/);
+    // Nothing became null: the good record is written as it was, its literal kept.
+    match(await Deno.readTextFile(join(dir, "out.jsonl")), /"n":1\.7e308/);
   });
 });
 

@@ -18,6 +18,8 @@ CASES = [
     {"tags": ["a", "b", 3, None], "nested": {"k": [1, {"deep": "值"}], "e": {}}, "empty": []},
     {"emoji": "🙂 ok", "ctrl": "\x00\x1f\x7f", "zw": "\u200b", "surrogate_free": "𝔘"},
     {"only_quote": "'", "both": "'\"", "backslash_end": "\\"},
+    # floats with integral values and ints past 2^53: a double prints them otherwise
+    {"one": 1.0, "negzero": -0.0, "e16": 1e16, "i17": 10000000000000000, "id": 123456789012345678},
 ]
 
 

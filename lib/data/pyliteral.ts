@@ -6,6 +6,8 @@
  */
 
 import { MAX_DEPTH } from "./limits.ts";
+import { isKeptNumber, type KeptNumber, keptNumber } from "./pynumber.ts";
+import { pythonFloatRepr } from "../tokenizer/pyformat.ts";
 
 export class PyLiteralError extends Error {}
 
@@ -106,6 +108,11 @@ class Parser {
         this.ws();
       }
       const v = this.value();
+      if (isKeptNumber(v)) {
+        if (!negative) return v;
+        const t = v.rawJSON;
+        return keptNumber(t.startsWith("-") ? t.slice(1) : "-" + t);
+      }
       if (typeof v !== "number") throw new PyLiteralError(`sign before a non-number`);
       return negative ? -v : v;
     }
@@ -139,7 +146,8 @@ class Parser {
     const rest = this.sequenceTail(")");
     return [first, ...rest];
   }
-  number(): number {
+  /** A number: kept as its Python spelling where a double would print otherwise (pynumber.ts). */
+  number(): number | KeptNumber {
     const m =
       /^(?:0[xX][0-9a-fA-F_]+|0[oO][0-7_]+|0[bB][01_]+|(?:\d[\d_]*)?\.?\d[\d_]*(?:[eE][+-]?\d+)?\.?)/
         .exec(this.s.slice(this.i, this.i + 400));
@@ -150,7 +158,11 @@ class Parser {
     if (/^0[bB]/.test(t)) return parseInt(t.slice(2), 2);
     const v = Number(t);
     if (Number.isNaN(v)) throw new PyLiteralError(`bad number ${JSON.stringify(m[0])}`);
-    return v;
+    if (/^\d+$/.test(t) || /^0[xX]/.test(t)) {
+      return Number.isSafeInteger(v) ? v : keptNumber(BigInt(t).toString());
+    }
+    // a float literal (`1.`, `1.0`, `1e16`) with an integral value prints as Python's float repr
+    return Number.isInteger(v) ? keptNumber(pythonFloatRepr(v)) : v;
   }
   sequence(open: string, close: string): unknown[] {
     this.expect(open);
@@ -177,12 +189,17 @@ class Parser {
     this.ws();
     while (!this.eat("}")) {
       const k = this.value();
-      if (typeof k !== "string" && typeof k !== "number" && typeof k !== "boolean" && k !== null) {
+      const kept = isKeptNumber(k);
+      if (
+        !kept && typeof k !== "string" && typeof k !== "number" && typeof k !== "boolean" &&
+        k !== null
+      ) {
         throw new PyLiteralError("dict keys must be strings or numbers to become JSON");
       }
       this.ws();
       this.expect(":");
-      out[String(k)] = this.value();
+      // json.dumps writes a number key as its repr, which is what a kept number holds
+      out[kept ? k.rawJSON : String(k)] = this.value();
       this.ws();
       if (!this.eat(",")) {
         this.ws();

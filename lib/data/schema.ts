@@ -6,6 +6,7 @@
 import type { Conversation } from "./record.ts";
 import { checkJsonValue } from "./limits.ts";
 import type { Problem } from "./problem.ts";
+import { isKeptNumber } from "./pynumber.ts";
 
 export type { Problem } from "./problem.ts";
 
@@ -22,13 +23,14 @@ const MESSAGE_KEYS: Record<string, readonly string[]> = {
 const RECORD_KEYS = ["tools", "conversations"];
 
 export function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === "object" && v !== null && !Array.isArray(v);
+  return typeof v === "object" && v !== null && !Array.isArray(v) && !isKeptNumber(v);
 }
 
 /** A short description of a JSON value's type, for "expected X, found Y" messages. */
 export function typeName(v: unknown): string {
   if (v === null) return "null";
   if (Array.isArray(v)) return "an array";
+  if (isKeptNumber(v)) return "a number";
   switch (typeof v) {
     case "string":
       return "a string";

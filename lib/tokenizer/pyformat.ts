@@ -3,10 +3,12 @@
  * `json.dumps(v, ensure_ascii=False[, indent=4])` for tool lists and
  * observations, and `repr(v)` for the keyword arguments of a `tool_call(...)`.
  *
- * JSON numbers arrive here through JSON.parse, which does not keep Python's
- * int/float distinction: a safe integer is rendered as a Python int, any
- * other number as a Python float (so `1.0` in a data file prints as `1`).
+ * A plain number is a safe integer (a Python int) or a float whose shortest
+ * digits are Python's; the literals a double would print otherwise (`1.0`,
+ * integers past 2^53) arrive kept as text (lib/data/pynumber.ts) and print as
+ * Python prints them.
  */
+import { isIntLiteral, isKeptNumber } from "../data/pynumber.ts";
 
 /** `repr(float)`: shortest round-trip digits, fixed notation for 1e-4 <= |x| < 1e16. */
 export function pythonFloatRepr(x: number): string {
@@ -32,6 +34,11 @@ function pythonNumber(x: number): string {
   return Number.isSafeInteger(x) ? String(x) : pythonFloatRepr(x);
 }
 
+/** A kept literal as Python prints what json.loads makes of it: an int's digits, a float's repr. */
+function keptNumber(text: string): string {
+  return isIntLiteral(text) ? BigInt(text).toString() : pythonFloatRepr(Number(text));
+}
+
 /** A JSON string as Python's json.dumps writes it with ensure_ascii=False. */
 function jsonString(s: string): string {
   // JSON.stringify escapes exactly ", \, \b \f \n \r \t and other controls as \u00xx, like Python.
@@ -49,6 +56,7 @@ export function pythonJsonDumps(value: unknown, indent?: number): string {
     if (v === null || v === undefined) return "null";
     if (v === true) return "true";
     if (v === false) return "false";
+    if (isKeptNumber(v)) return keptNumber(v.rawJSON);
     if (typeof v === "number") {
       if (Number.isNaN(v)) return "NaN";
       if (!Number.isFinite(v)) return v > 0 ? "Infinity" : "-Infinity";
@@ -104,6 +112,7 @@ export function pythonRepr(v: unknown): string {
   if (v === true) return "True";
   if (v === false) return "False";
   if (typeof v === "number") return pythonNumber(v);
+  if (isKeptNumber(v)) return keptNumber(v.rawJSON);
   if (typeof v === "string") return pythonStrRepr(v);
   if (Array.isArray(v)) return `[${v.map(pythonRepr).join(", ")}]`;
   if (typeof v === "object") {

@@ -67,7 +67,8 @@ export const chatglm3: InputFormat = {
         } else {
           let parameters: Record<string, unknown> = {};
           try {
-            parameters = parseToolCall(String(target.content ?? ""));
+            const c = target.content;
+            parameters = parseToolCall(typeof c === "string" ? c : JSON.stringify(c ?? ""));
           } catch (e) {
             add(
               `${pending.from}.content`,
@@ -101,7 +102,12 @@ export const chatglm3: InputFormat = {
       ) {
         pending = { index: out.length, kind: "call", name: msg.metadata.trim(), from: at };
       } else if (msg.role === "tool" && !("observation" in msg)) {
-        pending = { index: out.length, kind: "tool", name: String(msg.name), from: at };
+        pending = {
+          index: out.length,
+          kind: "tool",
+          name: typeof msg.name === "string" ? msg.name : JSON.stringify(msg.name),
+          from: at,
+        };
       }
       out.push(msg);
       sources.push(at);

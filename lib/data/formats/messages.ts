@@ -15,6 +15,7 @@
  */
 import { article, isObject, type Problem, typeName } from "../schema.ts";
 import { type Converted, type InputFormat, notAnObject, observationFromText } from "./types.ts";
+import { numberValue, parseKeepingNumbers } from "../pynumber.ts";
 
 const KEYS: Record<string, string[]> = {
   system: ["role", "content", "name", "tools"],
@@ -132,8 +133,9 @@ export const messages: InputFormat = {
       if (role === "assistant") {
         let loss: boolean | undefined;
         if ("weight" in m) {
-          if (m.weight === 0) loss = false;
-          else if (m.weight !== 1) {
+          const w = numberValue(m.weight);
+          if (w === 0) loss = false;
+          else if (w !== 1) {
             add(`${at}.weight`, `must be 0 or 1, found ${JSON.stringify(m.weight)}`);
           }
         }
@@ -184,7 +186,7 @@ export const messages: InputFormat = {
           if (typeof args === "string") {
             if (args.trim() !== "") {
               try {
-                parameters = JSON.parse(args);
+                parameters = parseKeepingNumbers(args);
               } catch (e) {
                 add(`${fnAt}.arguments`, `is not valid JSON: ${(e as Error).message}`);
               }

@@ -8,6 +8,7 @@
  */
 import { isObject, type Problem, typeName } from "../schema.ts";
 import { type Converted, type InputFormat, notAnObject, observationFromText } from "./types.ts";
+import { numberValue, parseKeepingNumbers } from "../pynumber.ts";
 
 const ROLE_OF: Record<string, string> = {
   human: "user",
@@ -42,7 +43,7 @@ export const sharegpt: InputFormat = {
       tools = value.tools;
       if (typeof tools === "string") {
         try {
-          tools = JSON.parse(tools);
+          tools = parseKeepingNumbers(tools);
         } catch (e) {
           add("tools", `is a string but not valid JSON: ${(e as Error).message}`);
           tools = undefined;
@@ -94,8 +95,9 @@ export const sharegpt: InputFormat = {
         else add(`${at}.loss`, `must be true or false, found ${typeName(turn.loss)}`);
       }
       if ("weight" in turn) {
-        if (turn.weight === 0) loss = false;
-        else if (turn.weight !== 1) {
+        const w = numberValue(turn.weight);
+        if (w === 0) loss = false;
+        else if (w !== 1) {
           add(`${at}.weight`, `must be 0 or 1, found ${JSON.stringify(turn.weight)}`);
         }
       }
@@ -114,7 +116,7 @@ export const sharegpt: InputFormat = {
       if (role === "function_call") {
         let calls: unknown;
         try {
-          calls = JSON.parse(turn.value);
+          calls = parseKeepingNumbers(turn.value);
         } catch (e) {
           add(
             `${at}.value`,
@@ -129,10 +131,10 @@ export const sharegpt: InputFormat = {
             add(where, `a function call must be {"name": string, "arguments": object}`);
             return;
           }
-          let args = c.arguments ?? c.parameters ?? {};
+          let args: unknown = c.arguments ?? c.parameters ?? {};
           if (typeof args === "string") {
             try {
-              args = JSON.parse(args);
+              args = parseKeepingNumbers(args);
             } catch (e) {
               add(`${where}.arguments`, `is not valid JSON: ${(e as Error).message}`);
               args = {};

@@ -13,6 +13,7 @@
  */
 import { isObject, type Problem, typeName } from "../schema.ts";
 import { type Converted, fieldPath, type InputFormat, notAnObject } from "./types.ts";
+import { parseKeepingNumbers } from "../pynumber.ts";
 
 function convertInstance(inst: unknown, at: string, tools: unknown[] | undefined): Converted {
   const problems: Problem[] = [];
@@ -62,7 +63,7 @@ function convertInstance(inst: unknown, at: string, tools: unknown[] | undefined
       let parameters: unknown = actionInput;
       if (typeof actionInput === "string") {
         try {
-          parameters = actionInput.trim() === "" ? {} : JSON.parse(actionInput);
+          parameters = actionInput.trim() === "" ? {} : parseKeepingNumbers(actionInput);
         } catch (e) {
           add(`${sat}[0][1]`, `the action input is not valid JSON: ${(e as Error).message}`);
           parameters = {};

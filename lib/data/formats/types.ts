@@ -1,5 +1,6 @@
 /** What every input format module provides: recognising a raw record and converting it. */
 import { type Problem, typeName } from "../schema.ts";
+import { parseKeepingNumbers } from "../pynumber.ts";
 
 export const FORMAT_NAMES = [
   "chatglm3",
@@ -46,7 +47,7 @@ export function observationFromText(text: string): unknown {
   const t = text.trim();
   if (t.startsWith("{") || t.startsWith("[")) {
     try {
-      return JSON.parse(t);
+      return parseKeepingNumbers(t);
     } catch { /* not JSON after all: keep the text */ }
   }
   return text;
