@@ -1,4 +1,4 @@
-import { deepStrictEqual as assertEquals, ok as assert, rejects } from "node:assert";
+import { deepStrictEqual as assertEquals, ok as assert, rejects, throws } from "node:assert";
 import { join } from "node:path";
 import {
   convertFile,
@@ -156,6 +156,37 @@ Deno.test("messages: tool_calls, parallel calls by id, legacy function_call, too
     { role: "user", content: "Thanks" },
     { role: "assistant", content: "You're welcome!" },
   ]);
+});
+
+Deno.test("chatglm3: nulls for absent keys, as HF datasets exports write them, are absent keys", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const f = join(dir, "hf.jsonl");
+    const blank = { name: null, parameters: null, observation: null, loss: null, content: null };
+    await Deno.writeTextFile(
+      f,
+      JSON.stringify({
+        tools: null,
+        conversations: [
+          { ...blank, role: "user", content: "q" },
+          { ...blank, role: "tool", name: "f", parameters: { k: 1 }, observation: { ok: true } },
+          { ...blank, role: "assistant", content: "a" },
+        ],
+      }) + "\n",
+    );
+    const [r] = ok(
+      await Array.fromAsync(convertRecords(readJsonRecords(f), { format: "chatglm3" })),
+    );
+    assertEquals(r, {
+      conversations: [
+        { role: "user", content: "q" },
+        { role: "tool", name: "f", parameters: { k: 1 }, observation: { ok: true } },
+        { role: "assistant", content: "a" },
+      ],
+    });
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 Deno.test("messages: a system message there only to carry the tools makes no empty system turn", async () => {
@@ -405,6 +436,7 @@ Deno.test("tool_call parsing: Python literals as ast.unparse/astunparse write th
     { a: "x'y", b: "中", c: keptNumber("1500.0"), d: -2, e: [1, [2, 3]], f: { k: false }, g: null },
   );
   assertEquals(parseToolCall("tool_call()"), {});
+  throws(() => parseToolCall("tool_call(a=1, a=2)"), /keyword argument repeated: a/);
   assertEquals(parseToolCall("tool_call(s='\\u4e2d\\x41\\n')"), { s: "中A\n" });
 });
 

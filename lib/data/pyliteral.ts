@@ -29,6 +29,8 @@ export function parseToolCall(text: string): Record<string, unknown> {
     if (key === undefined) {
       throw new PyLiteralError(`expected a keyword argument name at ${p.excerpt()}`);
     }
+    // Python refuses the call (SyntaxError); keeping the last would lose the first without a word.
+    if (Object.hasOwn(args, key)) throw new PyLiteralError(`keyword argument repeated: ${key}`);
     p.ws();
     p.expect("=");
     p.ws();

@@ -13,7 +13,7 @@ export type { Problem } from "./problem.ts";
 export const ROLES = ["system", "user", "assistant", "tool"] as const;
 
 /** Keys a message may carry, per role. Anything else is rejected: a typo must not silently vanish. */
-const MESSAGE_KEYS: Record<string, readonly string[]> = {
+export const MESSAGE_KEYS: Record<string, readonly string[]> = {
   system: ["role", "content", "loss"],
   user: ["role", "content", "loss"],
   assistant: ["role", "content", "loss"],

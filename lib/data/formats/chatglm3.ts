@@ -8,7 +8,7 @@
  * assistant + observation pair. An observation message may also follow a
  * `tool` message that has no `observation` field of its own.
  */
-import { isObject, type Problem } from "../schema.ts";
+import { isObject, MESSAGE_KEYS, type Problem } from "../schema.ts";
 import { parseToolCall } from "../pyliteral.ts";
 import { type Converted, type InputFormat, notAnObject } from "./types.ts";
 
@@ -27,7 +27,9 @@ export const chatglm3: InputFormat = {
     const record: { tools?: unknown; conversations: unknown } = {
       conversations: value.conversations,
     };
-    if ("tools" in value) record.tools = value.tools;
+    // A null stands for an absent key: files exported through HF `datasets` fill every message
+    // with every field of any message (tools, loss, name, parameters, observation) as null.
+    if ("tools" in value && value.tools !== null) record.tools = value.tools;
     // Other top-level keys (ids, sources) are dropped, as upstream's loader ignores them.
     const conv = value.conversations;
     if (!Array.isArray(conv)) return [{ at: "", record, problems, container: "conversations" }];
@@ -45,6 +47,12 @@ export const chatglm3: InputFormat = {
       }
       const msg: Record<string, unknown> = { ...m };
       if ("metadata" in msg && (msg.metadata === "" || msg.metadata === null)) delete msg.metadata;
+      const keys = typeof msg.role === "string" && Object.hasOwn(MESSAGE_KEYS, msg.role)
+        ? MESSAGE_KEYS[msg.role]
+        : ["role", "content"];
+      for (const [k, v] of Object.entries(msg)) {
+        if (v === null && (k === "loss" || !keys.includes(k))) delete msg[k];
+      }
       if (msg.role === "observation") {
         for (const k of Object.keys(msg)) {
           if (k !== "role" && k !== "content") {
