@@ -16,6 +16,9 @@ import type { CommandSpec } from "../args.ts";
 import { osErrorCode, UserError } from "../errors.ts";
 import { torchPython } from "../train/torch_engine.ts";
 import { loadGlmConfig } from "../model/config.ts";
+import { isInside } from "../outdir.ts";
+import { parseConfig } from "../config/config.ts";
+import { isObject } from "../data/schema.ts";
 import { checkWeightFiles } from "../model/weights.ts";
 import type { ResolvedStep } from "./pipeline.ts";
 
@@ -199,4 +202,52 @@ export async function checkStepFlags(
     }
   }
   return problems;
+}
+
+/**
+ * The train step writes its TensorBoard logs into training_args.logging_dir. Like every output of
+ * a pipeline they stay inside the run folder, whoever wrote the config or the --set.
+ */
+export function loggingDirProblem(
+  config: unknown,
+  runDir: string,
+  origin: string,
+): string | undefined {
+  const args = isObject(config) && isObject(config.training_args) ? config.training_args : {};
+  const dir = args.logging_dir;
+  if (typeof dir !== "string" || dir === "" || isInside(resolve(dir), resolve(runDir))) return;
+  return `${origin}: training_args.logging_dir ${dir} is outside the run folder ${runDir}, and a ` +
+    `pipeline writes only inside it; leave logging_dir unset (the train step's runs/ folder) or ` +
+    `give a path inside the run folder`;
+}
+
+/**
+ * A train step's config as the step will read it (the run's effective config.yaml may not be
+ * written yet: `pending`), with the step's own `--set`s: its problems, or a logging_dir outside
+ * the run folder. undefined for a config an earlier step makes, or one that is missing (the
+ * inputs check says so).
+ */
+export async function trainConfigProblem(
+  cfgPath: string,
+  sets: string[],
+  at: string,
+  o: { steps: ResolvedStep[]; pending: Map<string, Uint8Array>; runDir: string },
+): Promise<string | undefined> {
+  if (producerOf(o.steps, cfgPath)) return undefined;
+  const pending = o.pending.get(resolve(cfgPath));
+  const text = pending
+    ? new TextDecoder().decode(pending)
+    : await Deno.readTextFile(cfgPath).catch(() => undefined);
+  if (text === undefined) return undefined;
+  try {
+    const set = sets.findLast((t) => t.startsWith("training_args.logging_dir="));
+    return loggingDirProblem(
+      parseConfig(text, cfgPath, sets),
+      o.runDir,
+      set ? `${at}: --set ${set}` : `${at}: ${cfgPath}`,
+    );
+  } catch (e) {
+    if (e instanceof UserError) return `${at}: ${e.message}`;
+    throw e;
+  }
 }

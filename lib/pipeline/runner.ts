@@ -19,7 +19,14 @@ import {
 import { asPipelineStep } from "../invocation.ts";
 import { listCheckpoints } from "../train/checkpoint.ts";
 import { describeHolder, LOCK_FILE, lockRunDir, type RunLock } from "./lock.ts";
-import { checkExternalInputs, checkStepFlags, producerOf, type StepLine } from "./preflight.ts";
+import {
+  checkExternalInputs,
+  checkStepFlags,
+  loggingDirProblem,
+  producerOf,
+  type StepLine,
+  trainConfigProblem,
+} from "./preflight.ts";
 import type { CommandSpec } from "../args.ts";
 import {
   claimOutputDir,
@@ -32,7 +39,6 @@ import {
 import { loadConfig, parseConfig, QUANTIZATION_KEYS, renderConfig } from "../config/config.ts";
 import { parseOverride } from "../config/overrides.ts";
 import { CodeHasher, Hasher } from "./hash.ts";
-import { isObject } from "../data/schema.ts";
 import {
   isOutputFlag,
   type ParamValue,
@@ -336,25 +342,8 @@ export async function runPipeline(path: string, opts: RunOptions = {}): Promise<
   const flagProblems = await checkStepFlags(lines, {
     // a dry run runs nothing
     runs: async (s) => !opts.dryRun && (await (planned ??= plan())).has(s.name),
-    checkConfig: async (cfgPath, sets, at) => {
-      if (producerOf(steps, cfgPath)) return undefined;
-      const pending = hasher.pending.get(resolve(cfgPath));
-      const text = pending
-        ? new TextDecoder().decode(pending)
-        : await Deno.readTextFile(cfgPath).catch(() => undefined);
-      if (text === undefined) return undefined; // missing: the inputs check says so
-      try {
-        const set = sets.findLast((t) => t.startsWith("training_args.logging_dir="));
-        return loggingDirProblem(
-          parseConfig(text, cfgPath, sets),
-          runDir,
-          set ? `${at}: --set ${set}` : `${at}: ${cfgPath}`,
-        );
-      } catch (e) {
-        if (e instanceof UserError) return `${at}: ${e.message}`;
-        throw e;
-      }
-    },
+    checkConfig: (cfgPath, sets, at) =>
+      trainConfigProblem(cfgPath, sets, at, { steps, pending: hasher.pending, runDir }),
   });
   // A problem of several lines (a config.json's) keeps them under its entry.
   const all = [...problems, ...flagProblems].map((p) => p.replaceAll("\n", "\n    "));
@@ -626,19 +615,6 @@ async function checkInputsExist(
       );
     }
   }
-}
-
-/**
- * The train step writes its TensorBoard logs into training_args.logging_dir. Like every output of
- * a pipeline they stay inside the run folder, whoever wrote the config or the --set.
- */
-function loggingDirProblem(config: unknown, runDir: string, origin: string): string | undefined {
-  const args = isObject(config) && isObject(config.training_args) ? config.training_args : {};
-  const dir = args.logging_dir;
-  if (typeof dir !== "string" || dir === "" || isInside(resolve(dir), resolve(runDir))) return;
-  return `${origin}: training_args.logging_dir ${dir} is outside the run folder ${runDir}, and a ` +
-    `pipeline writes only inside it; leave logging_dir unset (the train step's runs/ folder) or ` +
-    `give a path inside the run folder`;
 }
 
 /** Whether `dir` is an earlier pipeline run's folder (its marker, or from before markers, .manifests). */
