@@ -172,11 +172,26 @@ Deno.test("chatglm3: nulls for absent keys, as HF datasets exports write them, a
           { ...blank, role: "tool", name: "f", parameters: { k: 1 }, observation: { ok: true } },
           { ...blank, role: "assistant", content: "a" },
         ],
-      }) + "\n",
+      }) + "\n" +
+        // a null observation that an observation message gives
+        JSON.stringify({
+          conversations: [
+            { role: "user", content: "q" },
+            { role: "tool", name: "f", parameters: {}, observation: null },
+            { role: "observation", content: "r" },
+            { role: "assistant", content: "a" },
+          ],
+        }) + "\n",
     );
-    const [r] = ok(
+    const [r, r2] = ok(
       await Array.fromAsync(convertRecords(readJsonRecords(f), { format: "chatglm3" })),
-    );
+    ) as Record<string, unknown>[];
+    assertEquals((r2.conversations as unknown[])[1], {
+      role: "tool",
+      name: "f",
+      parameters: {},
+      observation: "r",
+    });
     assertEquals(r, {
       conversations: [
         { role: "user", content: "q" },
@@ -225,6 +240,7 @@ Deno.test("alpaca: the instruction and input, the non-empty ones joined (LLaMA-F
         { input: "Y", output: "o" },
         { instruction: "I", input: "", output: "o" },
         { output: "o" },
+        { input: "", output: "o" },
       ].map((r) => JSON.stringify(r)).join("\n") + "\n",
     );
     const out: ConvertResult[] = [];
@@ -233,7 +249,10 @@ Deno.test("alpaca: the instruction and input, the non-empty ones joined (LLaMA-F
       (r.record as { conversations: { content: string }[] }).conversations[0].content
     );
     assertEquals(users, ["X", "Y", "I"]);
-    assertEquals(out[3].problems.map((p) => p.field), ["instruction"]);
+    // neither an instruction nor an input: the instruction is missing
+    assertEquals(out.slice(3).map((r) => r.problems.map((p) => p.field)), [["instruction"], [
+      "instruction",
+    ]]);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
@@ -539,7 +558,7 @@ Deno.test("convertFile writes nothing when a record is bad, unless --skip-invali
       [
         '{"content": "a"}\n',
         { skipInvalid: true },
-        /every one of the 1 record is bad; nothing written/,
+        /its one record is bad; nothing written/,
       ],
       [
         '{"content": "a", "summary": "b"}\n',

@@ -351,15 +351,16 @@ export async function convertFile(
     const empty = Object.keys(sinks).filter((part) => sinks[part].count === 0);
     if (empty.length === Object.keys(sinks).length) {
       throw new UserError(
-        `${report.file}: every one of the ${
-          count(report.records, "record")
-        } is bad; nothing written`,
+        `${report.file}: ${
+          report.records === 1 ? "its one record is" : `all ${report.records} records are`
+        } bad; nothing written`,
       );
     }
     if (empty.length > 0) {
+      const good = report.records - report.badRecords;
       throw new UserError(
         `--split: ${empty.join(", ")} ${empty.length === 1 ? "gets" : "get"} none of the ${
-          count(report.records, "record")
+          count(good, good === report.records ? "record" : "good record")
         }; nothing written (give ${empty.length === 1 ? "it" : "them"} a larger share)`,
       );
     }

@@ -1,7 +1,8 @@
 /**
  * What every record must be, whatever its format, before any stage looks
  * inside it: nested at most MAX_DEPTH levels of arrays and objects, numbers
- * that a double can hold, and text that is valid Unicode. validate, convert
+ * that a double can hold (or integers of at most MAX_INT_DIGITS digits, kept
+ * as their literal: lib/data/pynumber.ts), and text that is valid Unicode. validate, convert
  * and tokenize all check records with `checkJsonValue`, so they agree on what
  * is bad, and nothing downstream (the Python-literal renderer, JSON output)
  * meets a value it would crash on or silently change: JSON.parse reads 1e999
@@ -9,12 +10,16 @@
  * (`"\ud800"`) becomes U+FFFD when text is encoded for the tokenizer.
  */
 import type { Problem } from "./problem.ts";
+import { isIntLiteral, isKeptNumber } from "./pynumber.ts";
 
 /**
  * Levels of arrays and objects a record may nest, the record itself counting
  * as one (docs/data-formats.md). Real tool schemas nest about ten deep.
  */
 export const MAX_DEPTH = 100;
+
+/** The most digits CPython's int() (and so json.loads) takes by default (sys.int_info). */
+export const MAX_INT_DIGITS = 4300;
 
 /** At most this many problems are listed per record; a record with more is bad anyway. */
 const MAX_PROBLEMS = 20;
@@ -79,6 +84,17 @@ export function checkJsonValue(value: unknown): Problem[] {
     if (typeof v === "number") {
       if (!Number.isFinite(v)) {
         add(fieldOf(path), "number out of range (larger than a 64-bit float holds, about 1.8e308)");
+      }
+      return;
+    }
+    // A number kept as its literal (pynumber.ts) is a number, not a level of nesting.
+    if (isKeptNumber(v)) {
+      const digits = v.rawJSON.replace("-", "").length;
+      if (isIntLiteral(v.rawJSON) && digits > MAX_INT_DIGITS) {
+        add(
+          fieldOf(path),
+          `an integer of ${digits} digits (Python's json.loads reads at most ${MAX_INT_DIGITS})`,
+        );
       }
       return;
     }

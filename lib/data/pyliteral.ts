@@ -156,11 +156,13 @@ class Parser {
     if (!m || m[0] === "") throw new PyLiteralError(`bad number at ${this.excerpt()}`);
     this.i += m[0].length;
     const t = m[0].replace(/_/g, "");
-    if (/^0[oO]/.test(t)) return parseInt(t.slice(2), 8);
-    if (/^0[bB]/.test(t)) return parseInt(t.slice(2), 2);
+    if (/^0[oObBxX]/.test(t)) {
+      const n = BigInt(t); // Python's int keeps every digit
+      return Number.isSafeInteger(Number(n)) ? Number(n) : keptNumber(n.toString());
+    }
     const v = Number(t);
     if (Number.isNaN(v)) throw new PyLiteralError(`bad number ${JSON.stringify(m[0])}`);
-    if (/^\d+$/.test(t) || /^0[xX]/.test(t)) {
+    if (/^\d+$/.test(t)) {
       return Number.isSafeInteger(v) ? v : keptNumber(BigInt(t).toString());
     }
     // a float literal (`1.`, `1.0`, `1e16`) with an integral value prints as Python's float repr

@@ -48,8 +48,17 @@ export function numberValue(v: unknown): number | undefined {
   return undefined;
 }
 
+/**
+ * Text that may hold a literal to keep: `x.0…`, an exponent, or 16 digits (a point among them
+ * allowed: a fraction can round away only past a double's 15–17 digits). It may also match inside
+ * a string; what matters is that every literal to keep matches.
+ */
+const MAY_KEEP = /\d\.0|\d[eE]|(?:\d\.?){16}/;
+
 /** JSON.parse, keeping the literals of the numbers a double would print otherwise (above). */
 export function parseKeepingNumbers(text: string): unknown {
+  // The reviver costs a call per value: only text that may need it pays for it.
+  if (!MAY_KEEP.test(text)) return JSON.parse(text);
   return JSON.parse(
     text,
     (_key: string, v: unknown, ctx?: { source?: string }) =>

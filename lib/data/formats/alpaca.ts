@@ -26,7 +26,8 @@ export const alpaca: InputFormat = {
       return value[k] as string;
     };
     const input = str("input", false);
-    const instruction = str("instruction", !("input" in value));
+    // the instruction may be left out only where an input takes its place
+    const instruction = str("instruction", input === "");
     const output = str("output", true);
     const system = str("system", false);
     const conversations: unknown[] = [];

@@ -53,6 +53,12 @@ export const chatglm3: InputFormat = {
       for (const [k, v] of Object.entries(msg)) {
         if (v === null && (k === "loss" || !keys.includes(k))) delete msg[k];
       }
+      // ... and a tool message's null observation, when an observation message gives it.
+      const next = conv[i + 1];
+      if (
+        msg.role === "tool" && msg.observation === null && isObject(next) &&
+        next.role === "observation"
+      ) delete msg.observation;
       if (msg.role === "observation") {
         for (const k of Object.keys(msg)) {
           if (k !== "role" && k !== "content") {
