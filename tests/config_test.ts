@@ -192,6 +192,10 @@ Deno.test("wrong types and bad values are errors with file:line", () => {
       /:7: peft_config\.bias: "all" is not supported \(only "none"\)/,
     ],
     [
+      "peft_config:\n  peft_type: LORA\n  init_lora_weights: gaussian\n",
+      /:7: peft_config\.init_lora_weights: "gaussian" is not supported \(only true\)/,
+    ],
+    [
       "training_args:\n  generation_config:\n    max_new_tokns: 5\n",
       /:7: training_args\.generation_config\.max_new_tokns: unknown key/,
     ],

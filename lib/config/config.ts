@@ -719,7 +719,13 @@ class Validator {
       return INVALID;
     }
     if (coerced === INVALID) {
-      this.error(key, `expected ${expected(field)}, got ${describe(v)}`);
+      // a setting with one supported value: say that value, not the type (init_lora_weights: gaussian)
+      this.error(
+        key,
+        field.only
+          ? `${describe(v)} is not supported (only ${field.only.map(describe).join(" or ")})`
+          : `expected ${expected(field)}, got ${describe(v)}`,
+      );
       return INVALID;
     }
     let value = coerced;
