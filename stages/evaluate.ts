@@ -10,11 +10,11 @@
  *   deno task stage evaluate --metrics-only --in preds.jsonl --out DIR [--segmenter ...]
  */
 import {
+  configFromOverrides,
   describeQuantization,
   isQuantizationKey,
   loadConfig,
   type QuantizationConfig,
-  quantizationFromOverrides,
 } from "../lib/config/mod.ts";
 import { parseOverride } from "../lib/config/overrides.ts";
 import {
@@ -137,6 +137,24 @@ function configOverride(text: string): string | undefined {
     : `training_args.generation_config.${key[0]}=${value}`;
 }
 
+/**
+ * `read()`, whose config errors name the --set as it was given rather than as `configOverride`
+ * rewrote it.
+ */
+async function withGivenSets<T>(
+  given: readonly (readonly [string, string])[],
+  read: () => T | Promise<T>,
+): Promise<T> {
+  try {
+    return await read();
+  } catch (e) {
+    if (!(e instanceof UserError)) throw e;
+    let message = e.message;
+    for (const [o, text] of given) message = message.replaceAll(`--set ${o})`, `--set ${text})`);
+    throw new UserError(message);
+  }
+}
+
 /** A positive integer flag; "null" or "" (a pipeline's unset param) means not given. */
 function positiveInt(v: FlagValues[string], flag: string): number | undefined {
   return v === "null" || v === "" ? undefined : positiveIntFlag(v, flag);
@@ -171,19 +189,14 @@ export async function main(args: string[]): Promise<number> {
   if (values.config) {
     // The generation settings by the names they have without a config (max_new_tokens=…,
     // generation_config.top_p=…) are the config's training_args.generation_config (and seed).
-    const given = sets.map((text) => [configOverride(text), text] as const);
-    const cfg = await loadConfig(
-      values.config as string,
-      given.flatMap(([o]) => o === undefined ? [] : [o]),
-    ).catch((e) => {
-      if (!(e instanceof UserError)) throw e;
-      // the messages name the --set as it was given
-      let message = e.message;
-      for (const [o, text] of given) {
-        if (o) message = message.replaceAll(`--set ${o})`, `--set ${text})`);
-      }
-      throw new UserError(message);
+    const given = sets.flatMap((text) => {
+      const o = configOverride(text);
+      return o === undefined ? [] : [[o, text] as const];
     });
+    const cfg = await withGivenSets(
+      given,
+      () => loadConfig(values.config as string, given.map(([o]) => o)),
+    );
     quantization = cfg.quantization;
     // What generation does not apply is said, as train says what training does not.
     const ignored = cfg.notApplicable.filter((n) => n.key.includes(".generation_config."));
@@ -204,59 +217,46 @@ export async function main(args: string[]): Promise<number> {
     }
     gen.seed = cfg.training_args.seed;
   } else {
-    const quantSets: string[] = [];
+    // The generation keys and the quantization keys, checked by the config schema's rules, as
+    // with --config; each given key replaces evaluate's default.
+    const given: (readonly [string, string])[] = [];
+    const keys: string[] = [];
+    let quantized = false;
     for (const text of sets) {
       const o = parseOverride(text);
-      const key = o.path[0] === "generation_config" ? o.path.slice(1).join(".") : o.path.join(".");
-      const v = o.value;
-      // a config's unset (null) value, as a pipeline passes it: keep the default
-      if (v === null) continue;
+      const key = o.path[0] === "generation_config" ? o.path.slice(1) : o.path;
       if (isQuantizationKey(o.path[0])) {
-        quantSets.push(text);
-        continue;
-      }
-      switch (key as typeof GENERATION_KEYS[number]) {
-        case "max_new_tokens":
-        case "top_k":
-        case "seed":
-          // The ranges of the config's generation_config (lib/config/schema.ts).
-          if (!Number.isInteger(v) || (v as number) < (key === "max_new_tokens" ? 1 : 0)) {
-            throw new UserError(
-              `--set ${text}: expected a ${
-                key === "max_new_tokens" ? "positive" : "non-negative"
-              } integer`,
-            );
-          }
-          if (key === "max_new_tokens") gen.maxNewTokens = v as number;
-          else if (key === "top_k") gen.topK = v as number;
-          else gen.seed = v as number;
-          break;
-        case "do_sample":
-          if (typeof v !== "boolean") throw new UserError(`--set ${text}: expected true or false`);
-          gen.doSample = v;
-          break;
-        case "temperature":
-        case "top_p":
-          if (typeof v !== "number" || v < 0 || (key === "top_p" && v > 1)) {
-            throw new UserError(
-              `--set ${text}: expected ${
-                key === "top_p" ? "a number from 0 to 1" : "a non-negative number"
-              }`,
-            );
-          }
-          if (key === "temperature") gen.temperature = v;
-          else gen.topP = v;
-          break;
-        default:
-          throw new UserError(
-            `--set ${text}: evaluate knows ${
-              GENERATION_KEYS.join(", ")
-            } (optionally under generation_config.) and the quantization keys; ` +
-              `pass --config CFG to override other config keys`,
-          );
+        given.push([text, text]);
+        quantized = true;
+      } else if (key.length === 1 && (GENERATION_KEYS as readonly string[]).includes(key[0])) {
+        const c = configOverride(text);
+        if (c !== undefined) {
+          given.push([c, text]);
+          keys.push(key[0]);
+        }
+      } else {
+        throw new UserError(
+          `--set ${text}: evaluate knows ${
+            GENERATION_KEYS.join(", ")
+          } (optionally under generation_config.) and the quantization keys; ` +
+            `pass --config CFG to override other config keys`,
+        );
       }
     }
-    quantization = quantizationFromOverrides(quantSets, "evaluate --set");
+    const cfg = await withGivenSets(
+      given,
+      () => configFromOverrides(given.map(([o]) => o), "evaluate --set"),
+    );
+    if (quantized) quantization = cfg.quantization;
+    const g = cfg.training_args.generation_config;
+    for (const k of keys) {
+      if (k === "max_new_tokens") gen.maxNewTokens = g.max_new_tokens ?? gen.maxNewTokens;
+      else if (k === "do_sample") gen.doSample = g.do_sample;
+      else if (k === "temperature") gen.temperature = g.temperature;
+      else if (k === "top_p") gen.topP = g.top_p;
+      else if (k === "top_k") gen.topK = g.top_k;
+      else gen.seed = cfg.training_args.seed;
+    }
   }
   if (quantization) console.error(`evaluate: on a ${describeQuantization(quantization)} base`);
 

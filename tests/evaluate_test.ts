@@ -411,8 +411,15 @@ Deno.test("evaluateRecords: mixed records stream out in input order, as the file
 
 Deno.test("generation settings out of the config's ranges are refused in evaluate --set and chat flags", async () => {
   const cases: [string[], RegExp][] = [
-    [["stage", "evaluate", "--set", "top_p=2"], /--set top_p=2: expected a number from 0 to 1/],
-    [["stage", "evaluate", "--set", "max_new_tokens=0"], /max_new_tokens=0: expected a positive/],
+    // the config schema's ranges, as with --config
+    [
+      ["stage", "evaluate", "--set", "top_p=2"],
+      /top_p: must be <= 1, got 2 \(from --set top_p=2\)/,
+    ],
+    [
+      ["stage", "evaluate", "--set", "max_new_tokens=0"],
+      /max_new_tokens: must be >= 1, got 0 \(from --set max_new_tokens=0\)/,
+    ],
     [["chat", TINY, "--prompt", "hi", "--top-p", "2"], /--top-p: expected a number from 0 to 1/],
   ];
   for (const [args, re] of cases) {

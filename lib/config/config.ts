@@ -393,11 +393,20 @@ export function quantizationFromOverrides(
   where: string,
 ): QuantizationConfig | null {
   if (overrides.length === 0) return null;
-  // A config that asks for nothing else: only the quantization keys are read from it.
+  return configFromOverrides(overrides, where).quantization;
+}
+
+/**
+ * A config made of `overrides` alone, checked by the same rules and messages
+ * as a config file (`where` names the command): for the keys evaluate and chat
+ * take by `--set` without a file.
+ */
+export function configFromOverrides(overrides: string[], where: string): FinetuneConfig {
+  // A config that asks for nothing else: only the keys set are read from it.
   const minimal =
     "data_config: {train_file: t, val_file: v, test_file: t}\nmax_input_length: 1\nmax_output_length: 1\n" +
     "peft_config: {peft_type: LORA}\n";
-  return parseConfig(minimal, where, overrides).quantization;
+  return parseConfig(minimal, where, overrides);
 }
 
 /**
