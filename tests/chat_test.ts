@@ -33,14 +33,13 @@ function expected(m: CpuGlm, history: HistoryItem[], query: string) {
     maxNewTokens: N,
     stopIds: tok.stopIds,
   });
-  const { reply, metadata, content } = parseReply(tok.decode(ids));
+  const { reply, messages } = parseReply(tok.decode(ids));
   return {
     text: formatReply(reply),
-    turn: [{ role: "user", content: query }, {
-      role: "assistant",
-      metadata,
-      content,
-    }] as HistoryItem[],
+    turn: [
+      { role: "user", content: query },
+      ...messages.map((m) => ({ role: "assistant", ...m })),
+    ] as HistoryItem[],
   };
 }
 
@@ -154,6 +153,25 @@ Deno.test("chat: replies are split into metadata and content; tool calls become 
     name: "search",
     content: "not a call",
   });
+  // As upstream's process_response: each <|assistant|> starts a part of its own in the history,
+  // metadata as generated, a text part stripped by Python's rules (\x1c is space there, \ufeff not);
+  // the reply is the last part's.
+  const two = parseReply(
+    "\nI need the tool.\x1c<|assistant|> get_weather\n```python\ntool_call(city='Paris')\n```",
+  );
+  assert.deepStrictEqual(two.messages, [
+    { metadata: "", content: "I need the tool." },
+    { metadata: " get_weather", content: "```python\ntool_call(city='Paris')\n```" },
+  ]);
+  assert.deepStrictEqual(two.reply, {
+    kind: "tool_call",
+    name: "get_weather",
+    parameters: { city: "Paris" },
+  });
+  assert.deepStrictEqual(parseReply(" \n\ufeffhi").messages, [{
+    metadata: " ",
+    content: "\ufeffhi",
+  }]);
 });
 
 Deno.test("chat: a dir of pytorch_model-*.bin shards gets evaluate's conversion hint, before any GPU work", async () => {

@@ -10,6 +10,7 @@ import { parseToolCall, PyLiteralError } from "../data/pyliteral.ts";
 import type { GlmModel } from "../model/glm.ts";
 import type { GenerationSettings } from "./evaluate.ts";
 import type { ChatGLMTokenizer, ChatRole, HistoryItem } from "../tokenizer/chatglm.ts";
+import { pyStrip } from "../metrics/pywhitespace.ts";
 
 export type Reply =
   | { kind: "text"; content: string }
@@ -17,30 +18,48 @@ export type Reply =
   /** A non-empty metadata line whose content is not a parsable tool call. */
   | { kind: "tagged"; name: string; content: string };
 
-/** Split a raw reply into metadata and content and interpret it. */
-export function parseReply(raw: string): { reply: Reply; metadata: string; content: string } {
-  const nl = raw.indexOf("\n");
-  // No line break at all: upstream's split would fail; the whole reply is text.
-  const metadata = nl >= 0 ? raw.slice(0, nl) : "";
-  const rest = nl >= 0 ? raw.slice(nl + 1) : raw;
-  if (!metadata.trim()) {
-    const content = rest.trim();
-    return { reply: { kind: "text", content }, metadata: "", content };
-  }
-  const name = metadata.trim();
-  // Upstream evaluates the call only when the system prompt lists tools; a
-  // fine-tuned model may call tools without one, so any parsable call counts.
-  try {
-    return {
-      reply: { kind: "tool_call", name, parameters: parseToolCall(rest) },
-      metadata: name,
-      content: rest,
-    };
-  } catch (e) {
-    if (!(e instanceof PyLiteralError)) throw e;
-  }
-  return { reply: { kind: "tagged", name, content: rest }, metadata: name, content: rest };
+/** An assistant message of the history, as upstream's process_response stores it. */
+export interface ReplyMessage {
+  metadata: string;
+  content: string;
 }
+
+/**
+ * Interpret a raw reply as upstream's `process_response` does: the reply is
+ * split at each `<|assistant|>` (a model may think aloud, then call a tool),
+ * each part at its first line break into metadata and content, and each part
+ * goes into the history with its metadata as generated; a part without
+ * metadata is text, its content stripped (Python's `str.strip`). The reply is
+ * the last part's.
+ */
+export function parseReply(raw: string): { reply: Reply; messages: ReplyMessage[] } {
+  const messages: ReplyMessage[] = [];
+  let reply: Reply = { kind: "text", content: "" };
+  for (const part of raw.split(ASSISTANT)) {
+    const nl = part.indexOf("\n");
+    const metadata = nl >= 0 ? part.slice(0, nl) : "";
+    const rest = nl >= 0 ? part.slice(nl + 1) : part;
+    const name = pyStrip(metadata);
+    if (!name) {
+      const content = pyStrip(rest);
+      messages.push({ metadata, content });
+      reply = { kind: "text", content };
+      continue;
+    }
+    messages.push({ metadata, content: rest });
+    // Upstream evaluates the call only when the system prompt lists tools; a
+    // fine-tuned model may call tools without one, so any parsable call counts.
+    try {
+      reply = { kind: "tool_call", name, parameters: parseToolCall(rest) };
+    } catch (e) {
+      if (!(e instanceof PyLiteralError)) throw e;
+      reply = { kind: "tagged", name, content: rest };
+    }
+  }
+  return { reply, messages };
+}
+
+const ASSISTANT = "<|assistant|>";
 
 /** How a reply is shown: the text itself, or the JSON upstream's chat returns for a tool. */
 export function formatReply(r: Reply): string {
@@ -104,7 +123,8 @@ export class ChatSession {
     const stream = onText && ((_row: number, id: number) => {
       ids.push(id);
       // Decode the whole reply each time: byte pieces only form characters together.
-      const text = this.tokenizer.decode(ids);
+      // Only the first part of a reply is streamed (a later one follows an <|assistant|>).
+      const text = this.tokenizer.decode(ids).split(ASSISTANT)[0];
       const nl = text.indexOf("\n");
       if (nl < 0 || text.slice(0, nl).trim()) return;
       const body = text.slice(nl + 1).trimStart();
@@ -126,12 +146,12 @@ export class ChatSession {
       ...(stream ? { onToken: stream } : {}),
     });
     const raw = this.tokenizer.decode(out);
-    const { reply, metadata, content } = parseReply(raw);
-    if (onText && reply.kind === "text" && reply.content.length > shown) {
+    const { reply, messages } = parseReply(raw);
+    if (onText && messages.length === 1 && reply.kind === "text" && reply.content.length > shown) {
       onText(reply.content.slice(shown));
     }
     this.history.push({ role, content: message });
-    this.history.push({ role: "assistant", metadata, content });
+    for (const m of messages) this.history.push({ role: "assistant", ...m });
     return reply;
   }
 }
