@@ -104,6 +104,29 @@ Deno.test("evaluate: greedy predictions of the tiny model equal PyTorch's", asyn
   }
 });
 
+Deno.test("evaluate: a prediction that stops at <|user|> has it in its text, as upstream decodes it", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const tok = await ChatGLMTokenizer.load(TINY);
+    // The tiny model's greedy reply to this prompt ends at <|user|> after 12 tokens (CPU
+    // reference); upstream decodes the generated ids with the one that stopped them.
+    const prompt = tok.buildChatInput([], "q7 ");
+    const cpu = await loadCpuGlm(TINY, { kind: "none" });
+    const [ref] = cpu.generate([prompt], { maxNewTokens: 32, stopIds: [] });
+    const at = ref.findIndex((t) => STOP.includes(t));
+    assert.strictEqual(ref[at], forward.special["<|user|>"]);
+    const input = join(dir, "eval.jsonl");
+    await writeJsonl(input, [{ input_ids: prompt, output_ids: [2] }]);
+    await evaluate(opts(dir, input));
+    const [p] = await readJsonl(join(dir, "out/predictions.jsonl"));
+    assert.deepStrictEqual(p.prediction_ids, ref.slice(0, at));
+    assert.strictEqual(p.prediction, tok.decode(ref.slice(0, at + 1)).trim());
+    assert.ok((p.prediction as string).endsWith("<|user|>"), String(p.prediction));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("evaluate: label records give the fixture loss", async () => {
   const dir = await Deno.makeTempDir();
   try {

@@ -279,7 +279,9 @@ async function* produce(
   const generate = async (batch: Item[]): Promise<Produced[]> => {
     if (!batch.length) return [];
     const g = p!.generation, tok = p!.tokenizer;
+    const stoppedBy: (number | undefined)[] = [];
     const outs = await p!.model.generate(batch.map((b) => b.inputIds!), {
+      onStop: (row, id) => void (stoppedBy[row] = id),
       maxNewTokens: g.maxNewTokens,
       stopIds,
       doSample: g.doSample,
@@ -291,8 +293,12 @@ async function* produce(
     return batch.map((it, i) => {
       const predIds = outs[i];
       const labelIds = stripStop(it.outputIds!, stopSet);
+      // Upstream's prediction is the generated ids with the one that stopped them, decoded: a
+      // stop at <|user|> or <|observation|> is part of its text (eos decodes to nothing).
+      const stop = stoppedBy[i];
+      const predText = tok.decode(stop === undefined ? predIds : [...predIds, stop]);
       return {
-        ...text(it, pyStrip(tok.decode(predIds)), pyStrip(tok.decode(labelIds)), {
+        ...text(it, pyStrip(predText), pyStrip(tok.decode(labelIds)), {
           prompt: tok.decode(it.inputIds!),
           prediction_ids: predIds,
           n_prompt_tokens: it.inputIds!.length,

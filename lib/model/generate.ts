@@ -43,6 +43,8 @@ export interface GenerateOptions {
   seed?: number;
   /** Called for every generated token (stop tokens excluded), in order, as tokens are read back. */
   onToken?: (row: number, id: number) => void;
+  /** Called when a row ends at one of stopIds, with that id. */
+  onStop?: (row: number, id: number) => void;
   /** The most tokens decoded per readback (default TOKENS_PER_READ). */
   tokensPerRead?: number;
   /** Chunks of steps queued ahead of the read (default: 2 on a GPU, 1 on a CPU adapter). */
@@ -324,6 +326,7 @@ export async function generate(
           const id = ids[t * B + b];
           if (stop.has(id)) {
             done[b] = true;
+            opts.onStop?.(b, id);
             continue;
           }
           out[b].push(id);
