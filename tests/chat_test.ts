@@ -6,7 +6,8 @@
  */
 import assert from "node:assert";
 import { join } from "node:path";
-import { formatReply, parseReply } from "../lib/eval/chat.ts";
+import { ChatSession, formatReply, parseReply } from "../lib/eval/chat.ts";
+import type { GlmModel } from "../lib/model/glm.ts";
 import { readAdapterDir } from "../lib/model/adapter_dir.ts";
 import { type CpuGlm, loadCpuGlm } from "../lib/model/cpu/glm.ts";
 import { ChatGLMTokenizer, type HistoryItem } from "../lib/tokenizer/chatglm.ts";
@@ -172,6 +173,33 @@ Deno.test("chat: replies are split into metadata and content; tool calls become 
     metadata: " ",
     content: "\ufeffhi",
   }]);
+});
+
+Deno.test("chat: a streamed reply with a later part after <|assistant|> shows that part; Python's strip rules", async () => {
+  // A model that says these ids, token by token, whatever it is asked.
+  const say = (ids: number[]) =>
+    ({
+      generate: (_p: number[][], o: { onToken?: (row: number, id: number) => void }) => {
+        for (const id of ids) o.onToken?.(0, id);
+        return Promise.resolve([ids]);
+      },
+    }) as unknown as GlmModel;
+  const gen = { maxNewTokens: 8, doSample: false, temperature: 1, topP: 1, topK: 50, seed: 1 };
+  const cases: [string, string][] = [
+    ["\nLet me think.<|assistant|>\nThe answer is 4.", "Let me think.\nThe answer is 4."],
+    // \x1c is whitespace to Python's strip, not to JavaScript's trim
+    ["\nhi\x1c", "hi"],
+  ];
+  for (const [text, shown] of cases) {
+    const ids = text.split("<|assistant|>").flatMap((t, i) =>
+      i ? [tok.special("<|assistant|>"), ...tok.encode(t)] : tok.encode(t)
+    );
+    const session = new ChatSession(say(ids), tok, gen);
+    let out = "";
+    const reply = await session.ask("q", (t) => void (out += t));
+    assert.strictEqual(out, shown);
+    assert.strictEqual(reply.kind === "text" && reply.content, shown.split("\n").at(-1));
+  }
 });
 
 Deno.test("chat: a dir of pytorch_model-*.bin shards gets evaluate's conversion hint, before any GPU work", async () => {

@@ -10,7 +10,7 @@ import { parseToolCall, PyLiteralError } from "../data/pyliteral.ts";
 import type { GlmModel } from "../model/glm.ts";
 import type { GenerationSettings } from "./evaluate.ts";
 import type { ChatGLMTokenizer, ChatRole, HistoryItem } from "../tokenizer/chatglm.ts";
-import { pyStrip } from "../metrics/pywhitespace.ts";
+import { pyLstrip, pyRstrip, pyStrip } from "../metrics/pywhitespace.ts";
 
 export type Reply =
   | { kind: "text"; content: string }
@@ -127,9 +127,10 @@ export class ChatSession {
       const text = this.tokenizer.decode(ids).split(ASSISTANT)[0];
       const nl = text.indexOf("\n");
       if (nl < 0 || text.slice(0, nl).trim()) return;
-      const body = text.slice(nl + 1).trimStart();
-      // Hold back a trailing replacement char (an incomplete UTF-8 sequence) and trailing space.
-      const ready = body.replace(/\uFFFD$/, "").trimEnd();
+      // The reply's text is stripped by Python's rules (parseReply): the stream holds back what
+      // they would strip at the end, and a trailing replacement char (an incomplete UTF-8 sequence).
+      const body = pyLstrip(text.slice(nl + 1));
+      const ready = pyRstrip(body.replace(/\uFFFD$/, ""));
       if (ready.length > shown) {
         onText(ready.slice(shown));
         shown = ready.length;
@@ -147,8 +148,10 @@ export class ChatSession {
     });
     const raw = this.tokenizer.decode(out);
     const { reply, messages } = parseReply(raw);
-    if (onText && messages.length === 1 && reply.kind === "text" && reply.content.length > shown) {
-      onText(reply.content.slice(shown));
+    if (onText && reply.kind === "text") {
+      // A later part (after an <|assistant|>) is the reply: shown on a line of its own.
+      if (messages.length > 1) onText((shown > 0 ? "\n" : "") + reply.content);
+      else if (reply.content.length > shown) onText(reply.content.slice(shown));
     }
     this.history.push({ role, content: message });
     for (const m of messages) this.history.push({ role: "assistant", ...m });

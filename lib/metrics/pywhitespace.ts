@@ -28,6 +28,11 @@ export function pyStrip(s: string): string {
   return s.replace(WS_LEAD, "").replace(WS_TRAIL, "");
 }
 
+/** `s.lstrip()`. */
+export function pyLstrip(s: string): string {
+  return s.replace(WS_LEAD, "");
+}
+
 /** `s.rstrip()`. */
 export function pyRstrip(s: string): string {
   return s.replace(WS_TRAIL, "");
