@@ -1,7 +1,7 @@
 import { deepStrictEqual, ok as assert, rejects } from "node:assert";
 import { join } from "node:path";
 import {
-  checkSameKind,
+  checkResumable,
   COMPLETE_MARKER,
   findCheckpoint,
   fullFiles,
@@ -282,20 +282,47 @@ Deno.test("the loss total behind train_loss: as saved, or rebuilt from an older 
   deepStrictEqual(lossTotalOf(old, history), { lossSum: 3 * 2 + 2 * 3 + 1.5, steps: 6 });
 });
 
-Deno.test("a checkpoint of another kind of run is refused by name, not by the file it lacks", async () => {
+Deno.test("a checkpoint a run cannot go on from is refused by name: kind, optimizer state, data, schedule", async () => {
   const dir = await Deno.makeTempDir();
+  const check = (kind: string, engine: "webgpu" | "torch" = "webgpu", data = {}) =>
+    checkResumable(dir, {
+      kind,
+      engine,
+      data,
+      schedule: { lr_scheduler_type: "linear", learning_rate: 1e-4 },
+    });
   try {
-    await checkSameKind(dir, "lora"); // nothing to tell by: the reader says what is missing
     await Deno.writeFile(join(dir, "adapter_model.safetensors"), new Uint8Array(8));
-    await checkSameKind(dir, "lora");
     await rejects(
-      () => checkSameKind(dir, "prefix"),
+      () => check("prefix"),
       /cannot resume: it is a LoRA checkpoint \(adapter_model\.safetensors\), the config trains a P-Tuning v2 run/,
     );
+    // no optimizer state: save_only_model; DeepSpeed's only for the torch engine
+    await rejects(() => check("lora"), /holds no optimizer state .*--init-adapter/);
+    await Deno.writeTextFile(join(dir, "latest"), "global_step2");
+    await Deno.writeTextFile(join(dir, "resume_state.json"), JSON.stringify({ data: { seed: 1 } }));
+    await check("lora", "torch", { seed: 1 });
+    await rejects(
+      () => check("lora"),
+      /cannot resume on the WebGPU engine: its optimizer state is DeepSpeed's/,
+    );
+    await Deno.writeFile(join(dir, "optimizer.safetensors"), new Uint8Array(8));
+    await rejects(() => check("lora", "webgpu", { seed: 2 }), /seed was 1 in that run, now 2/);
+    await Deno.writeTextFile(
+      join(dir, "scheduler.json"),
+      JSON.stringify({ lr_scheduler_type: "linear", base_lrs: [2e-4] }),
+    );
+    await rejects(
+      () => check("lora", "webgpu", { seed: 1 }),
+      /learning_rate was 0\.0002 in that run/,
+    );
+    // a full fine-tuning checkpoint, and the way to start again from its weights
     await Deno.remove(join(dir, "adapter_model.safetensors"));
+    await Deno.remove(join(dir, "optimizer.safetensors"));
+    await Deno.remove(join(dir, "latest"));
     await Deno.writeFile(join(dir, "model.safetensors.index.json"), new Uint8Array(2));
-    await checkSameKind(dir, "full");
-    await rejects(() => checkSameKind(dir, "lora"), /it is a full fine-tuning checkpoint/);
+    await rejects(() => check("lora"), /it is a full fine-tuning checkpoint/);
+    await rejects(() => check("full"), /with --model \S+ instead/);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

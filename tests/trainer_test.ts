@@ -394,6 +394,22 @@ Deno.test("save_only_model: checkpoints without the optimizer state, which a res
     /checkpoint-1: cannot resume: it holds no optimizer state \(optimizer\.safetensors; saved with save_only_model\?\)/,
   );
   await Deno.remove(out, { recursive: true });
+  // The checkpoint a Ctrl-C saves is for resuming: it has the optimizer state all the same.
+  const stop = { requested: false };
+  const stopped = await run({ ...over, maxSteps: 4, saveSteps: 100 }, data, {
+    stop,
+    onStep: (s) => void (s === 2 && (stop.requested = true)),
+  });
+  assert(stopped.res.interrupted);
+  await Deno.stat(join(stopped.out, "checkpoint-2", "optimizer.safetensors"));
+  const resumed = await run(
+    { ...over, maxSteps: 4, saveSteps: 100 },
+    data,
+    { resume: "yes" },
+    stopped.out,
+  );
+  assert(resumed.res.globalStep === 4);
+  await Deno.remove(stopped.out, { recursive: true });
 });
 
 Deno.test("checkpoints: contents, save_total_limit, final save", async () => {

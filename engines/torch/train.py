@@ -549,7 +549,9 @@ def make_trainer_class():
         def _save_checkpoint(self, model, trial):
             job, s = self.job, self.state
             step = s.global_step
-            params, moments = self._gather(with_moments=not self.args.save_only_model)
+            # save_only_model's checkpoints cannot be resumed; the one an interrupt saves is for resuming
+            with_moments = not self.args.save_only_model or self.interrupted
+            params, moments = self._gather(with_moments=with_moments)
             window = self._window()
             rngs = [None] * (dist.get_world_size() if dist_on() else 1)
             if dist_on():
@@ -558,7 +560,7 @@ def make_trainer_class():
                 rngs[0] = ck.rng_tensors()
             target = os.path.join(job["out_dir"], f"checkpoint-{step}")
             ds_dir = None
-            if self.is_deepspeed_enabled and not self.args.save_only_model:
+            if self.is_deepspeed_enabled and with_moments:
                 # DeepSpeed's partitioned optimizer state can only be written by DeepSpeed itself (every
                 # process its part); its global_stepN/ and `latest` go into the checkpoint beside our files.
                 ds_dir = os.path.join(job["out_dir"], f".checkpoint-{step}.deepspeed.tmp")

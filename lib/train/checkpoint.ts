@@ -328,7 +328,7 @@ const KIND_FILES: [kind: string, file: string, what: string][] = [
  * one of another kind (its peft_config changed) is refused naming both,
  * rather than failing on the file this kind reads.
  */
-export async function checkSameKind(dir: string, kind: string): Promise<void> {
+async function checkSameKind(dir: string, kind: string): Promise<void> {
   const has = async (f: string) => await Deno.stat(join(dir, f)).then(() => true, () => false);
   const found = [];
   for (const k of KIND_FILES) if (await has(k[1])) found.push(k);
@@ -342,15 +342,52 @@ export async function checkSameKind(dir: string, kind: string): Promise<void> {
   );
 }
 
-/** A checkpoint saved with save_only_model has no optimizer state to resume from: said so. */
-export async function checkHasOptimizer(dir: string): Promise<void> {
+/**
+ * A checkpoint saved with save_only_model has no optimizer state to resume
+ * from; DeepSpeed's own (global_stepN/ and `latest`) only the torch engine
+ * reads. Said so, with how to start a new run from its weights instead.
+ */
+async function checkHasOptimizer(dir: string, kind: string, engine: Engine): Promise<void> {
   const has = async (f: string) => await Deno.stat(join(dir, f)).then(() => true, () => false);
-  // DeepSpeed's own optimizer state (the torch engine's): global_stepN/ and `latest`
-  if (await has("optimizer.safetensors") || await has("latest")) return;
+  if (await has("optimizer.safetensors")) return;
+  const deepspeed = await has("latest");
+  if (deepspeed && engine === "torch") return;
+  const instead = kind === "full"
+    ? `start a new run from its weights with --model ${dir} instead`
+    : `start a new run from its weights with --init-adapter ${dir} instead`;
   throw new UserError(
-    `${dir}: cannot resume: it holds no optimizer state (optimizer.safetensors; saved with ` +
-      `save_only_model?); start a new run from its weights with --init-adapter ${dir} instead`,
+    deepspeed
+      ? `${dir}: cannot resume on the WebGPU engine: its optimizer state is DeepSpeed's ` +
+        `(global_stepN/, latest), which only the torch engine reads; resume with --engine torch, ` +
+        `or ${instead}`
+      : `${dir}: cannot resume: it holds no optimizer state (optimizer.safetensors; saved with ` +
+        `save_only_model?); ${instead}`,
   );
+}
+
+/** The engine that resumes: the torch engine also reads DeepSpeed's own optimizer state. */
+export type Engine = "webgpu" | "torch";
+
+/**
+ * Whether a run may continue from checkpoint `dir`, checked before anything is
+ * loaded, in one order for both engines: a checkpoint of the same kind of run
+ * (LoRA, P-Tuning v2, full), with optimizer state, made on the same data and
+ * batching, with the same schedule. Each refusal names the checkpoint and why.
+ */
+export async function checkResumable(
+  dir: string,
+  o: {
+    kind: string;
+    engine: Engine;
+    data: Record<string, unknown>;
+    schedule: { lr_scheduler_type: string; learning_rate: number };
+  },
+): Promise<void> {
+  await checkSameKind(dir, o.kind);
+  await checkHasOptimizer(dir, o.kind, o.engine);
+  const rs = await readJson(join(dir, "resume_state.json"));
+  checkSameData(dir, (rs.data ?? {}) as Record<string, unknown>, o.data);
+  await checkSchedule(dir, o.schedule);
 }
 
 /**
@@ -359,7 +396,7 @@ export async function checkHasOptimizer(dir: string): Promise<void> {
  * restored step counts records of that order. A key the checkpoint predates
  * (records_sha256) is not checked.
  */
-export function checkSameData(
+function checkSameData(
   dir: string,
   was: Record<string, unknown>,
   now: Record<string, unknown>,
@@ -383,7 +420,7 @@ export function checkSameData(
  * scheduler (HF Trainer would silently keep the checkpoint's rate; a changed
  * one is refused, naming the key). Checkpoints without scheduler.json pass.
  */
-export async function checkSchedule(
+async function checkSchedule(
   dir: string,
   now: { lr_scheduler_type: string; learning_rate: number },
 ): Promise<void> {
@@ -449,8 +486,6 @@ async function readJson(path: string): Promise<Record<string, unknown>> {
 }
 
 export async function readCheckpoint(dir: string, files: ModelFiles): Promise<LoadedCheckpoint> {
-  await checkSameKind(dir, files.kind);
-  await checkHasOptimizer(dir);
   const rs = await readJson(join(dir, "resume_state.json"));
   const ts = await readJson(join(dir, "trainer_state.json"));
   const opt = await readSafetensorsF32(join(dir, "optimizer.safetensors"));

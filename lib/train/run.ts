@@ -22,9 +22,16 @@ import { formatMemoryPlan, memoryPlan } from "../model/memory_plan.ts";
 import { PEFT_CONFIG, PEFT_WEIGHTS, PREFIX_WEIGHTS, readAdapterDir } from "../model/adapter_dir.ts";
 import { loraScale, PREFIX_EMBEDDING } from "../model/adapter.ts";
 import { trainArgsFromConfig } from "./args.ts";
-import { fullFiles, loraFiles, type ModelFiles, prefixFiles } from "./checkpoint.ts";
+import {
+  checkResumable,
+  findCheckpoint,
+  fullFiles,
+  loraFiles,
+  type ModelFiles,
+  prefixFiles,
+} from "./checkpoint.ts";
 import { maxLength, runRecords } from "./data.ts";
-import { train, type TrainResult } from "./trainer.ts";
+import { runDataInfo, train, type TrainResult } from "./trainer.ts";
 import { tensorBoardLog } from "./tensorboard_log.ts";
 
 export interface RunOptions {
@@ -262,6 +269,15 @@ export async function runTraining(o: RunOptions): Promise<TrainResult> {
       `note: training_args.eval_strategy is "${args.evalStrategy}" but no eval file was given; not evaluating`,
     );
     args.evalStrategy = "no";
+  }
+  // A checkpoint the run cannot go on from is said before the model loads (minutes at 6B).
+  if (o.resume !== undefined) {
+    await checkResumable(await findCheckpoint(o.outDir, o.resume), {
+      kind: spec.kind,
+      engine: "webgpu",
+      data: runDataInfo(args, trainRecs),
+      schedule: { lr_scheduler_type: args.lrSchedulerType, learning_rate: args.learningRate },
+    });
   }
   const gpu = await gpuForModel(glmConfig);
   const maxSeq = Math.max(maxLength(trainRecs), evalRecs ? maxLength(evalRecs) : 1);

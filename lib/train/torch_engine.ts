@@ -33,10 +33,7 @@ import { loadGlmConfig } from "../model/config.ts";
 import { formatTorchMemoryPlan, type Sharding, torchMemoryPlan } from "../model/memory_plan.ts";
 import { writeSafetensorsF32 } from "../safetensors/write.ts";
 import {
-  checkHasOptimizer,
-  checkSameData,
-  checkSameKind,
-  checkSchedule,
+  checkResumable,
   findCheckpoint,
   type LogEntry,
   lossTotalOf,
@@ -309,17 +306,16 @@ export async function runTorchTraining(o: TorchRunOptions): Promise<TorchRunResu
   let startStep = 0;
   if (o.resume !== undefined) {
     resumeDir = await findCheckpoint(o.outDir, o.resume);
-    await checkSameKind(resumeDir, adapterSpec(cfg).kind);
-    const rs = await readJsonFile(join(resumeDir, "resume_state.json"));
-    checkSameData(resumeDir, (rs.data ?? {}) as Record<string, unknown>, dataInfo);
-    await checkSchedule(resumeDir, {
-      lr_scheduler_type: t.lr_scheduler_type,
-      learning_rate: t.learning_rate,
+    await checkResumable(resumeDir, {
+      kind: adapterSpec(cfg).kind,
+      engine: "torch",
+      data: dataInfo,
+      schedule: { lr_scheduler_type: t.lr_scheduler_type, learning_rate: t.learning_rate },
     });
+    const rs = await readJsonFile(join(resumeDir, "resume_state.json"));
     resumeWindow = rs.logging_window;
     const ts = await readJsonFile(join(resumeDir, "trainer_state.json"));
     resumeLossTotal = lossTotalOf(rs, (ts.log_history ?? []) as LogEntry[]);
-    await checkHasOptimizer(resumeDir);
     startStep = Number(/checkpoint-(\d+)$/.exec(resumeDir)?.[1] ?? 0);
     await setAsideNewer(o.outDir, startStep);
   }

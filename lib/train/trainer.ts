@@ -32,8 +32,7 @@ import { DataPlan, evalBatches, type MaskedRecord, recordsDigest, splitRows } fr
 import { makeSchedule } from "./schedule.ts";
 import {
   type CheckpointState,
-  checkSameData,
-  checkSchedule,
+  checkResumable,
   findCheckpoint,
   listCheckpoints,
   type LogEntry,
@@ -228,15 +227,7 @@ class TrainingRun {
       usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
       label: "train-step-values",
     });
-    this.dataInfo = {
-      num_records: o.train.length,
-      train_batch_size: args.batchSize,
-      gradient_accumulation_steps: args.accumulation,
-      seed: args.seed,
-      shuffle: args.shuffle,
-      drop_last: args.dropLast,
-      records_sha256: recordsDigest(o.train),
-    };
+    this.dataInfo = runDataInfo(args, o.train);
     this.stop = o.stop ?? { requested: false };
     this.uniformWatch = new UniformLossWatch(o.vocabSize);
   }
@@ -253,12 +244,16 @@ class TrainingRun {
     const { o, model, gpu, adam } = this;
     const params = model.params;
     const dir = await findCheckpoint(o.outDir, which);
-    await checkSchedule(dir, {
-      lr_scheduler_type: this.args.lrSchedulerType,
-      learning_rate: this.args.learningRate,
+    await checkResumable(dir, {
+      kind: o.files.kind,
+      engine: "webgpu",
+      data: this.dataInfo,
+      schedule: {
+        lr_scheduler_type: this.args.lrSchedulerType,
+        learning_rate: this.args.learningRate,
+      },
     });
     const ck = await readCheckpoint(dir, o.files);
-    checkSameData(dir, ck.data ?? {}, this.dataInfo);
     if (ck.maxSteps !== this.maxSteps) {
       console.error(
         `note: ${dir} was written by a run of ${ck.maxSteps} steps; continuing to ${this.maxSteps}`,
@@ -562,7 +557,8 @@ class TrainingRun {
       o.outDir,
       this.stateNow(),
       tensors,
-      args.saveOnlyModel ? null : moments,
+      // save_only_model's checkpoints cannot be resumed; the one a Ctrl-C saves is for resuming
+      args.saveOnlyModel && !this.stop.requested ? null : moments,
       o.files,
     );
     if (args.saveTotalLimit !== null && args.saveTotalLimit > 0) {
@@ -632,6 +628,25 @@ class TrainingRun {
       skippedSteps: this.skippedSteps,
     };
   }
+}
+
+/**
+ * What a run's record order depends on, kept in its checkpoints: a resume
+ * needs the same (checkpoint.ts checkResumable).
+ */
+export function runDataInfo(
+  args: TrainArgs,
+  train: readonly MaskedRecord[],
+): Record<string, unknown> {
+  return {
+    num_records: train.length,
+    train_batch_size: args.batchSize,
+    gradient_accumulation_steps: args.accumulation,
+    seed: args.seed,
+    shuffle: args.shuffle,
+    drop_last: args.dropLast,
+    records_sha256: recordsDigest(train),
+  };
 }
 
 export async function train(o: TrainOptions): Promise<TrainResult> {
