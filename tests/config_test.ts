@@ -208,6 +208,10 @@ Deno.test("wrong types and bad values are errors with file:line", () => {
       "training_args:\n  lr_scheduler_kwargs: {power: 2}\n",
       /:6: training_args\.lr_scheduler_kwargs\.power: the linear schedule takes no arguments/,
     ],
+    [
+      "training_args:\n  lr_scheduler_type: cosine_with_min_lr\n  lr_scheduler_kwargs: {min_lr_ratio: 0.1}\n",
+      /lr_scheduler_kwargs\.min_lr_ratio: the cosine_with_min_lr schedule takes num_cycles, min_lr, min_lr_rate \(did you mean min_lr_rate\?\)/,
+    ],
   ];
   for (const [extra, re] of cases) {
     const e = assertThrows(() => parseConfig(base + extra, "c.yaml"), UserError);

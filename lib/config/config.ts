@@ -472,6 +472,27 @@ const SCHEDULER_KWARGS: Record<string, readonly string[]> = {
   cosine_with_restarts: ["num_cycles"],
   polynomial: ["lr_end", "power"],
   inverse_sqrt: ["timescale"],
+  // the torch engine's only (HF runs them; the WebGPU engine refuses these schedules)
+  cosine_with_min_lr: ["num_cycles", "min_lr", "min_lr_rate"],
+  warmup_stable_decay: [
+    "num_decay_steps",
+    "num_stable_steps",
+    "warmup_type",
+    "decay_type",
+    "min_lr_ratio",
+    "num_cycles",
+  ],
+  // torch.optim.lr_scheduler.ReduceLROnPlateau's arguments
+  reduce_lr_on_plateau: [
+    "mode",
+    "factor",
+    "patience",
+    "threshold",
+    "threshold_mode",
+    "cooldown",
+    "min_lr",
+    "eps",
+  ],
 };
 
 const FLOAT_RE = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
