@@ -716,6 +716,13 @@ Deno.test("the runner's list of input flags is each stage's FILE, DIR, CFG and R
   }
 });
 
+/** How the shipped LoRA pipeline names its train step in a message. */
+const TRAIN_AT = `pipelines/lora.yaml:${
+  (await Deno.readTextFile("pipelines/lora.yaml")).split("\n").findIndex((l) =>
+    l.includes("- name: train")
+  ) + 1
+}: step "train" (stage train): `;
+
 Deno.test("a training_args.logging_dir outside the run folder is refused before anything runs", async () => {
   const t = await setup();
   try {
@@ -726,10 +733,17 @@ Deno.test("a training_args.logging_dir outside the run folder is refused before 
     );
     assertEquals(
       e.message,
-      `--set training_args.logging_dir=${outside}: training_args.logging_dir ${outside} is ` +
-        `outside the run folder ${t.out}, and a pipeline writes only inside it; leave logging_dir ` +
-        `unset (the train step's runs/ folder) or give a path inside the run folder`,
+      `${TRAIN_AT}--set training_args.logging_dir=${outside}: training_args.logging_dir ` +
+        `${outside} is outside the run folder ${t.out}, and a pipeline writes only inside it; ` +
+        `leave logging_dir unset (the train step's runs/ folder) or give a path inside the run ` +
+        `folder; nothing was run`,
     );
+    // a pipeline run of another step alone does not read the train step's config
+    await runPipeline("pipelines/lora.yaml", {
+      ...opts([`training_args.logging_dir=${outside}`]),
+      only: "validate",
+      dryRun: true,
+    });
     // from the config file itself, the file is named
     const cfg = join(t.src, "cfg.yaml");
     await Deno.writeTextFile(
@@ -741,7 +755,11 @@ Deno.test("a training_args.logging_dir outside the run folder is refused before 
     );
     assertMatch(
       (await rejects(runPipeline("pipelines/lora.yaml", opts([`config=${cfg}`])))).message,
-      new RegExp(`^${cfg}: training_args\\.logging_dir \\.\\./elsewhere is outside the run folder`),
+      new RegExp(
+        `^${
+          TRAIN_AT.replace(/[()]/g, "\\$&")
+        }${cfg}: training_args\\.logging_dir \\.\\./elsewhere is outside`,
+      ),
     );
     await Deno.stat(t.out).then(() => assert(false, "no run folder"), () => {});
     // inside the run folder it is kept

@@ -231,7 +231,13 @@ export async function trainConfigProblem(
   cfgPath: string,
   sets: string[],
   at: string,
-  o: { steps: ResolvedStep[]; pending: Map<string, Uint8Array>; runDir: string },
+  o: {
+    steps: ResolvedStep[];
+    pending: Map<string, Uint8Array>;
+    runDir: string;
+    /** The run's effective config.yaml, if it has one: the config file and --sets it is made of. */
+    effective?: { path: string; source: string; sets: string[] };
+  },
 ): Promise<string | undefined> {
   if (producerOf(o.steps, cfgPath)) return undefined;
   const pending = o.pending.get(resolve(cfgPath));
@@ -240,11 +246,16 @@ export async function trainConfigProblem(
     : await Deno.readTextFile(cfgPath).catch(() => undefined);
   if (text === undefined) return undefined;
   try {
-    const set = sets.findLast((t) => t.startsWith("training_args.logging_dir="));
+    // Where the logging_dir comes from: the step's --set, the pipeline's, or the config file.
+    const isLog = (t: string) => t.startsWith("training_args.logging_dir=");
+    const effective = o.effective && resolve(o.effective.path) === resolve(cfgPath)
+      ? o.effective
+      : undefined;
+    const set = sets.findLast(isLog) ?? effective?.sets.findLast(isLog);
     return loggingDirProblem(
       parseConfig(text, cfgPath, sets),
       o.runDir,
-      set ? `${at}: --set ${set}` : `${at}: ${cfgPath}`,
+      set ? `${at}: --set ${set}` : `${at}: ${effective?.source ?? cfgPath}`,
     );
   } catch (e) {
     if (e instanceof UserError) return `${at}: ${e.message}`;

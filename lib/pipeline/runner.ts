@@ -22,7 +22,6 @@ import { describeHolder, LOCK_FILE, lockRunDir, type RunLock } from "./lock.ts";
 import {
   checkExternalInputs,
   checkStepFlags,
-  loggingDirProblem,
   producerOf,
   type StepLine,
   trainConfigProblem,
@@ -297,11 +296,6 @@ export async function runPipeline(path: string, opts: RunOptions = {}): Promise<
     );
   }
 
-  if (config !== undefined) {
-    const set = configSets.findLast((t) => t.startsWith("training_args.logging_dir="));
-    const bad = loggingDirProblem(config, runDir, set ? `--set ${set}` : configFile);
-    if (bad) throw new UserError(bad);
-  }
   const steps = resolveSteps({ file, params: resolved, runDir, config });
   // Every input no step makes (data files, the model dir, the config) is checked
   // before anything runs or the run folder is made.
@@ -343,7 +337,14 @@ export async function runPipeline(path: string, opts: RunOptions = {}): Promise<
     // a dry run runs nothing
     runs: async (s) => !opts.dryRun && (await (planned ??= plan())).has(s.name),
     checkConfig: (cfgPath, sets, at) =>
-      trainConfigProblem(cfgPath, sets, at, { steps, pending: hasher.pending, runDir }),
+      trainConfigProblem(cfgPath, sets, at, {
+        steps,
+        pending: hasher.pending,
+        runDir,
+        // the run's effective config.yaml: what it was made of, for the messages
+        effective: pendingConfig &&
+          { path: pendingConfig.path, source: configFile, sets: configSets },
+      }),
   });
   // A problem of several lines (a config.json's) keeps them under its entry.
   const all = [...problems, ...flagProblems].map((p) => p.replaceAll("\n", "\n    "));
