@@ -511,6 +511,28 @@ Deno.test("evaluate --config: generation settings by their short names set the c
     );
     const [p] = await readJsonl(join(out, "predictions.jsonl"));
     assert.deepStrictEqual(p.prediction_ids, untilStop(forward.greedy[0].tokens).slice(0, 3));
+    // Sampled: generation_config.seed is the config's training_args.seed, and a seed counts.
+    const sampled = async (name: string, ...sets: string[]) => {
+      const o = join(dir, name);
+      const r = await runCli([
+        "stage",
+        "evaluate",
+        "--model",
+        TINY,
+        "--in",
+        input,
+        "--out",
+        o,
+        "--config",
+        "tests/fixtures/torch/lora.yaml",
+        ...["do_sample=true", "top_k=0", "max_new_tokens=8", ...sets].flatMap((x) => ["--set", x]),
+      ]);
+      assert.strictEqual(r.code, 0, r.err);
+      return (await readJsonl(join(o, "predictions.jsonl")))[0].prediction_ids;
+    };
+    const a = await sampled("a", "generation_config.seed=5");
+    assert.deepStrictEqual(await sampled("b", "training_args.seed=5"), a);
+    assert.notDeepStrictEqual(await sampled("c", "generation_config.seed=6"), a);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

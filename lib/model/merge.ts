@@ -119,8 +119,9 @@ async function copiedFiles(modelDir: string): Promise<string[]> {
  */
 async function refuseAdded(outDir: string, modelDir: string): Promise<void> {
   const copied = new Set(await copiedFiles(modelDir));
+  // RUN_FILES too: an earlier merge from a full fine-tuning output copied them
   const ours = (name: string) =>
-    WEIGHT_FILE.test(name) || name === OUTPUT_MARKER || copied.has(name);
+    WEIGHT_FILE.test(name) || name === OUTPUT_MARKER || copied.has(name) || RUN_FILES.has(name);
   const added: string[] = [];
   try {
     for await (const e of Deno.readDir(outDir)) if (!ours(e.name)) added.push(e.name);

@@ -87,7 +87,8 @@ export const INPUT_FLAGS: Record<string, readonly string[]> = {
  * Keys of a config input that a stage does not read: left out of that input's
  * hash, so a change to them reruns only the steps that read them. Train takes
  * neither the generation settings (its eval loss is teacher-forced) nor the
- * lengths (mask applies those; its records change when they do).
+ * lengths (mask applies those, and its records change when they do; only
+ * train's --dry-run memory plan reads them, which a pipeline does not run).
  */
 export const UNREAD_KEYS: Record<string, Record<string, string[][]>> = {
   train: {

@@ -204,14 +204,13 @@ function adapterJob(cfg: FinetuneConfig): Record<string, unknown> {
   const spec = adapterSpec(cfg);
   switch (spec.kind) {
     case "lora": {
-      const p = cfg.peft_config as { use_rslora?: boolean };
       return {
         kind: "lora",
         r: spec.r,
         alpha: spec.alpha,
         dropout: spec.dropout,
         target_modules: spec.targetModules,
-        use_rslora: p.use_rslora ?? false,
+        use_rslora: spec.useRslora ?? false,
       };
     }
     case "prefix":

@@ -66,7 +66,7 @@ export const alpaca: InputFormat = {
       { role: "user", content: [instruction, input].filter((t) => t !== "").join("\n") },
       { role: "assistant", content: output },
     );
-    sources.push("instruction", "output");
+    sources.push(instruction !== "" ? "instruction" : "input", "output");
     return [{ at: "", record: { conversations }, problems, sources, container: "" }];
   },
 };
