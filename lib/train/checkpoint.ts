@@ -131,13 +131,7 @@ async function isComplete(dir: string): Promise<boolean> {
   } catch (e) {
     if (!(e instanceof Deno.errors.NotFound)) return false;
     // Written before the marker existed: complete when every state file is there.
-    for (const f of STATE_FILES) {
-      try {
-        await Deno.stat(join(dir, f));
-      } catch {
-        return false;
-      }
-    }
+    for (const f of STATE_FILES) if (!(await exists(join(dir, f)))) return false;
     return true;
   }
   if (typeof files !== "object" || files === null) return false;
@@ -315,6 +309,11 @@ export async function findCheckpoint(outDir: string, which: "yes" | number): Pro
   return hit.dir;
 }
 
+/** Whether something is at `path`. */
+function exists(path: string): Promise<boolean> {
+  return Deno.stat(path).then(() => true, () => false);
+}
+
 /** The trainable tensors' file of each kind of run, as its ModelFiles writes them. */
 const KIND_FILES: [kind: string, file: string, what: string][] = [
   ["lora", PEFT_WEIGHTS, "a LoRA"],
@@ -329,7 +328,7 @@ const KIND_FILES: [kind: string, file: string, what: string][] = [
  * rather than failing on the file this kind reads.
  */
 async function checkSameKind(dir: string, kind: string): Promise<void> {
-  const has = async (f: string) => await Deno.stat(join(dir, f)).then(() => true, () => false);
+  const has = (f: string) => exists(join(dir, f));
   const found = [];
   for (const k of KIND_FILES) if (await has(k[1])) found.push(k);
   if (found.length === 0 || found.some(([k]) => k === kind)) return;
@@ -348,7 +347,7 @@ async function checkSameKind(dir: string, kind: string): Promise<void> {
  * reads. Said so, with how to start a new run from its weights instead.
  */
 async function checkHasOptimizer(dir: string, kind: string, engine: Engine): Promise<void> {
-  const has = async (f: string) => await Deno.stat(join(dir, f)).then(() => true, () => false);
+  const has = (f: string) => exists(join(dir, f));
   if (await has("optimizer.safetensors")) return;
   const deepspeed = await has("latest");
   if (deepspeed && engine === "torch") return;
@@ -461,7 +460,7 @@ export async function setAsideNewer(outDir: string, step: number): Promise<void>
   for (const c of await listCheckpoints(outDir)) {
     if (c.step <= step) continue;
     let to = join(outDir, `superseded-checkpoint-${c.step}`);
-    for (let k = 2; await Deno.stat(to).then(() => true, () => false); k++) {
+    for (let k = 2; await exists(to); k++) {
       to = join(outDir, `superseded-checkpoint-${c.step}-${k}`);
     }
     await Deno.rename(c.dir, to);
