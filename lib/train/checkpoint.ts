@@ -368,6 +368,33 @@ async function checkHasOptimizer(dir: string, kind: string, engine: Engine): Pro
 export type Engine = "webgpu" | "torch";
 
 /**
+ * What a run's record order depends on, kept in its checkpoints
+ * (resume_state.json `data`) by both engines alike, so that either resumes
+ * the other's: a resume needs the same (checkResumable).
+ */
+export function resumeData(o: {
+  records: number;
+  /** RecordsDigest of the train records (lib/train/data.ts) */
+  digest: string;
+  /** the records one optimizer micro-step takes across all processes */
+  batch: number;
+  accumulation: number;
+  seed: number;
+  shuffle: boolean;
+  dropLast: boolean;
+}): Record<string, unknown> {
+  return {
+    num_records: o.records,
+    train_batch_size: o.batch,
+    gradient_accumulation_steps: o.accumulation,
+    seed: o.seed,
+    shuffle: o.shuffle,
+    drop_last: o.dropLast,
+    records_sha256: o.digest,
+  };
+}
+
+/**
  * Whether a run may continue from checkpoint `dir`, checked before anything is
  * loaded, in one order for both engines: a checkpoint of the same kind of run
  * (LoRA, P-Tuning v2, full), with optimizer state, made on the same data and

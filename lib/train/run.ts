@@ -271,11 +271,12 @@ export async function runTraining(o: RunOptions): Promise<TrainResult> {
     args.evalStrategy = "no";
   }
   // A checkpoint the run cannot go on from is said before the model loads (minutes at 6B).
+  const dataInfo = runDataInfo(args, trainRecs);
   if (o.resume !== undefined) {
     await checkResumable(await findCheckpoint(o.outDir, o.resume), {
       kind: spec.kind,
       engine: "webgpu",
-      data: runDataInfo(args, trainRecs),
+      data: dataInfo,
       schedule: { lr_scheduler_type: args.lrSchedulerType, learning_rate: args.learningRate },
     });
   }
@@ -325,6 +326,7 @@ export async function runTraining(o: RunOptions): Promise<TrainResult> {
       handleSigint: o.handleSigint,
       rowsPerPass: o.rowsPerPass,
       vocabSize: vocab,
+      dataInfo,
       // Said once the trainer opens it, after the output dir and the resume are settled.
       logSinks: tensorboard
         ? [{

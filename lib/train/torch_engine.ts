@@ -38,6 +38,7 @@ import {
   type LogEntry,
   lossTotalOf,
   prepareOutDir,
+  resumeData,
   setAsideNewer,
 } from "./checkpoint.ts";
 import { RecordsDigest, runRecords } from "./data.ts";
@@ -284,16 +285,15 @@ export async function runTorchTraining(o: TorchRunOptions): Promise<TorchRunResu
   }
   if (t.eval_strategy === "no") evalFile = undefined;
 
-  const dataInfo = {
-    num_records: records.n,
-    // the records one optimizer micro-step takes across all processes (what the order depends on)
-    train_batch_size: t.per_device_train_batch_size * world,
-    gradient_accumulation_steps: t.gradient_accumulation_steps,
+  const dataInfo = resumeData({
+    records: records.n,
+    digest: records.digest,
+    batch: t.per_device_train_batch_size * world,
+    accumulation: t.gradient_accumulation_steps,
     seed: t.data_seed ?? t.seed,
     shuffle: o.shuffle ?? true,
-    drop_last: t.dataloader_drop_last,
-    records_sha256: records.digest,
-  };
+    dropLast: t.dataloader_drop_last,
+  });
 
   await Deno.mkdir(o.outDir, { recursive: true });
   await markOutputDir(o.outDir, "train");

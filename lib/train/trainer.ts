@@ -39,6 +39,7 @@ import {
   type ModelFiles,
   prepareOutDir,
   readCheckpoint,
+  resumeData,
   rotateCheckpoints,
   setAsideNewer,
   writeCheckpoint,
@@ -89,6 +90,8 @@ export interface TrainOptions {
   onStep?: (globalStep: number) => void;
   /** The model's vocabulary size, for the warning about a loss stuck at ln(vocab). */
   vocabSize?: number;
+  /** runDataInfo(args, train), when the caller made it already (run.ts, for its early resume check). */
+  dataInfo?: Record<string, unknown>;
   /** Also given every log entry (TensorBoard, lib/train/tensorboard_log.ts). */
   logSinks?: LogSink[];
 }
@@ -227,7 +230,7 @@ class TrainingRun {
       usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
       label: "train-step-values",
     });
-    this.dataInfo = runDataInfo(args, o.train);
+    this.dataInfo = o.dataInfo ?? runDataInfo(args, o.train);
     this.stop = o.stop ?? { requested: false };
     this.uniformWatch = new UniformLossWatch(o.vocabSize);
   }
@@ -630,23 +633,20 @@ class TrainingRun {
   }
 }
 
-/**
- * What a run's record order depends on, kept in its checkpoints: a resume
- * needs the same (checkpoint.ts checkResumable).
- */
+/** This engine's resumeData (checkpoint.ts) of a run: its records' digest is a pass over them. */
 export function runDataInfo(
   args: TrainArgs,
   train: readonly MaskedRecord[],
 ): Record<string, unknown> {
-  return {
-    num_records: train.length,
-    train_batch_size: args.batchSize,
-    gradient_accumulation_steps: args.accumulation,
+  return resumeData({
+    records: train.length,
+    digest: recordsDigest(train),
+    batch: args.batchSize,
+    accumulation: args.accumulation,
     seed: args.seed,
     shuffle: args.shuffle,
-    drop_last: args.dropLast,
-    records_sha256: recordsDigest(train),
-  };
+    dropLast: args.dropLast,
+  });
 }
 
 export async function train(o: TrainOptions): Promise<TrainResult> {
