@@ -399,6 +399,7 @@ export function resumeData(o: {
  * loaded, in one order for both engines: a checkpoint of the same kind of run
  * (LoRA, P-Tuning v2, full), with optimizer state, made on the same data and
  * batching, with the same schedule. Each refusal names the checkpoint and why.
+ * Gives back its resume_state.json, read for the data check.
  */
 export async function checkResumable(
   dir: string,
@@ -408,12 +409,13 @@ export async function checkResumable(
     data: Record<string, unknown>;
     schedule: { lr_scheduler_type: string; learning_rate: number };
   },
-): Promise<void> {
+): Promise<Record<string, unknown>> {
   await checkSameKind(dir, o.kind);
   await checkHasOptimizer(dir, o.kind, o.engine);
   const rs = await readJson(join(dir, "resume_state.json"));
   checkSameData(dir, (rs.data ?? {}) as Record<string, unknown>, o.data);
   await checkSchedule(dir, o.schedule);
+  return rs;
 }
 
 /**

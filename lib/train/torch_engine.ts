@@ -305,13 +305,12 @@ export async function runTorchTraining(o: TorchRunOptions): Promise<TorchRunResu
   let startStep = 0;
   if (o.resume !== undefined) {
     resumeDir = await findCheckpoint(o.outDir, o.resume);
-    await checkResumable(resumeDir, {
+    const rs = await checkResumable(resumeDir, {
       kind: adapterSpec(cfg).kind,
       engine: "torch",
       data: dataInfo,
       schedule: { lr_scheduler_type: t.lr_scheduler_type, learning_rate: t.learning_rate },
     });
-    const rs = await readJsonFile(join(resumeDir, "resume_state.json"));
     resumeWindow = rs.logging_window;
     const ts = await readJsonFile(join(resumeDir, "trainer_state.json"));
     resumeLossTotal = lossTotalOf(rs, (ts.log_history ?? []) as LogEntry[]);
