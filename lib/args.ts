@@ -124,6 +124,23 @@ export function parseCommand(
   args: string[],
   spec: CommandSpec,
 ): { values: FlagValues; positionals: string[]; help: boolean } {
+  // --help wins over every other mistake on the line (`stage train --help --bogus`).
+  if (args.includes("--help") || args.includes("-h")) {
+    console.log(helpText(spec));
+    return { values: {}, positionals: [], help: true };
+  }
+  return { ...parseSpecFlags(args, spec), help: false };
+}
+
+/**
+ * Parse `args` by `spec`'s flags alone (no help): a line that does not parse
+ * is a UsageError (`unknown flag --x`, …) followed by the usage. The pipeline
+ * runner checks its steps' command lines with it before running any.
+ */
+export function parseSpecFlags(
+  args: string[],
+  spec: CommandSpec,
+): { values: FlagValues; positionals: string[] } {
   const options: NonNullable<ParseArgsConfig["options"]> = {};
   for (const [name, f] of Object.entries({ ...spec.flags, help: HELP_FLAG })) {
     options[name] = {
@@ -133,18 +150,7 @@ export function parseCommand(
       ...(f.default !== undefined ? { default: f.default } : {}),
     } as NonNullable<ParseArgsConfig["options"]>[string];
   }
-  // --help wins over every other mistake on the line (`stage train --help --bogus`).
-  if (args.includes("--help") || args.includes("-h")) {
-    console.log(helpText(spec));
-    return { values: {}, positionals: [], help: true };
-  }
-  const { values, positionals } = parseFlags(
-    args,
-    options,
-    usageOf(spec),
-    (spec.positionals?.length ?? 0) > 0,
-  );
-  return { values, positionals, help: false };
+  return parseFlags(args, options, usageOf(spec), (spec.positionals?.length ?? 0) > 0);
 }
 
 export function parseFlags(

@@ -11,9 +11,8 @@
  * The checks read headers only, never the weights themselves.
  */
 import { join, resolve } from "node:path";
-import { parseArgs } from "node:util";
-import type { CommandSpec } from "../args.ts";
-import { osErrorCode, UserError } from "../errors.ts";
+import { type CommandSpec, parseSpecFlags } from "../args.ts";
+import { osErrorCode, UsageError, UserError } from "../errors.ts";
 import { torchPython } from "../train/torch_engine.ts";
 import { loadGlmConfig } from "../model/config.ts";
 import { isInside } from "../outdir.ts";
@@ -156,26 +155,14 @@ export async function checkStepFlags(
   for (const { step, spec, where } of lines) {
     if (!spec) continue;
     const at = `${where}: step "${step.name}" (stage ${step.stage})`;
-    const options: Record<string, { type: "string" | "boolean"; multiple?: boolean }> = {};
-    for (const [name, f] of Object.entries(spec.flags)) {
-      options[name] = { type: f.type, ...(f.multiple ? { multiple: true } : {}) };
-    }
     let values: Record<string, unknown>;
     let positionals: string[];
     try {
-      ({ values, positionals } = parseArgs({
-        args: step.argv,
-        options,
-        strict: true,
-        allowPositionals: (spec.positionals?.length ?? 0) > 0,
-      }));
+      ({ values, positionals } = parseSpecFlags(step.argv, spec));
     } catch (e) {
-      const err = e as Error & { code?: string };
-      const unknown = err.code === "ERR_PARSE_ARGS_UNKNOWN_OPTION" &&
-        err.message.match(/'([^']+)'/);
-      problems.push(
-        `${at}: ${unknown ? `unknown flag ${unknown[1]}` : err.message.split("\n")[0]}`,
-      );
+      if (!(e instanceof UsageError)) throw e;
+      // the stage's own message, without the usage that follows it
+      problems.push(`${at}: ${e.message.split("\n")[0]}`);
       continue;
     }
     const [min, max] = positionalRange(spec);
