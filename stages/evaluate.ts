@@ -128,13 +128,21 @@ const GENERATION_KEYS = [
  */
 function configOverride(text: string): string | undefined {
   const o = parseOverride(text);
-  const key = o.path[0] === "generation_config" ? o.path.slice(1) : o.path;
-  if (key.length !== 1 || !(GENERATION_KEYS as readonly string[]).includes(key[0])) return text;
+  const key = generationKey(o.path);
+  if (key === undefined) return text;
   if (o.value === null) return undefined;
   const value = text.slice(text.indexOf("=") + 1);
-  return key[0] === "seed"
+  return key === "seed"
     ? `training_args.seed=${value}`
-    : `training_args.generation_config.${key[0]}=${value}`;
+    : `training_args.generation_config.${key}=${value}`;
+}
+
+/** The generation setting a --set path names, with or without `generation_config.`, if any. */
+function generationKey(path: string[]): string | undefined {
+  const key = path[0] === "generation_config" ? path.slice(1) : path;
+  return key.length === 1 && (GENERATION_KEYS as readonly string[]).includes(key[0])
+    ? key[0]
+    : undefined;
 }
 
 /**
@@ -223,16 +231,16 @@ export async function main(args: string[]): Promise<number> {
     const keys: string[] = [];
     let quantized = false;
     for (const text of sets) {
-      const o = parseOverride(text);
-      const key = o.path[0] === "generation_config" ? o.path.slice(1) : o.path;
-      if (isQuantizationKey(o.path[0])) {
+      const path = parseOverride(text).path;
+      const key = generationKey(path);
+      if (isQuantizationKey(path[0])) {
         given.push([text, text]);
         quantized = true;
-      } else if (key.length === 1 && (GENERATION_KEYS as readonly string[]).includes(key[0])) {
+      } else if (key !== undefined) {
         const c = configOverride(text);
         if (c !== undefined) {
           given.push([c, text]);
-          keys.push(key[0]);
+          keys.push(key);
         }
       } else {
         throw new UserError(
