@@ -18,8 +18,10 @@ quantization, `--set quantization_bit=4`): the stages quantize the layers'
 linear weights as they load, and PyTorch gets the same weights quantized by
 tools/bnb_quant.py and dequantized (docs/qlora.md).
 
+With --rslora both sides scale the LoRA by lora_alpha/sqrt(r) (PEFT's use_rslora).
+
 Run: .venv-tools/bin/python tools/check_scale_fidelity.py [--checkpoint DIR] [--deno deno]
-       [--quantization-bit 4]
+       [--quantization-bit 4] [--rslora]
 """
 
 from __future__ import annotations
@@ -91,7 +93,9 @@ def main() -> None:
     ap.add_argument("--checkpoint", default=os.path.join(ROOT, "runs", "shaped", "chatglm3-6b-L2-s1"))
     ap.add_argument("--deno", default="deno")
     ap.add_argument("--quantization-bit", type=int, choices=[4])
+    ap.add_argument("--rslora", action="store_true", help="LoRA scaled by lora_alpha/sqrt(r) (PEFT's use_rslora)")
     a = ap.parse_args()
+    lora = dict(LORA, use_rslora=True) if a.rslora else LORA
     quant = ["--set", "quantization_bit=4"] if a.quantization_bit else []
     if not os.path.exists(os.path.join(a.checkpoint, "config.json")):
         run([a.deno, "run", "-A", "bench/shaped_checkpoint.ts", "--layers", "2", "--out", a.checkpoint])
@@ -106,7 +110,7 @@ def main() -> None:
                       for i, l in recs]
 
     torch.manual_seed(42)
-    peft = get_peft_model(base.train(), LoraConfig(task_type="CAUSAL_LM", **LORA))
+    peft = get_peft_model(base.train(), LoraConfig(task_type="CAUSAL_LM", **lora))
     init = {saved_name(n): p.detach().clone() for n, p in peft.named_parameters() if p.requires_grad}
     ref_steps = [s["loss"] for s in train(peft, recs, steps=STEPS, batch=BATCH, ga=1, lr=LR, wd=0.0)["steps"]]
     del peft, base
@@ -120,7 +124,7 @@ def main() -> None:
         os.makedirs(adapter)
         save_file(init, os.path.join(adapter, "adapter_model.safetensors"))
         with open(os.path.join(adapter, "adapter_config.json"), "w") as f:
-            json.dump({"peft_type": "LORA", "task_type": "CAUSAL_LM", "bias": "none", **LORA}, f)
+            json.dump({"peft_type": "LORA", "task_type": "CAUSAL_LM", "bias": "none", **lora}, f)
         cfg = os.path.join(tmp, "lora.yaml")
         with open(cfg, "w") as f:
             f.write(f"""data_config: {{train_file: records.jsonl}}
@@ -134,7 +138,7 @@ training_args:
   logging_steps: 1
   save_strategy: "no"
 peft_config: {{peft_type: LORA, task_type: CAUSAL_LM, r: {LORA['r']}, lora_alpha: {LORA['lora_alpha']},
-  lora_dropout: 0.0, target_modules: [query_key_value]}}
+  lora_dropout: 0.0, target_modules: [query_key_value], use_rslora: {str(a.rslora).lower()}}}
 """)
         run([a.deno, "task", "stage", "evaluate", "--model", a.checkpoint, "--in", data,
              "--out", os.path.join(tmp, "eval"), *quant])
@@ -147,7 +151,8 @@ peft_config: {{peft_type: LORA, task_type: CAUSAL_LM, r: {LORA['r']}, lora_alpha
                          and "eval_loss" not in r]
 
     ok = compare("per-record loss (8 records)", our_losses, ref_losses)
-    ok &= compare(f"LoRA AdamW steps (r 8, alpha 32, qkv, lr {LR}, batch {BATCH})", our_steps, ref_steps)
+    kind = ", rsLoRA" if a.rslora else ""
+    ok &= compare(f"LoRA AdamW steps (r 8, alpha 32{kind}, qkv, lr {LR}, batch {BATCH})", our_steps, ref_steps)
     print(f"\n{'PASS' if ok else 'FAIL'}: every value within {TOL:g} relative of PyTorch" if ok
           else f"\nFAIL: some values differ by more than {TOL:g} relative")
     sys.exit(0 if ok else 1)
